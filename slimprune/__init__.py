@@ -1,0 +1,1 @@
+"""slimprune: structural channel pruning for PyTorch."""
