@@ -1,0 +1,1 @@
+"""EagleEye face detector: the reference end-to-end network-slimming example."""
