@@ -1,0 +1,119 @@
+"""EagleEye's training loss: focal loss on face/background plus a box regression loss.
+
+Both terms are summed over anchors and divided by the number of positive anchors in the
+batch (at least 1), as in RetinaNet. Ignored anchors (IoU between the matching
+thresholds) contribute to neither term.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
+
+from .anchors import decode, encode, match
+
+__all__ = ["LossConfig", "LossTerms", "detection_loss", "BOX_LOSSES"]
+
+BOX_LOSSES = ("smooth_l1", "giou")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Loss settings.
+
+    Attributes:
+        alpha, gamma: focal loss parameters (Lin et al. 2017 use 0.25 and 2).
+        box_loss: ``"smooth_l1"`` on encoded deltas or ``"giou"`` on decoded boxes.
+        box_weight: weight of the box term relative to the focal term.
+        smooth_l1_beta: where smooth L1 turns from quadratic to linear (encoded units).
+        pos_iou, neg_iou: the matching thresholds (see ``anchors.match``).
+    """
+
+    alpha: float = 0.25
+    gamma: float = 2.0
+    box_loss: str = "smooth_l1"
+    box_weight: float = 1.0
+    smooth_l1_beta: float = 0.11
+    pos_iou: float = 0.45
+    neg_iou: float = 0.35
+
+    def __post_init__(self) -> None:
+        if self.box_loss not in BOX_LOSSES:
+            raise ValueError(f"Unknown box_loss {self.box_loss!r}; choose one of {', '.join(BOX_LOSSES)}.")
+        if not 0 < self.neg_iou <= self.pos_iou <= 1:
+            raise ValueError(
+                f"Matching thresholds need 0 < neg_iou <= pos_iou <= 1, got neg_iou={self.neg_iou}, "
+                f"pos_iou={self.pos_iou}."
+            )
+
+
+@dataclass(frozen=True)
+class LossTerms:
+    """The loss and its parts (``total`` carries the graph; the others are detached)."""
+
+    total: Tensor
+    cls: Tensor
+    box: Tensor
+    num_pos: int
+
+
+def detection_loss(
+    cls_logits: Tensor,
+    box_deltas: Tensor,
+    anchors: Tensor,
+    targets: Sequence[Tensor],
+    config: LossConfig = LossConfig(),
+) -> LossTerms:
+    """Focal loss plus box loss for a batch.
+
+    Args:
+        cls_logits: ``[B, A, 1]`` model logits.
+        box_deltas: ``[B, A, 4]`` model regression outputs.
+        anchors: ``[A, 4]`` x1y1x2y2 anchors for the batch's input size.
+        targets: one ``[N_i, 4]`` x1y1x2y2 tensor of faces per image (``N_i`` may be 0).
+        config: loss settings.
+
+    Returns:
+        :class:`LossTerms`; call ``.total.backward()``.
+    """
+    if len(targets) != cls_logits.shape[0]:
+        raise ValueError(f"Got {len(targets)} target tensors for a batch of {cls_logits.shape[0]} images.")
+    labels, gt = [], []
+    for boxes in targets:
+        boxes = boxes.to(anchors.device, torch.float32)
+        result = match(anchors, boxes, config.pos_iou, config.neg_iou)
+        labels.append(result.labels)
+        gt.append(boxes[result.matched] if boxes.numel() else torch.zeros_like(anchors))
+    labels_t = torch.stack(labels)  # [B, A]
+    gt_t = torch.stack(gt)  # [B, A, 4]
+
+    logits = cls_logits.squeeze(-1).float()
+    valid = labels_t >= 0
+    positive = labels_t == 1
+    num_pos = int(positive.sum())
+    normaliser = max(num_pos, 1)
+    cls_loss = sigmoid_focal_loss(
+        logits[valid],
+        positive[valid].to(logits.dtype),
+        alpha=config.alpha,
+        gamma=config.gamma,
+        reduction="sum",
+    ) / normaliser
+
+    deltas = box_deltas.float()[positive]
+    pos_anchors = anchors.unsqueeze(0).expand_as(gt_t)[positive]
+    pos_gt = gt_t[positive]
+    if config.box_loss == "smooth_l1":
+        box_loss = F.smooth_l1_loss(
+            deltas, encode(pos_gt, pos_anchors), beta=config.smooth_l1_beta, reduction="sum"
+        )
+    else:
+        box_loss = generalized_box_iou_loss(decode(deltas, pos_anchors), pos_gt, reduction="sum")
+    box_loss = box_loss / normaliser
+    total = cls_loss + config.box_weight * box_loss
+    return LossTerms(total=total, cls=cls_loss.detach(), box=box_loss.detach(), num_pos=num_pos)
