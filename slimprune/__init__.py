@@ -1,1 +1,51 @@
-"""slimprune: structural channel pruning for PyTorch."""
+"""slimprune: structural channel pruning for PyTorch.
+
+    >>> import slimprune
+    >>> small = slimprune.prune(model, 0.5)                 # 50% of prunable channels, by |BN gamma|
+    >>> plan = slimprune.plan(model, threshold=1e-3)        # network slimming after sparsity training
+    >>> small = slimprune.apply(model, plan)
+"""
+
+from ._graph import ChannelGraph as ChannelGraph
+from ._graph import ChannelGroup as ChannelGroup
+from ._graph import ChannelInfo as ChannelInfo
+from ._plan import PruningPlan as PruningPlan
+from ._prune import analyze as analyze
+from ._prune import apply as apply
+from ._prune import plan as plan
+from ._prune import prune as prune
+from ._silence import silence as silence
+from .errors import (
+    ExampleInputError as ExampleInputError,
+    FileFormatError as FileFormatError,
+    InfeasiblePlanError as InfeasiblePlanError,
+    InvalidArgumentError as InvalidArgumentError,
+    PlanMismatchError as PlanMismatchError,
+    SlimpruneError as SlimpruneError,
+    TraceError as TraceError,
+    UnsupportedOpWarning as UnsupportedOpWarning,
+)
+from .rules import register_rule as register_rule
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ChannelGraph",
+    "ChannelGroup",
+    "ChannelInfo",
+    "ExampleInputError",
+    "FileFormatError",
+    "InfeasiblePlanError",
+    "InvalidArgumentError",
+    "PlanMismatchError",
+    "PruningPlan",
+    "SlimpruneError",
+    "TraceError",
+    "UnsupportedOpWarning",
+    "analyze",
+    "apply",
+    "plan",
+    "prune",
+    "register_rule",
+    "silence",
+]

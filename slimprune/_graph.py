@@ -1,0 +1,519 @@
+"""The channel dependency graph: which channels of which layers live or die together.
+
+``build_channel_graph(traced)`` walks the fx graph once. Every tensor that has a channel
+axis carries a :class:`ChannelInfo`: the axis and one integer *label* per channel. Rules
+(``slimprune/rules``) pass labels through ops, start fresh labels where a layer creates
+channels (conv, linear) and *tie* labels that must be removed together (residual add,
+depthwise conv, ...). After the walk a vectorised union-find turns labels into *units*
+(one removable channel, possibly spanning many layers), and units whose members are the
+same set of parameter slices form a :class:`ChannelGroup` (a residual stage, one conv's
+output, ...). Label 0 is the KEEP sentinel: anything tied to it is never removed.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import networkx as nx
+import numpy as np
+import torch
+import torch.fx as fx
+from torch import nn
+
+from ._trace import SHAPE, Traced
+from .errors import UnsupportedOpWarning
+from .rules import lookup_rule
+
+__all__ = [
+    "KEEP",
+    "ChannelInfo",
+    "ParamSlice",
+    "Consumer",
+    "Barrier",
+    "ChannelGroup",
+    "ChannelGraph",
+    "build_channel_graph",
+]
+
+KEEP = 0
+
+# Roles of a parameter slice: how silencing treats it.
+#   out    producer rows (conv/linear weight dim 0, bias): zeroed by silence
+#   in     consumer columns (conv/linear weight dim 1): sliced only
+#   scale  per-channel norm weight (BN gamma): zeroed by silence
+#   shift  per-channel norm bias (BN beta): zeroed by silence unless it is folded
+#   source a parameter injected into the stream (pos embedding, class token, layer scale): zeroed
+#   aux    sliced only (running stats, PReLU slopes, buffers)
+ROLES = ("out", "in", "scale", "shift", "source", "aux")
+
+
+@dataclass(frozen=True)
+class ChannelInfo:
+    """The channel axis of a tensor and one label per channel along it."""
+
+    axis: int
+    labels: np.ndarray
+
+
+@dataclass(frozen=True)
+class ParamSlice:
+    """One dimension of one parameter (or buffer) that is sliced when units are removed."""
+
+    module: str
+    param: str
+    dim: int
+    role: str
+    units: np.ndarray  # unit id of each index along ``dim``
+
+    @property
+    def name(self) -> str:
+        prefix = f"{self.module}." if self.module else ""
+        return f"{prefix}{self.param}[{self.dim}]"
+
+
+@dataclass(frozen=True)
+class Consumer:
+    """A layer that mixes channels (conv/linear input): where removed constants are folded."""
+
+    node: str
+    module: str
+    axis: int
+    units: np.ndarray
+
+
+@dataclass(frozen=True)
+class Barrier:
+    """An op slimprune does not understand: channels through it are kept."""
+
+    node: str
+    op: str
+    where: str
+    reason: str
+
+    def describe(self) -> str:
+        return f"{self.op} at node {self.node!r} ({self.where or '<root>'}): {self.reason}"
+
+
+@dataclass(frozen=True)
+class ChannelGroup:
+    """Units with the same members: removing one removes an index from every member."""
+
+    id: int
+    units: np.ndarray  # unit ids in channel order of the first member
+    members: tuple[int, ...]  # indices into ChannelGraph.slices
+    exact: bool  # False when a member normalises across channels (LayerNorm, GroupNorm)
+
+    def __len__(self) -> int:
+        return int(self.units.size)
+
+
+EditFn = Callable[[Callable[[np.ndarray], np.ndarray]], list[dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class ChannelGraph:
+    """The result of :func:`build_channel_graph`; read-only."""
+
+    traced: Traced
+    slices: tuple[ParamSlice, ...]
+    groups: tuple[ChannelGroup, ...]
+    consumers: tuple[Consumer, ...]
+    barriers: tuple[Barrier, ...]
+    edits: tuple[tuple[str, EditFn], ...]
+    costs: tuple[tuple[str, int], ...]  # (module, output positions per sample) per call
+    num_units: int
+    root: np.ndarray = field(repr=False)  # unit id of every raw label
+    unit_to_group: np.ndarray = field(repr=False)
+
+    def kept_fn(self, removed: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+        """``kept(labels)``: which raw labels survive when the units in ``removed`` go."""
+        return lambda labels: ~removed[self.root[np.asarray(labels, dtype=np.int64)]]
+
+    @property
+    def gm(self) -> fx.GraphModule:
+        return self.traced.gm
+
+    def group_of(self, module: str) -> list[ChannelGroup]:
+        """Groups that have a member in ``module``."""
+        ids = {i for i, s in enumerate(self.slices) if s.module == module}
+        return [g for g in self.groups if ids & set(g.members)]
+
+    def to_networkx(self) -> nx.Graph:
+        """A bipartite graph: group nodes ``("group", id)`` linked to slice nodes (names)."""
+        g = nx.Graph()
+        for s in self.slices:
+            g.add_node(s.name, kind="slice", role=s.role, size=int(s.units.size))
+        for grp in self.groups:
+            g.add_node(("group", grp.id), kind="group", size=len(grp), exact=grp.exact)
+            for m in grp.members:
+                g.add_edge(("group", grp.id), self.slices[m].name)
+        return g
+
+    def clusters(self) -> list[set[str]]:
+        """Layers coupled through shared channels, as connected components (networkx)."""
+        comps = nx.connected_components(self.to_networkx())
+        return [{n for n in c if isinstance(n, str)} for c in comps]
+
+
+def _iter_nodes(value: Any) -> Iterator[fx.Node]:
+    if isinstance(value, fx.Node):
+        yield value
+    elif isinstance(value, (tuple, list)):
+        for v in value:
+            yield from _iter_nodes(v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _iter_nodes(v)
+    elif isinstance(value, slice):
+        yield from _iter_nodes((value.start, value.stop, value.step))
+
+
+def _iter_infos(value: Any) -> Iterator[ChannelInfo]:
+    if isinstance(value, ChannelInfo):
+        yield value
+    elif isinstance(value, (tuple, list)):
+        for v in value:
+            yield from _iter_infos(v)
+
+
+def describe_target(node: fx.Node) -> str:
+    """``call_function torch.roll`` style description of a node's operation."""
+    t = node.target
+    if node.op == "call_function":
+        mod = getattr(t, "__module__", None) or ""
+        name = getattr(t, "__name__", repr(t))
+        if mod in ("_operator", "operator"):
+            mod = "operator"
+        elif mod.startswith("torch"):
+            mod = "torch.nn.functional" if "functional" in mod else "torch"
+        return f"call_function {mod + '.' if mod else ''}{name}"
+    if node.op == "call_method":
+        return f"call_method Tensor.{t}"
+    return f"{node.op} {t}"
+
+
+class _Builder:
+    """The context rules see while the graph is walked (their ``ctx`` argument)."""
+
+    def __init__(self, traced: Traced) -> None:
+        self.traced = traced
+        self.gm = traced.gm
+        self.modules = dict(self.gm.named_modules())
+        self.next_id = 1
+        self.ties: list[tuple[np.ndarray, np.ndarray]] = []
+        self.slices: dict[tuple[str, str, int], list[Any]] = {}
+        self.consumers: list[tuple[str, str, int, np.ndarray]] = []
+        self.barriers: list[Barrier] = []
+        self.edits: list[tuple[str, EditFn]] = []
+        self.inexact: list[np.ndarray] = []
+        self.costs: list[tuple[str, int]] = []
+        self.values: dict[fx.Node, Any] = {}
+        self.batched: set[fx.Node] = set()
+
+    # ----------------------------------------------------------------- reading the graph
+    def arg(self, node: fx.Node, index: int, name: str | None = None, default: Any = None) -> Any:
+        """Positional argument ``index`` or keyword ``name`` of ``node``."""
+        if index < len(node.args):
+            return node.args[index]
+        if name is not None and name in node.kwargs:
+            return node.kwargs[name]
+        return default
+
+    def info(self, value: Any) -> Any:
+        """The ChannelInfo (or tuple of them) of an argument; None for anything unlabelled."""
+        if isinstance(value, fx.Node):
+            return self.values.get(value)
+        return None
+
+    def input(self, node: fx.Node, index: int = 0, name: str | None = None) -> ChannelInfo | None:
+        v = self.info(self.arg(node, index, name))
+        return v if isinstance(v, ChannelInfo) else None
+
+    def shape(self, value: Any) -> Any:
+        """``torch.Size`` of a node's output (or a nested tuple of them); None if not a tensor."""
+        if isinstance(value, fx.Node):
+            return value.meta.get(SHAPE)
+        if isinstance(value, torch.Tensor):
+            return value.shape
+        return None
+
+    def module(self, node: fx.Node) -> nn.Module:
+        return self.modules[node.target]
+
+    def where(self, node: fx.Node) -> str:
+        """The module path an op belongs to (its own path for call_module)."""
+        if node.op == "call_module":
+            return str(node.target)
+        stack = node.meta.get("nn_module_stack") or {}
+        if stack:
+            last = list(stack.values())[-1]
+            return str(last[0] if isinstance(last, tuple) else last)
+        return ""
+
+    def is_batched(self, node: Any) -> bool:
+        """True if the tensor depends on a model input (its axis 0 is a batch axis)."""
+        return isinstance(node, fx.Node) and node in self.batched
+
+    # ------------------------------------------------------------------ making labels
+    @staticmethod
+    def info_of(axis: int, labels: np.ndarray) -> ChannelInfo:
+        """A ChannelInfo for an output whose channels sit on ``axis``."""
+        return ChannelInfo(int(axis), np.asarray(labels, dtype=np.int64))
+
+    def fresh(self, n: int) -> np.ndarray:
+        """``n`` new labels (new channels)."""
+        out = np.arange(self.next_id, self.next_id + n, dtype=np.int64)
+        self.next_id += n
+        return out
+
+    def tie(self, a: np.ndarray, b: np.ndarray) -> None:
+        """Labels at the same positions of ``a`` and ``b`` live or die together."""
+        a, b = np.broadcast_arrays(np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64))
+        self.ties.append((a.ravel().copy(), b.ravel().copy()))
+
+    def keep(self, labels: np.ndarray) -> None:
+        """These labels are never removed."""
+        labels = np.asarray(labels, dtype=np.int64).ravel()
+        self.tie(labels, np.zeros_like(labels))
+
+    def keep_all(self, value: Any) -> None:
+        """Keep every label reachable from an argument structure."""
+        for n in _iter_nodes(value):
+            for info in _iter_infos(self.values.get(n)):
+                self.keep(info.labels)
+
+    def param(self, node: fx.Node, name: str, dim: int, labels: np.ndarray, role: str) -> None:
+        """Record that ``module.name`` is sliced along ``dim`` by ``labels``."""
+        self.slice_of(str(node.target), name, dim, labels, role)
+
+    def slice_of(self, module: str, name: str, dim: int, labels: np.ndarray, role: str) -> None:
+        if role not in ROLES:
+            raise ValueError(f"unknown slice role {role!r}; roles are {ROLES}")
+        key = (module, name, dim)
+        labels = np.asarray(labels, dtype=np.int64)
+        if key in self.slices:  # a shared module or parameter: every use must agree
+            self.tie(self.slices[key][0], labels)
+        else:
+            self.slices[key] = [labels, role]
+
+    def consumer(self, node: fx.Node, labels: np.ndarray, axis: int) -> None:
+        """Mark ``node`` as mixing the channels ``labels`` of its input (fold target)."""
+        self.consumers.append((node.name, str(node.target), axis, np.asarray(labels, dtype=np.int64)))
+
+    def inexact_units(self, labels: np.ndarray) -> None:
+        """Removing these labels changes the other channels too (cross-channel norms)."""
+        self.inexact.append(np.asarray(labels, dtype=np.int64).ravel())
+
+    def cost(self, node: fx.Node, positions: int) -> None:
+        """The module's weight is used ``positions`` times per sample (MACs = numel × positions)."""
+        self.costs.append((str(node.target), int(positions)))
+
+    def edit(self, node: fx.Node, fn: EditFn) -> None:
+        """Register a rewrite of literal arguments of ``node``, computed once units are chosen."""
+        self.edits.append((node.name, fn))
+
+    def barrier(self, node: fx.Node, reason: str) -> None:
+        """Keep every channel entering ``node``; its output carries no labels."""
+        self.keep_all((node.args, node.kwargs))
+        self.barriers.append(Barrier(node.name, describe_target(node), self.where(node), reason))
+        return None
+
+    def passthrough(self, node: fx.Node, index: int = 0, name: str | None = "input") -> ChannelInfo | None:
+        """Output channels are input channels (activations, pooling, dropout, ...)."""
+        x = self.input(node, index, name)
+        if x is None:
+            return None
+        out = self.shape(node)
+        inp = self.shape(self.arg(node, index, name))
+        if not isinstance(out, torch.Size) or inp is None or len(out) != len(inp) or out[x.axis] != inp[x.axis]:
+            return self.barrier(node, f"the op changes the channel axis {x.axis} ({inp} -> {out})")
+        return x
+
+    # ------------------------------------------------------------------------ walking
+    def _get_attr(self, node: fx.Node) -> ChannelInfo | None:
+        obj: Any = self.gm
+        for part in str(node.target).split("."):
+            obj = getattr(obj, part)
+        if not isinstance(obj, torch.Tensor) or obj.dim() == 0:
+            return None
+        big = [d for d in range(obj.dim()) if obj.shape[d] > 1]
+        if not big:
+            return None
+        module, _, name = str(node.target).rpartition(".")
+        owner = self.gm.get_submodule(module) if module else self.gm
+        if name in dict(owner.named_parameters(recurse=False)):
+            role = "source"
+        elif name in dict(owner.named_buffers(recurse=False)):
+            role = "aux"
+        else:  # a constant fx created; it cannot be sliced
+            return None
+        axis = big[-1]
+        labels = self.fresh(obj.shape[axis])
+        self.slice_of(module, name, axis, labels, role)
+        return ChannelInfo(axis, labels)
+
+    def _check(self, node: fx.Node, value: Any) -> Any:
+        """Reject rule output that does not match the traced shapes (a rule bug)."""
+        shape = self.shape(node)
+        if isinstance(value, ChannelInfo):
+            if not isinstance(shape, torch.Size) or value.axis >= len(shape) or shape[value.axis] != value.labels.size:
+                raise ValueError(f"rule returned {value.labels.size} labels on axis {value.axis} for shape {shape}")
+            return value
+        if isinstance(value, tuple):
+            if not isinstance(shape, tuple) or len(shape) != len(value):
+                raise ValueError(f"rule returned {len(value)} outputs for {shape}")
+            for v, s in zip(value, shape):
+                if isinstance(v, ChannelInfo) and (not isinstance(s, torch.Size) or s[v.axis] != v.labels.size):
+                    raise ValueError(f"rule returned {v.labels.size} labels on axis {v.axis} for shape {s}")
+            return value
+        return None
+
+    def walk(self) -> None:
+        for node in self.gm.graph.nodes:
+            if node.op == "placeholder":
+                self.batched.add(node)
+                self.values[node] = None
+                continue
+            if any(isinstance(a, fx.Node) and a in self.batched for a in _iter_nodes((node.args, node.kwargs))):
+                self.batched.add(node)
+            if node.op == "get_attr":
+                self.values[node] = self._get_attr(node)
+                continue
+            if node.op == "output":
+                self.keep_all(node.args)
+                continue
+            module = self.modules.get(node.target) if node.op == "call_module" else None
+            rule = lookup_rule(node.op, node.target, module)
+            if rule is None:
+                labelled = any(
+                    any(True for _ in _iter_infos(self.values.get(n))) for n in _iter_nodes((node.args, node.kwargs))
+                )
+                value = self.barrier(node, "no channel rule") if labelled else None
+            else:
+                n_ties, n_slices = len(self.ties), len(self.slices)
+                try:
+                    value = self._check(node, rule.propagate(self, node))
+                except Exception as exc:  # a rule that cannot handle this call: keep its channels
+                    del self.ties[n_ties:]
+                    for key in list(self.slices)[n_slices:]:
+                        del self.slices[key]
+                    value = self.barrier(node, f"its rule failed: {type(exc).__name__}: {exc}")
+            self.values[node] = value
+
+
+def _union_find(n: int, ties: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """Root (smallest label) of every label 0..n-1 after all ties; vectorised hook-and-jump."""
+    parent = np.arange(n, dtype=np.int64)
+    if not ties:
+        return parent
+    a = np.concatenate([t[0] for t in ties])
+    b = np.concatenate([t[1] for t in ties])
+    keep = a != b
+    a, b = a[keep], b[keep]
+    while a.size:
+        pa, pb = parent[a], parent[b]
+        differ = pa != pb
+        if not differ.any():
+            break
+        a, b, pa, pb = a[differ], b[differ], pa[differ], pb[differ]
+        lo, hi = np.minimum(pa, pb), np.maximum(pa, pb)
+        np.minimum.at(parent, hi, lo)
+        while True:  # pointer jumping until every label points at its root
+            nxt = parent[parent]
+            if np.array_equal(nxt, parent):
+                break
+            parent = nxt
+    return parent
+
+
+def _warn_barriers(barriers: Iterable[Barrier]) -> None:
+    barriers = list(barriers)
+    if not barriers:
+        return
+    seen: dict[str, Barrier] = {}
+    for b in barriers:
+        seen.setdefault(f"{b.op}|{b.where}|{b.reason}", b)
+    lines = "\n".join(f"  - {b.describe()}" for b in seen.values())
+    warnings.warn(
+        f"slimprune: channels through {len(seen)} op(s) without a usable channel rule are kept "
+        f"(barriers):\n{lines}\nRegister a rule with @slimprune.register_rule(<op>) or mark the "
+        f"module opaque to silence this warning.",
+        UnsupportedOpWarning,
+        stacklevel=3,
+    )
+
+
+def build_channel_graph(traced: Traced, warn: bool = True) -> ChannelGraph:
+    """Build the channel dependency graph of a traced model.
+
+    Args:
+        traced: the output of :func:`slimprune._trace.trace` (shapes on every node).
+        warn: emit one :class:`UnsupportedOpWarning` listing every barrier.
+    """
+    b = _Builder(traced)
+    b.walk()
+    root = _union_find(b.next_id, b.ties)
+    keep_root = root[KEEP]
+
+    slices: list[ParamSlice] = []
+    for (module, name, dim), (labels, role) in b.slices.items():
+        units = root[labels]
+        units.setflags(write=False)
+        slices.append(ParamSlice(module, name, dim, role, units))
+
+    inexact = np.unique(root[np.concatenate(b.inexact)]) if b.inexact else np.zeros(0, np.int64)
+
+    # Units and their signatures (the set of slices they appear in).
+    pairs_u, pairs_s, first_pos = [], [], []
+    for i, s in enumerate(slices):
+        u, pos = np.unique(s.units, return_index=True)
+        sel = u != keep_root
+        pairs_u.append(u[sel])
+        pairs_s.append(np.full(int(sel.sum()), i, dtype=np.int64))
+        first_pos.append(pos[sel])
+    unit_to_group = np.full(b.next_id, -1, dtype=np.int64)
+    groups: list[ChannelGroup] = []
+    if pairs_u:
+        pu, ps, pp = np.concatenate(pairs_u), np.concatenate(pairs_s), np.concatenate(first_pos)
+        order = np.lexsort((ps, pu))
+        pu, ps, pp = pu[order], ps[order], pp[order]
+        starts = np.flatnonzero(np.r_[True, pu[1:] != pu[:-1]])
+        ends = np.r_[starts[1:], pu.size]
+        by_sig: dict[tuple[int, ...], list[tuple[int, int]]] = {}
+        for st, en in zip(starts.tolist(), ends.tolist()):
+            sig = tuple(ps[st:en].tolist())
+            by_sig.setdefault(sig, []).append((int(pp[st]), int(pu[st])))
+        inexact_set = set(inexact.tolist())
+        for gid, (sig, items) in enumerate(sorted(by_sig.items(), key=lambda kv: (kv[0][0], kv[1][0][0]))):
+            items.sort()
+            units = np.array([u for _, u in items], dtype=np.int64)
+            units.setflags(write=False)
+            unit_to_group[units] = gid
+            exact = not any(u in inexact_set for u in units.tolist())
+            groups.append(ChannelGroup(gid, units, sig, exact))
+
+    consumers = tuple(Consumer(n, m, ax, root[lab]) for n, m, ax, lab in b.consumers)
+    graph = ChannelGraph(
+        traced=traced,
+        slices=tuple(slices),
+        groups=tuple(groups),
+        consumers=consumers,
+        barriers=tuple(b.barriers),
+        edits=tuple(b.edits),
+        costs=tuple(b.costs),
+        num_units=b.next_id,
+        root=root,
+        unit_to_group=unit_to_group,
+    )
+    if warn:
+        _warn_barriers(graph.barriers)
+    return graph
+
+
+# Used by rules that need to normalise ``dim`` arguments.
+def norm_dim(dim: int, ndim: int) -> int:
+    return dim + ndim if dim < 0 else dim
+

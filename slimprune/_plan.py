@@ -1,0 +1,217 @@
+"""``PruningPlan``: the frozen, JSON-serialisable record of what a pruning removes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from torch import nn
+
+from .errors import FileFormatError, PlanMismatchError
+
+__all__ = ["PLAN_VERSION", "SliceDecision", "GroupDecision", "Fold", "PruningPlan", "fingerprint"]
+
+PLAN_VERSION = 1
+
+
+def fingerprint(model: nn.Module) -> str:
+    """A hash of the model's class and of every parameter's and buffer's name, shape and dtype."""
+    h = hashlib.sha256(type(model).__qualname__.encode())
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+    return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class SliceDecision:
+    """One dimension of one parameter after pruning: which indices stay."""
+
+    module: str
+    param: str
+    dim: int
+    role: str
+    size: int
+    kept: tuple[int, ...]
+
+    @property
+    def name(self) -> str:
+        return f"{self.module + '.' if self.module else ''}{self.param}[{self.dim}]"
+
+    @property
+    def removed(self) -> tuple[int, ...]:
+        keep = set(self.kept)
+        return tuple(i for i in range(self.size) if i not in keep)
+
+
+@dataclass(frozen=True)
+class GroupDecision:
+    """One channel group: its members, size, and the positions (in unit order) removed."""
+
+    id: int
+    members: tuple[str, ...]
+    size: int
+    removed: tuple[int, ...]
+    exact: bool
+    protected: bool = False
+
+
+@dataclass(frozen=True)
+class Fold:
+    """Constants of removed input channels of one consumer, folded into its bias."""
+
+    module: str
+    node: str
+    size: int  # the consumer's input width
+    index: tuple[int, ...]
+    value: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class PruningPlan:
+    """What a pruning removes, and what it is predicted to save.
+
+    Make one with :func:`slimprune.plan`, inspect it (``print(plan)``), save it
+    (``plan.to_json()``) and apply it with :func:`slimprune.apply`.
+    """
+
+    model: str
+    fingerprint: str
+    input_shapes: tuple[tuple[int, ...], ...]
+    options: tuple[tuple[str, Any], ...]
+    groups: tuple[GroupDecision, ...]
+    slices: tuple[SliceDecision, ...]
+    folds: tuple[Fold, ...]
+    edits: tuple[str, ...]  # JSON-encoded graph edits (see slimprune._edits)
+    opaque: tuple[str, ...]
+    params_before: int
+    params_after: int
+    flops_before: int
+    flops_after: int
+    barriers: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+    version: int = PLAN_VERSION
+
+    # ------------------------------------------------------------------- reading it
+    @property
+    def removed_channels(self) -> int:
+        """Units removed, summed over groups."""
+        return sum(len(g.removed) for g in self.groups)
+
+    @property
+    def prunable_channels(self) -> int:
+        return sum(g.size for g in self.groups if not g.protected)
+
+    @property
+    def changed(self) -> tuple[SliceDecision, ...]:
+        """Slices that lose at least one index."""
+        return tuple(s for s in self.slices if len(s.kept) < s.size)
+
+    def kept(self, module: str, param: str = "weight", dim: int = 0) -> tuple[int, ...] | None:
+        """Indices of ``module.param`` along ``dim`` that stay (None if that dim is not sliced)."""
+        for s in self.slices:
+            if (s.module, s.param, s.dim) == (module, param, dim):
+                return s.kept
+        return None
+
+    def option(self, name: str) -> Any:
+        return dict(self.options).get(name)
+
+    def __str__(self) -> str:
+        def pct(a: int, b: int) -> str:
+            return f"{100.0 * (1 - a / b):.1f}%" if b else "n/a"
+
+        lines = [
+            f"PruningPlan for {self.model} (fingerprint {self.fingerprint}, input {self.input_shapes})",
+            f"  channels: {self.removed_channels} of {self.prunable_channels} prunable removed "
+            f"in {sum(1 for g in self.groups if g.removed)} of {len(self.groups)} groups",
+            f"  params:   {self.params_before:,} -> {self.params_after:,} (-{pct(self.params_after, self.params_before)})",
+            f"  FLOPs:    {self.flops_before:,} -> {self.flops_after:,} (-{pct(self.flops_after, self.flops_before)})",
+        ]
+        shown = [g for g in self.groups if g.removed][:12]
+        for g in shown:
+            head = ", ".join(g.members[:3]) + (" ..." if len(g.members) > 3 else "")
+            lines.append(f"  group {g.id:>4}: {g.size - len(g.removed):>5}/{g.size:<5} kept  [{head}]")
+        hidden = sum(1 for g in self.groups if g.removed) - len(shown)
+        if hidden > 0:
+            lines.append(f"  ... and {hidden} more groups")
+        if self.barriers:
+            lines.append(f"  barriers (kept): {len(self.barriers)}")
+        for n in self.notes:
+            lines.append(f"  note: {n}")
+        return "\n".join(lines)
+
+    # ---------------------------------------------------------------- serialisation
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["format"] = "slimprune.plan"
+        d["options"] = dict(self.options)
+        d["edits"] = [json.loads(e) for e in self.edits]
+        return d
+
+    def to_json(self, indent: int | None = None) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PruningPlan:
+        if not isinstance(d, Mapping) or d.get("format") != "slimprune.plan":
+            raise FileFormatError("not a slimprune plan: the 'format' field is missing or wrong")
+        version = d.get("version")
+        if not isinstance(version, int) or version > PLAN_VERSION:
+            raise FileFormatError(
+                f"plan format version {version!r} is newer than this slimprune understands "
+                f"({PLAN_VERSION}); upgrade slimprune to read it"
+            )
+        try:
+            return cls(
+                model=str(d["model"]),
+                fingerprint=str(d["fingerprint"]),
+                input_shapes=tuple(tuple(int(v) for v in s) for s in d["input_shapes"]),
+                options=tuple(sorted(dict(d["options"]).items())),
+                groups=tuple(
+                    GroupDecision(int(g["id"]), tuple(g["members"]), int(g["size"]),
+                                  tuple(int(i) for i in g["removed"]), bool(g["exact"]), bool(g.get("protected", False)))
+                    for g in d["groups"]
+                ),
+                slices=tuple(
+                    SliceDecision(str(s["module"]), str(s["param"]), int(s["dim"]), str(s["role"]),
+                                  int(s["size"]), tuple(int(i) for i in s["kept"]))
+                    for s in d["slices"]
+                ),
+                folds=tuple(
+                    Fold(str(f["module"]), str(f["node"]), int(f["size"]), tuple(int(i) for i in f["index"]),
+                         tuple(float(v) for v in f["value"]))
+                    for f in d["folds"]
+                ),
+                edits=tuple(json.dumps(e, sort_keys=True) for e in d["edits"]),
+                opaque=tuple(d["opaque"]),
+                params_before=int(d["params_before"]),
+                params_after=int(d["params_after"]),
+                flops_before=int(d["flops_before"]),
+                flops_after=int(d["flops_after"]),
+                barriers=tuple(d.get("barriers", ())),
+                notes=tuple(d.get("notes", ())),
+                version=version,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise FileFormatError(f"the plan is malformed: {type(exc).__name__}: {exc}") from exc
+
+    @classmethod
+    def from_json(cls, text: str) -> PruningPlan:
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise FileFormatError(f"the plan is not valid JSON: {exc}") from exc
+        return cls.from_dict(d)
+
+    def check_model(self, model: nn.Module) -> None:
+        """Raise :class:`PlanMismatchError` unless ``model`` is the model this plan was made for."""
+        fp = fingerprint(model)
+        if fp != self.fingerprint:
+            raise PlanMismatchError(
+                f"this plan was made for a {self.model} with fingerprint {self.fingerprint}, but "
+                f"the given {type(model).__name__} has fingerprint {fp} (different parameter names, "
+                f"shapes or dtypes). Make a new plan with slimprune.plan(model, ...) for this model."
+            )

@@ -1,0 +1,319 @@
+"""The public pruning API: ``analyze``, ``plan``, ``apply``, ``prune``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._graph import ChannelGraph, build_channel_graph
+from ._importance import IMPORTANCE, unit_scores
+from ._plan import Fold, GroupDecision, PruningPlan, SliceDecision, fingerprint
+from ._rewrite import apply_plan
+from ._silence import probe_consumers, silenced, zero_list
+from ._solver import Constraints, Predictor, apply_rounding, group_caps, select_ranked, select_target
+from ._trace import trace
+from .errors import InvalidArgumentError
+from .rules import lookup_rule
+
+__all__ = ["analyze", "plan", "apply", "prune"]
+
+_TARGETS = ("channels", "params", "flops")
+
+
+def analyze(model: nn.Module, example_inputs: Any = None, opaque: Iterable[str | type] = (), warn: bool = True) -> ChannelGraph:
+    """Trace ``model`` and build its channel dependency graph.
+
+    Args:
+        model: any ``nn.Module`` (not modified).
+        example_inputs: a tensor or tuple of positional inputs; built from the first layer
+            when omitted.
+        opaque: module names or types fx must not trace into; their channels are kept.
+        warn: warn once about every op without a channel rule (a barrier).
+
+    Returns:
+        The :class:`ChannelGraph`: groups of channels that live or die together.
+    """
+    return build_channel_graph(trace(model, example_inputs, opaque), warn=warn)
+
+
+def _protected_units(graph: ChannelGraph, model: nn.Module, protect: Iterable[str | type]) -> frozenset[int]:
+    protect = list(protect)
+    modules = dict(model.named_modules())
+    names = [p for p in protect if isinstance(p, str)]
+    types = tuple(p for p in protect if isinstance(p, type))
+    for p in protect:
+        if not isinstance(p, (str, type)):
+            raise InvalidArgumentError(f"protect entries are module names or module types, got {p!r}")
+    for n in names:
+        if n not in modules:
+            close = [m for m in modules if m and (n in m or m in n)][:5]
+            raise InvalidArgumentError(
+                f"protect names module {n!r}, which {type(model).__name__} does not have"
+                + (f"; did you mean one of {close}?" if close else "")
+                + " Use names from model.named_modules()."
+            )
+    units: set[int] = set()
+    for s in graph.slices:
+        m = modules.get(s.module)
+        hit = any(s.module == n or s.module.startswith(n + ".") or n == "" for n in names)
+        if hit or (types and isinstance(m, types)):
+            units.update(int(u) for u in np.unique(s.units))
+    return frozenset(units)
+
+
+def _threshold_removed(graph: ChannelGraph, model: nn.Module, threshold: float, c: Constraints,
+                       scores: np.ndarray) -> np.ndarray:
+    """Units whose every path passes a scaling factor <= threshold, verified constant by a probe."""
+    gmax = np.full(graph.num_units, -np.inf)
+    for s in graph.slices:
+        if s.role == "scale":
+            owner = model.get_submodule(s.module) if s.module else model
+            np.maximum.at(gmax, s.units, getattr(owner, s.param).detach().abs().float().cpu().numpy())
+    in_group = graph.unit_to_group >= 0
+    cand = in_group & np.isfinite(gmax) & (gmax <= threshold)
+    for g in graph.groups:
+        if not g.exact:
+            cand[g.units] = False
+    cand[list(c.protected_units)] = False
+    if not cand.any():
+        return np.zeros(graph.num_units, bool)
+    zeros = zero_list(
+        ((s.module, s.param, s.dim, s.role, np.flatnonzero(cand[s.units])) for s in graph.slices),
+        keep_shift=True, roles=("scale",),
+    )
+    targets = {c_.node: c_.axis for c_ in graph.consumers if cand[c_.units].any()}
+    with silenced(model, zeros):
+        stats = probe_consumers(graph.gm, graph.traced.example_inputs, targets)
+    for c_ in graph.consumers:
+        if c_.node in stats:
+            cand[c_.units[~stats[c_.node].constant()]] = False
+    # Respect per-group caps: the largest-gamma candidates stay when a group would shrink too far.
+    caps = group_caps(graph, c)
+    removed = np.zeros(graph.num_units, bool)
+    for g in graph.groups:
+        u = g.units[cand[g.units]]
+        if u.size > caps[g.id]:
+            u = u[np.lexsort((u, gmax[u]))[: caps[g.id]]]
+        removed[u] = True
+    return apply_rounding(graph, removed, scores, c.round_to)
+
+
+def _folds(graph: ChannelGraph, model: nn.Module, removed: np.ndarray, keep_shift: bool) -> tuple[list[Fold], list[str]]:
+    """Constants that removed channels hold at each consumer, measured on the silenced model."""
+    targets = {c.node: c.axis for c in graph.consumers if removed[c.units].any()}
+    if not targets:
+        return [], []
+    zeros = zero_list(((s.module, s.param, s.dim, s.role, np.flatnonzero(removed[s.units])) for s in graph.slices),
+                      keep_shift=keep_shift)
+    with silenced(model, zeros):
+        stats = probe_consumers(graph.gm, graph.traced.example_inputs, targets)
+    folds: dict[str, Fold] = {}
+    notes: list[str] = []
+    for c in graph.consumers:
+        if c.node not in targets:
+            continue
+        st = stats[c.node]
+        idx = np.flatnonzero(removed[c.units])
+        vals = st.center[idx]
+        if not st.constant()[idx].all():
+            notes.append(f"{c.module}: some removed input channels are not constant, so folding them is approximate")
+        nz = np.abs(vals) > 0
+        if not nz.any():
+            continue
+        m = model.get_submodule(c.module)
+        rule = lookup_rule("call_module", None, m)
+        if rule is None or rule.fold is None:
+            notes.append(f"{c.module}: removed input channels hold non-zero constants but {type(m).__name__} cannot fold them")
+            continue
+        fold = Fold(c.module, c.node, int(c.units.size), tuple(int(i) for i in idx[nz]), tuple(float(v) for v in vals[nz]))
+        if c.module in folds:
+            if folds[c.module].value != fold.value or folds[c.module].index != fold.index:
+                notes.append(f"{c.module} is called more than once with different removed constants; only the first call's are folded")
+            continue
+        folds[c.module] = fold
+        pad = getattr(m, "padding", 0)
+        if getattr(m, "padding_mode", "zeros") == "zeros" and (pad == "same" or (isinstance(pad, tuple) and any(pad))):
+            notes.append(f"{c.module}: folded constants are exact in the interior; zero padding makes border outputs differ")
+    return list(folds.values()), notes
+
+
+def _check_args(ratio: Any, threshold: Any, target: str, importance: Any) -> None:
+    if (ratio is None) == (threshold is None):
+        raise InvalidArgumentError(
+            "give exactly one of ratio= (the fraction of channels, or of params/FLOPs with target=, "
+            "to remove) or threshold= (remove channels whose scaling factors are at most this)"
+        )
+    if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= ratio < 1.0):
+        raise InvalidArgumentError(f"ratio must be a number in [0, 1), got {ratio!r}")
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or threshold < 0):
+        raise InvalidArgumentError(f"threshold must be a number >= 0, got {threshold!r}")
+    if target not in _TARGETS:
+        raise InvalidArgumentError(f"target must be one of {_TARGETS}, got {target!r}")
+    if threshold is not None and target != "channels":
+        raise InvalidArgumentError("target= applies to ratio=; with threshold= the channels to remove are fixed")
+    if not callable(importance) and importance not in IMPORTANCE:
+        raise InvalidArgumentError(
+            f"unknown importance {importance!r}; choose one of {', '.join(map(repr, IMPORTANCE))} "
+            f"or pass a callable fn(model, graph, group) -> scores"
+        )
+
+
+def plan(
+    model: nn.Module,
+    ratio: float | None = None,
+    *,
+    threshold: float | None = None,
+    target: str = "channels",
+    importance: str | Callable[..., Any] = "bn_scale",
+    example_inputs: Any = None,
+    opaque: Iterable[str | type] = (),
+    protect: Iterable[str | type] = (),
+    min_channels: int = 1,
+    round_to: int = 1,
+    max_ratio: float | Mapping[str, float] = 1.0,
+    fold_bias: bool = True,
+    seed: int = 0,
+) -> PruningPlan:
+    """Decide which channels to remove, without touching the model.
+
+    Args:
+        model: the model (not modified).
+        ratio: fraction of prunable channels to remove (or of parameters/FLOPs, see ``target``).
+        threshold: instead of ``ratio``: remove every channel whose scaling factors are all
+            at most ``threshold`` and thereby make it constant on every path it takes
+            (network slimming after sparsity training). Exactly one of the two.
+        target: ``"channels"`` (default), ``"params"`` or ``"flops"``: what ``ratio`` counts.
+        importance: ``"bn_scale"`` (default), ``"l1"``, ``"l2"``, ``"random"`` or a callable
+            ``fn(model, graph, group) -> scores``.
+        example_inputs: a tensor or tuple of positional inputs (built from the first layer if omitted).
+        opaque: module names/types not traced into (kept whole).
+        protect: module names/types whose channels are never removed.
+        min_channels: channels every group keeps (>= 1).
+        round_to: kept channel counts are multiples of this (or the whole group).
+        max_ratio: the largest fraction of any group removed; a float, or a mapping from module
+            name to fraction for the groups that module belongs to.
+        fold_bias: fold the constant output act(β) of removed normalised channels into the
+            next layer's bias (exact for 1x1 convs and Linear, exact in the interior of
+            zero-padded convs). False treats β as zero.
+        seed: for ``importance="random"``.
+
+    Returns:
+        A frozen :class:`PruningPlan`.
+
+    Raises:
+        InvalidArgumentError, TraceError, ExampleInputError, InfeasiblePlanError.
+
+    Example:
+        >>> p = slimprune.plan(model, 0.5)
+        >>> print(p)
+        >>> small = slimprune.apply(model, p)
+    """
+    _check_args(ratio, threshold, target, importance)
+    graph = analyze(model, example_inputs, opaque)
+    protected = _protected_units(graph, model, protect)
+    constraints = Constraints(min_channels, round_to, max_ratio, protected)
+    scores = unit_scores(graph, model, importance, seed)
+    predictor = Predictor(graph, model)
+    if threshold is not None:
+        removed = _threshold_removed(graph, model, float(threshold), constraints, scores)
+    elif target == "channels":
+        removed = select_ranked(graph, scores, float(ratio), constraints)
+    else:
+        removed = select_target(graph, scores, float(ratio), constraints, predictor, "params" if target == "params" else "macs")
+    folds, notes = _folds(graph, model, removed, keep_shift=fold_bias)
+    options = {
+        "ratio": ratio, "threshold": threshold, "target": target,
+        "importance": importance if isinstance(importance, str) else getattr(importance, "__name__", "callable"),
+        "min_channels": min_channels, "round_to": round_to,
+        "max_ratio": dict(max_ratio) if isinstance(max_ratio, Mapping) else max_ratio,
+        "protect": [p if isinstance(p, str) else p.__name__ for p in protect],
+        "fold_bias": fold_bias, "seed": seed,
+    }
+    return make_plan(graph, model, removed, folds, notes, options, predictor, protected)
+
+
+def make_plan(graph: ChannelGraph, model: nn.Module, removed: np.ndarray, folds: list[Fold], notes: list[str],
+              options: dict[str, Any], predictor: Predictor | None = None,
+              protected: frozenset[int] = frozenset()) -> PruningPlan:
+    """Freeze a removal decision into a :class:`PruningPlan` (predictions included)."""
+    predictor = predictor or Predictor(graph, model)
+    kept = graph.kept_fn(removed)
+    slices = tuple(
+        SliceDecision(s.module, s.param, s.dim, s.role, int(s.units.size), tuple(np.flatnonzero(~removed[s.units]).tolist()))
+        for s in graph.slices
+    )
+    groups = tuple(
+        GroupDecision(g.id, tuple(graph.slices[m].name for m in g.members), len(g),
+                      tuple(np.flatnonzero(removed[g.units]).tolist()), g.exact, int(g.units[0]) in protected)
+        for g in graph.groups
+    )
+    edits = []
+    for node, fn in graph.edits:
+        for e in fn(kept):
+            edits.append(json.dumps({"node": node, **e}, sort_keys=True))
+    # A consumer without a bias gets one when constants are folded into it.
+    extra = 0
+    for f in folds:
+        m = model.get_submodule(f.module)
+        if getattr(m, "bias", None) is None:
+            extra += int(np.count_nonzero(~removed[_out_units(graph, f.module)]))
+    none = np.zeros(graph.num_units, bool)
+    inputs = graph.traced.example_inputs
+    return PruningPlan(
+        model=type(model).__name__,
+        fingerprint=fingerprint(model),
+        input_shapes=tuple(tuple(x.shape) for x in inputs if isinstance(x, torch.Tensor)),
+        options=tuple(sorted(options.items())),
+        groups=groups,
+        slices=slices,
+        folds=tuple(folds),
+        edits=tuple(edits),
+        opaque=graph.traced.opaque,
+        params_before=predictor.params(none),
+        params_after=predictor.params(removed, extra),
+        flops_before=2 * predictor.macs(none),
+        flops_after=2 * predictor.macs(removed),
+        barriers=tuple(b.describe() for b in graph.barriers),
+        notes=tuple(dict.fromkeys(notes)),
+    )
+
+
+def _out_units(graph: ChannelGraph, module: str) -> np.ndarray:
+    for s in graph.slices:
+        if s.module == module and s.role == "out" and s.param == "weight":
+            m_units = s.units
+            if s.dim == 1:  # transposed conv: tile the per-group positions
+                m = graph.gm.get_submodule(module)
+                return np.tile(m_units, m.groups)
+            return m_units
+    m = graph.gm.get_submodule(module)
+    n = m.weight.shape[0]
+    return np.zeros(n, dtype=np.int64)
+
+
+def apply(model: nn.Module, plan: PruningPlan, *, inplace: bool = False) -> nn.Module:
+    """Build the pruned model a plan describes.
+
+    Args:
+        model: the model the plan was made for (checked by fingerprint).
+        plan: from :func:`plan`.
+        inplace: modify ``model`` itself instead of a copy. (When the plan rewrites literal
+            sizes in ``forward``, a ``GraphModule`` wrapping the modified model is returned.)
+
+    Returns:
+        A physically smaller module computing what ``silence(model, plan)`` computes.
+
+    Raises:
+        PlanMismatchError: the plan was made for another model.
+    """
+    return apply_plan(model, plan, inplace=inplace)
+
+
+def prune(model: nn.Module, ratio: float | None = None, *, inplace: bool = False, **kwargs: Any) -> nn.Module:
+    """Plan and apply in one call: ``slimprune.prune(model, 0.5)``. See :func:`plan` for options."""
+    return apply(model, plan(model, ratio, **kwargs), inplace=inplace)

@@ -1,0 +1,129 @@
+"""The rewriter: a physically smaller module from a model and a plan.
+
+Slices every recorded parameter and buffer, folds the constants of removed channels into
+the consumers' biases, updates module attributes through each rule's ``resize``, and,
+when ``forward`` hard-codes a channel count, rewrites those literals in the traced graph
+and returns a ``GraphModule`` (module hierarchy and state_dict keys unchanged).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections import defaultdict
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from ._edits import apply_edits
+from ._plan import PruningPlan
+from ._trace import symbolic_trace
+from .errors import PlanMismatchError
+from .rules import lookup_rule
+
+__all__ = ["apply_plan"]
+
+
+def _owner(model: nn.Module, path: str) -> nn.Module:
+    try:
+        return model.get_submodule(path) if path else model
+    except AttributeError as exc:
+        raise PlanMismatchError(
+            f"the plan slices module {path!r}, which this model does not have; make a new plan for it"
+        ) from exc
+
+
+def _new_tensors(model: nn.Module, plan: PruningPlan) -> dict[tuple[str, str], torch.Tensor]:
+    """Sliced copies of every changed parameter/buffer, with folded biases (nothing is mutated)."""
+    by_key: dict[tuple[str, str], list] = defaultdict(list)
+    for s in plan.changed:
+        by_key[(s.module, s.param)].append(s)
+    out: dict[tuple[str, str], torch.Tensor] = {}
+    for (module, param), decisions in by_key.items():
+        t = getattr(_owner(model, module), param).detach()
+        for s in sorted(decisions, key=lambda d: d.dim):
+            if t.shape[s.dim] != s.size:
+                raise PlanMismatchError(f"{s.name} has size {t.shape[s.dim]}, the plan expects {s.size}")
+            t = t.index_select(s.dim, torch.as_tensor(s.kept, dtype=torch.long, device=t.device))
+        out[(module, param)] = t.clone()
+
+    deltas: dict[str, torch.Tensor] = {}
+    for f in plan.folds:
+        m = _owner(model, f.module)
+        rule = lookup_rule("call_module", None, m)
+        if rule is None or rule.fold is None:
+            continue
+        consts = torch.zeros(f.size, dtype=torch.float64)
+        consts[list(f.index)] = torch.tensor(f.value, dtype=torch.float64)
+        with torch.no_grad():
+            d = rule.fold(m, consts.to(m.weight.device))
+        deltas[f.module] = deltas[f.module] + d if f.module in deltas else d
+    for module, d in deltas.items():
+        m = _owner(model, module)
+        kept = _kept_outputs(m, plan, module)
+        if kept is not None:
+            d = d[list(kept)]
+        base = out.get((module, "bias"))
+        if base is None:
+            if m.bias is not None:
+                base = m.bias.detach() if kept is None else m.bias.detach()[list(kept)]
+            else:
+                base = torch.zeros(d.shape, dtype=m.weight.dtype, device=m.weight.device)
+        out[(module, "bias")] = (base + d.to(base.dtype)).clone()
+    return out
+
+
+def _kept_outputs(m: nn.Module, plan: PruningPlan, module: str) -> tuple[int, ...] | None:
+    """Output channels of a consumer that stay (None: all of them)."""
+    if isinstance(m, nn.modules.conv._ConvTransposeNd):
+        per = plan.kept(module, "weight", 1)
+        if per is None:
+            return None
+        co = m.weight.shape[1]
+        return tuple(g * co + q for g in range(m.groups) for q in per)
+    return plan.kept(module, "weight", 0)
+
+
+def _assign(model: nn.Module, tensors: dict[tuple[str, str], torch.Tensor], originals: dict[str, nn.Module]) -> None:
+    for (module, param), t in tensors.items():
+        m = _owner(model, module)
+        old = getattr(m, param, None)
+        if param in m._buffers:
+            m._buffers[param] = t
+        else:
+            req = old.requires_grad if isinstance(old, torch.Tensor) else True
+            setattr(m, param, nn.Parameter(t, requires_grad=req))
+    for module, orig in originals.items():
+        m = _owner(model, module)
+        rule = lookup_rule("call_module", None, m)
+        if rule is not None and rule.resize is not None:
+            rule.resize(m, orig)
+
+
+def apply_plan(model: nn.Module, plan: PruningPlan, inplace: bool = False) -> nn.Module:
+    """Return the pruned model (see :func:`slimprune.apply`)."""
+    plan.check_model(model)
+    tensors = _new_tensors(model, plan)
+    modules = {module for module, _ in tensors}
+    # Snapshots keep the original attributes (groups, widths) that resize rules read.
+    originals = {name: copy.copy(_owner(model, name)) for name in modules}
+    edits = [json.loads(e) for e in plan.edits]
+    graph = None
+    if edits:
+        gm, _ = symbolic_trace(model, plan.opaque)
+        graph = gm.graph
+        apply_edits(graph, edits)
+    if inplace:
+        target = model
+    else:
+        memo: dict[int, object] = {}
+        for (module, param), t in tensors.items():
+            old = getattr(_owner(model, module), param, None)
+            if isinstance(old, torch.Tensor):
+                memo[id(old)] = t  # replaced below: skip copying the old tensor
+        target = copy.deepcopy(model, memo)
+    _assign(target, tensors, originals)
+    if graph is None:
+        return target
+    return fx.GraphModule(target, graph, type(model).__name__)

@@ -1,0 +1,131 @@
+"""Silencing: zero removed channels without changing shapes, and probe what layers see.
+
+``silence(model, plan)`` is the reference every test compares against: a pruned model
+must compute exactly what the original computes with its removed channels silenced.
+Silencing zeroes, for each removed channel, the producer rows (conv/linear outputs),
+the normalisation scale γ, injected parameters (position embeddings, layer scales) and
+the normalisation shift β unless it is folded (``keep_shift``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.fx as fx
+from torch import nn
+
+from ._plan import PruningPlan
+from ._trace import evaluation_mode
+
+__all__ = ["silence", "silenced", "probe_consumers", "ConsumerStats"]
+
+_ZEROED = ("out", "scale", "source")
+
+
+@dataclass(frozen=True)
+class _Zero:
+    module: str
+    param: str
+    dim: int
+    index: torch.Tensor
+
+
+def zero_list(entries: Iterable[tuple[str, str, int, str, Sequence[int]]], keep_shift: bool,
+              roles: Sequence[str] = _ZEROED) -> list[_Zero]:
+    """Which (module, param, dim, indices) to zero for ``(module, param, dim, role, removed)``."""
+    roles = tuple(roles) + (() if keep_shift else ("shift",))
+    out = []
+    for module, param, dim, role, removed in entries:
+        if role in roles and len(removed):
+            out.append(_Zero(module, param, dim, torch.as_tensor(list(removed), dtype=torch.long)))
+    return out
+
+
+@contextlib.contextmanager
+def silenced(model: nn.Module, zeros: Sequence[_Zero]) -> Iterator[nn.Module]:
+    """Temporarily zero entries in place; restores them bit for bit, even on error."""
+    saved = []
+    try:
+        with torch.no_grad():
+            for z in zeros:
+                owner = model.get_submodule(z.module) if z.module else model
+                t = getattr(owner, z.param)
+                idx = z.index.to(t.device)
+                saved.append((t, z.dim, idx, t.index_select(z.dim, idx).clone()))
+                t.index_fill_(z.dim, idx, 0)
+        yield model
+    finally:
+        with torch.no_grad():
+            for t, dim, idx, vals in reversed(saved):
+                t.index_copy_(dim, idx, vals)
+
+
+def silence(model: nn.Module, plan: PruningPlan, keep_shift: bool | None = None) -> nn.Module:
+    """A copy of ``model`` with the channels ``plan`` removes silenced (shapes unchanged).
+
+    Args:
+        keep_shift: keep the normalisation shift β of removed channels (default: the plan's
+            ``fold_bias`` option, so ``apply(model, plan)`` and ``silence(model, plan)``
+            compute the same function).
+    """
+    plan.check_model(model)
+    if keep_shift is None:
+        keep_shift = bool(plan.option("fold_bias"))
+    out = copy.deepcopy(model)
+    zeros = zero_list(((s.module, s.param, s.dim, s.role, s.removed) for s in plan.changed), keep_shift)
+    with torch.no_grad():
+        for z in zeros:
+            owner = out.get_submodule(z.module) if z.module else out
+            getattr(owner, z.param).index_fill_(z.dim, z.index, 0)
+    return out
+
+
+@dataclass(frozen=True)
+class ConsumerStats:
+    """Per input channel of one consumer call: min, max and the value at the centre."""
+
+    node: str
+    vmin: np.ndarray
+    vmax: np.ndarray
+    center: np.ndarray
+
+    def constant(self, rtol: float = 1e-5, atol: float = 1e-6) -> np.ndarray:
+        return (self.vmax - self.vmin) <= atol + rtol * np.abs(self.center)
+
+
+class _Probe(fx.Interpreter):
+    def __init__(self, gm: fx.GraphModule, targets: dict[str, int]) -> None:
+        super().__init__(gm)
+        self.targets = targets
+        self.stats: dict[str, ConsumerStats] = {}
+
+    def run_node(self, n: fx.Node):
+        if n.name in self.targets:
+            args, _ = self.fetch_args_kwargs_from_env(n)
+            x = args[0].detach().float()
+            axis = self.targets[n.name]
+            flat = x.movedim(axis, 0)
+            rest = flat.shape[1:]
+            flat = flat.reshape(flat.shape[0], -1)
+            centre = [0] + [d // 2 for d in rest[1:]] if len(rest) else []
+            ci = int(np.ravel_multi_index(centre, rest)) if len(rest) else 0
+            self.stats[n.name] = ConsumerStats(
+                n.name,
+                flat.amin(1).cpu().numpy().astype(np.float64),
+                flat.amax(1).cpu().numpy().astype(np.float64),
+                flat[:, ci].cpu().numpy().astype(np.float64),
+            )
+        return super().run_node(n)
+
+
+def probe_consumers(gm: fx.GraphModule, inputs: tuple, consumers: dict[str, int]) -> dict[str, ConsumerStats]:
+    """Run ``gm`` once (eval mode, no grad) and summarise each consumer's input per channel."""
+    probe = _Probe(gm, consumers)
+    with evaluation_mode(gm):
+        probe.run(*inputs)
+    return probe.stats

@@ -1,0 +1,204 @@
+"""The solver: which units to remove, under the user's constraints.
+
+Pure functions of the channel graph and the scores. Three ways to choose:
+
+* ``ratio``: a global ranking; the lowest-scoring ``ratio`` of all prunable channels go;
+* ``target="params"|"flops"``: the shortest prefix of that ranking that removes at least
+  ``ratio`` of the parameters (or FLOPs);
+* ``threshold``: every channel a caller marks removable (near-zero scaling factors that
+  make it constant) goes.
+
+Constraints act per channel group: ``min_channels`` stay in every group, at most
+``max_ratio`` of a group goes, and the number kept is a multiple of ``round_to`` (or the
+whole group).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+from torch import nn
+
+from ._graph import ChannelGraph
+from .errors import InfeasiblePlanError, InvalidArgumentError
+
+__all__ = ["Constraints", "group_caps", "select_ranked", "select_target", "apply_rounding", "Predictor"]
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """What the solver must respect. ``max_ratio`` may map module names to fractions."""
+
+    min_channels: int = 1
+    round_to: int = 1
+    max_ratio: float | Mapping[str, float] = 1.0
+    protected_units: frozenset[int] = field(default_factory=frozenset)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.min_channels, int) or self.min_channels < 1:
+            raise InvalidArgumentError(f"min_channels must be an integer >= 1 (a layer never loses all its channels), got {self.min_channels!r}")
+        if not isinstance(self.round_to, int) or self.round_to < 1:
+            raise InvalidArgumentError(f"round_to must be an integer >= 1, got {self.round_to!r}")
+        values = self.max_ratio.values() if isinstance(self.max_ratio, Mapping) else [self.max_ratio]
+        for v in values:
+            if not 0.0 <= float(v) <= 1.0:
+                raise InvalidArgumentError(f"max_ratio values must lie in [0, 1], got {v!r}")
+
+
+def group_caps(graph: ChannelGraph, c: Constraints) -> np.ndarray:
+    """The most units each group may lose (0 for protected or too narrow groups)."""
+    caps = np.zeros(len(graph.groups), dtype=np.int64)
+    per_module = c.max_ratio if isinstance(c.max_ratio, Mapping) else {}
+    default = 1.0 if isinstance(c.max_ratio, Mapping) else float(c.max_ratio)
+    widest = max((len(g) for g in graph.groups), default=0)
+    if graph.groups and c.min_channels > widest:
+        raise InfeasiblePlanError(
+            f"min_channels={c.min_channels} is above the width of every prunable channel group "
+            f"(the widest has {widest} channels), so nothing can be pruned. Lower min_channels."
+        )
+    for g in graph.groups:
+        if any(int(u) in c.protected_units for u in g.units[:1]):
+            continue
+        r = default
+        for m in g.members:
+            r = min(r, float(per_module.get(graph.slices[m].module, default)))
+        cap = min(len(g) - c.min_channels, math.floor(r * len(g) + 1e-9))
+        caps[g.id] = max(cap, 0)
+    return caps
+
+
+def _eligible_order(graph: ChannelGraph, scores: np.ndarray, caps: np.ndarray) -> np.ndarray:
+    """Units that may go, lowest score first (each group contributes its ``cap`` lowest)."""
+    chosen = []
+    for g in graph.groups:
+        if caps[g.id] <= 0:
+            continue
+        s = scores[g.units]
+        order = np.lexsort((g.units, s))
+        chosen.append(g.units[order[: caps[g.id]]])
+    if not chosen:
+        return np.zeros(0, dtype=np.int64)
+    units = np.concatenate(chosen)
+    return units[np.lexsort((units, scores[units]))]
+
+
+def apply_rounding(graph: ChannelGraph, removed: np.ndarray, scores: np.ndarray, round_to: int) -> np.ndarray:
+    """Give back the best removed units of each group until its kept count is a multiple of ``round_to``."""
+    if round_to <= 1:
+        return removed
+    removed = removed.copy()
+    for g in graph.groups:
+        r = removed[g.units]
+        n_rem = int(r.sum())
+        if not n_rem:
+            continue
+        kept = len(g) - n_rem
+        want = min(len(g), math.ceil(kept / round_to) * round_to)
+        give = want - kept
+        if give > 0:
+            cand = g.units[r]
+            back = cand[np.lexsort((-cand, -scores[cand]))[:give]]
+            removed[back] = False
+    return removed
+
+
+def select_ranked(graph: ChannelGraph, scores: np.ndarray, ratio: float, c: Constraints) -> np.ndarray:
+    """Remove the ``ratio`` lowest-scoring prunable units globally. Returns a mask over labels."""
+    caps = group_caps(graph, c)
+    prunable = sum(len(g) for g in graph.groups if not any(int(u) in c.protected_units for u in g.units[:1]))
+    k = math.floor(ratio * prunable + 1e-9)
+    order = _eligible_order(graph, scores, caps)
+    if k > order.size:
+        raise InfeasiblePlanError(
+            f"ratio={ratio} asks for {k} of {prunable} prunable channels, but the constraints "
+            f"(min_channels={c.min_channels}, max_ratio={c.max_ratio!r}) allow at most {order.size} "
+            f"({order.size / max(prunable, 1):.1%}). Lower the ratio or relax the constraints."
+        )
+    removed = np.zeros(graph.num_units, dtype=bool)
+    removed[order[:k]] = True
+    return apply_rounding(graph, removed, scores, c.round_to)
+
+
+def select_target(graph: ChannelGraph, scores: np.ndarray, fraction: float, c: Constraints,
+                  predictor: "Predictor", kind: str) -> np.ndarray:
+    """Shortest prefix of the ranking that removes at least ``fraction`` of params or FLOPs."""
+    caps = group_caps(graph, c)
+    order = _eligible_order(graph, scores, caps)
+    before = predictor.params(np.zeros(graph.num_units, bool)) if kind == "params" else predictor.macs(np.zeros(graph.num_units, bool))
+
+    def removed_for(k: int) -> np.ndarray:
+        m = np.zeros(graph.num_units, dtype=bool)
+        m[order[:k]] = True
+        return apply_rounding(graph, m, scores, c.round_to)
+
+    def saved(k: int) -> float:
+        m = removed_for(k)
+        after = predictor.params(m) if kind == "params" else predictor.macs(m)
+        return 1.0 - after / before if before else 0.0
+
+    if saved(order.size) + 1e-12 < fraction:
+        raise InfeasiblePlanError(
+            f"target={kind!r} ratio={fraction} cannot be reached: removing every channel the "
+            f"constraints allow saves only {saved(order.size):.1%} of the {kind}. Lower the ratio "
+            f"or relax min_channels/max_ratio/protect."
+        )
+    lo, hi = 0, order.size
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if saved(mid) + 1e-12 >= fraction:
+            hi = mid
+        else:
+            lo = mid + 1
+    return removed_for(lo)
+
+
+class Predictor:
+    """Parameter and MAC counts of the pruned model, from the graph alone."""
+
+    def __init__(self, graph: ChannelGraph, model: nn.Module) -> None:
+        self.graph = graph
+        self.params_by_key: dict[tuple[str, str], tuple[int, ...]] = {}
+        seen: set[int] = set()
+        self.fixed = 0
+        sliced = {(s.module, s.param) for s in graph.slices}
+        mods = dict(model.named_modules())
+        for mname, m in mods.items():
+            for pname, p in m.named_parameters(recurse=False):
+                if id(p) in seen:
+                    continue
+                seen.add(id(p))
+                if (mname, pname) in sliced:
+                    self.params_by_key[(mname, pname)] = tuple(p.shape)
+                else:
+                    self.fixed += p.numel()
+        self.weight_shapes = {
+            name: tuple(m.weight.shape) for name, m in mods.items() if isinstance(getattr(m, "weight", None), nn.Parameter)
+        }
+
+    def _shapes(self, removed: np.ndarray) -> dict[tuple[str, str], list[int]]:
+        shapes: dict[tuple[str, str], list[int]] = {}
+        for s in self.graph.slices:
+            key = (s.module, s.param)
+            if key in self.params_by_key:
+                base = shapes.setdefault(key, list(self.params_by_key[key]))
+                base[s.dim] = int((~removed[s.units]).sum())
+        return shapes
+
+    def params(self, removed: np.ndarray, extra: int = 0) -> int:
+        shapes = self._shapes(removed)
+        total = self.fixed + extra
+        for key, shp in self.params_by_key.items():
+            total += math.prod(shapes.get(key, shp))
+        return total
+
+    def macs(self, removed: np.ndarray) -> int:
+        shapes = self._shapes(removed)
+        total = 0
+        for module, positions in self.graph.costs:
+            shp = shapes.get((module, "weight")) or self.weight_shapes.get(module)
+            if shp:
+                total += math.prod(shp) * positions
+        return total

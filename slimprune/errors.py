@@ -1,0 +1,51 @@
+"""The exceptions and warnings slimprune raises.
+
+Every error is a :class:`SlimpruneError`, so ``except slimprune.SlimpruneError`` catches
+anything the library refuses to do. Messages follow one pattern: what was wrong, where,
+what is allowed, and how to fix it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "SlimpruneError",
+    "TraceError",
+    "UnsupportedOpWarning",
+    "InvalidArgumentError",
+    "InfeasiblePlanError",
+    "PlanMismatchError",
+    "ExampleInputError",
+    "FileFormatError",
+]
+
+
+class SlimpruneError(Exception):
+    """Base class of every error raised by slimprune."""
+
+
+class InvalidArgumentError(SlimpruneError, ValueError):
+    """An argument has a value slimprune cannot use (a ratio outside [0, 1), an unknown name...)."""
+
+
+class TraceError(SlimpruneError):
+    """``torch.fx`` could not trace the model; the message names the module and the operation."""
+
+
+class ExampleInputError(SlimpruneError, ValueError):
+    """The example inputs do not fit the model (wrong shape, wrong type), or none could be built."""
+
+
+class InfeasiblePlanError(SlimpruneError):
+    """The constraints cannot be met (for example ``min_channels`` above a layer's width)."""
+
+
+class PlanMismatchError(SlimpruneError):
+    """A plan was applied to a model other than the one it was made for."""
+
+
+class FileFormatError(SlimpruneError):
+    """A slimprune file is truncated, tampered with, or from a newer format version."""
+
+
+class UnsupportedOpWarning(UserWarning):
+    """Channels flow through an op slimprune has no rule for; they are kept (a barrier)."""

@@ -1,0 +1,188 @@
+"""Rules that move channels between tensors by position: cat/stack, split/chunk, getitem."""
+
+from __future__ import annotations
+
+import operator
+
+import numpy as np
+import torch
+import torch.fx as fx
+
+from .._edits import encode
+from . import register_rule
+
+
+def _ChannelInfo():
+    from .._graph import ChannelInfo
+
+    return ChannelInfo
+
+
+def _norm(dim: int, ndim: int) -> int:
+    return dim + ndim if dim < 0 else dim
+
+
+# ------------------------------------------------------------------------------ cat/stack
+@register_rule(torch.cat, torch.concat, torch.concatenate)
+def cat(ctx, node):
+    """Concatenation along the channel axis maps input k to offsets [off_k, off_k + C_k)."""
+    CI = _ChannelInfo()
+    tensors = ctx.arg(node, 0, "tensors")
+    out = ctx.shape(node)
+    dim = _norm(ctx.arg(node, 1, "dim", 0), len(out))
+    infos = [ctx.info(t) for t in tensors]
+    axes = {i.axis for i in infos if isinstance(i, CI)}
+    if not axes:
+        return None
+    if axes == {dim}:
+        parts = [
+            i.labels if isinstance(i, CI) else np.zeros(ctx.shape(t)[dim], np.int64)  # 0 = KEEP
+            for i, t in zip(infos, tensors)
+        ]
+        return ctx.info_of(dim, np.concatenate(parts))
+    return _same_channels(ctx, node, tensors, infos, axes, shift=0)
+
+
+def _same_channels(ctx, node, tensors, infos, axes, shift):
+    """Inputs joined along a non-channel axis share their channels position by position."""
+    CI = _ChannelInfo()
+    labelled = [i for i in infos if isinstance(i, CI)]
+    if len(axes) > 1 or any(not isinstance(i, CI) for i in infos):
+        for i in labelled:
+            ctx.keep(i.labels)
+        return None
+    first = labelled[0]
+    for i in labelled[1:]:
+        ctx.tie(first.labels, i.labels)
+    return ctx.info_of(first.axis + shift, first.labels)
+
+
+@register_rule(torch.stack)
+def stack(ctx, node):
+    CI = _ChannelInfo()
+    tensors = ctx.arg(node, 0, "tensors")
+    out = ctx.shape(node)
+    dim = _norm(ctx.arg(node, 1, "dim", 0), len(out))
+    infos = [ctx.info(t) for t in tensors]
+    axes = {i.axis for i in infos if isinstance(i, CI)}
+    if not axes:
+        return None
+    shift = 1 if dim <= min(axes) else 0
+    return _same_channels(ctx, node, tensors, infos, axes, shift)
+
+
+# --------------------------------------------------------------------------- split/chunk
+def _split(ctx, node, dim_index: int, dim_name: str = "dim"):
+    x = ctx.input(node, 0, "input") or ctx.input(node, 0, "tensor") or ctx.input(node, 0, "self")
+    outs = ctx.shape(node)
+    if x is None:
+        return None if not isinstance(outs, tuple) else tuple(None for _ in outs)
+    nd = len(ctx.shape(node.args[0]))
+    dim = _norm(ctx.arg(node, dim_index, dim_name, 0), nd)
+    if dim != x.axis:
+        return tuple(ctx.info_of(x.axis, x.labels) for _ in outs)
+    sizes = [s[dim] for s in outs]
+    offs = np.cumsum([0] + sizes)
+    pieces = [x.labels[offs[k] : offs[k + 1]] for k in range(len(sizes))]
+
+    def edit(kept):
+        new = [int(kept(p).sum()) for p in pieces]
+        return [] if new == sizes else [{"kind": "split_sizes", "sizes": new, "dim": dim}]
+
+    ctx.edit(node, edit)
+    return tuple(ctx.info_of(dim, p) for p in pieces)
+
+
+@register_rule(torch.split, "split", "split_with_sizes", torch.split_with_sizes)
+def split(ctx, node):
+    return _split(ctx, node, 2)
+
+
+@register_rule(torch.chunk, "chunk")
+def chunk(ctx, node):
+    # chunk(n) of a pruned tensor would cut in equal parts; the edit turns it into a split.
+    return _split(ctx, node, 2)
+
+
+# ---------------------------------------------------------------------------------- getitem
+def _kept_before(kept, labels: np.ndarray, stop: int) -> int:
+    return int(kept(labels[:stop]).sum())
+
+
+@register_rule(operator.getitem)
+def getitem(ctx, node):
+    CI = _ChannelInfo()
+    src, idx = node.args[0], node.args[1]
+    info = ctx.info(src)
+    if isinstance(info, tuple):  # picking one output of split/chunk/...
+        if isinstance(idx, int):
+            return info[idx]
+        if isinstance(idx, slice):
+            return tuple(info[idx])
+        ctx.keep_all(src)
+        return None
+    if not isinstance(info, CI):
+        return None
+    shape = ctx.shape(src)
+    if not isinstance(shape, torch.Size):
+        return ctx.barrier(node, "indexing a value without a shape")
+    items = list(idx) if isinstance(idx, tuple) else [idx]
+    consuming = sum(1 for it in items if it is not None and it is not Ellipsis)
+    in_ax = out_ax = 0
+    axis: int | None = None
+    labels = info.labels
+    for pos, it in enumerate(items):
+        if it is Ellipsis:
+            skip = len(shape) - consuming
+            if in_ax <= info.axis < in_ax + skip:
+                axis = out_ax + info.axis - in_ax
+            in_ax += skip
+            out_ax += skip
+        elif it is None:
+            out_ax += 1
+        elif isinstance(it, bool) or not isinstance(it, (int, slice)):
+            return ctx.barrier(node, "advanced (tensor or list) indexing")
+        elif isinstance(it, int):
+            if in_ax == info.axis:  # one channel picked out: it stays, its position moves
+                i = it % shape[in_ax]
+                ctx.keep(labels[i : i + 1])
+                _register_item_edit(ctx, node, idx, pos, labels, lambda kept, i=i: _kept_before(kept, labels, i))
+                return None
+            in_ax += 1
+        else:
+            if in_ax == info.axis:
+                if any(isinstance(v, fx.Node) for v in (it.start, it.stop, it.step)):
+                    return ctx.barrier(node, "a slice of the channel axis with computed bounds")
+                start, stop, step = it.indices(shape[in_ax])
+                if step != 1:
+                    return ctx.barrier(node, "a strided slice of the channel axis")
+                stop = max(stop, start)
+                labels = labels[start:stop]
+                axis = out_ax
+                _register_item_edit(
+                    ctx, node, idx, pos, info.labels,
+                    lambda kept, a=start, b=stop: slice(
+                        _kept_before(kept, info.labels, a), _kept_before(kept, info.labels, b), None
+                    ),
+                )
+            in_ax += 1
+            out_ax += 1
+    if axis is None:
+        if info.axis < in_ax:
+            return None
+        axis = out_ax + info.axis - in_ax
+    return ctx.info_of(axis, labels)
+
+
+def _register_item_edit(ctx, node, idx, pos, labels, new_item):
+    """Rewrite the index at ``pos`` once we know which channels stay."""
+    encode(idx)  # fail now (a barrier) rather than at apply time if it cannot be recorded
+
+    def edit(kept):
+        if kept(labels).all():
+            return []
+        item = new_item(kept)
+        new_idx = tuple(item if k == pos else v for k, v in enumerate(idx)) if isinstance(idx, tuple) else item
+        return [{"kind": "set_arg", "index": 1, "value": encode(new_idx)}]
+
+    ctx.edit(node, edit)

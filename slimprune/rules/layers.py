@@ -1,0 +1,252 @@
+"""Rules for layers with weights: convolutions, Linear, norms, PReLU, Embedding."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import register_rule
+
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_CONVT = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
+def _positions(shape: torch.Size, channel_axis: int) -> int:
+    """Output positions per sample: every dim except batch and channels."""
+    dims = [d for i, d in enumerate(shape) if i not in (0, channel_axis)]
+    return math.prod(dims)
+
+
+def _grouped_in(ctx, x_labels: np.ndarray, groups: int) -> np.ndarray:
+    """Input channels of a grouped layer: position ``p`` of every group lives or dies together."""
+    per = x_labels.reshape(groups, -1)
+    ctx.tie(per, per[0:1])
+    return per[0]
+
+
+# --------------------------------------------------------------------------- convolution
+def _resize_conv(m: nn.Module, orig: nn.Module) -> None:
+    transposed = isinstance(m, nn.modules.conv._ConvTransposeNd)
+    if orig.groups > 1 and orig.groups == orig.in_channels:  # depthwise: groups follow the channels
+        mult = orig.out_channels // orig.in_channels
+        m.groups = m.weight.shape[0] if transposed else m.weight.shape[0] // mult
+    if transposed:
+        m.in_channels = m.weight.shape[0]
+        m.out_channels = m.weight.shape[1] * m.groups
+    else:
+        m.out_channels = m.weight.shape[0]
+        m.in_channels = m.weight.shape[1] * m.groups
+
+
+def _fold_conv(m: nn.Module, consts: torch.Tensor) -> torch.Tensor:
+    """Bias change for constant input channels: const × sum of the kernel (interior positions)."""
+    w = m.weight.detach()
+    g = m.groups
+    spatial = tuple(range(2, w.dim()))
+    if isinstance(m, nn.modules.conv._ConvTransposeNd):
+        # Every output position receives prod(kernel)/prod(stride) taps on average.
+        wsum = w.sum(dim=spatial) / math.prod(m.stride)  # [Cin, Cout/g]
+        cin, co = wsum.shape
+        c = consts.to(w.dtype).reshape(g, cin // g)
+        return torch.einsum("gi,gio->go", c, wsum.reshape(g, cin // g, co)).reshape(-1)
+    wsum = w.sum(dim=spatial)  # [Cout, Cin/g]
+    cout, ci = wsum.shape
+    c = consts.to(w.dtype).reshape(g, ci)
+    return torch.einsum("goi,gi->go", wsum.reshape(g, cout // g, ci), c).reshape(-1)
+
+
+@register_rule(*_CONV, resize=_resize_conv, fold=_fold_conv)
+def conv(ctx, node):
+    m = ctx.module(node)
+    x = ctx.input(node, 0, "input")
+    if x is not None and x.axis != 1:
+        ctx.keep(x.labels)
+        x = None
+    out_shape = ctx.shape(node)
+    ctx.cost(node, _positions(out_shape, 1))
+    g, cin, cout = m.groups, m.in_channels, m.out_channels
+    if g == 1:
+        out = ctx.fresh(cout)
+        if x is not None:
+            ctx.param(node, "weight", 1, x.labels, "in")
+            ctx.consumer(node, x.labels, 1)
+    elif g == cin:  # depthwise (channel multiplier cout // cin): output j belongs to input j // mult
+        if x is None:
+            return None
+        out = np.repeat(x.labels, cout // cin)
+    else:  # grouped: equal-size groups, so position p is removed from every group at once
+        if x is not None:
+            ctx.param(node, "weight", 1, _grouped_in(ctx, x.labels, g), "in")
+            ctx.consumer(node, x.labels, 1)
+        out = np.tile(ctx.fresh(cout // g), g)
+    ctx.param(node, "weight", 0, out, "out")
+    if m.bias is not None:
+        ctx.param(node, "bias", 0, out, "out")
+    return ctx.info_of(1, out)
+
+
+@register_rule(*_CONVT, resize=_resize_conv, fold=_fold_conv)
+def conv_transpose(ctx, node):
+    m = ctx.module(node)
+    x = ctx.input(node, 0, "input")
+    if x is not None and x.axis != 1:
+        ctx.keep(x.labels)
+        x = None
+    ctx.cost(node, _positions(ctx.shape(node.args[0]), 1))
+    g, cin, cout = m.groups, m.in_channels, m.out_channels
+    if g == cin and g > 1:  # depthwise transposed
+        if x is None:
+            return None
+        ctx.param(node, "weight", 0, x.labels, "in")
+        out = np.repeat(x.labels, cout // cin)
+    else:
+        if x is not None:
+            if g > 1:
+                _grouped_in(ctx, x.labels, g)
+            ctx.param(node, "weight", 0, x.labels, "in")
+            ctx.consumer(node, x.labels, 1)
+        per = ctx.fresh(cout // g)
+        ctx.param(node, "weight", 1, per, "out")
+        out = np.tile(per, g)
+    if m.bias is not None:
+        ctx.param(node, "bias", 0, out, "out")
+    return ctx.info_of(1, out)
+
+
+# ------------------------------------------------------------------------------- linear
+def _resize_linear(m: nn.Module, orig: nn.Module) -> None:
+    m.out_features, m.in_features = m.weight.shape
+
+
+def _fold_linear(m: nn.Module, consts: torch.Tensor) -> torch.Tensor:
+    return m.weight.detach() @ consts.to(m.weight.dtype)
+
+
+@register_rule(nn.Linear, resize=_resize_linear, fold=_fold_linear)
+def linear(ctx, node):
+    m = ctx.module(node)
+    x = ctx.input(node, 0, "input")
+    shape = ctx.shape(node)
+    last = len(shape) - 1
+    if x is not None and x.axis != last:
+        ctx.keep(x.labels)
+        x = None
+    ctx.cost(node, math.prod(shape[1:-1]) if len(shape) > 1 else 1)
+    if x is not None:
+        ctx.param(node, "weight", 1, x.labels, "in")
+        ctx.consumer(node, x.labels, last)
+    out = ctx.fresh(m.out_features)
+    ctx.param(node, "weight", 0, out, "out")
+    if m.bias is not None:
+        ctx.param(node, "bias", 0, out, "out")
+    return ctx.info_of(last, out)
+
+
+# -------------------------------------------------------------------------------- norms
+def _resize_bn(m: nn.Module, orig: nn.Module) -> None:
+    for name in ("weight", "running_mean"):
+        t = getattr(m, name, None)
+        if t is not None:
+            m.num_features = t.shape[0]
+            return
+
+
+@register_rule(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, resize=_resize_bn)
+def batch_norm(ctx, node):
+    m = ctx.module(node)
+    x = ctx.input(node, 0, "input")
+    if x is None:
+        return None
+    if x.axis != 1:
+        return ctx.barrier(node, f"channels are on axis {x.axis}, BatchNorm normalises axis 1")
+    if m.affine:
+        ctx.param(node, "weight", 0, x.labels, "scale")
+        ctx.param(node, "bias", 0, x.labels, "shift")
+    if m.running_mean is not None:
+        ctx.param(node, "running_mean", 0, x.labels, "aux")
+        ctx.param(node, "running_var", 0, x.labels, "aux")
+    return x
+
+
+@register_rule(nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, resize=_resize_bn)
+def instance_norm(ctx, node):
+    return batch_norm(ctx, node)
+
+
+def _resize_gn(m: nn.Module, orig: nn.Module) -> None:
+    m.num_channels = m.weight.shape[0] if m.affine else m.num_channels
+
+
+@register_rule(nn.GroupNorm, resize=_resize_gn)
+def group_norm(ctx, node):
+    m = ctx.module(node)
+    x = ctx.input(node, 0, "input")
+    if x is None:
+        return None
+    if x.axis != 1:
+        return ctx.barrier(node, f"channels are on axis {x.axis}, GroupNorm normalises axis 1")
+    # Groups must stay the same size: position p goes from every group at once. The
+    # statistics of a group change when channels leave it, so removal is never exact.
+    _grouped_in(ctx, x.labels, m.num_groups)
+    labels = np.tile(x.labels.reshape(m.num_groups, -1)[0], m.num_groups)
+    ctx.inexact_units(labels)
+    if m.affine:
+        ctx.param(node, "weight", 0, labels, "scale")
+        ctx.param(node, "bias", 0, labels, "shift")
+    return ctx.info_of(1, labels)
+
+
+def _resize_ln(m: nn.Module, orig: nn.Module) -> None:
+    t = m.weight if m.weight is not None else None
+    if t is not None:
+        m.normalized_shape = (t.shape[0],)
+
+
+@register_rule(nn.LayerNorm, resize=_resize_ln)
+def layer_norm(ctx, node):
+    m = ctx.module(node)
+    x = ctx.input(node, 0, "input")
+    if x is None:
+        return None
+    shape = ctx.shape(node)
+    if len(m.normalized_shape) != 1 or x.axis != len(shape) - 1:
+        return ctx.barrier(node, "LayerNorm over more than the channel axis")
+    if m.weight is None:
+        return ctx.barrier(node, "LayerNorm without affine weights cannot be resized")
+    # LayerNorm's mean and variance run over all channels: removal changes the others.
+    ctx.inexact_units(x.labels)
+    ctx.param(node, "weight", 0, x.labels, "scale")
+    if m.bias is not None:
+        ctx.param(node, "bias", 0, x.labels, "shift")
+    return x
+
+
+# --------------------------------------------------------------------- PReLU, Embedding
+def _resize_prelu(m: nn.Module, orig: nn.Module) -> None:
+    m.num_parameters = m.weight.shape[0]
+
+
+@register_rule(nn.PReLU, resize=_resize_prelu)
+def prelu(ctx, node):
+    m = ctx.module(node)
+    x = ctx.passthrough(node)
+    if x is not None and m.num_parameters > 1:
+        if x.axis != 1:
+            return ctx.barrier(node, "PReLU slopes are per channel on axis 1")
+        ctx.param(node, "weight", 0, x.labels, "aux")
+    return x
+
+
+def _resize_embedding(m: nn.Module, orig: nn.Module) -> None:
+    m.embedding_dim = m.weight.shape[1]
+
+
+@register_rule(nn.Embedding, resize=_resize_embedding)
+def embedding(ctx, node):
+    m = ctx.module(node)
+    out = ctx.fresh(m.embedding_dim)
+    ctx.param(node, "weight", 1, out, "out")
+    return ctx.info_of(len(ctx.shape(node)) - 1, out)

@@ -1,0 +1,184 @@
+"""Rules for ops that keep channels apart: activations, dropout, pooling, interpolation,
+elementwise arithmetic with broadcasting, and reductions over non-channel dimensions."""
+
+from __future__ import annotations
+
+import builtins
+import operator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import register_rule
+
+# ------------------------------------------------------------------- one channel in, one out
+_MODULES = (
+    nn.Identity, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
+    nn.Mish, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Sigmoid, nn.Tanh, nn.Softplus,
+    nn.Softsign, nn.Tanhshrink, nn.Threshold, nn.LogSigmoid, nn.Hardshrink, nn.Softshrink,
+    nn.RReLU,
+    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout,
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.LPPool1d, nn.LPPool2d,
+    nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d,
+    nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d,
+    nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReflectionPad3d,
+    nn.ReplicationPad1d, nn.ReplicationPad2d, nn.ReplicationPad3d, nn.CircularPad2d,
+)
+_FUNCTIONS = (
+    F.relu, F.relu_, F.relu6, F.elu, F.elu_, F.selu, F.celu, F.leaky_relu, F.leaky_relu_, F.gelu,
+    F.silu, F.mish, F.hardswish, F.hardsigmoid, F.hardtanh, F.hardtanh_, F.sigmoid, F.tanh,
+    F.softplus, F.softsign, F.logsigmoid, F.hardshrink, F.softshrink, F.tanhshrink, F.rrelu,
+    F.threshold,
+    F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout,
+    F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
+    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
+    F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d, F.lp_pool1d, F.lp_pool2d,
+    F.interpolate, F.upsample, F.upsample_nearest, F.upsample_bilinear, F.pad,
+    torch.relu, torch.relu_, torch.sigmoid, torch.tanh, torch.exp, torch.abs, torch.neg,
+    torch.sqrt, torch.rsqrt, torch.square, torch.clamp, torch.clip, torch.erf, torch.sin, torch.cos,
+    torch.max_pool1d, torch.max_pool2d, torch.avg_pool1d, torch.adaptive_avg_pool1d,
+    torch.nan_to_num, torch.sign, torch.log, torch.reciprocal,
+    operator.neg, operator.pos, operator.abs,
+)
+_METHODS = (
+    "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "exp", "abs", "neg", "sqrt", "rsqrt",
+    "square", "clamp", "clamp_", "clamp_min", "clamp_max", "clip", "sign", "log", "reciprocal",
+    "contiguous", "clone", "detach", "float", "half", "double", "bfloat16", "to", "type_as", "cpu",
+    "cuda", "requires_grad_", "pow", "erf", "sin", "cos", "nan_to_num",
+)
+
+
+@register_rule(*_MODULES, *_FUNCTIONS, *_METHODS)
+def pointwise(ctx, node):
+    """Output channel i is computed from input channel i only."""
+    return ctx.passthrough(node)
+
+
+# ----------------------------------------------------------- arithmetic with broadcasting
+def broadcast(ctx, node, operands):
+    """Ties channels at the same position of every operand (``x + y``, ``x * gate``).
+
+    An operand whose channel axis has size 1 broadcasts and ties nothing (its one channel
+    is kept); an unlabelled operand of full size along the channel axis keeps everything.
+    """
+    out = ctx.shape(node)
+    if not isinstance(out, torch.Size):
+        return None
+    nd = len(out)
+    parts, plain = [], []
+    for op in operands:
+        shp = ctx.shape(op)
+        if not isinstance(shp, torch.Size):
+            continue
+        off = nd - len(shp)
+        info = ctx.info(op)
+        if info is not None and not isinstance(info, tuple):
+            ax = info.axis + off
+            if info.labels.size == 1 and out[ax] != 1:
+                ctx.keep(info.labels)
+                plain.append((shp, off))
+            else:
+                parts.append((ax, info.labels))
+        else:
+            plain.append((shp, off))
+    if not parts:
+        return None
+    axes = {ax for ax, _ in parts}
+    if len(axes) > 1:
+        for _, lab in parts:
+            ctx.keep(lab)
+        return None
+    ax = axes.pop()
+    for shp, off in plain:
+        k = ax - off
+        if k >= 0 and shp[k] == out[ax] and out[ax] > 1:
+            for _, lab in parts:
+                ctx.keep(lab)
+            return None
+    first = parts[0][1]
+    for _, lab in parts[1:]:
+        ctx.tie(first, lab)
+    return ctx.info_of(ax, first)
+
+
+_BINARY_FUNCTIONS = (
+    operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd, operator.isub,
+    operator.imul, operator.itruediv, torch.add, torch.sub, torch.mul, torch.div, torch.maximum,
+    torch.minimum, torch.true_divide, torch.multiply, torch.subtract,
+)
+_BINARY_METHODS = ("add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "maximum", "minimum")
+
+
+@register_rule(*_BINARY_FUNCTIONS, *_BINARY_METHODS)
+def binary(ctx, node):
+    return broadcast(ctx, node, list(node.args[:2]) + [node.kwargs.get("other")])
+
+
+@register_rule(torch.where)
+def where(ctx, node):
+    if len(node.args) < 3:
+        return ctx.barrier(node, "torch.where with one argument returns indices")
+    return broadcast(ctx, node, node.args[:3])
+
+
+# ------------------------------------------------------------------------- reductions
+def _reduce(ctx, node, dim_index: int = 1):
+    x = ctx.input(node, 0, "input")
+    if x is None:
+        return None
+    in_shape = ctx.shape(node.args[0])
+    dims = ctx.arg(node, dim_index, "dim")
+    keepdim = bool(ctx.arg(node, dim_index + 1, "keepdim", False))
+    if dims is None:
+        ctx.keep(x.labels)
+        return None
+    dims = [dims] if isinstance(dims, int) else list(dims)
+    if not all(isinstance(d, int) for d in dims):
+        return ctx.barrier(node, "reduction dims are not constants")
+    dims = [d % len(in_shape) for d in dims]
+    if x.axis in dims:  # reducing over channels mixes them
+        ctx.keep(x.labels)
+        return None
+    axis = x.axis if keepdim else x.axis - sum(d < x.axis for d in dims)
+    return ctx.info_of(axis, x.labels)
+
+
+@register_rule(torch.mean, torch.sum, torch.amax, torch.amin, torch.std, torch.var, torch.logsumexp,
+               "mean", "sum", "amax", "amin", "std", "var", "logsumexp")
+def reduction(ctx, node):
+    return _reduce(ctx, node)
+
+
+def _softmax_dim(ctx, node):
+    if node.op == "call_module":
+        return ctx.module(node).dim
+    return ctx.arg(node, 1, "dim")
+
+
+@register_rule(nn.Softmax, nn.LogSoftmax, F.softmax, F.log_softmax, torch.softmax, torch.log_softmax,
+               "softmax", "log_softmax")
+def softmax(ctx, node):
+    x = ctx.input(node, 0, "input")
+    if x is None:
+        return None
+    dim = _softmax_dim(ctx, node)
+    if dim is None or dim % len(ctx.shape(node)) == x.axis:
+        ctx.keep(x.labels)
+        return None
+    return x
+
+
+# --------------------------------------------------------------- shape queries (no data)
+@register_rule("size", "dim", "numel", "type", "get_device", "nelement")
+def shape_query(ctx, node):
+    return None
+
+
+@register_rule(builtins.getattr)
+def get_attribute(ctx, node):
+    if node.args[1] in ("shape", "dtype", "device", "ndim", "is_cuda", "requires_grad"):
+        return None
+    return ctx.barrier(node, f"attribute {node.args[1]!r} of a tensor")

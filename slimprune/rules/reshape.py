@@ -1,0 +1,249 @@
+"""Rules that rearrange axes: flatten/view/reshape/(un)squeeze, permute/transpose,
+channel shuffle, pixel (un)shuffle, expand/repeat."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .._edits import encode
+from . import register_rule
+
+
+def _map_reshape(ctx, node, x, in_shape, out_shape):
+    """Map channel labels through a reshape using the traced shapes.
+
+    The channel axis lies in a block of input axes whose product equals the product of a
+    block of output axes; labels are laid out over the block and reshaped. When the block
+    splits into several axes that all carry labels (channel shuffle's ``view(n, g, c/g, ...)``)
+    every axis but the widest is tied, so kept channels always form a grid that the
+    pruned model can reshape the same way. Returns ``(info, out_axis)`` or ``(None, None)``.
+    """
+    a = x.axis
+    if in_shape[a] == 1:
+        ctx.keep(x.labels)
+        return None, None
+    pin = [math.prod(in_shape[:i]) for i in range(len(in_shape) + 1)]
+    pout = [math.prod(out_shape[:i]) for i in range(len(out_shape) + 1)]
+    bounds = set(pout)
+    i0 = max(i for i in range(a + 1) if pin[i] in bounds)
+    j = min(k for k in range(a + 1, len(in_shape) + 1) if pin[k] in bounds)
+    if i0 == 0 and a > 0 and ctx.is_batched(node.args[0]):
+        ctx.barrier(node, "the reshape merges the batch axis with the channels")
+        return None, None
+    o0 = max(k for k in range(len(pout)) if pout[k] == pin[i0])
+    o1 = min(k for k in range(len(pout)) if pout[k] == pin[j])
+    block_in, block_out = list(in_shape[i0:j]), list(out_shape[o0:o1])
+    view = [1] * len(block_in)
+    view[a - i0] = -1
+    arr = np.broadcast_to(x.labels.reshape(view), block_in).reshape(block_out)
+    varying = [k for k in range(arr.ndim) if arr.shape[k] > 1 and not (arr == arr.take([0], axis=k)).all()]
+    p = max(varying, key=lambda k: (arr.shape[k], k))
+    for k in varying:
+        if k != p:
+            rep = np.broadcast_to(arr.take([0], axis=k), arr.shape)
+            ctx.tie(arr, rep)
+            arr = np.ascontiguousarray(rep)
+    labels = np.moveaxis(arr, p, 0).reshape(arr.shape[p], -1)[:, 0].copy()
+    return ctx.info_of(o0 + p, labels), o0 + p
+
+
+def _shape_args(node):
+    """(index of the first size argument, sizes as a list, packed?) for view/reshape/expand."""
+    if node.op == "call_method":
+        first = node.args[1] if len(node.args) > 1 else node.kwargs.get("shape", node.kwargs.get("size"))
+        if isinstance(first, (tuple, list)) and len(node.args) == 2:
+            return 1, list(first), True
+        return 1, list(node.args[1:]), False
+    shape = node.args[1] if len(node.args) > 1 else node.kwargs.get("shape")
+    return 1, list(shape), True
+
+
+def _literal_edit(ctx, node, out_axis, labels):
+    """Rewrite a literal size at ``out_axis`` (``x.view(n, 64, -1)``) to the kept count."""
+    start, sizes, packed = _shape_args(node)
+    if len(sizes) != len(ctx.shape(node)):
+        return
+    old = sizes[out_axis]
+    if not isinstance(old, int) or isinstance(old, bool) or old == -1:
+        return  # -1 and computed sizes follow the pruned tensor by themselves
+    encode(tuple(sizes))
+
+    def edit(kept):
+        n = int(kept(labels).sum())
+        if n == old:
+            return []
+        new = list(sizes)
+        new[out_axis] = n
+        if packed:
+            value = tuple(new) if isinstance(node.args[1], tuple) else new
+            return [{"kind": "set_arg", "index": start, "value": encode(value)}]
+        return [{"kind": "set_arg", "index": start + out_axis, "value": n}]
+
+    ctx.edit(node, edit)
+
+
+@register_rule(torch.flatten, torch.squeeze, torch.unsqueeze, torch.unflatten,
+               "flatten", "squeeze", "unsqueeze", "unflatten", nn.Flatten)
+def flatten(ctx, node):
+    """Reshapes without literal channel sizes: the traced shapes say where channels go."""
+    x = ctx.input(node, 0, "input")
+    if x is None:
+        return None
+    info, _ = _map_reshape(ctx, node, x, ctx.shape(node.args[0]), ctx.shape(node))
+    return info
+
+
+@register_rule(nn.Unflatten)
+def unflatten_module(ctx, node):
+    x = ctx.input(node, 0, "input")
+    if x is None:
+        return None
+    out = ctx.shape(node)
+    info, axis = _map_reshape(ctx, node, x, ctx.shape(node.args[0]), out)
+    m = ctx.module(node)
+    if info is not None and axis in range(m.dim, m.dim + len(m.unflattened_size)) and out[axis] > 1:
+        return ctx.barrier(node, "nn.Unflatten with a channel size in its unflattened_size")
+    return info
+
+
+@register_rule(torch.reshape, "view", "reshape")
+def view(ctx, node):
+    """``view``/``reshape``; a literal size on the channel axis is rewritten after pruning."""
+    x = ctx.input(node, 0, "input")
+    if x is None:
+        return None
+    info, axis = _map_reshape(ctx, node, x, ctx.shape(node.args[0]), ctx.shape(node))
+    if info is not None:
+        _literal_edit(ctx, node, axis, info.labels)
+    return info
+
+
+@register_rule("expand")
+def expand(ctx, node):
+    x = ctx.input(node, 0)
+    if x is None:
+        return None
+    axis = x.axis + len(ctx.shape(node)) - len(ctx.shape(node.args[0]))
+    info = ctx.info_of(axis, x.labels)
+    _literal_edit(ctx, node, axis, x.labels)
+    return info
+
+
+@register_rule("expand_as")
+def expand_as(ctx, node):
+    x = ctx.input(node, 0)
+    if x is None:
+        return None
+    return ctx.info_of(x.axis + len(ctx.shape(node)) - len(ctx.shape(node.args[0])), x.labels)
+
+
+@register_rule("repeat")
+def repeat(ctx, node):
+    x = ctx.input(node, 0)
+    if x is None:
+        return None
+    reps = list(node.args[1]) if len(node.args) == 2 and isinstance(node.args[1], (tuple, list)) else list(node.args[1:])
+    if not all(isinstance(r, int) for r in reps):
+        return ctx.barrier(node, "repeat counts are not constants")
+    axis = x.axis + len(reps) - len(ctx.shape(node.args[0]))
+    return ctx.info_of(axis, np.tile(x.labels, reps[axis]))
+
+
+# ------------------------------------------------------------------------- axis moves
+def _dims(node):
+    rest = node.args[1:] if node.op == "call_method" else node.args[1:]
+    if len(rest) == 1 and isinstance(rest[0], (tuple, list)):
+        return list(rest[0])
+    if not rest:
+        return list(node.kwargs.get("dims", ()))
+    return list(rest)
+
+
+@register_rule(torch.permute, "permute")
+def permute(ctx, node):
+    x = ctx.input(node, 0, "input")
+    if x is None:
+        return None
+    nd = len(ctx.shape(node))
+    dims = [d % nd for d in _dims(node)]
+    return ctx.info_of(dims.index(x.axis), x.labels)
+
+
+@register_rule(torch.transpose, torch.swapaxes, torch.swapdims, "transpose", "swapaxes", "swapdims")
+def transpose(ctx, node):
+    x = ctx.input(node, 0, "input")
+    if x is None:
+        return None
+    nd = len(ctx.shape(node))
+    d0, d1 = (ctx.arg(node, 1, "dim0") % nd, ctx.arg(node, 2, "dim1") % nd)
+    axis = d1 if x.axis == d0 else d0 if x.axis == d1 else x.axis
+    return ctx.info_of(axis, x.labels)
+
+
+@register_rule(torch.movedim, "movedim")
+def movedim(ctx, node):
+    x = ctx.input(node, 0, "input")
+    if x is None:
+        return None
+    nd = len(ctx.shape(node))
+    src, dst = ctx.arg(node, 1, "source"), ctx.arg(node, 2, "destination")
+    src = [src] if isinstance(src, int) else list(src)
+    dst = [dst] if isinstance(dst, int) else list(dst)
+    order = [d for d in range(nd) if d not in [s % nd for s in src]]
+    for s, d in sorted(zip([s % nd for s in src], [d % nd for d in dst]), key=lambda t: t[1]):
+        order.insert(d, s)
+    return ctx.info_of(order.index(x.axis), x.labels)
+
+
+# ------------------------------------------------------------- shuffles (index permutations)
+@register_rule(nn.ChannelShuffle, torch.channel_shuffle, F.channel_shuffle, "channel_shuffle")
+def channel_shuffle(ctx, node):
+    """Shuffle of g groups: position j of every group is one unit (g channels)."""
+    x = ctx.input(node, 0, "input")
+    if x is None:
+        return None
+    g = ctx.module(node).groups if node.op == "call_module" else ctx.arg(node, 1, "groups")
+    if x.axis != 1:
+        return ctx.barrier(node, "channel shuffle of a non-channel axis")
+    grid = x.labels.reshape(g, -1)
+    ctx.tie(grid, grid[0:1])
+    return ctx.info_of(1, np.repeat(grid[0], g))
+
+
+def _factor(ctx, node):
+    if node.op == "call_module":
+        m = ctx.module(node)
+        return getattr(m, "upscale_factor", None) or m.downscale_factor
+    return ctx.arg(node, 1)
+
+
+@register_rule(nn.PixelShuffle, F.pixel_shuffle, torch.pixel_shuffle)
+def pixel_shuffle(ctx, node):
+    """C·r² channels become C channels at r×r positions: each r² block is one unit."""
+    x = ctx.input(node, 0, "input")
+    if x is None:
+        return None
+    r = _factor(ctx, node)
+    if x.axis != 1:
+        return ctx.barrier(node, "pixel shuffle of a non-channel axis")
+    grid = x.labels.reshape(-1, r * r)
+    ctx.tie(grid, grid[:, 0:1])
+    return ctx.info_of(1, grid[:, 0].copy())
+
+
+@register_rule(nn.PixelUnshuffle, F.pixel_unshuffle, torch.pixel_unshuffle)
+def pixel_unshuffle(ctx, node):
+    x = ctx.input(node, 0, "input")
+    if x is None:
+        return None
+    r = _factor(ctx, node)
+    if x.axis != 1:
+        return ctx.barrier(node, "pixel unshuffle of a non-channel axis")
+    return ctx.info_of(1, np.repeat(x.labels, r * r))
+
+
