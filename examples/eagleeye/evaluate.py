@@ -51,11 +51,11 @@ class EvalResult:
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU matrix ``[len(a), len(b)]`` of ``x1, y1, x2, y2`` boxes (0 for empty boxes)."""
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:4], b[None, :, 2:4])
-    inter = np.prod((rb - lt).clip(min=0), axis=2)
-    area_a = np.prod((a[:, 2:4] - a[:, :2]).clip(min=0), axis=1)
-    area_b = np.prod((b[:, 2:4] - b[:, :2]).clip(min=0), axis=1)
+    iw = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
+    ih = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
+    inter = iw.clip(min=0) * ih.clip(min=0)
+    area_a = (a[:, 2] - a[:, 0]).clip(min=0) * (a[:, 3] - a[:, 1]).clip(min=0)
+    area_b = (b[:, 2] - b[:, 0]).clip(min=0) * (b[:, 3] - b[:, 1]).clip(min=0)
     union = area_a[:, None] + area_b[None, :] - inter
     return np.divide(inter, union, out=np.zeros_like(inter, dtype=np.float64), where=union > 0)
 
@@ -92,31 +92,61 @@ def _normalised(predictions: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _match_image(pred: np.ndarray, gt: np.ndarray, keep: np.ndarray, iou_threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """Scores of the non-ignored predictions and of the true positives of one image.
+@dataclass(frozen=True)
+class _Matches:
+    """Every evaluated prediction of every image, in per-image descending score order.
 
-    ``pred`` is ``[K, 5]``, ``gt`` ``[G, 4]`` (both ``x1y1x2y2``), ``keep`` marks the
-    ground-truth faces that count. Each face's first non-ignored match in score order
-    is its true positive; its later matches are false positives.
+    ``face`` indexes the concatenated ground truth of all records (its best-IoU box),
+    ``matched`` says whether that IoU reaches the threshold, ``first_threshold`` is
+    the index of the first (highest) threshold the score passes.
     """
-    order = np.argsort(-pred[:, 4], kind="stable")
-    pred = pred[order]
-    iou = box_iou(pred[:, :4], gt)
-    best = iou.argmax(axis=1)
-    matched = iou[np.arange(len(pred)), best] >= iou_threshold
-    ignored = matched & ~keep[best]
-    counted = matched & keep[best]
-    tp = np.zeros(len(pred), dtype=bool)
-    candidates = np.flatnonzero(counted)
-    _, first = np.unique(best[candidates], return_index=True)
-    tp[candidates[first]] = True
-    return pred[~ignored, 4], pred[tp, 4]
+
+    face: np.ndarray
+    matched: np.ndarray
+    first_threshold: np.ndarray
 
 
-def _counts_at_thresholds(scores: np.ndarray) -> np.ndarray:
-    """Number of scores >= each threshold."""
-    ordered = np.sort(scores)
-    return len(ordered) - np.searchsorted(ordered, THRESHOLDS, side="left")
+def _match(preds: Mapping[str, np.ndarray], records: Sequence[ImageRecord], iou_threshold: float) -> _Matches:
+    """Best ground-truth box of each prediction; subset-independent, so done once."""
+    faces, matched, scores = [], [], []
+    offset = 0
+    for r in records:
+        pred = preds.get(r.name)
+        if pred is not None and len(pred) and len(r.boxes):
+            pred = pred[np.argsort(-pred[:, 4], kind="stable")]
+            iou = box_iou(pred[:, :4], xywh_to_xyxy(r.boxes).astype(np.float64))
+            best = iou.argmax(axis=1)
+            faces.append(offset + best)
+            matched.append(iou[np.arange(len(pred)), best] >= iou_threshold)
+            scores.append(pred[:, 4])
+        offset += len(r.boxes)
+    if not faces:
+        empty = np.zeros(0, np.int64)
+        return _Matches(empty, empty.astype(bool), empty)
+    score = np.concatenate(scores)
+    # A score passes the thresholds t_k <= score, i.e. k >= first_threshold.
+    passed = np.searchsorted(THRESHOLDS[::-1], score, side="right")
+    return _Matches(np.concatenate(faces), np.concatenate(matched), THRESHOLD_COUNT - passed)
+
+
+def _counts_at_thresholds(first_threshold: np.ndarray) -> np.ndarray:
+    """Number of predictions with score >= each threshold."""
+    return np.cumsum(np.bincount(first_threshold, minlength=THRESHOLD_COUNT + 1))[:THRESHOLD_COUNT]
+
+
+def _subset_faces(records: Sequence[ImageRecord], members: Mapping[str, np.ndarray]) -> tuple[np.ndarray, int]:
+    """Mask over the concatenated ground truth of the faces that count, and their number.
+
+    Invalid faces never count, even if listed; listed faces whose boxes were skipped
+    on reading cannot be found but still count in the denominator, as officially.
+    """
+    keep, n_faces = [], 0
+    for r in records:
+        wanted = np.asarray(members.get(r.name, ()), dtype=np.int64)
+        ids, valid = r.ids(), r.valid()
+        n_faces += len(wanted) - int(np.isin(wanted, ids[~valid]).sum())
+        keep.append(np.isin(ids, wanted) & valid)
+    return (np.concatenate(keep) if keep else np.zeros(0, bool)), n_faces
 
 
 def evaluate(
@@ -154,29 +184,18 @@ def evaluate(
             f"predictions for {len(unknown)} image(s) not in the ground truth, e.g. {unknown[:3]}; "
             "keys must be image names like '<event>/<file>.jpg' as in ImageRecord.name"
         )
-    preds = _normalised(predictions)
-    gts = {r.name: xywh_to_xyxy(r.boxes).astype(np.float64) for r in records}
+    matches = _match(_normalised(predictions), records, iou_threshold)
     ap: dict[str, float] = {}
     pr: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for subset, members in subsets.items():
-        kept_scores: list[np.ndarray] = []
-        tp_scores: list[np.ndarray] = []
-        n_faces = 0
-        for r in records:
-            wanted = np.asarray(members.get(r.name, ()), dtype=np.int64)
-            # Invalid faces never count, even if a subset file lists them.
-            ids = r.ids()
-            invalid_ids = ids[~r.valid()]
-            n_faces += int(np.count_nonzero(~np.isin(wanted, invalid_ids)))
-            pred = preds.get(r.name)
-            if pred is None or len(pred) == 0 or len(r.boxes) == 0:
-                continue
-            keep = np.isin(ids, wanted) & r.valid()
-            kept, tp = _match_image(pred, gts[r.name], keep, iou_threshold)
-            kept_scores.append(kept)
-            tp_scores.append(tp)
-        n_kept = _counts_at_thresholds(np.concatenate(kept_scores) if kept_scores else np.zeros(0))
-        n_tp = _counts_at_thresholds(np.concatenate(tp_scores) if tp_scores else np.zeros(0))
+        keep, n_faces = _subset_faces(records, members)
+        counts = keep[matches.face]
+        ignored = matches.matched & ~counts
+        candidates = np.flatnonzero(matches.matched & counts)
+        # A face's first match in score order recalls it; later ones are false positives.
+        _, first = np.unique(matches.face[candidates], return_index=True)
+        n_kept = _counts_at_thresholds(matches.first_threshold[~ignored])
+        n_tp = _counts_at_thresholds(matches.first_threshold[candidates[first]])
         precision = np.divide(n_tp, n_kept, out=np.zeros(THRESHOLD_COUNT), where=n_kept > 0)
         recall = n_tp / n_faces if n_faces else np.zeros(THRESHOLD_COUNT)
         pr[subset] = (precision, recall)
