@@ -292,6 +292,6 @@ def _figure(size: tuple[float, float]) -> Figure:
 
 def _save(figure: Figure, out: Path) -> Path:
     """Write the figure as a PNG, creating parent folders, and return the path."""
-    pass
+    out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, format="png", dpi=_DPI)
     return out
