@@ -186,7 +186,7 @@ def _channels_figure(rows: list[tuple[str, int, int]], max_layers: int) -> Figur
     for position, width, k in zip(positions, widths, kept):
         if width and k != width:
             axes.annotate(
-                f"{k}/{width}, {k / width - 1:+.0%}",
+                f"{k}/{width}, {_signed_percent(k / width - 1)}",
                 xy=(max(width, k), position),
                 xytext=(3, 0),
                 textcoords="offset points",
@@ -268,6 +268,14 @@ def _matched_widths(original: nn.Module, pruned: nn.Module) -> list[tuple[str, i
         if width is not None and kept is not None:
             rows.append((name, width, kept))
     return rows
+
+
+def _signed_percent(change: float) -> str:
+    """Format a relative change as a signed whole percentage, with a decimal where rounding would hide it."""
+    text = f"{change:+.0%}"
+    if text in ("-100%", "+0%", "-0%") and change not in (-1.0, 0.0):
+        text = f"{change:+.1%}"
+    return text
 
 
 def _png_path(path: str | os.PathLike[str]) -> Path:

@@ -186,6 +186,12 @@ def test_channel_plot_draws_matched_layers_and_annotates_the_pruned_fraction(tmp
     assert axes.get_title() == "Channels kept per layer: 2 of 3 layers narrowed"
 
 
+def test_channel_plot_never_rounds_a_kept_channel_to_minus_100_percent(tmp_path: Path, drawn: list[Figure]) -> None:
+    """1 of 256 channels kept reads -99.6%, not -100%, which would mean the layer is gone."""
+    plot_channels(nn.Sequential(nn.Linear(4, 256)), nn.Sequential(nn.Linear(4, 1)), tmp_path / "channels.png")
+    assert [text.get_text() for text in drawn[0].axes[0].texts] == ["1/256, -99.6%"]
+
+
 def test_channel_plot_draws_at_most_max_layers_and_says_so(tmp_path: Path, drawn: list[Figure]) -> None:
     """Only the first max_layers layers are drawn; the title counts the rest."""
     plot_channels(narrow_net(8), narrow_net(5), tmp_path / "channels.png", max_layers=2)
