@@ -1,21 +1,34 @@
-"""Turn EagleEye's raw outputs into face boxes: decode, score threshold, NMS.
+"""Turn EagleEye's raw outputs into face boxes, and run a model over a WIDER split.
 
-All box arithmetic and the suppression itself are torchvision.ops (``nms``,
-``clip_boxes_to_image``, ``remove_small_boxes``); nothing here re-implements NMS.
+``detect`` decodes, thresholds and suppresses (torchvision.ops ``nms``,
+``clip_boxes_to_image``, ``remove_small_boxes``; nothing here re-implements NMS).
+``predict`` runs a model over a split letterboxed by ``augment.EvalResize`` and maps the
+boxes back to original image pixels; ``evaluate_model`` scores them with the WIDER FACE
+protocol (``evaluate.evaluate``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor
+from PIL import Image
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
 from torchvision.ops import clip_boxes_to_image, nms, remove_small_boxes
 
-from .anchors import decode
+from . import evaluate as wider_eval
+from .anchors import DEFAULT_ANCHORS, AnchorSpec, decode, generate_anchors
+from .augment import EvalResize
+from .wider import ImageRecord, WiderFaceDataset, collate, load_subsets
 
-__all__ = ["DetectConfig", "detect", "to_numpy"]
+__all__ = ["DetectConfig", "detect", "predict", "evaluate_model"]
 
 
 @dataclass(frozen=True)
@@ -73,14 +86,106 @@ def detect(
     return results
 
 
-def to_numpy(detections: Tensor, scale: tuple[float, float] = (1.0, 1.0), offset: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
-    """``[K, 5]`` float32 numpy array, boxes mapped by ``original = input * scale + offset``.
 
-    ``scale`` and ``offset`` are ``(x, y)`` pairs; the score column is left as it is.
+def _original_hw(record: ImageRecord) -> tuple[int, int]:
+    """(height, width) of a record's image, from the record or the file header."""
+    if record.hw is not None:
+        return record.hw
+    with Image.open(record.path) as im:
+        return im.size[1], im.size[0]
+
+
+@contextmanager
+def _bar(enabled: bool, total: int, console: Console | None) -> Iterator[Progress | None]:
+    if not enabled:
+        yield None
+        return
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        progress.add_task("detect", total=total)
+        yield progress
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    dataset: WiderFaceDataset,
+    *,
+    batch_size: int = 16,
+    device: str | torch.device = "cpu",
+    config: DetectConfig = DetectConfig(),
+    anchors: AnchorSpec = DEFAULT_ANCHORS,
+    num_workers: int = 0,
+    progress: bool = False,
+    console: Console | None = None,
+) -> dict[str, np.ndarray]:
+    """Detections for every image of ``dataset``, in original image pixels.
+
+    Args:
+        model: an EagleEye (or a pruned one) returning ``(cls_logits, box_deltas)``.
+        dataset: a split whose transform is an ``EvalResize`` (its size is the side of the
+            letterboxed square the model sees).
+        batch_size, device, num_workers: how to run it.
+        config: post-processing settings.
+        anchors: the anchor sizes the model was trained with.
+        progress: show a rich progress bar.
+
+    Returns:
+        ``{image name: [K, 5] float32 array of x1, y1, x2, y2, score}``, every image present.
     """
-    out = detections.detach().cpu().numpy().astype(np.float32, copy=True)
-    sx, sy = scale
-    ox, oy = offset
-    out[:, [0, 2]] = out[:, [0, 2]] * sx + ox
-    out[:, [1, 3]] = out[:, [1, 3]] * sy + oy
-    return out
+    resize = dataset.transform
+    if not isinstance(resize, EvalResize):
+        raise TypeError(
+            f"predict needs a dataset letterboxed by augment.EvalResize (to map boxes back to original "
+            f"pixels), got transform {resize!r}; build it as WiderFaceDataset(root, split, transform=EvalResize(size))."
+        )
+    size = resize.size
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    anchor_boxes = generate_anchors(size, size, anchors, device=device)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate)
+    predictions: dict[str, np.ndarray] = {}
+    try:
+        with _bar(progress, len(loader), console) as bar:
+            for images, _, indices in loader:
+                cls_logits, box_deltas = model(images.to(device))
+                for index, found in zip(indices, detect(cls_logits, box_deltas, anchor_boxes, (size, size), config)):
+                    record = dataset.records[index]
+                    found = found.cpu().numpy()
+                    # EvalResize.invert cannot reshape an empty array; nothing to map anyway.
+                    predictions[record.name] = resize.invert(found, _original_hw(record)) if len(found) else found
+                if bar is not None:
+                    bar.advance(bar.task_ids[0])
+    finally:
+        model.train(was_training)
+    return predictions
+
+
+def evaluate_model(
+    model: nn.Module,
+    root: str | Path,
+    split: str = "val",
+    size: int = 320,
+    **predict_kwargs: object,
+) -> tuple[wider_eval.EvalResult, dict[str, np.ndarray]]:
+    """Run ``model`` on a WIDER split and score it with the WIDER FACE protocol.
+
+    Args:
+        model: the detector.
+        root: a WIDER FACE layout directory (SynthFaces or the real data set).
+        split: the split to evaluate; the subsets (easy/medium/hard) exist for ``"val"``.
+        size: letterbox side.
+        **predict_kwargs: passed to :func:`predict` (batch_size, device, config, ...).
+
+    Returns:
+        ``(EvalResult with .ap["easy"|"medium"|"hard"], predictions)``.
+
+    Example:
+        >>> result, _ = evaluate_model(model, "data/synthfaces")  # doctest: +SKIP
+        >>> result.ap["easy"]  # doctest: +SKIP
+    """
+    dataset = WiderFaceDataset(Path(root), split, transform=EvalResize(size))
+    predictions = predict(model, dataset, **predict_kwargs)
+    result = wider_eval.evaluate(predictions, dataset.records, load_subsets(Path(root)))
+    return result, predictions
