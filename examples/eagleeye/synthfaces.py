@@ -58,6 +58,7 @@ _SCALE_SD_FACE = 0.35  # log-sd of faces around it
 _MIN_FACE, _MAX_FACE = 6.0, 200.0
 _DISTRACTORS = (0, 4)  # inclusive range per image
 _OCCLUDED_P = 0.3
+_BLUR_SIGMA = {1: (0.025, 0.05), 2: (0.06, 0.1)}  # Gaussian sigma / face height, by blur label
 _PLACEMENT_TRIES = 30
 
 
@@ -230,7 +231,13 @@ def _paste(
     region += alpha[..., None] * (rgb - region)
 
 
-def _occlude(canvas: np.ndarray, rng: np.random.Generator, box: tuple[int, int, int, int], fraction: float, texture: np.ndarray) -> float:
+def _occlude(
+    canvas: np.ndarray,
+    rng: np.random.Generator,
+    box: tuple[int, int, int, int],
+    fraction: float,
+    texture: np.ndarray,
+) -> float:
     """Cover ``fraction`` of the box with a band from one side; returns the covered fraction."""
     x, y, w, h = box
     side = int(rng.integers(4))
@@ -297,7 +304,7 @@ def render_image(
         crop_id = int(rng.choice(face_ids if is_face else distractor_ids))
         gain = float(math.exp(rng.normal(0, 0.35)))
         blur = int(rng.choice(3, p=(0.6, 0.28, 0.12)))
-        sigma = (0.0, rng.uniform(0.025, 0.05), rng.uniform(0.06, 0.1))[blur] * bh
+        sigma = 0.0 if blur == 0 else rng.uniform(*_BLUR_SIGMA[blur]) * bh
         _paste(
             canvas,
             crops[crop_id],
@@ -350,7 +357,13 @@ def _image_hw(rng: np.random.Generator, size: int) -> tuple[int, int]:
     return (short, size) if rng.random() < 0.75 else (size, short)
 
 
-def _render_split(out: Path, params: SynthParams, split: str, crops: np.ndarray, split_crops: dict[str, list[int]]) -> tuple[list[wider.ImageRecord], dict[str, list[int]]]:
+def _render_split(
+    out: Path,
+    params: SynthParams,
+    split: str,
+    crops: np.ndarray,
+    split_crops: dict[str, list[int]],
+) -> tuple[list[wider.ImageRecord], dict[str, list[int]]]:
     """Write one split's images; returns its records and the crop of each face."""
     count = params.n_train if split == "train" else params.n_val
     median_face = _MEDIAN_FACE * params.image_size / 320
@@ -359,9 +372,8 @@ def _render_split(out: Path, params: SynthParams, split: str, crops: np.ndarray,
     for index in range(count):
         rng = np.random.default_rng([params.seed, _SPLIT_CODES[split], index])
         hw = _image_hw(rng, params.image_size)
-        image, faces = render_image(
-            rng, hw, crops, split_crops[f"{split}_faces"], split_crops[f"{split}_distractors"], params.max_faces, median_face
-        )
+        faces_pool, distractor_pool = split_crops[f"{split}_faces"], split_crops[f"{split}_distractors"]
+        image, faces = render_image(rng, hw, crops, faces_pool, distractor_pool, params.max_faces, median_face)
         event = _event(len(faces))
         name = f"{event}/{event.split('--')[0]}_{event.split('--')[1]}_{split}_{index:05d}.jpg"
         path = out / f"WIDER_{split}" / "images" / name

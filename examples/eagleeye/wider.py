@@ -474,7 +474,9 @@ class WiderFaceDataset(torch.utils.data.Dataset):
         return tensor, torch.from_numpy(np.asarray(boxes, np.float32).reshape(-1, 4)), i
 
 
-def collate(batch: Sequence[tuple[torch.Tensor, torch.Tensor, int]]) -> tuple[torch.Tensor, list[torch.Tensor], list[int]]:
+def collate(
+    batch: Sequence[tuple[torch.Tensor, torch.Tensor, int]],
+) -> tuple[torch.Tensor, list[torch.Tensor], list[int]]:
     """Stack same-size images; keep the per-image box tensors and indices as lists."""
     images, boxes, indices = zip(*batch)
     shapes = {tuple(im.shape) for im in images}
