@@ -447,3 +447,14 @@ def test_eval_resize_is_consistent_and_invertible(seed: int, hw: tuple[int, int]
         assert np.all(out[:, -1] == FILL)
     if round(h * s) < size - 1:
         assert np.all(out[-1] == FILL)
+
+
+def test_images_without_boxes_pass_through() -> None:
+    """No faces: both transforms return an empty [0, 4] array and invert keeps [0, 5] empty."""
+    image = np.full((50, 70, 3), 128, np.uint8)
+    out, boxes = TrainAugment(32, seed=0)(image, np.zeros((0, 4), np.float32))
+    assert out.shape == (32, 32, 3) and boxes.shape == (0, 4)
+    resize = EvalResize(32)
+    out, boxes = resize(image, np.zeros((0, 4), np.float32))
+    assert out.shape == (32, 32, 3) and boxes.shape == (0, 4)
+    assert resize.invert(np.zeros((0, 5), np.float32), (50, 70)).shape == (0, 5)

@@ -230,7 +230,8 @@ class EvalResize:
     def invert(self, boxes: np.ndarray, original_hw: tuple[int, int]) -> np.ndarray:
         """Boxes (``[K, 4]`` or ``[K, 5]`` with scores, which pass through) from the
         letterboxed image back to original pixels, clipped to the original image."""
-        out = np.array(boxes, dtype=np.float32, copy=True).reshape(len(boxes), -1)
+        out = np.array(boxes, dtype=np.float32, copy=True)
+        out = out.reshape(-1, out.shape[-1] if out.ndim == 2 else 4)
         _, _, sx, sy = self._factors(original_hw)
         h, w = original_hw
         out[:, 0:4:2] = (out[:, 0:4:2] / sx).clip(0, w)
