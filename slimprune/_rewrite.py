@@ -126,4 +126,14 @@ def apply_plan(model: nn.Module, plan: PruningPlan, inplace: bool = False) -> nn
     _assign(target, tensors, originals)
     if graph is None:
         return target
-    return fx.GraphModule(target, graph, type(model).__name__)
+    gm = fx.GraphModule(target, graph, type(model).__name__)
+    # GraphModule copies only what forward uses; keep every submodule, parameter and buffer
+    # so the module hierarchy and the state_dict keys stay those of the original model.
+    for name, child in target.named_children():
+        setattr(gm, name, child)
+    for name, p in target.named_parameters(recurse=False):
+        gm.register_parameter(name, p)
+    for name, b in target.named_buffers(recurse=False):
+        gm.register_buffer(name, b)
+    gm.train(target.training)
+    return gm

@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import torch
+import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
@@ -14,7 +15,7 @@ from .._edits import encode
 from . import register_rule
 
 
-def _map_reshape(ctx, node, x, in_shape, out_shape):
+def _map_reshape(ctx, node, x, in_shape, out_shape, size_args=None):
     """Map channel labels through a reshape using the traced shapes.
 
     The channel axis lies in a block of input axes whose product equals the product of a
@@ -35,14 +36,24 @@ def _map_reshape(ctx, node, x, in_shape, out_shape):
     if i0 == 0 and a > 0 and ctx.is_batched(node.args[0]):
         ctx.barrier(node, "the reshape merges the batch axis with the channels")
         return None, None
-    o0 = max(k for k in range(len(pout)) if pout[k] == pin[i0])
-    o1 = min(k for k in range(len(pout)) if pout[k] == pin[j])
+    # Size-1 output axes next to the block join it: their sizes may be computed from the
+    # channel count (``view(n, g, c // g, ...)`` with c // g == 1) and must then shrink.
+    o0 = min(k for k in range(len(pout)) if pout[k] == pin[i0])
+    o1 = max(k for k in range(len(pout)) if pout[k] == pin[j])
     block_in, block_out = list(in_shape[i0:j]), list(out_shape[o0:o1])
     view = [1] * len(block_in)
     view[a - i0] = -1
     arr = np.broadcast_to(x.labels.reshape(view), block_in).reshape(block_out)
     varying = [k for k in range(arr.ndim) if arr.shape[k] > 1 and not (arr == arr.take([0], axis=k)).all()]
-    p = max(varying, key=lambda k: (arr.shape[k], k))
+    if not varying:  # every channel carries the same label (one unit spread over the block)
+        varying = [max(range(arr.ndim), key=lambda k: (arr.shape[k], k))]
+    dynamic = []
+    if size_args is not None and len(size_args) == len(out_shape):
+        dynamic = [k for k in range(arr.ndim) if isinstance(size_args[o0 + k], fx.Node)]
+    if len(dynamic) > 1:
+        ctx.barrier(node, "the channels are split into several axes whose sizes are computed at run time")
+        return None, None
+    p = dynamic[0] if dynamic else max(varying, key=lambda k: (arr.shape[k], k))
     for k in varying:
         if k != p:
             rep = np.broadcast_to(arr.take([0], axis=k), arr.shape)
@@ -117,7 +128,8 @@ def view(ctx, node):
     x = ctx.input(node, 0, "input")
     if x is None:
         return None
-    info, axis = _map_reshape(ctx, node, x, ctx.shape(node.args[0]), ctx.shape(node))
+    _, sizes, _ = _shape_args(node)
+    info, axis = _map_reshape(ctx, node, x, ctx.shape(node.args[0]), ctx.shape(node), sizes)
     if info is not None:
         _literal_edit(ctx, node, axis, info.labels)
     return info
