@@ -476,7 +476,7 @@ def build_channel_graph(traced: Traced, warn: bool = True) -> ChannelGraph:
         first_pos.append(pos[sel])
     unit_to_group = np.full(b.next_id, -1, dtype=np.int64)
     groups: list[ChannelGroup] = []
-    if pairs_u:
+    if pairs_u and sum(p.size for p in pairs_u):
         pu, ps, pp = np.concatenate(pairs_u), np.concatenate(pairs_s), np.concatenate(first_pos)
         order = np.lexsort((ps, pu))
         pu, ps, pp = pu[order], ps[order], pp[order]

@@ -87,11 +87,15 @@ def _threshold_removed(graph: ChannelGraph, model: nn.Module, threshold: float, 
         keep_shift=True, roles=("scale",),
     )
     targets = {c_.node: c_.axis for c_ in graph.consumers if cand[c_.units].any()}
+    # Two different input batches: a channel must be constant within and across both.
+    runs = [graph.traced.example_inputs, _perturbed(graph.traced.example_inputs)]
     with silenced(model, zeros):
-        stats = probe_consumers(graph.gm, graph.traced.example_inputs, targets)
+        stats = [probe_consumers(graph.gm, inputs, targets) for inputs in runs]
     for c_ in graph.consumers:
-        if c_.node in stats:
-            cand[c_.units[~stats[c_.node].constant()]] = False
+        if c_.node in targets:
+            a, b = stats[0][c_.node], stats[1][c_.node]
+            same = np.abs(a.center - b.center) <= 1e-6 + 1e-5 * np.abs(a.center)
+            cand[c_.units[~(a.constant() & b.constant() & same)]] = False
     # Respect per-group caps: the largest-gamma candidates stay when a group would shrink too far.
     caps = group_caps(graph, c)
     removed = np.zeros(graph.num_units, bool)
@@ -103,13 +107,32 @@ def _threshold_removed(graph: ChannelGraph, model: nn.Module, threshold: float, 
     return apply_rounding(graph, removed, scores, c.round_to)
 
 
-def _folds(graph: ChannelGraph, model: nn.Module, removed: np.ndarray, keep_shift: bool) -> tuple[list[Fold], list[str]]:
+def _perturbed(inputs: tuple) -> tuple:
+    """A second, different batch of the same shapes (floating tensors redrawn, others kept)."""
+    g = torch.Generator().manual_seed(1234)
+    out = []
+    for x in inputs:
+        if isinstance(x, torch.Tensor) and x.is_floating_point():
+            noise = torch.randn(x.shape, generator=g, dtype=x.dtype).to(x.device)
+            out.append(noise * (x.std() if x.numel() > 1 else 1.0) + x.mean())
+        else:
+            out.append(x)
+    return tuple(out)
+
+
+def silence_roles(threshold_mode: bool) -> tuple[str, ...]:
+    """What silencing zeroes: the model as trained (threshold) or whole channels (ratio)."""
+    return ("scale",) if threshold_mode else ("out", "scale", "source")
+
+
+def _folds(graph: ChannelGraph, model: nn.Module, removed: np.ndarray, keep_shift: bool,
+           roles: tuple[str, ...]) -> tuple[list[Fold], list[str]]:
     """Constants that removed channels hold at each consumer, measured on the silenced model."""
     targets = {c.node: c.axis for c in graph.consumers if removed[c.units].any()}
     if not targets:
         return [], []
     zeros = zero_list(((s.module, s.param, s.dim, s.role, np.flatnonzero(removed[s.units])) for s in graph.slices),
-                      keep_shift=keep_shift)
+                      keep_shift=keep_shift, roles=roles)
     with silenced(model, zeros):
         stats = probe_consumers(graph.gm, graph.traced.example_inputs, targets)
     folds: dict[str, Fold] = {}
@@ -225,14 +248,15 @@ def plan(
         removed = select_ranked(graph, scores, float(ratio), constraints)
     else:
         removed = select_target(graph, scores, float(ratio), constraints, predictor, "params" if target == "params" else "macs")
-    folds, notes = _folds(graph, model, removed, keep_shift=fold_bias)
+    roles = silence_roles(threshold is not None)
+    folds, notes = _folds(graph, model, removed, keep_shift=fold_bias, roles=roles)
     options = {
         "ratio": ratio, "threshold": threshold, "target": target,
         "importance": importance if isinstance(importance, str) else getattr(importance, "__name__", "callable"),
         "min_channels": min_channels, "round_to": round_to,
         "max_ratio": dict(max_ratio) if isinstance(max_ratio, Mapping) else max_ratio,
         "protect": [p if isinstance(p, str) else p.__name__ for p in protect],
-        "fold_bias": fold_bias, "seed": seed,
+        "fold_bias": fold_bias, "seed": seed, "silence": list(roles),
     }
     return make_plan(graph, model, removed, folds, notes, options, predictor, protected)
 

@@ -77,7 +77,8 @@ def silence(model: nn.Module, plan: PruningPlan, keep_shift: bool | None = None)
     if keep_shift is None:
         keep_shift = bool(plan.option("fold_bias"))
     out = copy.deepcopy(model)
-    zeros = zero_list(((s.module, s.param, s.dim, s.role, s.removed) for s in plan.changed), keep_shift)
+    roles = tuple(plan.option("silence") or _ZEROED)
+    zeros = zero_list(((s.module, s.param, s.dim, s.role, s.removed) for s in plan.changed), keep_shift, roles)
     with torch.no_grad():
         for z in zeros:
             owner = out.get_submodule(z.module) if z.module else out

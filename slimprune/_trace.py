@@ -86,13 +86,14 @@ def normalize_inputs(example_inputs: Any) -> tuple[Any, ...]:
     )
 
 
-def _failing_module(tracer: _Tracer) -> str:
-    stack = list(getattr(tracer, "module_stack", {}).items())
+def _failing_module(tracer: _Tracer) -> str | None:
+    """``path (Type)`` of the module fx was inside when it failed; None for the root."""
+    stack = list(getattr(tracer, "module_stack", {}).values())
+    stack = [v for v in stack if isinstance(v, tuple) and v[0]]
     if not stack:
-        return "<root>"
-    path, (_, typ) = stack[-1][0], stack[-1][1] if isinstance(stack[-1][1], tuple) else ("", stack[-1][1])
-    tname = getattr(typ, "__name__", str(typ))
-    return f"{path or '<root>'} ({tname})"
+        return None
+    path, typ = stack[-1]
+    return f"{path} ({getattr(typ, '__name__', typ)})"
 
 
 def symbolic_trace(model: nn.Module, opaque: Iterable[str | type] = ()) -> tuple[fx.GraphModule, tuple[str, ...]]:
@@ -103,12 +104,16 @@ def symbolic_trace(model: nn.Module, opaque: Iterable[str | type] = ()) -> tuple
         graph = tracer.trace(model)
     except Exception as exc:  # fx raises many types; all mean "cannot trace"
         where = _failing_module(tracer)
-        hint = where.split(" ")[0]
+        if where is None:
+            place, fix = f"in {type(model).__name__}.forward itself", "rewrite that part of forward"
+        else:
+            path = where.split(" ")[0]
+            place = f"in module {where}"
+            fix = f"mark that module opaque (opaque=[{path!r}]; its channels are then kept as they are)"
         raise TraceError(
-            f"torch.fx could not trace {type(model).__name__}: the failure is in module {where}: "
-            f"{type(exc).__name__}: {exc}. Fix: mark that module opaque (opaque=[{hint!r}]; its "
-            f"channels are then kept as they are), rewrite its data-dependent control flow, or "
-            f"prune a traceable submodule instead."
+            f"torch.fx could not trace {type(model).__name__}: the failure is {place}: "
+            f"{type(exc).__name__}: {exc}. Fix: {fix}, remove data-dependent Python control "
+            f"flow there, or prune a traceable submodule instead."
         ) from exc
     gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
     return gm, tuple(sorted(names))
