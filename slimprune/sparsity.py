@@ -1,0 +1,509 @@
+"""Sparsity training for network slimming: an L1 penalty on the scaling factors γ of norm layers.
+
+Network slimming (Liu et al., ICCV 2017) trains with ``λ·Σ|γ|`` added to the loss, so that
+the BatchNorm scales of unimportant channels go to zero and those channels can be removed
+with ``slimprune.plan(model, threshold=...)``. This module regularises exactly the scales
+that such a plan can remove: the ``"scale"`` slices (BN γ, GroupNorm/LayerNorm weight) of
+channels in a prunable group of :func:`slimprune.analyze`. Channels that are kept anyway
+(tied to a model output, behind an op without a channel rule, or named in ``protect``)
+are left alone, so a detection head's outputs keep their scales.
+
+    >>> reg = SparsityRegularizer(model, lam=default_lambda(model))
+    >>> for step, (x, y) in enumerate(loader):
+    ...     loss = criterion(model(x), y)
+    ...     optimizer.zero_grad()
+    ...     loss.backward()
+    ...     reg.step(step)                 # grad += λ·sign(γ), after backward, before the update
+    ...     optimizer.step()
+    >>> print(gamma_stats(model))
+    >>> t = suggest_threshold(model, 0.5)   # the smallest threshold removing half the parameters
+    >>> small = slimprune.prune(model, threshold=t)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._prune import _protected_units, analyze
+from ._prune import plan as make_plan
+from .errors import InfeasiblePlanError, InvalidArgumentError
+
+__all__ = [
+    "Schedule",
+    "SparsityRegularizer",
+    "constant",
+    "default_lambda",
+    "gamma_stats",
+    "linear_decay",
+    "suggest_ratio",
+    "suggest_threshold",
+    "warmup",
+]
+
+Schedule = Callable[[int], float]
+
+# λ of the original network slimming experiments: 1e-4 for VGG-style chains, 1e-5 for
+# ResNet and DenseNet, whose residual streams tie many layers' channels together.
+_LAMBDA_PLAIN = 1e-4
+_LAMBDA_RESIDUAL = 1e-5
+
+_PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
+
+
+# ---------------------------------------------------------------------------- schedules
+
+
+def constant(step: int) -> float:
+    """The schedule that always applies the full λ."""
+    return 1.0
+
+
+@dataclass(frozen=True)
+class _Warmup:
+    steps: int
+
+    def __call__(self, step: int) -> float:
+        return min(1.0, max(0.0, step / self.steps))
+
+
+@dataclass(frozen=True)
+class _LinearDecay:
+    total_steps: int
+
+    def __call__(self, step: int) -> float:
+        return min(1.0, max(0.0, 1.0 - step / self.total_steps))
+
+
+def _positive_steps(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidArgumentError(f"{name} must be a positive int (a number of optimizer steps), got {value!r}")
+    return value
+
+
+def warmup(steps: int) -> Schedule:
+    """A schedule that ramps λ linearly from 0 at step 0 to the full λ at ``steps``, then holds it.
+
+    Example:
+        >>> warmup(100)(25)
+        0.25
+    """
+    return _Warmup(_positive_steps("warmup steps", steps))
+
+
+def linear_decay(total_steps: int) -> Schedule:
+    """A schedule that lowers λ linearly from the full λ at step 0 to 0 at ``total_steps``.
+
+    Example:
+        >>> linear_decay(100)(75)
+        0.25
+    """
+    return _LinearDecay(_positive_steps("total_steps", total_steps))
+
+
+# ------------------------------------------------------------------ which scales count
+
+
+@dataclass(frozen=True)
+class _Scale:
+    """One regularised norm weight and which of its channels count (None: all of them)."""
+
+    module: str
+    param: nn.Parameter
+    mask: torch.Tensor | None
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel or DataParallel wrapper."""
+    if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        return model.module
+    return model
+
+
+def _prunable_scales(model: nn.Module, example_inputs: Any, protect: Iterable[str | type]) -> list[_Scale]:
+    """The scale-role slices of prunable, unprotected channels, found by analysing the graph."""
+    graph = analyze(model, example_inputs)
+    protected = _protected_units(graph, model, protect)
+    free = graph.unit_to_group >= 0
+    if protected:
+        free[list(protected)] = False
+    out = []
+    for s in graph.slices:
+        if s.role != "scale":
+            continue
+        owner = model.get_submodule(s.module) if s.module else model
+        param = getattr(owner, s.param)
+        if not isinstance(param, nn.Parameter) or not param.requires_grad:
+            continue
+        mask = free[s.units]
+        if not mask.any():
+            continue
+        out.append(_Scale(s.module, param, None if mask.all() else torch.from_numpy(mask.copy())))
+    return out
+
+
+def _named_scales(model: nn.Module, bn_modules: Iterable[str | nn.Module]) -> list[_Scale]:
+    """Every channel of the weights of the norm layers the caller names (no analysis)."""
+    names = {id(m): n for n, m in model.named_modules()}
+    out = []
+    for item in bn_modules:
+        if isinstance(item, str):
+            try:
+                module = model.get_submodule(item)
+            except AttributeError:
+                raise InvalidArgumentError(
+                    f"bn_modules names {item!r}, which {type(model).__name__} does not have; "
+                    f"use names from model.named_modules()"
+                ) from None
+            name = item
+        elif isinstance(item, nn.Module):
+            if id(item) not in names:
+                raise InvalidArgumentError(f"bn_modules holds a {type(item).__name__} that is not part of the model")
+            module, name = item, names[id(item)]
+        else:
+            raise InvalidArgumentError(f"bn_modules entries are module names or modules, got {item!r}")
+        weight = getattr(module, "weight", None)
+        if not isinstance(weight, nn.Parameter) or weight.dim() != 1:
+            raise InvalidArgumentError(
+                f"bn_modules entry {name!r} ({type(module).__name__}) has no 1-D weight parameter to "
+                f"regularise; name affine norm layers such as BatchNorm2d"
+            )
+        out.append(_Scale(name, weight, None))
+    return out
+
+
+# -------------------------------------------------------------------------- regulariser
+
+
+class SparsityRegularizer:
+    """L1 sparsity on the scaling factors γ of a model's prunable channels.
+
+    Use one of two equivalent forms, not both:
+
+    * ``step()``: after ``loss.backward()`` (and after ``scaler.unscale_(optimizer)`` with
+      AMP), before ``optimizer.step()``: adds ``λ·sign(γ)`` to each regularised gradient,
+      the update rule of the original network slimming code;
+    * ``penalty()``: ``λ·Σ|γ|`` as a differentiable term to add to the loss.
+
+    With ``DistributedDataParallel`` pass the wrapped model; it is analysed through
+    ``.module``. After DDP's all-reduce every rank holds the same gradients and the same γ,
+    so every rank adds the same sign term and the replicas stay identical.
+
+    The regulariser keeps references to the norm weights, so it survives ``model.to()``
+    but must be rebuilt if the parameters are replaced.
+
+    Args:
+        model: the model (plain, DataParallel or DistributedDataParallel); not modified.
+        lam: λ, the weight of the L1 term (see :func:`default_lambda`).
+        schedule: ``step -> multiplier`` of λ, e.g. :func:`warmup` or :func:`linear_decay`;
+            :func:`constant` when None.
+        protect: module names or types whose channels are not regularised (as in
+            :func:`slimprune.plan`).
+        example_inputs: inputs for tracing, as for :func:`slimprune.analyze`.
+        bn_modules: instead of analysing the model, regularise every channel of these norm
+            layers (names or modules), e.g. for a model torch.fx cannot trace.
+
+    Raises:
+        InvalidArgumentError: a bad ``lam``, ``schedule``, ``protect`` or ``bn_modules``.
+        TraceError, ExampleInputError: the model cannot be analysed (pass ``bn_modules``).
+
+    Example:
+        >>> reg = SparsityRegularizer(model, lam=1e-4, schedule=warmup(500))
+        >>> loss.backward(); reg.step(step); optimizer.step()
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        lam: float = 1e-4,
+        *,
+        schedule: Schedule | None = None,
+        protect: Iterable[str | type] = (),
+        example_inputs: Any = None,
+        bn_modules: Iterable[str | nn.Module] | None = None,
+    ) -> None:
+        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam) or lam < 0:
+            raise InvalidArgumentError(f"lam must be a finite number >= 0 (the L1 weight λ), got {lam!r}")
+        if schedule is not None and not callable(schedule):
+            raise InvalidArgumentError(
+                f"schedule must be a callable step -> multiplier (constant, warmup(n), linear_decay(n) "
+                f"or your own), got {schedule!r}"
+            )
+        inner = _unwrap(model)
+        if bn_modules is not None:
+            self._scales = _named_scales(inner, bn_modules)
+        else:
+            self._scales = _prunable_scales(inner, example_inputs, protect)
+        self.lam = float(lam)
+        self.schedule: Schedule = schedule if schedule is not None else constant
+        self.steps_taken = 0
+        self._masks: dict[tuple[int, torch.device, torch.dtype], torch.Tensor] = {}
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        """Names of the modules whose scales are regularised."""
+        return tuple(dict.fromkeys(s.module for s in self._scales))
+
+    @property
+    def channels(self) -> int:
+        """How many scaling factors are regularised."""
+        return sum(int(s.param.numel() if s.mask is None else s.mask.sum()) for s in self._scales)
+
+    def strength(self, step: int | None = None) -> float:
+        """λ times the schedule's multiplier at ``step`` (the internal step count when None)."""
+        step = self.steps_taken if step is None else step
+        mult = float(self.schedule(step))
+        if not math.isfinite(mult) or mult < 0:
+            raise InvalidArgumentError(f"the schedule returned {mult!r} at step {step}; it must return a finite number >= 0")
+        return self.lam * mult
+
+    def _mask(self, scale: _Scale, like: torch.Tensor) -> torch.Tensor | None:
+        if scale.mask is None:
+            return None
+        key = (id(scale), like.device, like.dtype)
+        if key not in self._masks:
+            self._masks[key] = scale.mask.to(device=like.device, dtype=like.dtype)
+        return self._masks[key]
+
+    @torch.no_grad()
+    def step(self, step: int | None = None) -> None:
+        """Add ``λ·sign(γ)`` to the gradient of every regularised scale.
+
+        Call it after ``loss.backward()`` (after ``scaler.unscale_(optimizer)`` with a
+        GradScaler, since the term is in unscaled units) and before ``optimizer.step()``.
+        A scale without a gradient gets the term as its gradient.
+
+        Args:
+            step: the optimizer step, for the schedule; when None an internal counter is used
+                (it counts calls of this method).
+        """
+        lam = self.strength(step)
+        self.steps_taken = (self.steps_taken if step is None else step) + 1
+        if lam == 0:
+            return
+        for scale in self._scales:
+            p = scale.param
+            term = torch.sign(p.detach()).mul_(lam)
+            mask = self._mask(scale, term)
+            if mask is not None:
+                term.mul_(mask)
+            if p.grad is None:
+                p.grad = term
+            else:
+                p.grad.add_(term.to(p.grad.dtype))
+
+    def penalty(self, step: int | None = None) -> torch.Tensor:
+        """``λ·Σ|γ|`` over the regularised channels, differentiable: add it to the loss.
+
+        Args:
+            step: the step for the schedule (the internal counter when None; this method
+                does not advance it).
+
+        Returns:
+            A scalar tensor on the scales' device (0 when nothing is regularised).
+        """
+        lam = self.strength(step)
+        total: torch.Tensor | None = None
+        for scale in self._scales:
+            a = scale.param.abs()
+            mask = self._mask(scale, a)
+            term = (a * mask).sum() if mask is not None else a.sum()
+            total = term if total is None else total + term.to(total.device)
+        if total is None:
+            return torch.zeros(())
+        return total * lam
+
+    def __repr__(self) -> str:
+        return (
+            f"SparsityRegularizer(lam={self.lam:g}, schedule={self.schedule!r}, "
+            f"{self.channels} channels in {len(self.layers)} layers)"
+        )
+
+
+# --------------------------------------------------------------------------- defaults
+
+
+def _is_residual(model: nn.Module, example_inputs: Any) -> bool:
+    """True if some channel group is written by more than one dense producer (a residual add)."""
+    graph = analyze(model, example_inputs, warn=False)
+    modules = dict(model.named_modules())
+    for group in graph.groups:
+        producers = set()
+        for i in group.members:
+            s = graph.slices[i]
+            if s.role != "out" or s.param != "weight" or s.dim != 0:
+                continue
+            # A grouped or depthwise conv passes its input channels through; it adds no stream.
+            if getattr(modules.get(s.module), "groups", 1) == 1:
+                producers.add(s.module)
+        if len(producers) > 1:
+            return True
+    return False
+
+
+def default_lambda(model: nn.Module, example_inputs: Any = None) -> float:
+    """λ as the original network slimming chose it: 1e-4 for plain chains, 1e-5 for residual nets.
+
+    A network counts as residual when one channel group is written by two or more dense
+    (ungrouped) convs or linear layers, which is what an addition of two branches does.
+
+    Example:
+        >>> default_lambda(torchvision.models.vgg11_bn())
+        0.0001
+    """
+    return _LAMBDA_RESIDUAL if _is_residual(_unwrap(model), example_inputs) else _LAMBDA_PLAIN
+
+
+# --------------------------------------------------------------------------- insight
+
+
+def _prunable_gammas(model: nn.Module, example_inputs: Any, protect: Iterable[str | type]) -> np.ndarray:
+    values = []
+    for scale in _prunable_scales(_unwrap(model), example_inputs, protect):
+        g = scale.param.detach().abs().float().cpu()
+        if scale.mask is not None:
+            g = g[scale.mask]
+        values.append(g.numpy().astype(np.float64))
+    return np.concatenate(values) if values else np.zeros(0)
+
+
+def gamma_stats(
+    model: nn.Module,
+    thresholds: Sequence[float] = (1e-3, 1e-2, 1e-1),
+    *,
+    example_inputs: Any = None,
+    protect: Iterable[str | type] = (),
+) -> dict[str, Any]:
+    """How small the scaling factors |γ| of the prunable channels are.
+
+    Args:
+        model: the model (plain or wrapped in DDP).
+        thresholds: count the channels with |γ| at most each of these (the channels a
+            ``threshold=`` plan may remove).
+        example_inputs, protect: as for :class:`SparsityRegularizer`.
+
+    Returns:
+        ``{"count": n, "percentiles": {1: ..., 5: ..., 25: ..., 50: ..., 75: ..., 95: ..., 99: ...},
+        "below": {threshold: count, ...}}``; percentiles are NaN when there is no channel.
+
+    Example:
+        >>> gamma_stats(model)["below"][1e-2]
+        112
+    """
+    g = _prunable_gammas(model, example_inputs, protect)
+    pct = np.percentile(g, _PERCENTILES) if g.size else np.full(len(_PERCENTILES), np.nan)
+    return {
+        "count": int(g.size),
+        "percentiles": {p: float(v) for p, v in zip(_PERCENTILES, pct)},
+        "below": {float(t): int((g <= t).sum()) for t in thresholds},
+    }
+
+
+def _check_fraction(target_params: Any) -> float:
+    if isinstance(target_params, bool) or not isinstance(target_params, (int, float)) or not 0 < target_params < 1:
+        raise InvalidArgumentError(f"target_params must be a fraction in (0, 1) of the parameters to remove, got {target_params!r}")
+    return float(target_params)
+
+
+def _removed_fraction(plan: Any) -> float:
+    return 1.0 - plan.params_after / plan.params_before if plan.params_before else 0.0
+
+
+def _smallest(candidates: Sequence[float], removes: Callable[[float], float], target: float, what: str) -> float:
+    """The first candidate (in increasing order) whose plan removes at least ``target``: bisection."""
+    best = removes(candidates[-1])
+    if best + 1e-12 < target:
+        raise InfeasiblePlanError(
+            f"no {what} removes {target:.1%} of the parameters: the largest ({candidates[-1]:.4g}) "
+            f"removes {best:.1%}. Lower target_params or relax min_channels/max_ratio/protect."
+        )
+    lo, hi = 0, len(candidates) - 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if removes(candidates[mid]) + 1e-12 >= target:
+            hi = mid
+        else:
+            lo = mid + 1
+    return float(candidates[lo])
+
+
+def suggest_threshold(model: nn.Module, target_params: float, example_inputs: Any = None, **plan_kwargs: Any) -> float:
+    """The smallest threshold whose ``slimprune.plan(model, threshold=t)`` removes ``target_params``.
+
+    Bisects over the sorted |γ| of the prunable channels, so it makes about
+    ``log2(channels)`` calls of :func:`slimprune.plan`.
+
+    Args:
+        model: a (sparsity-trained) model; not modified.
+        target_params: the fraction of parameters to remove, in (0, 1).
+        example_inputs: as for :func:`slimprune.plan`.
+        **plan_kwargs: other options of :func:`slimprune.plan` (``protect``, ``min_channels``...).
+
+    Returns:
+        A threshold that is one of the model's |γ| values.
+
+    Raises:
+        InfeasiblePlanError: even the largest |γ| does not remove that much.
+
+    Example:
+        >>> t = suggest_threshold(model, 0.5)
+        >>> small = slimprune.prune(model, threshold=t)
+    """
+    target = _check_fraction(target_params)
+    model = _unwrap(model)
+    gammas = np.unique(_prunable_gammas(model, example_inputs, plan_kwargs.get("protect", ())))
+    if not gammas.size:
+        raise InfeasiblePlanError(f"{type(model).__name__} has no prunable channel with a scaling factor to threshold")
+    cache: dict[float, float] = {}
+
+    def removes(t: float) -> float:
+        if t not in cache:
+            cache[t] = _removed_fraction(make_plan(model, threshold=float(t), example_inputs=example_inputs, **plan_kwargs))
+        return cache[t]
+
+    return _smallest(gammas.tolist(), removes, target, "threshold")
+
+
+def suggest_ratio(model: nn.Module, target_params: float, example_inputs: Any = None, **plan_kwargs: Any) -> float:
+    """The smallest channel ratio whose ``slimprune.plan(model, ratio)`` removes ``target_params``.
+
+    This is the global channel percentile network slimming reports ("prune 70% of the
+    channels"); ``slimprune.plan(model, target_params, target="params")`` reaches the same
+    parameter fraction directly. Bisects over ``k / prunable_channels``.
+
+    Args, Raises: as for :func:`suggest_threshold`.
+
+    Returns:
+        A ratio ``k / n`` for n the number of prunable channels.
+    """
+    target = _check_fraction(target_params)
+    model = _unwrap(model)
+    n = make_plan(model, 0.0, example_inputs=example_inputs, **plan_kwargs).prunable_channels
+    if n == 0:
+        raise InfeasiblePlanError(f"{type(model).__name__} has no prunable channel")
+
+    def feasible(k: int) -> bool:
+        try:
+            make_plan(model, k / n, example_inputs=example_inputs, **plan_kwargs)
+        except InfeasiblePlanError:  # more channels than min_channels/max_ratio allow
+            return False
+        return True
+
+    lo, hi = 0, n - 1  # the largest k the constraints allow: feasibility is monotone in k
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if feasible(mid) else (lo, mid - 1)
+    cache: dict[float, float] = {}
+
+    def removes(r: float) -> float:
+        if r not in cache:
+            cache[r] = _removed_fraction(make_plan(model, r, example_inputs=example_inputs, **plan_kwargs))
+        return cache[r]
+
+    return _smallest([k / n for k in range(lo + 1)], removes, target, "channel ratio")
