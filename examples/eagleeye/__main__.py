@@ -128,7 +128,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             result, _ = evaluate_model(
                 model, prepare_data(config), "val", config.eval_size, device=config.device, progress=config.progress
             )
-            console.print(ap_table(result, f"AP on {config.data_root} val at {config.eval_size} px"))
+            console.print(f"Evaluated on {config.data_root} (val) at {config.eval_size} px:")
+            console.print(ap_table(result))
     return 0
 
 
@@ -156,7 +157,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         device=args.device,
         progress=not args.no_progress,
     )
-    console.print(ap_table(result, f"AP on {root} {args.split} at {size} px"))
+    console.print(f"Evaluated on {root} ({args.split}) at {size} px:")
+    console.print(ap_table(result))
     if args.submission:
         write_submission(predictions, Path(args.submission))
         console.print(f"Submission written to {args.submission}")

@@ -83,11 +83,14 @@ class TrainConfig:
         image_size: side of the square training crops.
         epochs: number of epochs (the LR schedule spans all of them).
         batch_size: images per step (per rank under DDP).
-        optimizer: ``"sgd"`` (momentum, Nesterov) or ``"adamw"``.
+        optimizer: ``"adamw"`` or ``"sgd"`` (momentum, Nesterov). AdamW is the default: in
+            the 12-epoch budget it reached 0.83 easy AP at 320 px where SGD (lr 0.05) reached
+            0.76 (seed 0). For SGD use lr ~0.05 and weight_decay ~5e-4.
         lr: peak learning rate, reached at the end of the warm-up.
         momentum: SGD momentum (ignored by AdamW).
         weight_decay: applied to conv weights only, not to BatchNorm, PReLU or biases
-            (so it does not fight the sparsity penalty on BatchNorm γ).
+            (so it does not fight the sparsity penalty on BatchNorm γ); AdamW's is decoupled
+            (multiplied by the learning rate), hence the large default.
         warmup_epochs: linear warm-up length, then cosine decay to ``lr * min_lr_ratio``.
         min_lr_ratio: final learning rate as a fraction of ``lr``.
         grad_clip: clip the gradient norm to this (None: no clipping).
@@ -99,23 +102,28 @@ class TrainConfig:
         device: ``"cpu"`` or ``"cuda"`` (under torchrun each rank takes ``cuda:LOCAL_RANK``).
         amp: use float16 autocast and a GradScaler; only ever active on CUDA.
         num_workers: DataLoader worker processes.
+        threads: torch intra-op threads for the run (None: the cores this rank has left
+            after its data workers, at least 1). Oversubscribing cores is very costly for
+            this small model: on 2 shared cores, 2 threads plus a worker made steps up to
+            20x slower than 1 thread.
         resume: continue from ``out_dir/last.pt`` if it exists.
         progress: show rich progress bars (rank 0 only).
         max_images: train on only the first this-many images (None: all).
-        eval_size: letterbox side for evaluation (SynthFaces images are 320 px on the long
-            side by default).
+        eval_size: letterbox side for evaluation. SynthFaces images are 320 px on the long
+            side; upscaling them to 384 matches the face scales the 192 px training crops
+            show best (easy AP 0.80 / 0.83 / 0.85 / 0.83 / 0.81 at 288 / 320 / 384 / 416 / 448).
     """
 
     data_root: str = "data/synthfaces"
     synthesize: tuple[tuple[str, Any], ...] | None = ()
     out_dir: str = "runs/eagleeye"
-    image_size: int = 256
-    epochs: int = 30
+    image_size: int = 192
+    epochs: int = 12
     batch_size: int = 32
-    optimizer: str = "sgd"
-    lr: float = 0.05
+    optimizer: str = "adamw"
+    lr: float = 3e-3
     momentum: float = 0.9
-    weight_decay: float = 5e-4
+    weight_decay: float = 0.05
     warmup_epochs: float = 1.0
     min_lr_ratio: float = 0.02
     grad_clip: float | None = 10.0
@@ -128,10 +136,11 @@ class TrainConfig:
     device: str = "cpu"
     amp: bool = True
     num_workers: int = 1
+    threads: int | None = None
     resume: bool = False
     progress: bool = True
     max_images: int | None = None
-    eval_size: int = 320
+    eval_size: int = 384
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "adamw"):
@@ -156,10 +165,10 @@ class TrainConfig:
             image_size=128,
             epochs=2,
             batch_size=8,
-            lr=0.02,
             warmup_epochs=0.5,
             num_workers=0,
             eval_size=160,
+            threads=1,
         )
         values.update(overrides)
         return cls(**values)
@@ -195,13 +204,21 @@ QUICK_SYNTH: tuple[tuple[str, Any], ...] = (("n_train", 48), ("n_val", 16), ("im
 
 
 def prepare_data(config: TrainConfig) -> Path:
-    """The data root, generating SynthFaces there first if it is missing and allowed."""
-    root = Path(config.data_root)
-    if config.synthesize is not None:
-        from . import synthfaces
+    """The data root, generating SynthFaces there first when allowed and needed.
 
-        return Path(synthfaces.ensure(root, **dict(config.synthesize)))
-    return root
+    With ``config.synthesize`` set, a missing root, an empty one or a SynthFaces set made
+    with other parameters is (re)generated; any other existing directory (the real WIDER
+    FACE, say) is used as it is.
+    """
+    root = Path(config.data_root)
+    if config.synthesize is None:
+        return root
+    from . import synthfaces
+
+    foreign = root.is_dir() and any(root.iterdir()) and not (root / synthfaces.MANIFEST).is_file()
+    if foreign:
+        return root
+    return Path(synthfaces.ensure(root, **dict(config.synthesize)))
 
 
 def _item_seed(seed: int, epoch: int, index: int) -> int:
@@ -278,19 +295,42 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float) 
 # Sparsity
 
 
-def sparsity_hook(strength: float) -> AfterBackward:
+def sparsity_hook(
+    model: nn.Module,
+    strength: float,
+    example_input: torch.Tensor,
+    step: Callable[[], int] | None = None,
+) -> AfterBackward:
     """The network-slimming penalty λ·Σ|γ| as an ``after_backward`` callback.
 
-    Uses ``slimprune.sparsity`` when it is importable.
+    Adds ``λ·sign(γ)`` to BatchNorm weight gradients through
+    ``slimprune.sparsity.SparsityRegularizer``, which analyses ``model`` and leaves alone the
+    channels no plan could remove.
+
+    Args:
+        model: the model to regularise (plain or DDP-wrapped).
+        strength: λ.
+        example_input: an input batch for tracing, e.g. ``torch.zeros(1, 3, S, S)``.
+        step: returns the current optimiser step (for λ schedules); None counts calls.
     """
     try:
-        from slimprune import sparsity  # noqa: F401  (wired in once the library provides it)
+        from slimprune.sparsity import SparsityRegularizer
     except ImportError:
-        sparsity = None
-    if sparsity is not None and hasattr(sparsity, "bn_l1_hook"):
-        return sparsity.bn_l1_hook(strength)
+        return _local_l1_subgradient(strength)
+    regulariser = SparsityRegularizer(model, lam=strength, example_inputs=(example_input,))
 
-    # TODO(slimprune.sparsity): local stand-in, to be replaced by the library's regulariser.
+    def regularise(_: nn.Module) -> None:
+        regulariser.step(None if step is None else step())
+
+    return regularise
+
+
+def _local_l1_subgradient(strength: float) -> AfterBackward:
+    """Stand-in used only while ``slimprune.sparsity`` cannot be imported.
+
+    TODO(slimprune.sparsity): delete once the library is always importable here.
+    """
+
     def add_l1_subgradient(model: nn.Module) -> None:
         for m in model.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None and m.weight.grad is not None:
@@ -501,9 +541,13 @@ def train(
     """
     ctx = _setup_distributed(config)
     console = console or Console()
+    previous_threads = torch.get_num_threads()
+    threads = config.threads or max(1, (os.cpu_count() or 1) // ctx.world_size - config.num_workers)
+    torch.set_num_threads(threads)
     try:
         return _train(config, ctx, model, after_backward, dataset, console)
     finally:
+        torch.set_num_threads(previous_threads)
         if ctx.created_group:
             dist.destroy_process_group()
 
@@ -559,7 +603,12 @@ def _train(
     )
     use_amp = config.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    hooks = [h for h in (sparsity_hook(config.sparsity) if config.sparsity > 0 else None, after_backward) if h]
+    hooks: list[AfterBackward] = []
+    if config.sparsity > 0:
+        example = torch.zeros(1, 3, config.image_size, config.image_size, device=device)
+        hooks.append(sparsity_hook(model, config.sparsity, example, step=lambda: scheduler.last_epoch))
+    if after_backward is not None:
+        hooks.append(after_backward)
 
     ckpt_path = Path(config.out_dir) / CHECKPOINT_NAME
     start_epoch = 0
