@@ -316,9 +316,14 @@ class _Builder:
         self.edits.append((node.name, fn))
 
     def barrier(self, node: fx.Node, reason: str) -> None:
-        """Keep every channel entering ``node``; its output carries no labels."""
+        """Keep every channel entering ``node``; its output carries no labels.
+
+        Only ops that activations flow through are reported: parameters used by an op
+        without a rule (a relative-position table, say) are simply kept.
+        """
         self.keep_all((node.args, node.kwargs))
-        self.barriers.append(Barrier(node.name, describe_target(node), self.where(node), reason))
+        if node in self.batched:
+            self.barriers.append(Barrier(node.name, describe_target(node), self.where(node), reason))
         return None
 
     def passthrough(self, node: fx.Node, index: int = 0, name: str | None = "input") -> ChannelInfo | None:

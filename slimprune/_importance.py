@@ -26,7 +26,7 @@ from torch import nn
 from ._graph import ChannelGraph
 from .errors import InvalidArgumentError
 
-__all__ = ["IMPORTANCE", "unit_scores"]
+__all__ = ["IMPORTANCE", "unit_scores", "tiebreak_scores"]
 
 IMPORTANCE = ("bn_scale", "l1", "l2", "random")
 
@@ -107,3 +107,12 @@ def unit_scores(
         f"unknown importance {importance!r}; choose one of {', '.join(map(repr, IMPORTANCE))} "
         f"or pass a callable fn(model, graph, group) -> scores"
     )
+
+
+def tiebreak_scores(graph: ChannelGraph, model: nn.Module) -> np.ndarray:
+    """Second ranking key: the group-normalised L2 norm.
+
+    Equal scores are common (every γ is 1 in a freshly initialised network); ranking them
+    by unit id would strip the first layers bare, so ties go to the weaker filters instead.
+    """
+    return _group_normalised(graph, _norm_scores(graph, model, 2))

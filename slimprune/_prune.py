@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ._graph import ChannelGraph, build_channel_graph
-from ._importance import IMPORTANCE, unit_scores
+from ._importance import IMPORTANCE, tiebreak_scores, unit_scores
 from ._plan import Fold, GroupDecision, PruningPlan, SliceDecision, fingerprint
 from ._rewrite import apply_plan
 from ._silence import probe_consumers, silenced, zero_list
@@ -244,10 +244,13 @@ def plan(
     predictor = Predictor(graph, model)
     if threshold is not None:
         removed = _threshold_removed(graph, model, float(threshold), constraints, scores)
-    elif target == "channels":
-        removed = select_ranked(graph, scores, float(ratio), constraints)
     else:
-        removed = select_target(graph, scores, float(ratio), constraints, predictor, "params" if target == "params" else "macs")
+        tiebreak = tiebreak_scores(graph, model) if importance == "bn_scale" else None
+        if target == "channels":
+            removed = select_ranked(graph, scores, float(ratio), constraints, tiebreak)
+        else:
+            kind = "params" if target == "params" else "macs"
+            removed = select_target(graph, scores, float(ratio), constraints, predictor, kind, tiebreak)
     roles = silence_roles(threshold is not None)
     folds, notes = _folds(graph, model, removed, keep_shift=fold_bias, roles=roles)
     options = {

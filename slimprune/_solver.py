@@ -70,19 +70,20 @@ def group_caps(graph: ChannelGraph, c: Constraints) -> np.ndarray:
     return caps
 
 
-def _eligible_order(graph: ChannelGraph, scores: np.ndarray, caps: np.ndarray) -> np.ndarray:
+def _eligible_order(graph: ChannelGraph, scores: np.ndarray, caps: np.ndarray,
+                    tiebreak: np.ndarray | None = None) -> np.ndarray:
     """Units that may go, lowest score first (each group contributes its ``cap`` lowest)."""
+    tb = tiebreak if tiebreak is not None else np.zeros_like(scores)
     chosen = []
     for g in graph.groups:
         if caps[g.id] <= 0:
             continue
-        s = scores[g.units]
-        order = np.lexsort((g.units, s))
+        order = np.lexsort((g.units, tb[g.units], scores[g.units]))
         chosen.append(g.units[order[: caps[g.id]]])
     if not chosen:
         return np.zeros(0, dtype=np.int64)
     units = np.concatenate(chosen)
-    return units[np.lexsort((units, scores[units]))]
+    return units[np.lexsort((units, tb[units], scores[units]))]
 
 
 def apply_rounding(graph: ChannelGraph, removed: np.ndarray, scores: np.ndarray, round_to: int) -> np.ndarray:
@@ -105,12 +106,13 @@ def apply_rounding(graph: ChannelGraph, removed: np.ndarray, scores: np.ndarray,
     return removed
 
 
-def select_ranked(graph: ChannelGraph, scores: np.ndarray, ratio: float, c: Constraints) -> np.ndarray:
+def select_ranked(graph: ChannelGraph, scores: np.ndarray, ratio: float, c: Constraints,
+                  tiebreak: np.ndarray | None = None) -> np.ndarray:
     """Remove the ``ratio`` lowest-scoring prunable units globally. Returns a mask over labels."""
     caps = group_caps(graph, c)
     prunable = sum(len(g) for g in graph.groups if not any(int(u) in c.protected_units for u in g.units[:1]))
     k = math.floor(ratio * prunable + 1e-9)
-    order = _eligible_order(graph, scores, caps)
+    order = _eligible_order(graph, scores, caps, tiebreak)
     if k > order.size:
         raise InfeasiblePlanError(
             f"ratio={ratio} asks for {k} of {prunable} prunable channels, but the constraints "
@@ -123,10 +125,10 @@ def select_ranked(graph: ChannelGraph, scores: np.ndarray, ratio: float, c: Cons
 
 
 def select_target(graph: ChannelGraph, scores: np.ndarray, fraction: float, c: Constraints,
-                  predictor: "Predictor", kind: str) -> np.ndarray:
+                  predictor: "Predictor", kind: str, tiebreak: np.ndarray | None = None) -> np.ndarray:
     """Shortest prefix of the ranking that removes at least ``fraction`` of params or FLOPs."""
     caps = group_caps(graph, c)
-    order = _eligible_order(graph, scores, caps)
+    order = _eligible_order(graph, scores, caps, tiebreak)
     before = predictor.params(np.zeros(graph.num_units, bool)) if kind == "params" else predictor.macs(np.zeros(graph.num_units, bool))
 
     def removed_for(k: int) -> np.ndarray:

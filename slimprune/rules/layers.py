@@ -250,3 +250,32 @@ def embedding(ctx, node):
     out = ctx.fresh(m.embedding_dim)
     ctx.param(node, "weight", 1, out, "out")
     return ctx.info_of(len(ctx.shape(node)) - 1, out)
+
+
+@register_rule(torch.nn.functional.layer_norm)
+def functional_layer_norm(ctx, node):
+    """``F.layer_norm(x, (C,), weight, bias)`` over the channel axis (ConvNeXt's LayerNorm2d)."""
+    from .._edits import encode
+
+    x = ctx.input(node, 0, "input")
+    if x is None:
+        return ctx.keep_all((node.args, node.kwargs))
+    shape = ctx.shape(node)
+    norm_shape = ctx.arg(node, 1, "normalized_shape")
+    if x.axis != len(shape) - 1 or not isinstance(norm_shape, (tuple, list)) or len(norm_shape) != 1:
+        return ctx.barrier(node, "layer_norm over more than the channel axis")
+    for index, name in ((2, "weight"), (3, "bias")):
+        p = ctx.info(ctx.arg(node, index, name))
+        if p is not None:
+            ctx.tie(p.labels, x.labels)
+    ctx.inexact_units(x.labels)
+    encode(tuple(norm_shape))
+
+    def edit(kept):
+        n = int(kept(x.labels).sum())
+        if n == norm_shape[0]:
+            return []
+        return [{"kind": "set_arg", "index": 1, "value": encode(type(norm_shape)([n]) if isinstance(norm_shape, list) else (n,))}]
+
+    ctx.edit(node, edit)
+    return x

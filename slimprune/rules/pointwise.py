@@ -51,7 +51,16 @@ _METHODS = (
 )
 
 
-@register_rule(*_MODULES, *_FUNCTIONS, *_METHODS)
+def _torchvision_functions() -> tuple:
+    """torchvision ops fx keeps whole (wrapped functions) that act per channel."""
+    try:
+        from torchvision.ops import stochastic_depth
+    except ImportError:  # torchvision is optional
+        return ()
+    return (stochastic_depth,)
+
+
+@register_rule(*_MODULES, *_FUNCTIONS, *_METHODS, *_torchvision_functions())
 def pointwise(ctx, node):
     """Output channel i is computed from input channel i only."""
     return ctx.passthrough(node)
