@@ -85,7 +85,10 @@ def test_flatten_order_matches_anchor_order() -> None:
     spec = AnchorSpec(strides=(8,), sizes=((16, 24),))
     h, w = feature_sizes(40, 56, spec.strides)[0]
     ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-    per_anchor = [torch.stack([(xs + 0.5) * 8, (ys + 0.5) * 8, torch.full_like(xs, size, dtype=torch.float32), xs * 0.0]) for size in (16, 24)]
+    per_anchor = [
+        torch.stack([(xs + 0.5) * 8, (ys + 0.5) * 8, torch.full_like(xs, size, dtype=torch.float32), xs * 0.0])
+        for size in (16, 24)
+    ]
     level = torch.cat(per_anchor).unsqueeze(0).float()  # [1, 2*4, h, w]
     flat = _flatten_level(level, 4)[0]
     anchors = generate_anchors(40, 56, spec)

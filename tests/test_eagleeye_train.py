@@ -152,7 +152,8 @@ def test_training_with_sparsity_shrinks_batchnorm_scales(tmp_path: Path) -> None
     """TrainConfig(sparsity=λ) wires the penalty in: mean |γ| ends lower than without it."""
 
     def mean_gamma(model: nn.Module) -> float:
-        return float(torch.cat([m.weight.abs() for m in model.modules() if isinstance(m, nn.BatchNorm2d)]).mean())
+        gammas = [m.weight.detach().abs() for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+        return float(torch.cat(gammas).mean())
 
     plain = train(_config(tmp_path / "plain", epochs=1), dataset=Squares(8))
     sparse = train(_config(tmp_path / "sparse", epochs=1, sparsity=0.05), dataset=Squares(8))

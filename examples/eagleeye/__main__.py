@@ -55,6 +55,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--device", choices=("cpu", "cuda"))
     g.add_argument("--no-amp", action="store_true", help="no float16 autocast on CUDA")
     g.add_argument("--workers", type=int, help="DataLoader worker processes")
+    g.add_argument("--threads", type=int, help="torch threads (default: cores left after the workers)")
     g.add_argument("--max-images", type=int, help="train on the first N images only")
     g.add_argument("--resume", action="store_true", help="continue from <out>/last.pt if it exists")
     g.add_argument("--no-progress", action="store_true", help="no progress bars (epoch summaries only)")
@@ -81,6 +82,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         "seed": args.seed,
         "device": args.device,
         "num_workers": args.workers,
+        "threads": args.threads,
         "max_images": args.max_images,
     }
     overrides = {k: v for k, v in flags.items() if v is not None}
@@ -155,6 +157,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         size,
         batch_size=args.batch_size,
         device=args.device,
+        threads=args.threads,
         progress=not args.no_progress,
     )
     console.print(f"Evaluated on {root} ({args.split}) at {size} px:")
@@ -182,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_eval.add_argument("--size", type=int, help="letterbox side (default: the training config's eval_size)")
     p_eval.add_argument("--batch-size", type=int, default=16)
     p_eval.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p_eval.add_argument("--threads", type=int, help="torch threads (default: half the cores)")
     p_eval.add_argument("--submission", metavar="DIR", help="also write WIDER FACE submission files here")
     p_eval.add_argument("--no-progress", action="store_true")
     p_eval.set_defaults(func=cmd_eval)

@@ -36,7 +36,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
@@ -418,7 +425,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         )
     missing = [k for k in _REQUIRED_KEYS if k not in payload]
     if missing:
-        raise CheckpointError(f"Checkpoint {path} lacks {', '.join(missing)}; it is incomplete. Delete it to start over.")
+        raise CheckpointError(
+            f"Checkpoint {path} lacks {', '.join(missing)}; it is incomplete. Delete it to start over."
+        )
     return payload
 
 
@@ -531,6 +540,11 @@ def train(
 
     Returns:
         the trained model (unwrapped from DDP), in eval mode, on ``config.device``.
+
+    Side effects: seeds the global torch/numpy/random generators with ``config.seed`` (and
+    restores them from the checkpoint when resuming); sets torch's thread count for the run
+    and restores it afterwards; under torchrun, joins (and afterwards leaves) the process group
+    unless one is already initialised.
 
     Raises:
         CheckpointError: ``config.resume`` and the checkpoint is unreadable or does not fit.
@@ -670,7 +684,8 @@ def _train(
                 scheduler.step()
 
                 seen += images.shape[0] * ctx.world_size
-                sums += torch.tensor([float(terms.total.detach()), float(terms.cls), float(terms.box)], dtype=torch.float64)
+                parts = [float(terms.total.detach()), float(terms.cls), float(terms.box)]
+                sums += torch.tensor(parts, dtype=torch.float64)
                 if progress is not None:
                     elapsed = time.perf_counter() - start
                     progress.update(task, advance=1, loss=float(terms.total.detach()), ips=seen / max(elapsed, 1e-9))
