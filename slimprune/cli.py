@@ -330,15 +330,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help and --version
         return exc.code if isinstance(exc.code, int) else 0
     except (_UsageError, InvalidArgumentError, ExampleInputError) as exc:
-        code, message = 2, _one_line(exc)
-    except KeyboardInterrupt:
-        code, message = 130, "interrupted"
+        error, code, message = exc, 2, _one_line(exc)
+    except KeyboardInterrupt as exc:
+        error, code, message = exc, 130, "interrupted"
     except Exception as exc:
-        code = 1
+        error, code = exc, 1
         message = _one_line(exc) if isinstance(exc, SlimpruneError) else f"{type(exc).__name__}: {_one_line(exc)}"
-    debug = bool(getattr(args, "debug", False))
-    if debug:
-        traceback.print_exc()
+    if getattr(args, "debug", False):
+        traceback.print_exception(error)
     elif code == 1:
         message += " (run with --debug for the traceback)"
     sys.stderr.write(f"slimprune: error: {message}\n")
