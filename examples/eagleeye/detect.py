@@ -173,7 +173,7 @@ def evaluate_model(
     model: nn.Module,
     root: str | Path,
     split: str = "val",
-    size: int = 320,
+    size: int = 384,
     **predict_kwargs: object,
 ) -> tuple[wider_eval.EvalResult, dict[str, np.ndarray]]:
     """Run ``model`` on a WIDER split and score it with the WIDER FACE protocol.
@@ -182,7 +182,7 @@ def evaluate_model(
         model: the detector.
         root: a WIDER FACE layout directory (SynthFaces or the real data set).
         split: the split to evaluate; the subsets (easy/medium/hard) exist for ``"val"``.
-        size: letterbox side.
+        size: letterbox side (384, ``TrainConfig.eval_size``'s default, suits SynthFaces).
         **predict_kwargs: passed to :func:`predict` (batch_size, device, config, ...).
 
     Returns:
