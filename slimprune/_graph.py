@@ -82,6 +82,7 @@ class Consumer:
     module: str
     axis: int
     units: np.ndarray
+    graph: int = 0  # 0: the traced graph; 1: the other mode's graph (train/eval branches)
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,7 @@ class ChannelGraph:
     consumers: tuple[Consumer, ...]
     barriers: tuple[Barrier, ...]
     edits: tuple[tuple[str, EditFn], ...]
+    other_edits: tuple[tuple[str, EditFn], ...]
     costs: tuple[tuple[str, int], ...]  # (module, output positions per sample) per call
     num_units: int
     root: np.ndarray = field(repr=False)  # unit id of every raw label
@@ -135,6 +137,10 @@ class ChannelGraph:
     @property
     def gm(self) -> fx.GraphModule:
         return self.traced.gm
+
+    def graphs(self) -> list[fx.GraphModule]:
+        """The traced graph, then the other mode's graph when forward depends on the mode."""
+        return [self.traced.gm] + ([self.traced.other_mode] if self.traced.other_mode is not None else [])
 
     def group_of(self, module: str) -> list[ChannelGroup]:
         """Groups that have a member in ``module``."""
@@ -212,6 +218,8 @@ class _Builder:
         self.costs: list[tuple[str, int]] = []
         self.values: dict[fx.Node, Any] = {}
         self.batched: set[fx.Node] = set()
+        self.graph_index = 0
+        self.other_edits: list[tuple[str, EditFn]] = []
 
     # ----------------------------------------------------------------- reading the graph
     def arg(self, node: fx.Node, index: int, name: str | None = None, default: Any = None) -> Any:
@@ -301,7 +309,7 @@ class _Builder:
 
     def consumer(self, node: fx.Node, labels: np.ndarray, axis: int) -> None:
         """Mark ``node`` as mixing the channels ``labels`` of its input (fold target)."""
-        self.consumers.append((node.name, str(node.target), axis, np.asarray(labels, dtype=np.int64)))
+        self.consumers.append((node.name, str(node.target), axis, np.asarray(labels, dtype=np.int64), self.graph_index))
 
     def inexact_units(self, labels: np.ndarray) -> None:
         """Removing these labels changes the other channels too (cross-channel norms)."""
@@ -313,7 +321,7 @@ class _Builder:
 
     def edit(self, node: fx.Node, fn: EditFn) -> None:
         """Register a rewrite of literal arguments of ``node``, computed once units are chosen."""
-        self.edits.append((node.name, fn))
+        (self.edits if self.graph_index == 0 else self.other_edits).append((node.name, fn))
 
     def barrier(self, node: fx.Node, reason: str) -> None:
         """Keep every channel entering ``node``; its output carries no labels.
@@ -339,7 +347,7 @@ class _Builder:
 
     # ------------------------------------------------------------------------ walking
     def _get_attr(self, node: fx.Node) -> ChannelInfo | None:
-        obj: Any = self.gm
+        obj: Any = self.current
         for part in str(node.target).split("."):
             obj = getattr(obj, part)
         if not isinstance(obj, torch.Tensor) or obj.dim() == 0:
@@ -348,7 +356,7 @@ class _Builder:
         if not big:
             return None
         module, _, name = str(node.target).rpartition(".")
-        owner = self.gm.get_submodule(module) if module else self.gm
+        owner = self.current.get_submodule(module) if module else self.current
         if name in dict(owner.named_parameters(recurse=False)):
             role = "source"
         elif name in dict(owner.named_buffers(recurse=False)):
@@ -376,8 +384,10 @@ class _Builder:
             return value
         return None
 
-    def walk(self) -> None:
-        for node in self.gm.graph.nodes:
+    def walk(self, gm: fx.GraphModule, index: int = 0) -> None:
+        self.current, self.graph_index = gm, index
+        self.modules = dict(gm.named_modules())
+        for node in gm.graph.nodes:
             if node.op == "placeholder":
                 self.batched.add(node)
                 self.values[node] = None
@@ -392,6 +402,10 @@ class _Builder:
                 continue
             module = self.modules.get(node.target) if node.op == "call_module" else None
             rule = lookup_rule(node.op, node.target, module)
+            if rule is None and isinstance(node.target, type) and issubclass(node.target, tuple):
+                # A namedtuple of outputs (GoogLeNetOutputs): its fields keep their channels.
+                self.values[node] = tuple(self.info(a) for a in node.args)
+                continue
             if rule is None:
                 labelled = any(
                     any(True for _ in _iter_infos(self.values.get(n))) for n in _iter_nodes((node.args, node.kwargs))
@@ -459,7 +473,9 @@ def build_channel_graph(traced: Traced, warn: bool = True) -> ChannelGraph:
         warn: emit one :class:`UnsupportedOpWarning` listing every barrier.
     """
     b = _Builder(traced)
-    b.walk()
+    b.walk(traced.gm, 0)
+    if traced.other_mode is not None:
+        b.walk(traced.other_mode, 1)
     root = _union_find(b.next_id, b.ties)
     keep_root = root[KEEP]
 
@@ -500,7 +516,7 @@ def build_channel_graph(traced: Traced, warn: bool = True) -> ChannelGraph:
             exact = not any(u in inexact_set for u in units.tolist())
             groups.append(ChannelGroup(gid, units, sig, exact))
 
-    consumers = tuple(Consumer(n, m, ax, root[lab]) for n, m, ax, lab in b.consumers)
+    consumers = tuple(Consumer(n, m, ax, root[lab], gi) for n, m, ax, lab, gi in b.consumers)
     graph = ChannelGraph(
         traced=traced,
         slices=tuple(slices),
@@ -508,6 +524,7 @@ def build_channel_graph(traced: Traced, warn: bool = True) -> ChannelGraph:
         consumers=consumers,
         barriers=tuple(b.barriers),
         edits=tuple(b.edits),
+        other_edits=tuple(b.other_edits),
         costs=tuple(b.costs),
         num_units=b.next_id,
         root=root,

@@ -86,14 +86,14 @@ def _threshold_removed(graph: ChannelGraph, model: nn.Module, threshold: float, 
         ((s.module, s.param, s.dim, s.role, np.flatnonzero(cand[s.units])) for s in graph.slices),
         keep_shift=True, roles=("scale",),
     )
-    targets = {c_.node: c_.axis for c_ in graph.consumers if cand[c_.units].any()}
     # Two different input batches: a channel must be constant within and across both.
     runs = [graph.traced.example_inputs, _perturbed(graph.traced.example_inputs)]
     with silenced(model, zeros):
-        stats = [probe_consumers(graph.gm, inputs, targets) for inputs in runs]
+        stats = [_probe_all(graph, inputs, cand) for inputs in runs]
     for c_ in graph.consumers:
-        if c_.node in targets:
-            a, b = stats[0][c_.node], stats[1][c_.node]
+        key = (c_.graph, c_.node)
+        if key in stats[0]:
+            a, b = stats[0][key], stats[1][key]
             same = np.abs(a.center - b.center) <= 1e-6 + 1e-5 * np.abs(a.center)
             cand[c_.units[~(a.constant() & b.constant() & same)]] = False
     # Respect per-group caps: the largest-gamma candidates stay when a group would shrink too far.
@@ -105,6 +105,16 @@ def _threshold_removed(graph: ChannelGraph, model: nn.Module, threshold: float, 
             u = u[np.lexsort((u, gmax[u]))[: caps[g.id]]]
         removed[u] = True
     return apply_rounding(graph, removed, scores, c.round_to)
+
+
+def _probe_all(graph: ChannelGraph, inputs: tuple, removed: np.ndarray) -> dict:
+    """Consumer statistics keyed by (graph index, node) for consumers of removed units."""
+    out = {}
+    for gi, gm in enumerate(graph.graphs()):
+        targets = {c.node: c.axis for c in graph.consumers if c.graph == gi and removed[c.units].any()}
+        if targets:
+            out.update({(gi, k): v for k, v in probe_consumers(gm, inputs, targets).items()})
+    return out
 
 
 def _perturbed(inputs: tuple) -> tuple:
@@ -128,19 +138,18 @@ def silence_roles(threshold_mode: bool) -> tuple[str, ...]:
 def _folds(graph: ChannelGraph, model: nn.Module, removed: np.ndarray, keep_shift: bool,
            roles: tuple[str, ...]) -> tuple[list[Fold], list[str]]:
     """Constants that removed channels hold at each consumer, measured on the silenced model."""
-    targets = {c.node: c.axis for c in graph.consumers if removed[c.units].any()}
-    if not targets:
+    if not any(removed[c.units].any() for c in graph.consumers):
         return [], []
     zeros = zero_list(((s.module, s.param, s.dim, s.role, np.flatnonzero(removed[s.units])) for s in graph.slices),
                       keep_shift=keep_shift, roles=roles)
     with silenced(model, zeros):
-        stats = probe_consumers(graph.gm, graph.traced.example_inputs, targets)
+        stats = _probe_all(graph, graph.traced.example_inputs, removed)
     folds: dict[str, Fold] = {}
     notes: list[str] = []
     for c in graph.consumers:
-        if c.node not in targets:
+        if (c.graph, c.node) not in stats:
             continue
-        st = stats[c.node]
+        st = stats[(c.graph, c.node)]
         idx = np.flatnonzero(removed[c.units])
         vals = st.center[idx]
         if not st.constant()[idx].all():
@@ -200,6 +209,7 @@ def plan(
     round_to: int = 1,
     max_ratio: float | Mapping[str, float] = 1.0,
     fold_bias: bool = True,
+    allow_inexact: bool = True,
     seed: int = 0,
 ) -> PruningPlan:
     """Decide which channels to remove, without touching the model.
@@ -223,6 +233,9 @@ def plan(
         fold_bias: fold the constant output act(β) of removed normalised channels into the
             next layer's bias (exact for 1x1 convs and Linear, exact in the interior of
             zero-padded convs). False treats β as zero.
+        allow_inexact: also prune groups whose removal cannot be exact because a member
+            normalises across channels (LayerNorm, GroupNorm); False keeps them whole, so the
+            pruned model equals the silenced original exactly.
         seed: for ``importance="random"``.
 
     Returns:
@@ -239,7 +252,7 @@ def plan(
     _check_args(ratio, threshold, target, importance)
     graph = analyze(model, example_inputs, opaque)
     protected = _protected_units(graph, model, protect)
-    constraints = Constraints(min_channels, round_to, max_ratio, protected)
+    constraints = Constraints(min_channels, round_to, max_ratio, protected, allow_inexact)
     scores = unit_scores(graph, model, importance, seed)
     predictor = Predictor(graph, model)
     if threshold is not None:
@@ -259,7 +272,7 @@ def plan(
         "min_channels": min_channels, "round_to": round_to,
         "max_ratio": dict(max_ratio) if isinstance(max_ratio, Mapping) else max_ratio,
         "protect": [p if isinstance(p, str) else p.__name__ for p in protect],
-        "fold_bias": fold_bias, "seed": seed, "silence": list(roles),
+        "fold_bias": fold_bias, "allow_inexact": allow_inexact, "seed": seed, "silence": list(roles),
     }
     return make_plan(graph, model, removed, folds, notes, options, predictor, protected)
 
@@ -283,6 +296,10 @@ def make_plan(graph: ChannelGraph, model: nn.Module, removed: np.ndarray, folds:
     for node, fn in graph.edits:
         for e in fn(kept):
             edits.append(json.dumps({"node": node, **e}, sort_keys=True))
+    if any(fn(kept) for _, fn in graph.other_edits):
+        mode = "eval" if model.training else "train"
+        notes.append(f"the {mode}-mode forward hard-codes channel counts this plan changes; only the "
+                     f"current mode's graph is rewritten, so make the plan in the mode you will run")
     # A consumer without a bias gets one when constants are folded into it.
     extra = 0
     for f in folds:

@@ -36,6 +36,7 @@ class Constraints:
     round_to: int = 1
     max_ratio: float | Mapping[str, float] = 1.0
     protected_units: frozenset[int] = field(default_factory=frozenset)
+    allow_inexact: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.min_channels, int) or self.min_channels < 1:
@@ -60,7 +61,7 @@ def group_caps(graph: ChannelGraph, c: Constraints) -> np.ndarray:
             f"(the widest has {widest} channels), so nothing can be pruned. Lower min_channels."
         )
     for g in graph.groups:
-        if any(int(u) in c.protected_units for u in g.units[:1]):
+        if any(int(u) in c.protected_units for u in g.units[:1]) or (not g.exact and not c.allow_inexact):
             continue
         r = default
         for m in g.members:
@@ -110,7 +111,8 @@ def select_ranked(graph: ChannelGraph, scores: np.ndarray, ratio: float, c: Cons
                   tiebreak: np.ndarray | None = None) -> np.ndarray:
     """Remove the ``ratio`` lowest-scoring prunable units globally. Returns a mask over labels."""
     caps = group_caps(graph, c)
-    prunable = sum(len(g) for g in graph.groups if not any(int(u) in c.protected_units for u in g.units[:1]))
+    prunable = sum(len(g) for g in graph.groups if not any(int(u) in c.protected_units for u in g.units[:1])
+                   and (g.exact or c.allow_inexact))
     k = math.floor(ratio * prunable + 1e-9)
     order = _eligible_order(graph, scores, caps, tiebreak)
     if k > order.size:

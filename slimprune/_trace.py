@@ -8,6 +8,7 @@ ops, or ``None`` for non-tensor values), and the example inputs that produced th
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,9 @@ class Traced:
     gm: fx.GraphModule
     example_inputs: tuple[Any, ...]
     opaque: tuple[str, ...]
+    # The graph of the other mode (train vs eval) when forward branches on self.training
+    # (GoogLeNet's and Inception's auxiliary heads): its channels are tied to the main graph's.
+    other_mode: fx.GraphModule | None = None
 
 
 class _Tracer(fx.Tracer):
@@ -196,6 +200,36 @@ def default_example_inputs(model: nn.Module, sizes: Sequence[int] = _DEFAULT_SIZ
         yield (x.to(param.device),)
 
 
+_MODE_SOURCE: dict[type, bool] = {}
+
+
+def _reads_training(cls: type) -> bool:
+    """Does this class's forward branch on ``self.training``? (cached per class)"""
+    if cls not in _MODE_SOURCE:
+        try:
+            src = inspect.getsource(cls.forward)
+        except (OSError, TypeError):
+            src = ""
+        _MODE_SOURCE[cls] = "self.training" in src
+    return _MODE_SOURCE[cls]
+
+
+def _other_mode_graph(model: nn.Module, opaque: Iterable[str | type], gm: fx.GraphModule) -> fx.GraphModule | None:
+    """Trace the other mode too when some traced module's forward depends on the mode."""
+    if not any(
+        _reads_training(type(m)) for m in model.modules() if not type(m).__module__.startswith("torch.nn")
+    ):
+        return None
+    flags = [(m, m.training) for m in model.modules()]
+    try:
+        model.train(not model.training)
+        other, _ = symbolic_trace(model, opaque)
+    finally:
+        for m, flag in flags:
+            m.training = flag
+    return None if other.code == gm.code else other
+
+
 def trace(model: nn.Module, example_inputs: Any = None, opaque: Iterable[str | type] = ()) -> Traced:
     """Trace ``model`` and propagate shapes.
 
@@ -210,18 +244,23 @@ def trace(model: nn.Module, example_inputs: Any = None, opaque: Iterable[str | t
         ExampleInputError: the example inputs do not fit, or no default input works.
     """
     gm, opaque_names = symbolic_trace(model, opaque)
+    other = _other_mode_graph(model, opaque, gm)
     if example_inputs is not None:
         inputs = normalize_inputs(example_inputs)
         propagate_shapes(gm, inputs)
-        return Traced(gm, inputs, opaque_names)
+        if other is not None:
+            propagate_shapes(other, inputs)
+        return Traced(gm, inputs, opaque_names, other)
     errors: list[str] = []
     for candidate in default_example_inputs(model):
         try:
             propagate_shapes(gm, candidate)
+            if other is not None:
+                propagate_shapes(other, candidate)
         except ExampleInputError as exc:
             errors.append(f"{tuple(candidate[0].shape)}: {exc.__cause__}")
             continue
-        return Traced(gm, candidate, opaque_names)
+        return Traced(gm, candidate, opaque_names, other)
     raise ExampleInputError(
         f"no default input fits {type(model).__name__} (tried "
         + "; ".join(errors[:3])
