@@ -62,6 +62,16 @@ def _input_size(text: str) -> tuple[int, ...]:
     return size
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
+
+
 def _parser() -> _Parser:
     from . import __version__
 
@@ -96,11 +106,13 @@ def _parser() -> _Parser:
     p.add_argument("--round-to", type=int, default=1, metavar="N", help="kept channel counts are multiples of N")
     p.add_argument("--out", required=True, metavar="FILE", help="where to save the pruned model")
     p.add_argument("--latency", action="store_true", help="also time both models (about 2 s)")
+    p.add_argument("--threads", type=_positive, metavar="N", help="CPU threads while timing (default: torch's)")
     p.set_defaults(run=_prune)
 
     p = sub.add_parser("measure", parents=[shared, model_opts], epilog=_EPILOG,
                        help="parameters, FLOPs per layer and latency of a model or saved file")
     p.add_argument("--latency", action="store_true", help="also time the forward pass (about 1 s)")
+    p.add_argument("--threads", type=_positive, metavar="N", help="CPU threads while timing (default: torch's)")
     p.add_argument("--layers", action="store_true", help="show the per-layer table")
     p.set_defaults(run=_measure)
     return parser
@@ -232,7 +244,7 @@ def _inspect(args: argparse.Namespace, out: _Out) -> int:
         p = info.plan
         f = tree.add(f"file: format {info.format_version}, written by slimprune {info.slimprune_version} / torch {info.torch_version}")
         f.add(f"build: {info.build if info.build is not None else '— (load needs build_fn)'}")
-        f.add(f"plan: {p.removed_channels} of {p.prunable_channels} channels removed; params "
+        f.add(f"plan: {p.removed_channels:,} of {p.prunable_channels:,} channels removed; params "
               f"{p.params_before:,} → {p.params_after:,} ({_pct(p.params_after, p.params_before)})")
     branch = tree.add("channel groups")
     for g, entry in zip(graph.groups, groups):
@@ -270,7 +282,7 @@ def _prune(args: argparse.Namespace, out: _Out) -> int:
     x = x if x is not None else _example(args, p.input_shapes[0])
     from .measure import compare  # imported late: see main()
     with out.step("Measuring both models" + (" (latency takes a few seconds)" if args.latency else "")):
-        result = compare(model, small, x, latency=args.latency)
+        result = compare(model, small, x, latency=args.latency, threads=args.threads)
     with out.step(f"Saving {args.out}"):
         path = io.save(small, args.out, plan=p, build=spec)
     doc = {"model": args.model, "out": str(path), "bytes": path.stat().st_size, "plan": _plan_doc(p),
@@ -287,7 +299,7 @@ def _measure(args: argparse.Namespace, out: _Out) -> int:
     x = _example(args, _shape_of(model, info, out) if not args.input_size else None)
     from .measure import measure  # imported late: see main()
     with out.step("Measuring" + (" (latency takes a second)" if args.latency else "")):
-        m = measure(model, x, latency=args.latency)
+        m = measure(model, x, latency=args.latency, threads=args.threads)
     doc = {"model": args.model, "file": _file_doc(info), "measurement": m.to_dict()}
     table = Table(title=f"{type(model).__name__}: {args.model}", caption=f"input {'×'.join(map(str, x.shape))}")
     table.add_column("")

@@ -118,6 +118,7 @@ def test_failure_exits_1_and_debug_shows_the_traceback(tmp_path: Path, capsys: p
         (["prune", "torchvision:resnet18", "--ratio", "0.5"], "--out"),
         (["prune", "torchvision:resnet18", "--ratio", "0.5", "--threshold", "0.1", "--out", "x"], "not allowed with"),
         (["measure", "torchvision:resnet18", "--input-size", "3,x"], "comma-separated"),
+        (["measure", "torchvision:resnet18", "--threads", "0"], "positive integer"),
         (["measure", "no_such_file.safetensors"], "neither an existing file nor a model spec"),
         (["frobnicate"], "invalid choice"),
         ([], "required"),
