@@ -110,7 +110,7 @@ def linear_decay(total_steps: int) -> Schedule:
 # ------------------------------------------------------------------ which scales count
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared by identity: it holds a parameter
 class _Scale:
     """One regularised norm weight and which of its channels count (None: all of them)."""
 
