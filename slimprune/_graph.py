@@ -487,11 +487,19 @@ def build_channel_graph(traced: Traced, warn: bool = True) -> ChannelGraph:
 
     inexact = np.unique(root[np.concatenate(b.inexact)]) if b.inexact else np.zeros(0, np.int64)
 
+    # A unit needs a member that silencing can zero (a producer row, a norm scale, an
+    # injected parameter); otherwise nothing makes it vanish (the coordinate features of a
+    # relative-position buffer, say) and it is kept.
+    silenceable = np.zeros(b.next_id, dtype=bool)
+    for s in slices:
+        if s.role in ("out", "scale", "source"):
+            silenceable[s.units] = True
+
     # Units and their signatures (the set of slices they appear in).
     pairs_u, pairs_s, first_pos = [], [], []
     for i, s in enumerate(slices):
         u, pos = np.unique(s.units, return_index=True)
-        sel = u != keep_root
+        sel = (u != keep_root) & silenceable[u]
         pairs_u.append(u[sel])
         pairs_s.append(np.full(int(sel.sum()), i, dtype=np.int64))
         first_pos.append(pos[sel])
