@@ -37,15 +37,23 @@ def _tensor(model: nn.Module, module: str, param: str) -> torch.Tensor:
 
 
 def _per_index(t: torch.Tensor, dim: int, p: int) -> np.ndarray:
-    t = t.float().movedim(dim, 0).reshape(t.shape[dim], -1)
-    return (t.abs().sum(1) if p == 1 else t.pow(2).sum(1)).cpu().numpy().astype(np.float64)
+    """Sum of |w| (p=1) or of w² (p=2) over every dim but ``dim``."""
+    others = [d for d in range(t.dim()) if d != dim]
+    if not others:
+        v = t.abs() if p == 1 else t * t
+    else:
+        v = torch.linalg.vector_norm(t.float(), ord=p, dim=others)
+        v = v if p == 1 else v * v
+    return v.cpu().numpy().astype(np.float64)
 
 
-def _norm_scores(graph: ChannelGraph, model: nn.Module, p: int) -> np.ndarray:
+def _norm_scores(graph: ChannelGraph, model: nn.Module, p: int, units: np.ndarray | None = None) -> np.ndarray:
+    """Per-unit weight norms over producer rows and consumer columns (only slices touching ``units``)."""
     acc = np.zeros(graph.num_units, dtype=np.float64)
-    for s in graph.slices:
-        if s.role in ("out", "in"):
-            np.add.at(acc, s.units, _per_index(_tensor(model, s.module, s.param), s.dim, p))
+    with torch.no_grad():
+        for s in graph.slices:
+            if s.role in ("out", "in") and (units is None or units[s.units].any()):
+                np.add.at(acc, s.units, _per_index(_tensor(model, s.module, s.param), s.dim, p))
     return acc if p == 1 else np.sqrt(acc)
 
 
@@ -92,12 +100,12 @@ def unit_scores(
                 np.maximum.at(gamma, s.units, _tensor(model, s.module, s.param).abs().float().cpu().numpy())
         has = np.isfinite(gamma)
         out = np.where(has, gamma, np.nan)
-        fallback = _group_normalised(graph, _norm_scores(graph, model, 2))
         in_groups = np.zeros(graph.num_units, bool)
         for g in graph.groups:
             in_groups[g.units] = True
         need = in_groups & ~has
         if need.any():
+            fallback = _group_normalised(graph, _norm_scores(graph, model, 2, need))
             ref = np.median(gamma[has & in_groups]) if (has & in_groups).any() else 1.0
             fb = fallback[need]
             med = np.median(fb) if fb.size else 1.0

@@ -75,7 +75,8 @@ def _threshold_removed(graph: ChannelGraph, model: nn.Module, threshold: float, 
             owner = model.get_submodule(s.module) if s.module else model
             np.maximum.at(gmax, s.units, getattr(owner, s.param).detach().abs().float().cpu().numpy())
     in_group = graph.unit_to_group >= 0
-    cand = in_group & np.isfinite(gmax) & (gmax <= threshold)
+    # Compare in the parameters' precision: a γ stored as float32(1e-3) is not above 1e-3.
+    cand = in_group & np.isfinite(gmax) & (gmax <= np.float32(threshold))
     for g in graph.groups:
         if not g.exact:
             cand[g.units] = False
@@ -92,7 +93,7 @@ def _threshold_removed(graph: ChannelGraph, model: nn.Module, threshold: float, 
         stats = [_probe_all(graph, inputs, cand) for inputs in runs]
     for c_ in graph.consumers:
         key = (c_.graph, c_.node)
-        if key in stats[0]:
+        if key in stats[0] and key in stats[1]:
             a, b = stats[0][key], stats[1][key]
             same = np.abs(a.center - b.center) <= 1e-6 + 1e-5 * np.abs(a.center)
             cand[c_.units[~(a.constant() & b.constant() & same)]] = False
@@ -108,13 +109,40 @@ def _threshold_removed(graph: ChannelGraph, model: nn.Module, threshold: float, 
 
 
 def _probe_all(graph: ChannelGraph, inputs: tuple, removed: np.ndarray) -> dict:
-    """Consumer statistics keyed by (graph index, node) for consumers of removed units."""
-    out = {}
-    for gi, gm in enumerate(graph.graphs()):
-        targets = {c.node: c.axis for c in graph.consumers if c.graph == gi and removed[c.units].any()}
-        if targets:
-            out.update({(gi, k): v for k, v in probe_consumers(gm, inputs, targets).items()})
-    return out
+    """Consumer statistics keyed by (graph index, node) for consumers of removed units.
+
+    Constants do not depend on the input size, so the probe first tries a cheap input (one
+    sample, spatial dims at most 32) and falls back to the full example when the model
+    insists on its size.
+    """
+    small = _shrunk(inputs)
+    for attempt in ([small, inputs] if small is not None else [inputs]):
+        try:
+            out = {}
+            for gi, gm in enumerate(graph.graphs()):
+                targets = {c.node: c.axis for c in graph.consumers if c.graph == gi and removed[c.units].any()}
+                if targets:
+                    out.update({(gi, k): v for k, v in probe_consumers(gm, attempt, targets).items()})
+            return out
+        except Exception:
+            if attempt is inputs:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _shrunk(inputs: tuple) -> tuple | None:
+    """One sample of each batched floating input, spatial dims cut to 32 (None if nothing to gain)."""
+    out, gain = [], False
+    for x in inputs:
+        if isinstance(x, torch.Tensor) and x.is_floating_point() and x.dim() >= 3:
+            y = x[:1]
+            if any(d > 32 for d in y.shape[2:]):
+                y = torch.nn.functional.adaptive_avg_pool2d(y, 32) if y.dim() == 4 else y
+            gain = gain or y.numel() < x.numel()
+            out.append(y)
+        else:
+            out.append(x)
+    return tuple(out) if gain else None
 
 
 def _perturbed(inputs: tuple) -> tuple:
@@ -172,6 +200,11 @@ def _folds(graph: ChannelGraph, model: nn.Module, removed: np.ndarray, keep_shif
         if getattr(m, "padding_mode", "zeros") == "zeros" and (pad == "same" or (isinstance(pad, tuple) and any(pad))):
             notes.append(f"{c.module}: folded constants are exact in the interior; zero padding makes border outputs differ")
     return list(folds.values()), notes
+
+
+def _has_ties(graph: ChannelGraph, scores: np.ndarray) -> bool:
+    units = np.concatenate([g.units for g in graph.groups]) if graph.groups else np.zeros(0, np.int64)
+    return np.unique(scores[units]).size < units.size
 
 
 def _check_args(ratio: Any, threshold: Any, target: str, importance: Any) -> None:
@@ -258,7 +291,7 @@ def plan(
     if threshold is not None:
         removed = _threshold_removed(graph, model, float(threshold), constraints, scores)
     else:
-        tiebreak = tiebreak_scores(graph, model) if importance == "bn_scale" else None
+        tiebreak = tiebreak_scores(graph, model) if importance == "bn_scale" and _has_ties(graph, scores) else None
         if target == "channels":
             removed = select_ranked(graph, scores, float(ratio), constraints, tiebreak)
         else:

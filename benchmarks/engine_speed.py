@@ -1,0 +1,123 @@
+"""Wall time of plan + apply, slimprune against Torch-Pruning, measured in the same run.
+
+Each measurement runs in its own subprocess (fresh interpreter, time limit) and reports
+the median of ``--repeats`` runs. Torch-Pruning is measured with its standard recipe
+(DependencyGraph + MetaPruner, L2 magnitude, ratio 0.5, classifier ignored) when
+``torch_pruning`` is importable; it is not a dependency of slimprune.
+
+    python benchmarks/engine_speed.py                 # the full table (several minutes)
+    python benchmarks/engine_speed.py --models resnet50 --chains 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+MODELS = ["resnet50", "densenet121", "densenet201", "mobilenet_v3_large", "efficientnet_b0", "convnext_tiny",
+          "regnet_y_400mf"]
+CHAINS = [100, 1000, 5000]
+
+
+def build(spec: str):
+    import torch
+    from torch import nn
+
+    if spec.startswith("chain"):
+        n = int(spec[5:])
+        layers = [nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU()]
+        for _ in range(n):
+            layers += [nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU()]
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)]
+        return nn.Sequential(*layers).eval(), torch.randn(1, 3, 8, 8)
+    import torchvision
+
+    return torchvision.models.get_model(spec, weights=None).eval(), torch.randn(1, 3, 224, 224)
+
+
+def child(tool: str, spec: str, repeats: int) -> None:
+    """Measure one (tool, model) pair and print one JSON line."""
+    import copy
+
+    import torch
+
+    torch.manual_seed(0)
+    model, x = build(spec)
+    times, params = [], None
+    for _ in range(repeats):
+        if tool == "slimprune":
+            import slimprune
+
+            t0 = time.perf_counter()
+            small = slimprune.prune(model, 0.5, example_inputs=x)
+            times.append(time.perf_counter() - t0)
+        else:
+            import torch_pruning as tp
+
+            m = copy.deepcopy(model)
+            last = [mod for mod in m.modules() if isinstance(mod, torch.nn.Linear)][-1:]
+            t0 = time.perf_counter()
+            pruner = tp.pruner.MetaPruner(m, x, importance=tp.importance.MagnitudeImportance(p=2),
+                                          pruning_ratio=0.5, ignored_layers=last)
+            pruner.step()
+            times.append(time.perf_counter() - t0)
+            small = m
+        params = sum(p.numel() for p in small.parameters())
+    print(json.dumps({"tool": tool, "model": spec, "median_s": statistics.median(times), "params": params,
+                      "params_before": sum(p.numel() for p in model.parameters())}))
+
+
+def measure(tool: str, spec: str, repeats: int, timeout: float) -> dict:
+    cmd = [sys.executable, __file__, "--child", tool, spec, "--repeats", str(repeats)]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"tool": tool, "model": spec, "error": f"over {timeout:.0f} s"}
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+    if out.returncode != 0 or not lines:
+        err = (out.stderr.strip().splitlines() or ["?"])[-1]
+        return {"tool": tool, "model": spec, "error": err[:80]}
+    return json.loads(lines[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="*", default=MODELS)
+    ap.add_argument("--chains", nargs="*", type=int, default=CHAINS)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--timeout", type=float, default=600)
+    ap.add_argument("--child", nargs=2, metavar=("TOOL", "MODEL"))
+    args = ap.parse_args()
+    if args.child:
+        child(args.child[0], args.child[1], args.repeats)
+        return
+    try:
+        import torch_pruning  # noqa: F401
+
+        tools = ["slimprune", "torch_pruning"]
+    except ImportError:
+        tools = ["slimprune"]
+    import torch
+
+    print(f"# plan+apply wall time, median of {args.repeats}; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; ratio 0.5")
+    print("| model | slimprune (s) | Torch-Pruning (s) | slimprune / TP | params after (slimprune / TP) |")
+    print("| --- | --- | --- | --- | --- |")
+    for spec in list(args.models) + [f"chain{n}" for n in args.chains]:
+        res = {t: measure(t, spec, args.repeats, args.timeout) for t in tools}
+        s, t = res.get("slimprune", {}), res.get("torch_pruning", {})
+
+        def fmt(r):
+            return f"{r['median_s']:.3f}" if "median_s" in r else r.get("error", "n/a")
+
+        ratio = f"{s['median_s'] / t['median_s']:.2f}" if "median_s" in s and "median_s" in t else "n/a"
+        pa = f"{s.get('params', 'n/a'):,} / {t.get('params', 'n/a'):,}" if "params" in s and "params" in t else str(s.get("params", "n/a"))
+        print(f"| {spec} | {fmt(s)} | {fmt(t)} | {ratio} | {pa} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
