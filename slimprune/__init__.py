@@ -26,6 +26,12 @@ from .errors import (
     UnsupportedOpWarning as UnsupportedOpWarning,
 )
 from .rules import register_rule as register_rule
+from . import io as io  # noqa: E402  save/load of pruned models
+from . import measure as measure  # noqa: E402  params, FLOPs, latency
+from . import sparsity as sparsity  # noqa: E402  sparsity training (network slimming)
+from .io import load as load
+from .io import save as save
+from .sparsity import SparsityRegularizer as SparsityRegularizer
 
 __version__ = "0.1.0"
 
@@ -42,10 +48,16 @@ __all__ = [
     "SlimpruneError",
     "TraceError",
     "UnsupportedOpWarning",
+    "SparsityRegularizer",
     "analyze",
     "apply",
+    "io",
+    "load",
+    "measure",
     "plan",
     "prune",
     "register_rule",
+    "save",
     "silence",
+    "sparsity",
 ]
