@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -326,9 +327,10 @@ def make_plan(graph: ChannelGraph, model: nn.Module, removed: np.ndarray, folds:
         for g in graph.groups
     )
     edits = []
+    nodes = {n.name: n for n in graph.gm.graph.nodes}
     for node, fn in graph.edits:
         for e in fn(kept):
-            edits.append(json.dumps({"node": node, **e}, sort_keys=True))
+            edits.append(json.dumps({"node": node, **e, **_attribute_of(model, nodes[node], e)}, sort_keys=True))
     if any(fn(kept) for _, fn in graph.other_edits):
         mode = "eval" if model.training else "train"
         notes.append(f"the {mode}-mode forward hard-codes channel counts this plan changes; only the "
@@ -358,6 +360,42 @@ def make_plan(graph: ChannelGraph, model: nn.Module, removed: np.ndarray, folds:
         barriers=tuple(b.describe() for b in graph.barriers),
         notes=tuple(dict.fromkeys(notes)),
     )
+
+
+def _attribute_of(model: nn.Module, node: Any, edit: dict[str, Any]) -> dict[str, Any]:
+    """The module attribute a rewritten literal came from (``self.hidden_dim``), if unambiguous.
+
+    ``apply`` updates such attributes, so the model's own ``forward`` keeps working; when
+    every rewritten literal has one, no GraphModule is needed at all.
+    """
+    old = edit.get("old")
+    if not isinstance(old, int) or isinstance(old, bool):
+        return {}
+    stack = node.meta.get("nn_module_stack") or {}
+    path = str(list(stack.values())[-1][0]) if stack else ""
+    try:
+        owner = model.get_submodule(path) if path else model
+    except AttributeError:
+        return {}
+    names = [k for k, v in vars(owner).items() if not k.startswith("_") and type(v) is int and v == old]
+    if len(names) != 1 or f"self.{names[0]}" not in _method_source(type(owner)):
+        return {}
+    return {"attr": [path, names[0]]}
+
+
+def _method_source(cls: type) -> str:
+    """Source of a class's methods other than __init__ (where attributes are read, not set)."""
+    parts = []
+    for klass in cls.__mro__:
+        if klass.__module__.startswith("torch.nn") or klass is object:
+            break
+        for name, fn in vars(klass).items():
+            if name != "__init__" and inspect.isfunction(fn):
+                try:
+                    parts.append(inspect.getsource(fn))
+                except (OSError, TypeError):
+                    pass
+    return "\n".join(parts)
 
 
 def _out_units(graph: ChannelGraph, module: str) -> np.ndarray:

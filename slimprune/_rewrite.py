@@ -110,7 +110,9 @@ def apply_plan(model: nn.Module, plan: PruningPlan, inplace: bool = False) -> nn
     originals = {name: copy.copy(_owner(model, name)) for name in modules}
     edits = [json.loads(e) for e in plan.edits]
     graph = None
-    if edits:
+    # Literals that came from a module attribute (self.hidden_dim) are fixed by updating the
+    # attribute; only the others need a rewritten graph.
+    if edits and not all("attr" in e for e in edits):
         gm, _ = symbolic_trace(model, plan.opaque)
         graph = gm.graph
         apply_edits(graph, edits)
@@ -124,6 +126,9 @@ def apply_plan(model: nn.Module, plan: PruningPlan, inplace: bool = False) -> nn
                 memo[id(old)] = t  # replaced below: skip copying the old tensor
         target = copy.deepcopy(model, memo)
     _assign(target, tensors, originals)
+    for e in edits:
+        if "attr" in e:
+            setattr(_owner(target, e["attr"][0]), e["attr"][1], e["new"])
     if graph is None:
         return target
     gm = fx.GraphModule(target, graph, type(model).__name__)

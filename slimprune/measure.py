@@ -25,7 +25,6 @@ from typing import Any
 import torch
 from rich.table import Table
 from torch import nn
-from torch.utils import benchmark
 from torch.utils.flop_counter import FlopCounterMode
 
 __all__ = [
@@ -481,6 +480,10 @@ def _width(module: nn.Module) -> int | None:
 
 def _time(model: nn.Module, inputs: tuple[Any, ...], device: torch.device, threads: int, min_run_time: float) -> Latency:
     """Time ``model(*inputs)`` on ``device`` with torch.utils.benchmark."""
+    # Imported here: torch.utils.benchmark pulls in cpp_extension, which logs a CUDA_HOME
+    # warning on some machines; `import slimprune` should print nothing.
+    from torch.utils import benchmark
+
     runner = model if _device_of(model) == device else _copy_to(model, device)
     timer = benchmark.Timer(
         stmt="model(*inputs)",

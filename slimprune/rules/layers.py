@@ -279,3 +279,48 @@ def functional_layer_norm(ctx, node):
 
     ctx.edit(node, edit)
     return x
+
+
+# ---------------------------------------------------------------------- attention
+def _resize_mha(m: nn.Module, orig: nn.Module) -> None:
+    m.embed_dim = m.kdim = m.vdim = m.in_proj_weight.shape[1]
+    m.num_heads = m.embed_dim // orig.head_dim
+    m.head_dim = orig.head_dim
+
+
+@register_rule(nn.MultiheadAttention, resize=_resize_mha)
+def multihead_attention(ctx, node):
+    """Whole heads go, with the embedding channels they occupy.
+
+    ``nn.MultiheadAttention`` needs input width == heads × head_dim == output width, so one
+    unit is one head: its head_dim input columns, its q/k/v rows, its out_proj rows and
+    columns. head_dim (and so the softmax scale) never changes, which keeps removal exact.
+    """
+    m = ctx.module(node)
+    names = ("query", "key", "value")
+    infos = [ctx.input(node, i, n) for i, n in enumerate(names)]
+    if any(i is None for i in infos):
+        return ctx.keep_all((node.args, node.kwargs))
+    last = len(ctx.shape(node.args[0])) - 1
+    if not m._qkv_same_embed_dim or m.bias_k is not None or any(i.axis != last for i in infos):
+        return ctx.barrier(node, "MultiheadAttention with separate k/v widths, bias_k, or channels off the last axis")
+    labels = infos[0].labels
+    for i in infos[1:]:
+        ctx.tie(labels, i.labels)
+    heads = labels.reshape(m.num_heads, m.head_dim)
+    ctx.tie(heads, heads[:, :1])
+    per_head = np.repeat(heads[:, 0], m.head_dim)
+    qkv = np.concatenate([per_head] * 3)
+    ctx.param(node, "in_proj_weight", 0, qkv, "out")
+    ctx.param(node, "in_proj_weight", 1, per_head, "in")
+    if m.in_proj_bias is not None:
+        ctx.param(node, "in_proj_bias", 0, qkv, "out")
+    out = f"{node.target}.out_proj"
+    ctx.slice_of(out, "weight", 0, per_head, "out")
+    ctx.slice_of(out, "weight", 1, per_head, "in")
+    if m.out_proj.bias is not None:
+        ctx.slice_of(out, "bias", 0, per_head, "out")
+    positions = math.prod(ctx.shape(node.args[0])[:-1]) // ctx.shape(node.args[0])[0 if m.batch_first else 1]
+    ctx.costs.append((out, int(positions)))
+    shapes = ctx.shape(node)
+    return (ctx.info_of(last, per_head),) + tuple(None for _ in shapes[1:])

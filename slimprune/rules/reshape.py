@@ -92,8 +92,8 @@ def _literal_edit(ctx, node, out_axis, labels):
         new[out_axis] = n
         if packed:
             value = tuple(new) if isinstance(node.args[1], tuple) else new
-            return [{"kind": "set_arg", "index": start, "value": encode(value)}]
-        return [{"kind": "set_arg", "index": start + out_axis, "value": n}]
+            return [{"kind": "set_arg", "index": start, "value": encode(value), "old": old, "new": n}]
+        return [{"kind": "set_arg", "index": start + out_axis, "value": n, "old": old, "new": n}]
 
     ctx.edit(node, edit)
 
