@@ -227,7 +227,12 @@ def _other_mode_graph(model: nn.Module, opaque: Iterable[str | type], gm: fx.Gra
     finally:
         for m, flag in flags:
             m.training = flag
-    return None if other.code == gm.code else other
+    def structure(g: fx.GraphModule) -> list[tuple[str, str]]:
+        return [(n.op, str(n.target)) for n in g.graph.nodes]
+
+    # Graphs that differ only in a constant (stochastic_depth(x, p, mode, training=True))
+    # have the same channels; only a different set of ops (an auxiliary head) matters.
+    return None if structure(other) == structure(gm) else other
 
 
 def trace(model: nn.Module, example_inputs: Any = None, opaque: Iterable[str | type] = ()) -> Traced:
