@@ -93,6 +93,9 @@ class PruningPlan:
     barriers: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
     version: int = PLAN_VERSION
+    # For models fx cannot trace whole: (submodule path, that submodule's own plan). The
+    # fields above then list every region's slices and groups under their full names.
+    regions: tuple[tuple[str, "PruningPlan"], ...] = ()
 
     # ------------------------------------------------------------------- reading it
     @property
@@ -146,6 +149,7 @@ class PruningPlan:
     # ---------------------------------------------------------------- serialisation
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        d["regions"] = [{"path": path, "plan": sub.to_dict()} for path, sub in self.regions]
         d["format"] = "slimprune.plan"
         d["options"] = dict(self.options)
         d["edits"] = [json.loads(e) for e in self.edits]
@@ -194,6 +198,7 @@ class PruningPlan:
                 barriers=tuple(d.get("barriers", ())),
                 notes=tuple(d.get("notes", ())),
                 version=version,
+                regions=tuple((str(r["path"]), cls.from_dict(r["plan"])) for r in d.get("regions", ())),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise FileFormatError(f"the plan is malformed: {type(exc).__name__}: {exc}") from exc

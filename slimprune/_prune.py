@@ -18,7 +18,8 @@ from ._rewrite import apply_plan
 from ._silence import probe_consumers, silenced, zero_list
 from ._solver import Constraints, Predictor, apply_rounding, group_caps, select_ranked, select_target
 from ._trace import trace
-from .errors import InvalidArgumentError
+from ._regions import find_regions
+from .errors import InvalidArgumentError, TraceError
 from .rules import lookup_rule
 
 __all__ = ["analyze", "plan", "apply", "prune"]
@@ -284,7 +285,12 @@ def plan(
         >>> small = slimprune.apply(model, p)
     """
     _check_args(ratio, threshold, target, importance)
-    graph = analyze(model, example_inputs, opaque)
+    try:
+        graph = analyze(model, example_inputs, opaque)
+    except TraceError as exc:
+        kwargs = dict(threshold=threshold, target=target, importance=importance, min_channels=min_channels,
+                      round_to=round_to, max_ratio=max_ratio, fold_bias=fold_bias, allow_inexact=allow_inexact, seed=seed)
+        return _plan_regions(model, exc, ratio, example_inputs, opaque, protect, kwargs)
     protected = _protected_units(graph, model, protect)
     constraints = Constraints(min_channels, round_to, max_ratio, protected, allow_inexact)
     scores = unit_scores(graph, model, importance, seed)
@@ -359,6 +365,89 @@ def make_plan(graph: ChannelGraph, model: nn.Module, removed: np.ndarray, folds:
         flops_after=2 * predictor.macs(removed),
         barriers=tuple(b.describe() for b in graph.barriers),
         notes=tuple(dict.fromkeys(notes)),
+    )
+
+
+def _relative(names: Iterable[Any], path: str) -> list[Any]:
+    """Names inside ``path`` made relative to it; types pass through."""
+    return [n[len(path) + 1:] if isinstance(n, str) else n for n in names
+            if not isinstance(n, str) or n.startswith(path + ".")]
+
+
+def _plan_regions(model: nn.Module, error: TraceError, ratio: float | None, example_inputs: Any,
+                  opaque: Iterable[str | type], protect: Iterable[str | type], kwargs: dict[str, Any]) -> PruningPlan:
+    """Plan every traceable region of a model fx cannot trace whole, and compose the plans."""
+    opaque, protect = list(opaque), list(protect)
+    _protected_units_check(model, protect)
+    regions, unreached = find_regions(model, example_inputs, opaque)
+    if not regions:
+        raise error
+    subplans: list[tuple[str, PruningPlan]] = []
+    for r in regions:
+        if any(isinstance(p, str) and (p == r.path or r.path.startswith(p + ".") or p == "") for p in protect):
+            continue
+        sub = model.get_submodule(r.path)
+        sub_kwargs = dict(kwargs)
+        if isinstance(kwargs["max_ratio"], Mapping):
+            sub_kwargs["max_ratio"] = dict(zip(_relative(kwargs["max_ratio"], r.path),
+                                               [v for k, v in kwargs["max_ratio"].items() if k.startswith(r.path + ".")]))
+        sp = plan(sub, ratio, example_inputs=r.inputs, opaque=_relative(opaque, r.path),
+                  protect=_relative(protect, r.path), **sub_kwargs)
+        if sp.prunable_channels:
+            subplans.append((r.path, sp))
+    if not subplans:  # nothing to gain from regions: the trace error is the honest answer
+        raise error
+    return _compose(model, subplans, regions, unreached, error, ratio, example_inputs, kwargs)
+
+
+def _protected_units_check(model: nn.Module, protect: list[Any]) -> None:
+    modules = dict(model.named_modules())
+    for n in protect:
+        if isinstance(n, str) and n not in modules:
+            raise InvalidArgumentError(f"protect names module {n!r}, which {type(model).__name__} does not have. "
+                                       f"Use names from model.named_modules().")
+
+
+def _compose(model: nn.Module, subplans: list[tuple[str, PruningPlan]], regions: list, unreached: list[str],
+             error: TraceError, ratio: float | None, example_inputs: Any, kwargs: dict[str, Any]) -> PruningPlan:
+    from dataclasses import replace
+
+    def full(path: str, name: str) -> str:
+        return f"{path}.{name}" if name else path
+
+    slices, groups, folds, barriers, notes = [], [], [], [], []
+    flops_before = flops_after = 0
+    for path, sp in subplans:
+        slices += [replace(s, module=full(path, s.module)) for s in sp.slices]
+        groups += [replace(g, id=len(groups) + i, members=tuple(full(path, m) for m in g.members))
+                   for i, g in enumerate(sp.groups)]
+        folds += [replace(f, module=full(path, f.module)) for f in sp.folds]
+        barriers += [f"{path}: {b}" for b in sp.barriers]
+        notes += [f"{path}: {n}" for n in sp.notes]
+        flops_before += sp.flops_before
+        flops_after += sp.flops_after
+    reached = ", ".join(p for p, _ in subplans) or "none"
+    cause = error.__cause__ if error.__cause__ is not None else error
+    notes.insert(0, f"fx cannot trace {type(model).__name__} whole ({type(cause).__name__}: {str(cause)[:100]}); "
+                    f"pruned inside the traceable regions [{reached}] with their boundary channels kept; "
+                    f"FLOPs are those of the pruned regions")
+    idle = [r.path for r in regions if r.path not in dict(subplans)]
+    if idle:
+        notes.append(f"regions with nothing prunable inside (all channels on their boundary): {', '.join(idle)}")
+    notes += [f"not reached: {u}" for u in unreached]
+    before = sum(p.numel() for p in model.parameters())
+    after = before - sum(sp.params_before - sp.params_after for _, sp in subplans)
+    options = {k: v for k, v in kwargs.items()}
+    options.update(ratio=ratio, importance=kwargs["importance"] if isinstance(kwargs["importance"], str) else "callable",
+                   max_ratio=dict(kwargs["max_ratio"]) if isinstance(kwargs["max_ratio"], Mapping) else kwargs["max_ratio"],
+                   silence=list(silence_roles(kwargs["threshold"] is not None)), protect=[], regions=True)
+    shapes = tuple(tuple(x.shape) for x in (example_inputs if isinstance(example_inputs, tuple) else (example_inputs,))
+                   if isinstance(x, torch.Tensor))
+    return PruningPlan(
+        model=type(model).__name__, fingerprint=fingerprint(model), input_shapes=shapes,
+        options=tuple(sorted(options.items())), groups=tuple(groups), slices=tuple(slices), folds=tuple(folds),
+        edits=(), opaque=(), params_before=before, params_after=after, flops_before=flops_before,
+        flops_after=flops_after, barriers=tuple(barriers), notes=tuple(notes), regions=tuple(subplans),
     )
 
 

@@ -101,9 +101,21 @@ def _assign(model: nn.Module, tensors: dict[tuple[str, str], torch.Tensor], orig
             rule.resize(m, orig)
 
 
+def _set_submodule(model: nn.Module, path: str, new: nn.Module) -> None:
+    parent, _, name = path.rpartition(".")
+    setattr(_owner(model, parent), name, new)
+
+
 def apply_plan(model: nn.Module, plan: PruningPlan, inplace: bool = False) -> nn.Module:
     """Return the pruned model (see :func:`slimprune.apply`)."""
     plan.check_model(model)
+    if plan.regions:
+        # Every region is pruned from the original first, so a failure changes nothing.
+        pruned = [(path, apply_plan(_owner(model, path), sub)) for path, sub in plan.regions]
+        target = model if inplace else copy.deepcopy(model)
+        for path, new in pruned:
+            _set_submodule(target, path, new)
+        return target
     tensors = _new_tensors(model, plan)
     modules = {module for module, _ in tensors}
     # Snapshots keep the original attributes (groups, widths) that resize rules read.

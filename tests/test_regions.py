@@ -1,0 +1,70 @@
+"""Models fx cannot trace whole (torchvision detectors) are pruned region by region."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+
+import slimprune
+from tests.helpers import assert_close, outputs
+from tests.models import randomize_bn
+
+
+@pytest.fixture(scope="module")
+def detector():
+    torch.manual_seed(0)
+    m = torchvision.models.detection.fasterrcnn_mobilenet_v3_large_320_fpn(weights=None, weights_backbone=None)
+    return randomize_bn(m).eval()
+
+
+@pytest.fixture(scope="module")
+def detector_plan(detector):
+    return slimprune.plan(detector, 0.5, fold_bias=False)
+
+
+def test_detector_plan_names_the_regions_it_pruned_and_the_ones_it_could_not(detector_plan):
+    paths = [p for p, _ in detector_plan.regions]
+    assert "backbone" in paths and "roi_heads.box_head" in paths
+    assert detector_plan.removed_channels > 0
+    assert "fx cannot trace FasterRCNN whole" in detector_plan.notes[0]
+    assert any("nothing prunable" in n and "rpn.head" in n for n in detector_plan.notes)
+
+
+def test_pruned_detector_still_returns_boxes_of_the_right_form(detector, detector_plan):
+    small = slimprune.apply(detector, detector_plan)
+    assert sum(p.numel() for p in small.parameters()) == detector_plan.params_after < detector_plan.params_before
+    with torch.no_grad():
+        out = small([torch.rand(3, 240, 200), torch.rand(3, 200, 260)])
+    assert len(out) == 2
+    for det in out:
+        assert set(det) == {"boxes", "labels", "scores"}
+        assert det["boxes"].dim() == 2 and det["boxes"].shape[1] == 4
+        assert det["scores"].shape == det["labels"].shape == det["boxes"].shape[:1]
+
+
+def test_pruned_regions_compute_what_the_silenced_regions_compute(detector, detector_plan):
+    small = slimprune.apply(detector, detector_plan)
+    ref = slimprune.silence(detector, detector_plan)
+    x = torch.randn(2, 3, 320, 320)
+    with torch.no_grad():
+        assert_close(outputs(ref.backbone(x)), outputs(small.backbone(x)), atol=1e-4)
+        feats = torch.randn(5, 256, 7, 7)
+        assert_close(outputs(ref.roi_heads.box_head(feats)), outputs(small.roi_heads.box_head(feats)), atol=1e-4)
+
+
+def test_region_plan_survives_json(detector, detector_plan):
+    again = slimprune.PruningPlan.from_json(detector_plan.to_json())
+    assert again == detector_plan
+    assert sum(p.numel() for p in slimprune.apply(detector, again).parameters()) == detector_plan.params_after
+
+
+def test_ssdlite_detector_prunes_and_runs():
+    torch.manual_seed(0)
+    m = randomize_bn(torchvision.models.detection.ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None)).eval()
+    plan = slimprune.plan(m, 0.5)
+    small = slimprune.apply(m, plan)
+    assert plan.params_after < plan.params_before
+    with torch.no_grad():
+        out = small([torch.rand(3, 320, 320)])
+    assert out[0]["boxes"].shape[1] == 4
