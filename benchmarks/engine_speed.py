@@ -33,18 +33,22 @@ def build(spec: str):
         for _ in range(n):
             layers += [nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU()]
         layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)]
+        for m in layers:  # variance-preserving init: default init decays activations into
+            if isinstance(m, nn.Conv2d):  # denormal floats after ~50 layers, and every forward crawls
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
         return nn.Sequential(*layers).eval(), torch.randn(1, 3, 8, 8)
     import torchvision
 
     return torchvision.models.get_model(spec, weights=None).eval(), torch.randn(1, 3, 224, 224)
 
 
-def child(tool: str, spec: str, repeats: int) -> None:
+def child(tool: str, spec: str, repeats: int, threads: int) -> None:
     """Measure one (tool, model) pair and print one JSON line."""
     import copy
 
     import torch
 
+    torch.set_num_threads(threads)
     torch.manual_seed(0)
     model, x = build(spec)
     times, params = [], None
@@ -71,8 +75,8 @@ def child(tool: str, spec: str, repeats: int) -> None:
                       "params_before": sum(p.numel() for p in model.parameters())}))
 
 
-def measure(tool: str, spec: str, repeats: int, timeout: float) -> dict:
-    cmd = [sys.executable, __file__, "--child", tool, spec, "--repeats", str(repeats)]
+def measure(tool: str, spec: str, repeats: int, timeout: float, threads: int) -> dict:
+    cmd = [sys.executable, __file__, "--child", tool, spec, "--repeats", str(repeats), "--threads", str(threads)]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -90,10 +94,11 @@ def main() -> None:
     ap.add_argument("--chains", nargs="*", type=int, default=CHAINS)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--timeout", type=float, default=600)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 keeps timings stable on a shared machine)")
     ap.add_argument("--child", nargs=2, metavar=("TOOL", "MODEL"))
     args = ap.parse_args()
     if args.child:
-        child(args.child[0], args.child[1], args.repeats)
+        child(args.child[0], args.child[1], args.repeats, args.threads)
         return
     try:
         import torch_pruning  # noqa: F401
@@ -104,11 +109,11 @@ def main() -> None:
     import torch
 
     print(f"# plan+apply wall time, median of {args.repeats}; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; ratio 0.5")
+          f"{args.threads} thread(s); ratio 0.5; torchvision models at 1x3x224x224, chains at 1x3x8x8")
     print("| model | slimprune (s) | Torch-Pruning (s) | slimprune / TP | params after (slimprune / TP) |")
     print("| --- | --- | --- | --- | --- |")
     for spec in list(args.models) + [f"chain{n}" for n in args.chains]:
-        res = {t: measure(t, spec, args.repeats, args.timeout) for t in tools}
+        res = {t: measure(t, spec, args.repeats, args.timeout, args.threads) for t in tools}
         s, t = res.get("slimprune", {}), res.get("torch_pruning", {})
 
         def fmt(r):
