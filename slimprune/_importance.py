@@ -47,12 +47,13 @@ def _per_index(t: torch.Tensor, dim: int, p: int) -> np.ndarray:
     return v.cpu().numpy().astype(np.float64)
 
 
-def _norm_scores(graph: ChannelGraph, model: nn.Module, p: int, units: np.ndarray | None = None) -> np.ndarray:
+def _norm_scores(graph: ChannelGraph, model: nn.Module, p: int, units: np.ndarray | None = None,
+                 roles: tuple[str, ...] = ("out", "in")) -> np.ndarray:
     """Per-unit weight norms over producer rows and consumer columns (only slices touching ``units``)."""
     acc = np.zeros(graph.num_units, dtype=np.float64)
     with torch.no_grad():
         for s in graph.slices:
-            if s.role in ("out", "in") and (units is None or units[s.units].any()):
+            if s.role in roles and (units is None or units[s.units].any()):
                 np.add.at(acc, s.units, _per_index(_tensor(model, s.module, s.param), s.dim, p))
     return acc if p == 1 else np.sqrt(acc)
 
@@ -118,9 +119,9 @@ def unit_scores(
 
 
 def tiebreak_scores(graph: ChannelGraph, model: nn.Module) -> np.ndarray:
-    """Second ranking key: the group-normalised L2 norm.
+    """Second ranking key: the group-normalised L2 norm of the producer rows.
 
     Equal scores are common (every γ is 1 in a freshly initialised network); ranking them
     by unit id would strip the first layers bare, so ties go to the weaker filters instead.
     """
-    return _group_normalised(graph, _norm_scores(graph, model, 2))
+    return _group_normalised(graph, _norm_scores(graph, model, 2, roles=("out",)))
