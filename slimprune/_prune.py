@@ -43,22 +43,27 @@ def analyze(model: nn.Module, example_inputs: Any = None, opaque: Iterable[str |
     return build_channel_graph(trace(model, example_inputs, opaque), warn=warn)
 
 
-def _protected_units(graph: ChannelGraph, model: nn.Module, protect: Iterable[str | type]) -> frozenset[int]:
-    protect = list(protect)
+def _check_protect(model: nn.Module, protect: list[Any]) -> None:
+    """Every ``protect`` entry is a module type or the name of an existing module."""
     modules = dict(model.named_modules())
-    names = [p for p in protect if isinstance(p, str)]
-    types = tuple(p for p in protect if isinstance(p, type))
     for p in protect:
         if not isinstance(p, (str, type)):
             raise InvalidArgumentError(f"protect entries are module names or module types, got {p!r}")
-    for n in names:
-        if n not in modules:
-            close = [m for m in modules if m and (n in m or m in n)][:5]
+        if isinstance(p, str) and p not in modules:
+            close = [m for m in modules if m and (p in m or m in p)][:5]
             raise InvalidArgumentError(
-                f"protect names module {n!r}, which {type(model).__name__} does not have"
+                f"protect names module {p!r}, which {type(model).__name__} does not have"
                 + (f"; did you mean one of {close}?" if close else "")
                 + " Use names from model.named_modules()."
             )
+
+
+def _protected_units(graph: ChannelGraph, model: nn.Module, protect: Iterable[str | type]) -> frozenset[int]:
+    protect = list(protect)
+    _check_protect(model, protect)
+    modules = dict(model.named_modules())
+    names = [p for p in protect if isinstance(p, str)]
+    types = tuple(p for p in protect if isinstance(p, type))
     units: set[int] = set()
     for s in graph.slices:
         m = modules.get(s.module)
@@ -378,7 +383,7 @@ def _plan_regions(model: nn.Module, error: TraceError, ratio: float | None, exam
                   opaque: Iterable[str | type], protect: Iterable[str | type], kwargs: dict[str, Any]) -> PruningPlan:
     """Plan every traceable region of a model fx cannot trace whole, and compose the plans."""
     opaque, protect = list(opaque), list(protect)
-    _protected_units_check(model, protect)
+    _check_protect(model, protect)
     regions, unreached = find_regions(model, example_inputs, opaque)
     if not regions:
         raise error
@@ -398,14 +403,6 @@ def _plan_regions(model: nn.Module, error: TraceError, ratio: float | None, exam
     if not subplans:  # nothing to gain from regions: the trace error is the honest answer
         raise error
     return _compose(model, subplans, regions, unreached, error, ratio, example_inputs, kwargs)
-
-
-def _protected_units_check(model: nn.Module, protect: list[Any]) -> None:
-    modules = dict(model.named_modules())
-    for n in protect:
-        if isinstance(n, str) and n not in modules:
-            raise InvalidArgumentError(f"protect names module {n!r}, which {type(model).__name__} does not have. "
-                                       f"Use names from model.named_modules().")
 
 
 def _compose(model: nn.Module, subplans: list[tuple[str, PruningPlan]], regions: list, unreached: list[str],
