@@ -73,9 +73,20 @@ def _protected_units(graph: ChannelGraph, model: nn.Module, protect: Iterable[st
     return frozenset(units)
 
 
+def _zero_padded(m: nn.Module) -> bool:
+    """A conv whose zero padding makes a folded constant inexact at the border."""
+    pad = getattr(m, "padding", 0)
+    return (isinstance(m, nn.modules.conv._ConvNd) and getattr(m, "padding_mode", "zeros") == "zeros"
+            and (pad == "same" or (isinstance(pad, tuple) and any(pad))))
+
+
 def _threshold_removed(graph: ChannelGraph, model: nn.Module, threshold: float, c: Constraints,
-                       scores: np.ndarray) -> np.ndarray:
-    """Units whose every path passes a scaling factor <= threshold, verified constant by a probe."""
+                       scores: np.ndarray, exact_borders: bool = False) -> np.ndarray:
+    """Units whose every path passes a scaling factor <= threshold, verified constant by a probe.
+
+    With ``exact_borders``, a unit whose constant is non-zero where a zero-padded conv reads
+    it stays too, so folding its constant is exact everywhere, borders included.
+    """
     gmax = np.full(graph.num_units, -np.inf)
     for s in graph.slices:
         if s.role == "scale":
@@ -104,6 +115,8 @@ def _threshold_removed(graph: ChannelGraph, model: nn.Module, threshold: float, 
             a, b = stats[0][key], stats[1][key]
             same = np.abs(a.center - b.center) <= 1e-6 + 1e-5 * np.abs(a.center)
             cand[c_.units[~(a.constant() & b.constant() & same)]] = False
+            if exact_borders and _zero_padded(model.get_submodule(c_.module)):
+                cand[c_.units[a.center != 0]] = False
     # Respect per-group caps: the largest-gamma candidates stay when a group would shrink too far.
     caps = group_caps(graph, c)
     removed = np.zeros(graph.num_units, bool)
@@ -203,8 +216,7 @@ def _folds(graph: ChannelGraph, model: nn.Module, removed: np.ndarray, keep_shif
                 notes.append(f"{c.module} is called more than once with different removed constants; only the first call's are folded")
             continue
         folds[c.module] = fold
-        pad = getattr(m, "padding", 0)
-        if getattr(m, "padding_mode", "zeros") == "zeros" and (pad == "same" or (isinstance(pad, tuple) and any(pad))):
+        if _zero_padded(m):
             notes.append(f"{c.module}: folded constants are exact in the interior; zero padding makes border outputs differ")
     return list(folds.values()), notes
 
@@ -250,6 +262,7 @@ def plan(
     max_ratio: float | Mapping[str, float] = 1.0,
     fold_bias: bool = True,
     allow_inexact: bool = True,
+    exact_borders: bool = False,
     seed: int = 0,
 ) -> PruningPlan:
     """Decide which channels to remove, without touching the model.
@@ -276,6 +289,9 @@ def plan(
         allow_inexact: also prune groups whose removal cannot be exact because a member
             normalises across channels (LayerNorm, GroupNorm); False keeps them whole, so the
             pruned model equals the silenced original exactly.
+        exact_borders: with ``threshold=`` and ``fold_bias``, also keep channels whose
+            constant a zero-padded conv would read (their fold is exact only in the interior):
+            the pruned model then equals the original everywhere, borders included.
         seed: for ``importance="random"``.
 
     Returns:
@@ -294,14 +310,15 @@ def plan(
         graph = analyze(model, example_inputs, opaque)
     except TraceError as exc:
         kwargs = dict(threshold=threshold, target=target, importance=importance, min_channels=min_channels,
-                      round_to=round_to, max_ratio=max_ratio, fold_bias=fold_bias, allow_inexact=allow_inexact, seed=seed)
+                      round_to=round_to, max_ratio=max_ratio, fold_bias=fold_bias, allow_inexact=allow_inexact,
+                      exact_borders=exact_borders, seed=seed)
         return _plan_regions(model, exc, ratio, example_inputs, opaque, protect, kwargs)
     protected = _protected_units(graph, model, protect)
     constraints = Constraints(min_channels, round_to, max_ratio, protected, allow_inexact)
     scores = unit_scores(graph, model, importance, seed)
     predictor = Predictor(graph, model)
     if threshold is not None:
-        removed = _threshold_removed(graph, model, float(threshold), constraints, scores)
+        removed = _threshold_removed(graph, model, float(threshold), constraints, scores, exact_borders and fold_bias)
     else:
         tiebreak = tiebreak_scores(graph, model) if importance == "bn_scale" and _has_ties(graph, scores) else None
         if target == "channels":
@@ -317,7 +334,7 @@ def plan(
         "min_channels": min_channels, "round_to": round_to,
         "max_ratio": dict(max_ratio) if isinstance(max_ratio, Mapping) else max_ratio,
         "protect": [p if isinstance(p, str) else p.__name__ for p in protect],
-        "fold_bias": fold_bias, "allow_inexact": allow_inexact, "seed": seed, "silence": list(roles),
+        "fold_bias": fold_bias, "allow_inexact": allow_inexact, "exact_borders": exact_borders, "seed": seed, "silence": list(roles),
     }
     return make_plan(graph, model, removed, folds, notes, options, predictor, protected)
 

@@ -140,3 +140,23 @@ def test_property_strategy_draws_every_op_kind():
 
     collect()
     assert {"cba", "res", "cat", "split", "se", "dw", "out", "fpn", "pool", "shuffle", "view"} <= seen
+
+
+def test_exact_borders_keeps_channels_whose_fold_a_zero_padded_conv_would_see():
+    """gamma = 0, beta = 1 before a zero-padded 3x3 conv: folding is exact only inside."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1, bias=False), torch.nn.BatchNorm2d(4),
+                                torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 3, padding=1)).eval()
+    with torch.no_grad():
+        model[1].weight[0], model[1].bias[0] = 0.0, 1.0   # constant relu(1) = 1: border-inexact
+        model[1].weight[1], model[1].bias[1] = 0.0, -1.0  # constant relu(-1) = 0: exact everywhere
+    x = torch.randn(2, 3, 8, 8)
+    loose = slimprune.plan(model, threshold=1e-3, example_inputs=x)
+    strict = slimprune.plan(model, threshold=1e-3, example_inputs=x, exact_borders=True)
+    assert loose.kept("1", "weight", 0) == (2, 3)
+    assert strict.kept("1", "weight", 0) == (0, 2, 3)
+    with torch.no_grad():
+        want = model(x)
+        assert torch.allclose(slimprune.apply(model, strict)(x), want, atol=1e-5)
+        diff = (slimprune.apply(model, loose)(x) - want).abs()
+    assert diff[..., 2:-2, 2:-2].max() < 1e-5 < diff.max()  # interior exact, border not
