@@ -472,7 +472,9 @@ def _attribute_of(model: nn.Module, node: Any, edit: dict[str, Any]) -> dict[str
     every rewritten literal has one, no GraphModule is needed at all.
     """
     old = edit.get("old")
-    if not isinstance(old, int) or isinstance(old, bool):
+    if isinstance(old, list):  # a shape tuple such as LayerNorm's normalized_shape
+        old = tuple(old)
+    elif not isinstance(old, int) or isinstance(old, bool):
         return {}
     stack = node.meta.get("nn_module_stack") or {}
     path = str(list(stack.values())[-1][0]) if stack else ""
@@ -480,7 +482,7 @@ def _attribute_of(model: nn.Module, node: Any, edit: dict[str, Any]) -> dict[str
         owner = model.get_submodule(path) if path else model
     except AttributeError:
         return {}
-    names = [k for k, v in vars(owner).items() if not k.startswith("_") and type(v) is int and v == old]
+    names = [k for k, v in vars(owner).items() if not k.startswith("_") and type(v) is type(old) and v == old]
     if len(names) != 1 or f"self.{names[0]}" not in _method_source(type(owner)):
         return {}
     return {"attr": [path, names[0]]}

@@ -140,7 +140,8 @@ def apply_plan(model: nn.Module, plan: PruningPlan, inplace: bool = False) -> nn
     _assign(target, tensors, originals)
     for e in edits:
         if "attr" in e:
-            setattr(_owner(target, e["attr"][0]), e["attr"][1], e["new"])
+            new = tuple(e["new"]) if isinstance(e["new"], list) else e["new"]
+            setattr(_owner(target, e["attr"][0]), e["attr"][1], new)
     if graph is None:
         return target
     gm = fx.GraphModule(target, graph, type(model).__name__)

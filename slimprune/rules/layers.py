@@ -275,7 +275,8 @@ def functional_layer_norm(ctx, node):
         n = int(kept(x.labels).sum())
         if n == norm_shape[0]:
             return []
-        return [{"kind": "set_arg", "index": 1, "value": encode(type(norm_shape)([n]) if isinstance(norm_shape, list) else (n,))}]
+        return [{"kind": "set_arg", "index": 1, "value": encode(type(norm_shape)([n]) if isinstance(norm_shape, list) else (n,)),
+                 "old": list(norm_shape), "new": [n]}]
 
     ctx.edit(node, edit)
     return x
