@@ -69,6 +69,8 @@ def apply_edits(graph: fx.Graph, edits: Sequence[dict[str, Any]]) -> None:
             )
         if e["kind"] == "set_arg":
             args = list(node.args)
+            if e["index"] == len(args):  # an omitted optional argument, now given
+                args.append(None)
             args[e["index"]] = decode(e["value"], nodes)
             node.args = tuple(args)
         elif e["kind"] == "split_sizes":

@@ -220,6 +220,9 @@ class _Builder:
         self.batched: set[fx.Node] = set()
         self.graph_index = 0
         self.other_edits: list[tuple[str, EditFn]] = []
+        self.current: fx.GraphModule = traced.gm
+        self.tensor_owner: dict[int, tuple[str, str]] = {}
+        self.tied: set[int] = set()
 
     # ----------------------------------------------------------------- reading the graph
     def arg(self, node: fx.Node, index: int, name: str | None = None, default: Any = None) -> Any:
@@ -302,6 +305,20 @@ class _Builder:
             raise ValueError(f"unknown slice role {role!r}; roles are {ROLES}")
         key = (module, name, dim)
         labels = np.asarray(labels, dtype=np.int64)
+        # One tensor under two names (tied weights): slicing one name would untie them, so
+        # every channel through either name is kept.
+        owner = self.current.get_submodule(module) if module else self.current
+        tensor = getattr(owner, name, None)
+        if isinstance(tensor, torch.Tensor):
+            first = self.tensor_owner.setdefault(id(tensor), (module, name))
+            if first != (module, name) or id(tensor) in self.tied:
+                self.tied.add(id(tensor))
+                self.keep(labels)
+                for (m2, n2, _), (lab2, _) in self.slices.items():
+                    if (m2, n2) in (first, (module, name)):
+                        self.keep(lab2)
+                self.barriers.append(Barrier(module, "shared parameter", module,
+                                             f"{module}.{name} is the same tensor as {'.'.join(first)}"))
         if key in self.slices:  # a shared module or parameter: every use must agree
             self.tie(self.slices[key][0], labels)
         else:

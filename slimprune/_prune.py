@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -80,6 +81,14 @@ def _zero_padded(m: nn.Module) -> bool:
             and (pad == "same" or (isinstance(pad, tuple) and any(pad))))
 
 
+def _can_fold(m: nn.Module) -> bool:
+    """Does this consumer have an exact way to absorb constant input channels?"""
+    rule = lookup_rule("call_module", None, m)
+    if rule is None or rule.fold is None:
+        return False
+    return not (isinstance(m, nn.MultiheadAttention) and m.in_proj_bias is None)
+
+
 def _threshold_removed(graph: ChannelGraph, model: nn.Module, threshold: float, c: Constraints,
                        scores: np.ndarray, exact_borders: bool = False) -> np.ndarray:
     """Units whose every path passes a scaling factor <= threshold, verified constant by a probe.
@@ -115,7 +124,8 @@ def _threshold_removed(graph: ChannelGraph, model: nn.Module, threshold: float, 
             a, b = stats[0][key], stats[1][key]
             same = np.abs(a.center - b.center) <= 1e-6 + 1e-5 * np.abs(a.center)
             cand[c_.units[~(a.constant() & b.constant() & same)]] = False
-            if exact_borders and _zero_padded(model.get_submodule(c_.module)):
+            consumer = model.get_submodule(c_.module)
+            if not _can_fold(consumer) or (exact_borders and _zero_padded(consumer)):
                 cand[c_.units[a.center != 0]] = False
     # Respect per-group caps: the largest-gamma candidates stay when a group would shrink too far.
     caps = group_caps(graph, c)
@@ -206,9 +216,9 @@ def _folds(graph: ChannelGraph, model: nn.Module, removed: np.ndarray, keep_shif
         if not nz.any():
             continue
         m = model.get_submodule(c.module)
-        rule = lookup_rule("call_module", None, m)
-        if rule is None or rule.fold is None:
-            notes.append(f"{c.module}: removed input channels hold non-zero constants but {type(m).__name__} cannot fold them")
+        if not _can_fold(m):
+            notes.append(f"{c.module}: removed input channels hold non-zero constants but {type(m).__name__} "
+                         f"cannot fold them, so the pruned model differs from the silenced one there")
             continue
         fold = Fold(c.module, c.node, int(c.units.size), tuple(int(i) for i in idx[nz]), tuple(float(v) for v in vals[nz]))
         if c.module in folds:
@@ -218,6 +228,10 @@ def _folds(graph: ChannelGraph, model: nn.Module, removed: np.ndarray, keep_shif
         folds[c.module] = fold
         if _zero_padded(m):
             notes.append(f"{c.module}: folded constants are exact in the interior; zero padding makes border outputs differ")
+    serious = [n for n in notes if "approximate" in n or "cannot fold" in n or "only the first" in n]
+    if serious:
+        warnings.warn("slimprune: the pruned model will not equal the silenced original exactly:\n  - "
+                      + "\n  - ".join(dict.fromkeys(serious)), stacklevel=3)
     return list(folds.values()), notes
 
 
@@ -367,7 +381,7 @@ def make_plan(graph: ChannelGraph, model: nn.Module, removed: np.ndarray, folds:
     extra = 0
     for f in folds:
         m = model.get_submodule(f.module)
-        if getattr(m, "bias", None) is None:
+        if not isinstance(m, nn.MultiheadAttention) and getattr(m, "bias", None) is None:
             extra += int(np.count_nonzero(~removed[_out_units(graph, f.module)]))
     none = np.zeros(graph.num_units, bool)
     inputs = graph.traced.example_inputs

@@ -16,7 +16,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from ._edits import apply_edits
+from ._edits import apply_edits, encode
 from ._plan import PruningPlan
 from ._trace import symbolic_trace
 from .errors import PlanMismatchError
@@ -57,25 +57,43 @@ def _new_tensors(model: nn.Module, plan: PruningPlan) -> dict[tuple[str, str], t
         consts = torch.zeros(f.size, dtype=torch.float64)
         consts[list(f.index)] = torch.tensor(f.value, dtype=torch.float64)
         with torch.no_grad():
-            d = rule.fold(m, consts.to(m.weight.device))
+            d = rule.fold(m, consts.to(next(m.parameters()).device))
         deltas[f.module] = deltas[f.module] + d if f.module in deltas else d
     for module, d in deltas.items():
         m = _owner(model, module)
         kept = _kept_outputs(m, plan, module)
         if kept is not None:
             d = d[list(kept)]
-        base = out.get((module, "bias"))
+        name = "in_proj_bias" if isinstance(m, nn.MultiheadAttention) else "bias"
+        bias = getattr(m, name)
+        base = out.get((module, name))
         if base is None:
-            if m.bias is not None:
-                base = m.bias.detach() if kept is None else m.bias.detach()[list(kept)]
+            if bias is not None:
+                base = bias.detach() if kept is None else bias.detach()[list(kept)]
             else:
-                base = torch.zeros(d.shape, dtype=m.weight.dtype, device=m.weight.device)
-        out[(module, "bias")] = (base + d.to(base.dtype)).clone()
+                base = torch.zeros(d.shape, dtype=d.dtype, device=d.device)
+        out[(module, name)] = (base + d.to(base.dtype)).clone()
     return out
+
+
+def _attributes_took_effect(target: nn.Module, plan: PruningPlan, edits: list[dict]) -> bool:
+    """Re-trace the pruned model: does every edited literal now read the new value?"""
+    try:
+        gm, _ = symbolic_trace(target, plan.opaque)
+    except Exception:
+        return False
+    nodes = {n.name: n for n in gm.graph.nodes}
+    for e in edits:
+        node = nodes.get(e["node"])
+        if node is None or e["index"] >= len(node.args) or encode(node.args[e["index"]]) != e["value"]:
+            return False
+    return True
 
 
 def _kept_outputs(m: nn.Module, plan: PruningPlan, module: str) -> tuple[int, ...] | None:
     """Output channels of a consumer that stay (None: all of them)."""
+    if isinstance(m, nn.MultiheadAttention):
+        return plan.kept(module, "in_proj_weight", 0)
     if isinstance(m, nn.modules.conv._ConvTransposeNd):
         per = plan.kept(module, "weight", 1)
         if per is None:
@@ -138,10 +156,19 @@ def apply_plan(model: nn.Module, plan: PruningPlan, inplace: bool = False) -> nn
                 memo[id(old)] = t  # replaced below: skip copying the old tensor
         target = copy.deepcopy(model, memo)
     _assign(target, tensors, originals)
+    changed = []
     for e in edits:
         if "attr" in e:
-            new = tuple(e["new"]) if isinstance(e["new"], list) else e["new"]
-            setattr(_owner(target, e["attr"][0]), e["attr"][1], new)
+            owner, name = _owner(target, e["attr"][0]), e["attr"][1]
+            changed.append((owner, name, getattr(owner, name)))
+            setattr(owner, name, tuple(e["new"]) if isinstance(e["new"], list) else e["new"])
+    if graph is None and changed and not _attributes_took_effect(target, plan, edits):
+        # The literal only happened to equal that attribute: undo, and rewrite the graph.
+        for owner, name, old in changed:
+            setattr(owner, name, old)
+        gm, _ = symbolic_trace(model, plan.opaque)
+        graph = gm.graph
+        apply_edits(graph, edits)
     if graph is None:
         return target
     gm = fx.GraphModule(target, graph, type(model).__name__)
@@ -153,5 +180,8 @@ def apply_plan(model: nn.Module, plan: PruningPlan, inplace: bool = False) -> nn
         gm.register_parameter(name, p)
     for name, b in target.named_buffers(recurse=False):
         gm.register_buffer(name, b)
+    for name, value in vars(target).items():  # plain settings such as num_classes
+        if not name.startswith("_") and name != "training" and isinstance(value, (bool, int, float, str, tuple)):
+            setattr(gm, name, value)
     gm.train(target.training)
     return gm

@@ -543,3 +543,120 @@ def test_custom_module_traced_through_prunes_its_parameter_as_a_source():
     """Without a rule, fx traces into Scale: its parameter is sliced with the channels."""
     plan, small = prune_check(WithScale(), torch.randn(2, 3, 6, 6))
     assert small.scale.weight.numel() == 4
+
+
+# --------------------------------------------------------------- regressions from review
+class UpStep(nn.Module):
+    """Conv -> BN -> ReLU -> ConvTranspose2d(k=3, s=2): constants cannot be folded into it."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.bn, self.up = nn.Conv2d(3, 8, 1), nn.BatchNorm2d(8), nn.ConvTranspose2d(8, 4, 3, stride=2)
+
+    def forward(self, x):
+        return self.up(F.relu(self.bn(self.a(x))))
+
+
+def test_constants_into_a_transposed_conv_warn_and_threshold_keeps_those_channels():
+    m = UpStep().eval()
+    with torch.no_grad():
+        m.bn.weight.copy_(torch.tensor([0.0] * 4 + [1.0] * 4))
+        m.bn.bias.fill_(0.3)  # relu(0.3): a non-zero constant
+    x = torch.randn(2, 3, 4, 4)
+    plan = slimprune.plan(m, threshold=1e-3, example_inputs=x)
+    assert plan.removed_channels == 0  # removing them would change the output
+    with pytest.warns(UserWarning, match="ConvTranspose2d cannot fold"):
+        slimprune.plan(m, 0.5, example_inputs=x)
+
+
+class Attn(nn.Module):
+    """Sigmoid features into self-attention: removed channels hold 0.5, folded into in_proj_bias."""
+
+    def __init__(self):
+        super().__init__()
+        self.l, self.att, self.o = nn.Linear(4, 8), nn.MultiheadAttention(8, 2), nn.Linear(8, 2)
+
+    def forward(self, x):
+        y = torch.sigmoid(self.l(x))
+        return self.o(self.att(y, y, y)[0])
+
+
+def test_multihead_attention_folds_constants_into_in_proj_bias_and_drops_whole_heads():
+    torch.manual_seed(0)
+    m, x = Attn().eval(), torch.randn(5, 2, 4)
+    plan = slimprune.plan(m, 0.5, example_inputs=x, fold_bias=False)
+    assert plan.folds and plan.folds[0].module == "att"
+    small = assert_pruned_equals_silenced(m, plan, x)
+    assert small.att.num_heads == 1 and small.att.head_dim == 4 and small.att.embed_dim == 4
+
+
+class Tied(nn.Module):
+    """Two Linear layers sharing one weight tensor."""
+
+    def __init__(self):
+        super().__init__()
+        self.l0, self.f1, self.f2, self.bn = nn.Linear(4, 8), nn.Linear(8, 8), nn.Linear(8, 8), nn.BatchNorm1d(8)
+        self.f2.weight = self.f1.weight
+
+    def forward(self, x):
+        return self.f2(F.relu(self.bn(self.f1(self.l0(x)))))
+
+
+def test_tied_parameters_are_kept_and_reported():
+    m, x = randomize_bn(Tied()).eval(), torch.randn(2, 4)
+    with pytest.warns(slimprune.UnsupportedOpWarning, match="same tensor as f1.weight"):
+        plan = slimprune.plan(m, 0.5, example_inputs=x, fold_bias=False)
+    small = assert_pruned_equals_silenced(m, plan, x)
+    assert small.f1.weight is small.f2.weight and small.f1.weight.shape == (8, 8)
+
+
+class SqueezeHead(nn.Module):
+    """Global pool, squeeze() with no dim, Linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.bn, self.fc = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(F.adaptive_avg_pool2d(F.relu(self.bn(self.a(x))), 1).squeeze())
+
+
+def test_squeeze_without_dim_survives_pruning_down_to_one_channel():
+    plan, small = prune_check(SqueezeHead(), torch.randn(2, 3, 6, 6), ratio=0.75)
+    assert small.fc.in_features == 1
+
+
+class Temperature(nn.Module):
+    """A hard-coded view(-1, 8) next to an unrelated attribute that also equals 8."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.bn, self.c = nn.Conv2d(3, 8, 1), nn.BatchNorm2d(8), nn.Linear(8, 2)
+        self.temperature = 8
+
+    def forward(self, x):
+        return self.c(F.relu(self.bn(self.a(x))).mean((2, 3)).view(-1, 8)) / self.temperature
+
+
+def test_literal_equal_to_an_unrelated_attribute_is_rewritten_in_the_graph():
+    plan, small = prune_check(Temperature(), torch.randn(2, 3, 4, 4))
+    assert small.temperature == 8 and isinstance(small, torch.fx.GraphModule)
+
+
+def test_std_with_unbiased_flag_is_not_read_as_keepdim():
+    """y.std(1, True): the third argument is `unbiased`."""
+
+    class M(nn.Module):
+        """Conv -> BN -> std over H (unbiased) -> per-channel Linear over W."""
+
+        def __init__(self):
+            super().__init__()
+            self.a, self.bn, self.l = nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.l(self.bn(self.a(x)).permute(0, 2, 1, 3).std(1, True))
+
+    m, x = randomize_bn(M()).eval(), torch.randn(2, 3, 5, 4)
+    plan = slimprune.plan(m, 0.5, example_inputs=x, fold_bias=False)
+    assert plan.kept("l", "weight", 1) in (None, (0, 1, 2, 3))  # W is not a channel axis
+    assert_pruned_equals_silenced(m, plan, x)

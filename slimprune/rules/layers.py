@@ -45,14 +45,7 @@ def _fold_conv(m: nn.Module, consts: torch.Tensor) -> torch.Tensor:
     """Bias change for constant input channels: const × sum of the kernel (interior positions)."""
     w = m.weight.detach()
     g = m.groups
-    spatial = tuple(range(2, w.dim()))
-    if isinstance(m, nn.modules.conv._ConvTransposeNd):
-        # Every output position receives prod(kernel)/prod(stride) taps on average.
-        wsum = w.sum(dim=spatial) / math.prod(m.stride)  # [Cin, Cout/g]
-        cin, co = wsum.shape
-        c = consts.to(w.dtype).reshape(g, cin // g)
-        return torch.einsum("gi,gio->go", c, wsum.reshape(g, cin // g, co)).reshape(-1)
-    wsum = w.sum(dim=spatial)  # [Cout, Cin/g]
+    wsum = w.sum(dim=tuple(range(2, w.dim())))  # [Cout, Cin/g]
     cout, ci = wsum.shape
     c = consts.to(w.dtype).reshape(g, ci)
     return torch.einsum("goi,gi->go", wsum.reshape(g, cout // g, ci), c).reshape(-1)
@@ -88,7 +81,9 @@ def conv(ctx, node):
     return ctx.info_of(1, out)
 
 
-@register_rule(*_CONVT, resize=_resize_conv, fold=_fold_conv)
+# No fold for transposed convs: each output position sees a different subset of kernel
+# taps, so a constant input is not a per-channel bias. Constants stay (see _prune._folds).
+@register_rule(*_CONVT, resize=_resize_conv)
 def conv_transpose(ctx, node):
     m = ctx.module(node)
     x = ctx.input(node, 0, "input")
@@ -283,13 +278,18 @@ def functional_layer_norm(ctx, node):
 
 
 # ---------------------------------------------------------------------- attention
+def _fold_mha(m: nn.Module, consts: torch.Tensor) -> torch.Tensor:
+    """Constant input channels shift q, k and v: their change goes to ``in_proj_bias``."""
+    return m.in_proj_weight.detach() @ consts.to(m.in_proj_weight.dtype)
+
+
 def _resize_mha(m: nn.Module, orig: nn.Module) -> None:
     m.embed_dim = m.kdim = m.vdim = m.in_proj_weight.shape[1]
     m.num_heads = m.embed_dim // orig.head_dim
     m.head_dim = orig.head_dim
 
 
-@register_rule(nn.MultiheadAttention, resize=_resize_mha)
+@register_rule(nn.MultiheadAttention, resize=_resize_mha, fold=_fold_mha)
 def multihead_attention(ctx, node):
     """Whole heads go, with the embedding channels they occupy.
 
@@ -314,6 +314,7 @@ def multihead_attention(ctx, node):
     qkv = np.concatenate([per_head] * 3)
     ctx.param(node, "in_proj_weight", 0, qkv, "out")
     ctx.param(node, "in_proj_weight", 1, per_head, "in")
+    ctx.consumer(node, per_head, last)
     if m.in_proj_bias is not None:
         ctx.param(node, "in_proj_bias", 0, qkv, "out")
     out = f"{node.target}.out_proj"

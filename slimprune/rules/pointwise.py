@@ -140,7 +140,9 @@ def _reduce(ctx, node, dim_index: int = 1):
         return None
     in_shape = ctx.shape(node.args[0])
     dims = ctx.arg(node, dim_index, "dim")
-    keepdim = bool(ctx.arg(node, dim_index + 1, "keepdim", False))
+    # std/var take `unbiased` (or `correction`) before keepdim
+    offset = 2 if getattr(node.target, "__name__", node.target) in ("std", "var") else 1
+    keepdim = bool(ctx.arg(node, dim_index + offset, "keepdim", False))
     if dims is None:
         ctx.keep(x.labels)
         return None

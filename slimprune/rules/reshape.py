@@ -105,7 +105,18 @@ def flatten(ctx, node):
     x = ctx.input(node, 0, "input")
     if x is None:
         return None
-    info, _ = _map_reshape(ctx, node, x, ctx.shape(node.args[0]), ctx.shape(node))
+    in_shape = ctx.shape(node.args[0])
+    info, _ = _map_reshape(ctx, node, x, in_shape, ctx.shape(node))
+    if info is not None and node.target in ("squeeze", torch.squeeze) and len(node.args) < 2 and "dim" not in node.kwargs:
+        # squeeze() drops every size-1 axis: once pruning leaves one channel it would drop
+        # the channel axis too, so name the axes it dropped when traced.
+        dims = tuple(d for d, n in enumerate(in_shape) if n == 1)
+        labels = x.labels
+
+        def edit(kept):
+            return [{"kind": "set_arg", "index": 1, "value": encode(dims)}] if int(kept(labels).sum()) == 1 else []
+
+        ctx.edit(node, edit)
     return info
 
 
