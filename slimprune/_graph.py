@@ -59,6 +59,18 @@ class ChannelInfo:
 
 
 @dataclass(frozen=True)
+class SizeOf:
+    """Sizes read from a tensor (``x.shape``, ``x.size(1)``): the labels behind each one.
+
+    A size read from a channel axis follows the pruned width at run time, so wherever it
+    is used as a reshape size, that axis must keep the same channels (or stay whole).
+    """
+
+    dims: tuple[np.ndarray | None, ...]
+    single: bool = False
+
+
+@dataclass(frozen=True)
 class ParamSlice:
     """One dimension of one parameter (or buffer) that is sliced when units are removed."""
 
@@ -351,6 +363,18 @@ class _Builder:
             self.barriers.append(Barrier(node.name, describe_target(node), self.where(node), reason))
         return None
 
+    def sizes_from(self, values: list[Any], info: ChannelInfo | None, axis: int | None) -> None:
+        """Sizes computed from another tensor's channel count must match this one's channels."""
+        for k, v in enumerate(values):
+            src = self.values.get(v) if isinstance(v, fx.Node) else None
+            if not isinstance(src, SizeOf) or not src.single or src.dims[0] is None:
+                continue
+            labels = src.dims[0]
+            if info is not None and axis == k and info.labels.size == labels.size:
+                self.tie(labels, info.labels)
+            else:
+                self.keep(labels)
+
     def passthrough(self, node: fx.Node, index: int = 0, name: str | None = "input") -> ChannelInfo | None:
         """Output channels are input channels (activations, pooling, dropout, ...)."""
         x = self.input(node, index, name)
@@ -387,6 +411,8 @@ class _Builder:
 
     def _check(self, node: fx.Node, value: Any) -> Any:
         """Reject rule output that does not match the traced shapes (a rule bug)."""
+        if isinstance(value, SizeOf):
+            return value
         shape = self.shape(node)
         if isinstance(value, ChannelInfo):
             if not isinstance(shape, torch.Size) or value.axis >= len(shape) or shape[value.axis] != value.labels.size:

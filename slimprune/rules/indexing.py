@@ -114,6 +114,12 @@ def getitem(ctx, node):
     CI = _ChannelInfo()
     src, idx = node.args[0], node.args[1]
     info = ctx.info(src)
+    from .._graph import SizeOf
+
+    if isinstance(info, SizeOf):  # x.shape[1]: a size that follows the channel count
+        if isinstance(idx, int):
+            return SizeOf((info.dims[idx],), single=True)
+        return SizeOf(tuple(info.dims[idx])) if isinstance(idx, slice) else None
     if isinstance(info, tuple):  # picking one output of split/chunk/...
         if isinstance(idx, int):
             return info[idx]

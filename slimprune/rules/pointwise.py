@@ -183,13 +183,36 @@ def softmax(ctx, node):
 
 
 # --------------------------------------------------------------- shape queries (no data)
-@register_rule("size", "dim", "numel", "type", "get_device", "nelement")
+def _shape_of(ctx, node):
+    from .._graph import SizeOf
+
+    x = ctx.input(node, 0)
+    shape = ctx.shape(node.args[0])
+    if not isinstance(shape, torch.Size):
+        return None
+    return SizeOf(tuple(x.labels if x is not None and d == x.axis else None for d in range(len(shape))))
+
+
+@register_rule("size")
+def size(ctx, node):
+    from .._graph import SizeOf
+
+    full = _shape_of(ctx, node)
+    dim = ctx.arg(node, 1, "dim")
+    if full is None or dim is None:
+        return full
+    return SizeOf((full.dims[dim % len(full.dims)],), single=True)
+
+
+@register_rule("dim", "numel", "type", "get_device", "nelement")
 def shape_query(ctx, node):
     return None
 
 
 @register_rule(builtins.getattr)
 def get_attribute(ctx, node):
-    if node.args[1] in ("shape", "dtype", "device", "ndim", "is_cuda", "requires_grad"):
+    if node.args[1] == "shape":
+        return _shape_of(ctx, node)
+    if node.args[1] in ("dtype", "device", "ndim", "is_cuda", "requires_grad"):
         return None
     return ctx.barrier(node, f"attribute {node.args[1]!r} of a tensor")

@@ -135,12 +135,15 @@ def unflatten_module(ctx, node):
 
 @register_rule(torch.reshape, "view", "reshape")
 def view(ctx, node):
-    """``view``/``reshape``; a literal size on the channel axis is rewritten after pruning."""
+    """``view``/``reshape``; a literal size on the channel axis is rewritten after pruning,
+    and a size read from another tensor's channels (``reshape(B, G, P, D)``) ties them."""
     x = ctx.input(node, 0, "input")
-    if x is None:
-        return None
     _, sizes, _ = _shape_args(node)
+    if x is None:
+        ctx.sizes_from(sizes, None, None)
+        return None
     info, axis = _map_reshape(ctx, node, x, ctx.shape(node.args[0]), ctx.shape(node), sizes)
+    ctx.sizes_from(sizes, info, axis)
     if info is not None:
         _literal_edit(ctx, node, axis, info.labels)
     return info
