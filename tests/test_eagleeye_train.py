@@ -22,7 +22,6 @@ from examples.eagleeye.train import (
     CHECKPOINT_NAME,
     CheckpointError,
     TrainConfig,
-    _local_l1_subgradient,
     load_checkpoint,
     sparsity_hook,
     train,
@@ -127,8 +126,7 @@ def test_after_backward_sees_gradients_before_each_step(tmp_path: Path) -> None:
     assert seen == [True] * 4
 
 
-@pytest.mark.parametrize("use_library", [True, False], ids=["slimprune.sparsity", "local-stand-in"])
-def test_sparsity_penalty_adds_lambda_sign_gamma_to_batchnorm_gradients(use_library: bool) -> None:
+def test_sparsity_penalty_adds_lambda_sign_gamma_to_batchnorm_gradients() -> None:
     """--sparsity λ adds λ·sign(γ) to every BatchNorm weight gradient and to nothing else."""
     model = EagleEye()
     bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
@@ -136,11 +134,7 @@ def test_sparsity_penalty_adds_lambda_sign_gamma_to_batchnorm_gradients(use_libr
         bns[0].weight[:3] = torch.tensor([-2.0, 0.0, 0.5])
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
-    if use_library:
-        pytest.importorskip("slimprune.sparsity")
-        hook = sparsity_hook(model, 1e-3, torch.zeros(1, 3, 64, 64))
-    else:
-        hook = _local_l1_subgradient(1e-3)
+    hook = sparsity_hook(model, 1e-3, torch.zeros(1, 3, 64, 64))
     hook(model)
     assert bns[0].weight.grad[:3].tolist() == pytest.approx([-1e-3, 0.0, 1e-3])
     assert all(bool((bn.weight.grad.abs() == 1e-3).all()) for bn in bns[1:])

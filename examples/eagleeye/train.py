@@ -320,30 +320,14 @@ def sparsity_hook(
         example_input: an input batch for tracing, e.g. ``torch.zeros(1, 3, S, S)``.
         step: returns the current optimiser step (for λ schedules); None counts calls.
     """
-    try:
-        from slimprune.sparsity import SparsityRegularizer
-    except ImportError:
-        return _local_l1_subgradient(strength)
+    from slimprune.sparsity import SparsityRegularizer
+
     regulariser = SparsityRegularizer(model, lam=strength, example_inputs=(example_input,))
 
     def regularise(_: nn.Module) -> None:
         regulariser.step(None if step is None else step())
 
     return regularise
-
-
-def _local_l1_subgradient(strength: float) -> AfterBackward:
-    """Stand-in used only while ``slimprune.sparsity`` cannot be imported.
-
-    TODO(slimprune.sparsity): delete once the library is always importable here.
-    """
-
-    def add_l1_subgradient(model: nn.Module) -> None:
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None and m.weight.grad is not None:
-                m.weight.grad.add_(torch.sign(m.weight.detach()), alpha=strength)
-
-    return add_l1_subgradient
 
 
 # ---------------------------------------------------------------------------
