@@ -2,6 +2,7 @@
 
     python -m examples.eagleeye train [--quick] [--data DIR] [--out DIR] [--epochs N] ... [--eval]
     python -m examples.eagleeye eval --checkpoint runs/eagleeye/last.pt [--submission DIR]
+    python -m examples.eagleeye pipeline [--quick] [--out DIR] [--data DIR] [--target-params 0.563 | --threshold T]
 
 Under torchrun, ``train`` runs DistributedDataParallel:
 ``torchrun --nproc-per-node 2 -m examples.eagleeye train --device cpu``.
@@ -26,7 +27,16 @@ from rich.table import Table
 
 from .evaluate import EvalResult
 
-__all__ = ["main", "build_parser", "add_train_arguments", "config_from_args", "cmd_train", "cmd_eval", "ap_table"]
+__all__ = [
+    "main",
+    "build_parser",
+    "add_train_arguments",
+    "config_from_args",
+    "cmd_train",
+    "cmd_eval",
+    "cmd_pipeline",
+    "ap_table",
+]
 
 console = Console()
 
@@ -168,6 +178,46 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    """``pipeline``: baseline, sparsity training, pruning, fine-tuning, evaluation and report."""
+    from slimprune import SlimpruneError
+
+    from .pipeline import PipelineConfig, run
+    from .train import CheckpointError
+
+    train_overrides: dict[str, Any] = {
+        "data_root": args.data,
+        "epochs": args.epochs,
+        "image_size": args.img_size,
+        "eval_size": args.eval_size,
+        "device": args.device,
+        "seed": args.seed,
+        "threads": args.threads,
+    }
+    fields: dict[str, Any] = {"threshold": args.threshold, "latency_threads": args.latency_threads}
+    if args.target_params is not None:
+        fields["target_params"] = args.target_params
+    if args.dead_threshold is not None:
+        fields["dead_threshold"] = args.dead_threshold
+    if args.no_progress:
+        fields["progress"] = False
+    try:
+        config = PipelineConfig.create(
+            args.out,
+            quick=args.quick,
+            train_overrides={k: v for k, v in train_overrides.items() if v is not None},
+            sparsity=args.sparsity,
+            finetune_epochs=args.finetune_epochs,
+            resume=args.resume,
+            **fields,
+        )
+        run(config, console=console)
+    except (CheckpointError, SlimpruneError, ValueError) as e:
+        console.print(f"[red]error:[/red] {e}")
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="python -m examples.eagleeye", description=__doc__.split("\n")[0])
@@ -189,6 +239,36 @@ def build_parser() -> argparse.ArgumentParser:
     p_eval.add_argument("--submission", metavar="DIR", help="also write WIDER FACE submission files here")
     p_eval.add_argument("--no-progress", action="store_true")
     p_eval.set_defaults(func=cmd_eval)
+
+    p_pipe = sub.add_parser(
+        "pipeline", help="network slimming end to end: baseline, sparse, pruned, fine-tuned, report"
+    )
+    p_pipe.add_argument("--out", default="runs/eagleeye", help="output directory (default runs/eagleeye)")
+    p_pipe.add_argument("--quick", action="store_true", help="tiny data and few epochs: a smoke run of about a minute")
+    p_pipe.add_argument("--data", help="WIDER FACE layout directory (default: SynthFaces under data/)")
+    p_pipe.add_argument("--epochs", type=int, help="epochs of the baseline and of the sparse run")
+    p_pipe.add_argument("--finetune-epochs", type=int, help="epochs of fine-tuning the pruned model")
+    p_pipe.add_argument("--img-size", "--image-size", dest="img_size", type=int, help="side of the training crops")
+    p_pipe.add_argument("--eval-size", type=int, help="letterbox side for evaluation and latency")
+    how = p_pipe.add_mutually_exclusive_group()
+    how.add_argument(
+        "--target-params", type=float, metavar="FRACTION", help="least fraction of parameters to remove (default 0.563)"
+    )
+    how.add_argument("--threshold", type=float, metavar="T", help="remove exactly the channels whose |γ| are all <= T")
+    p_pipe.add_argument(
+        "--dead-threshold",
+        type=float,
+        metavar="T",
+        help="with --target-params, also remove every channel with |γ| <= T (default 1e-3; 0: stop at the target)",
+    )
+    p_pipe.add_argument("--sparsity", type=float, metavar="λ", help="L1 weight of the sparse run")
+    p_pipe.add_argument("--device", choices=("cpu", "cuda"), help="training and evaluation device (latency: CPU)")
+    p_pipe.add_argument("--seed", type=int)
+    p_pipe.add_argument("--threads", type=int, help="torch threads for training")
+    p_pipe.add_argument("--latency-threads", type=int, default=1, help="torch threads while timing (default 1)")
+    p_pipe.add_argument("--resume", action="store_true", help="continue each training stage from its checkpoint")
+    p_pipe.add_argument("--no-progress", action="store_true")
+    p_pipe.set_defaults(func=cmd_pipeline)
     return parser
 
 
