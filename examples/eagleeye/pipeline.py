@@ -89,6 +89,7 @@ _LABELS = {
     "finetuned": "pruned + fine-tuned",
 }
 _SUBSETS = ("easy", "medium", "hard")
+_CHANNEL_ROWS = 128  # EagleEye has 94 conv and BatchNorm layers: draw them all
 _FACTORY = "examples.eagleeye.model:EagleEye"
 
 # Targets this example is held to (see docs/eagleeye.md).
@@ -826,7 +827,7 @@ def _figures(
     positive = scales[scales > 0]
     mark = threshold if threshold > 0 else (float(positive.min()) if positive.size else None)
     plot_gamma_histogram(models["baseline"], models["sparse"], threshold=mark, path=out / "gamma_hist.png")
-    plot_channels(models["sparse"], models["finetuned"], out / "channels.png")
+    plot_channels(models["sparse"], models["finetuned"], out / "channels.png", max_layers=_CHANNEL_ROWS)
     _plot_pr(out / "pr_curves.png", evaluated)
     _plot_sweep(out / "ap_vs_pruned.png", sweep, report)
 
