@@ -106,11 +106,12 @@ def _kept_outputs(m: nn.Module, plan: PruningPlan, module: str) -> tuple[int, ..
 def _assign(model: nn.Module, tensors: dict[tuple[str, str], torch.Tensor], originals: dict[str, nn.Module]) -> None:
     for (module, param), t in tensors.items():
         m = _owner(model, module)
-        old = getattr(m, param, None)
         if param in m._buffers:
             m._buffers[param] = t
         else:
-            req = old.requires_grad if isinstance(old, torch.Tensor) else True
+            # requires_grad comes from the original parameter (the copy may hold a plain tensor)
+            old = getattr(originals[module], param, None)
+            req = old.requires_grad if isinstance(old, nn.Parameter) else True
             setattr(m, param, nn.Parameter(t, requires_grad=req))
     for module, orig in originals.items():
         m = _owner(model, module)

@@ -660,3 +660,15 @@ def test_std_with_unbiased_flag_is_not_read_as_keepdim():
     plan = slimprune.plan(m, 0.5, example_inputs=x, fold_bias=False)
     assert plan.kept("l", "weight", 1) in (None, (0, 1, 2, 3))  # W is not a channel axis
     assert_pruned_equals_silenced(m, plan, x)
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_pruned_parameters_keep_requires_grad_so_fine_tuning_trains_them(inplace):
+    model = randomize_bn(nn.Sequential(cbr(3, 8), nn.Conv2d(8, 2, 1))).eval()
+    model[0][1].bias.requires_grad_(False)  # a frozen parameter stays frozen
+    x = torch.randn(2, 3, 6, 6)
+    small = slimprune.apply(model, slimprune.plan(model, 0.5, example_inputs=x), inplace=inplace)
+    assert small[0][0].weight.requires_grad and small[1].weight.requires_grad
+    assert not small[0][1].bias.requires_grad
+    small(x).sum().backward()
+    assert small[0][0].weight.grad is not None
