@@ -23,15 +23,20 @@ def _norm(dim: int, ndim: int) -> int:
 
 
 # ------------------------------------------------------------------------------ cat/stack
+def _joined(ctx, node):
+    """(input tensors, normalised dim, their infos, the set of their channel axes) of cat/stack."""
+    CI = _ChannelInfo()
+    tensors = ctx.arg(node, 0, "tensors")
+    dim = _norm(ctx.arg(node, 1, "dim", 0), len(ctx.shape(node)))
+    infos = [ctx.info(t) for t in tensors]
+    return tensors, dim, infos, {i.axis for i in infos if isinstance(i, CI)}
+
+
 @register_rule(torch.cat, torch.concat, torch.concatenate)
 def cat(ctx, node):
     """Concatenation along the channel axis maps input k to offsets [off_k, off_k + C_k)."""
     CI = _ChannelInfo()
-    tensors = ctx.arg(node, 0, "tensors")
-    out = ctx.shape(node)
-    dim = _norm(ctx.arg(node, 1, "dim", 0), len(out))
-    infos = [ctx.info(t) for t in tensors]
-    axes = {i.axis for i in infos if isinstance(i, CI)}
+    tensors, dim, infos, axes = _joined(ctx, node)
     if not axes:
         return None
     if axes == {dim}:
@@ -59,12 +64,7 @@ def _same_channels(ctx, node, tensors, infos, axes, shift):
 
 @register_rule(torch.stack)
 def stack(ctx, node):
-    CI = _ChannelInfo()
-    tensors = ctx.arg(node, 0, "tensors")
-    out = ctx.shape(node)
-    dim = _norm(ctx.arg(node, 1, "dim", 0), len(out))
-    infos = [ctx.info(t) for t in tensors]
-    axes = {i.axis for i in infos if isinstance(i, CI)}
+    tensors, dim, infos, axes = _joined(ctx, node)
     if not axes:
         return None
     shift = 1 if dim <= min(axes) else 0
