@@ -351,9 +351,11 @@ def assert_boxes_on_paint(image: np.ndarray, boxes: np.ndarray, tol: float) -> N
     for box in boxes:
         x1, y1, x2, y2 = box
         shrink = 1 + tol
-        inner = image[int(np.ceil(y1 + shrink)) : int(np.floor(y2 - shrink)), int(np.ceil(x1 + shrink)) : int(np.floor(x2 - shrink))]
-        if inner.size == 0:
+        r0, r1 = int(np.ceil(y1 + shrink)), int(np.floor(y2 - shrink))
+        c0, c1 = int(np.ceil(x1 + shrink)), int(np.floor(x2 - shrink))
+        if r1 <= r0 or c1 <= c0:  # a box too thin to have an inside (a negative stop would wrap around)
             continue
+        inner = image[r0:r1, c0:c1]
         colours = inner.reshape(-1, 3).astype(int)
         distance = np.abs(colours[:, None, :] - PALETTE[None].astype(int)).sum(axis=2)
         k = np.bincount(distance.argmin(axis=1), minlength=len(PALETTE)).argmax()
