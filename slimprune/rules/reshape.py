@@ -149,23 +149,25 @@ def view(ctx, node):
     return info
 
 
-@register_rule("expand")
-def expand(ctx, node):
+def _broadcast_out(ctx, node):
+    """The input's channels after expand/expand_as (new leading axes shift them right)."""
     x = ctx.input(node, 0)
     if x is None:
         return None
-    axis = x.axis + len(ctx.shape(node)) - len(ctx.shape(node.args[0]))
-    info = ctx.info_of(axis, x.labels)
-    _literal_edit(ctx, node, axis, x.labels)
+    return ctx.info_of(x.axis + len(ctx.shape(node)) - len(ctx.shape(node.args[0])), x.labels)
+
+
+@register_rule("expand")
+def expand(ctx, node):
+    info = _broadcast_out(ctx, node)
+    if info is not None:
+        _literal_edit(ctx, node, info.axis, info.labels)
     return info
 
 
 @register_rule("expand_as")
 def expand_as(ctx, node):
-    x = ctx.input(node, 0)
-    if x is None:
-        return None
-    return ctx.info_of(x.axis + len(ctx.shape(node)) - len(ctx.shape(node.args[0])), x.labels)
+    return _broadcast_out(ctx, node)
 
 
 @register_rule("repeat")
