@@ -47,7 +47,7 @@ from skimage.data import lfw_subset
 from . import wider
 
 # Bump whenever the same parameters would produce different files.
-VERSION = 1
+VERSION = 2
 MANIFEST = "synthfaces.json"
 EVENTS = ("0--Single", "1--Couple", "2--Group", "3--Crowd")
 
