@@ -23,6 +23,7 @@ are left alone, so a detection head's outputs keep their scales.
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,11 +32,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._graph import ChannelGraph
 from ._prune import _protected_units, analyze
 from ._prune import plan as make_plan
+from ._solver import Predictor
 from .errors import InfeasiblePlanError, InvalidArgumentError
 
 __all__ = [
+    "COSTS",
     "Schedule",
     "SparsityRegularizer",
     "constant",
@@ -55,6 +59,9 @@ _LAMBDA_PLAIN = 1e-4
 _LAMBDA_RESIDUAL = 1e-5
 
 _PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
+
+#: What a channel's λ can be scaled by (``SparsityRegularizer(cost=...)``).
+COSTS: tuple[str, ...] = ("uniform", "flops", "params")
 
 
 # ---------------------------------------------------------------------------- schedules
@@ -112,11 +119,12 @@ def linear_decay(total_steps: int) -> Schedule:
 
 @dataclass(frozen=True, eq=False)  # compared by identity: it holds a parameter
 class _Scale:
-    """One regularised norm weight and which of its channels count (None: all of them)."""
+    """One regularised norm weight, which of its channels count (None: all) and their graph units."""
 
     module: str
     param: nn.Parameter
     mask: torch.Tensor | None
+    units: np.ndarray | None = None
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -126,9 +134,11 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
-def _prunable_scales(model: nn.Module, example_inputs: Any, protect: Iterable[str | type]) -> list[_Scale]:
+def _prunable_scales(
+    model: nn.Module, example_inputs: Any, protect: Iterable[str | type], graph: ChannelGraph | None = None
+) -> list[_Scale]:
     """The scale-role slices of prunable, unprotected channels, found by analysing the graph."""
-    graph = analyze(model, example_inputs)
+    graph = analyze(model, example_inputs) if graph is None else graph
     protected = _protected_units(graph, model, protect)
     free = graph.unit_to_group >= 0
     if protected:
@@ -144,8 +154,45 @@ def _prunable_scales(model: nn.Module, example_inputs: Any, protect: Iterable[st
         mask = free[s.units]
         if not mask.any():
             continue
-        out.append(_Scale(s.module, param, None if mask.all() else torch.from_numpy(mask.copy())))
+        out.append(_Scale(s.module, param, None if mask.all() else torch.from_numpy(mask.copy()), s.units))
     return out
+
+
+def _unit_costs(graph: ChannelGraph, model: nn.Module, resource: str) -> np.ndarray:
+    """What removing each channel unit alone saves: MACs (``"flops"``) or parameters (``"params"``).
+
+    The saving is exact for that one unit with every other channel kept. Units that sit in the
+    same parameter slices save the same, so the pruned count is computed once per such pattern.
+    """
+    predictor = Predictor(graph, model)
+    count = predictor.macs if resource == "flops" else predictor.params
+    none = np.zeros(graph.num_units, dtype=bool)
+    full = count(none)
+    pattern: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    for i, s in enumerate(graph.slices):
+        units, times = np.unique(s.units, return_counts=True)
+        for u, n in zip(units.tolist(), times.tolist()):
+            pattern[u].append((i, n))
+    saved: dict[tuple[tuple[int, int], ...], int] = {}
+    costs = np.zeros(graph.num_units, dtype=np.float64)
+    for u, key in pattern.items():
+        k = tuple(key)
+        if k not in saved:
+            removed = none.copy()
+            removed[u] = True
+            saved[k] = full - count(removed)
+        costs[u] = saved[k]
+    return costs
+
+
+def _cost_weights(scales: list[_Scale], costs: np.ndarray) -> list[torch.Tensor]:
+    """Per-channel multipliers of λ, proportional to ``costs``, averaging 1 over the regularised channels."""
+    raw = [torch.from_numpy(costs[s.units].astype(np.float32)) for s in scales]
+    counted = torch.cat([w if s.mask is None else w[s.mask] for w, s in zip(raw, scales)])
+    mean = float(counted.mean()) if counted.numel() else 0.0
+    if mean <= 0:
+        raise InvalidArgumentError("no regularised channel costs anything, so cost weighting is undefined; use cost='uniform'")
+    return [w / mean for w in raw]
 
 
 def _named_scales(model: nn.Module, bn_modules: Iterable[str | nn.Module]) -> list[_Scale]:
@@ -208,9 +255,15 @@ class SparsityRegularizer:
         example_inputs: inputs for tracing, as for :func:`slimprune.analyze`.
         bn_modules: instead of analysing the model, regularise every channel of these norm
             layers (names or modules), e.g. for a model torch.fx cannot trace.
+        cost: ``"uniform"`` (default): every channel gets λ, as in network slimming.
+            ``"flops"`` or ``"params"``: resource-aware sparsity; each channel's λ is scaled
+            by the FLOPs (MACs at the ``example_inputs`` size) or parameters that removing it
+            alone saves, normalised so that the weights average 1 over the regularised
+            channels. Channels at high resolution then go first under ``"flops"``, wide
+            late layers under ``"params"``. Needs the graph analysis (not ``bn_modules``).
 
     Raises:
-        InvalidArgumentError: a bad ``lam``, ``schedule``, ``protect`` or ``bn_modules``.
+        InvalidArgumentError: a bad ``lam``, ``schedule``, ``protect``, ``bn_modules`` or ``cost``.
         TraceError, ExampleInputError: the model cannot be analysed (pass ``bn_modules``).
 
     Example:
@@ -227,7 +280,15 @@ class SparsityRegularizer:
         protect: Iterable[str | type] = (),
         example_inputs: Any = None,
         bn_modules: Iterable[str | nn.Module] | None = None,
+        cost: str = "uniform",
     ) -> None:
+        if cost not in COSTS:
+            raise InvalidArgumentError(f"cost={cost!r} is not one of {', '.join(map(repr, COSTS))}; 'uniform' is network slimming's λ for every channel")
+        if cost != "uniform" and bn_modules is not None:
+            raise InvalidArgumentError(
+                f"cost={cost!r} needs the model's channel graph to price each channel, but bn_modules skips the "
+                f"analysis; drop bn_modules (pass example_inputs) or use cost='uniform'"
+            )
         if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam) or lam < 0:
             raise InvalidArgumentError(f"lam must be a finite number >= 0 (the L1 weight λ), got {lam!r}")
         if schedule is not None and not callable(schedule):
@@ -236,14 +297,19 @@ class SparsityRegularizer:
                 f"or your own), got {schedule!r}"
             )
         inner = _unwrap(model)
+        self._weights: list[torch.Tensor] | None = None
         if bn_modules is not None:
             self._scales = _named_scales(inner, bn_modules)
         else:
-            self._scales = _prunable_scales(inner, example_inputs, protect)
+            graph = analyze(inner, example_inputs)
+            self._scales = _prunable_scales(inner, example_inputs, protect, graph)
+            if cost != "uniform" and self._scales:
+                self._weights = _cost_weights(self._scales, _unit_costs(graph, inner, cost))
+        self.cost = cost
         self.lam = float(lam)
         self.schedule: Schedule = schedule if schedule is not None else constant
         self.steps_taken = 0
-        self._masks: dict[tuple[int, torch.device, torch.dtype], torch.Tensor] = {}
+        self._multipliers: dict[tuple[int, torch.device, torch.dtype], torch.Tensor | None] = {}
 
     @property
     def layers(self) -> tuple[str, ...]:
@@ -255,6 +321,21 @@ class SparsityRegularizer:
         """How many scaling factors are regularised."""
         return sum(int(s.param.numel() if s.mask is None else s.mask.sum()) for s in self._scales)
 
+    @property
+    def channel_weights(self) -> dict[str, torch.Tensor]:
+        """Each regularised layer's per-channel multiplier of λ (0 on channels left alone).
+
+        All ones with ``cost="uniform"``; with ``"flops"``/``"params"`` they average 1 over
+        the regularised channels.
+        """
+        out = {}
+        for i, scale in enumerate(self._scales):
+            w = torch.ones(scale.param.shape[0]) if self._weights is None else self._weights[i].clone()
+            if scale.mask is not None:
+                w = w * scale.mask.to(w.dtype)
+            out[scale.module] = w
+        return out
+
     def strength(self, step: int | None = None) -> float:
         """λ times the schedule's multiplier at ``step`` (the internal step count when None)."""
         step = self.steps_taken if step is None else step
@@ -264,12 +345,16 @@ class SparsityRegularizer:
         return self.lam * mult
 
     def _mask(self, scale: _Scale, like: torch.Tensor) -> torch.Tensor | None:
-        if scale.mask is None:
-            return None
+        """The channel multipliers of ``scale`` on ``like``'s device: its mask times its cost weights."""
         key = (id(scale), like.device, like.dtype)
-        if key not in self._masks:
-            self._masks[key] = scale.mask.to(device=like.device, dtype=like.dtype)
-        return self._masks[key]
+        if key not in self._multipliers:
+            mult = None
+            if self._weights is not None:
+                mult = self._weights[self._scales.index(scale)]
+            if scale.mask is not None:
+                mult = scale.mask.float() if mult is None else mult * scale.mask.float()
+            self._multipliers[key] = None if mult is None else mult.to(device=like.device, dtype=like.dtype)
+        return self._multipliers[key]
 
     @torch.no_grad()
     def step(self, step: int | None = None) -> None:
@@ -320,8 +405,9 @@ class SparsityRegularizer:
         return total * lam
 
     def __repr__(self) -> str:
+        cost = "" if self.cost == "uniform" else f"cost={self.cost!r}, "
         return (
-            f"SparsityRegularizer(lam={self.lam:g}, schedule={self.schedule!r}, "
+            f"SparsityRegularizer(lam={self.lam:g}, {cost}schedule={self.schedule!r}, "
             f"{self.channels} channels in {len(self.layers)} layers)"
         )
 

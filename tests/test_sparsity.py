@@ -24,6 +24,7 @@ from slimprune.sparsity import (
     suggest_threshold,
     warmup,
 )
+from slimprune.measure import measure
 from tests.models import ConvBNAct, TinyResNet, randomize_bn
 
 torch.set_num_threads(1)
@@ -65,6 +66,19 @@ class PartialNet(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         y = torch.relu(self.bn(self.conv(x)))
         return self.head(y), y[:, :2]
+
+
+class CostNet(nn.Module):
+    """A 3x3 conv-BN at full resolution, then a strided 1x1 conv-BN: channels of very different cost."""
+
+    def __init__(self, a: int = 4, b: int = 2) -> None:
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(3, a, 3, padding=1, bias=False), nn.BatchNorm2d(a), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(a, b, 1, stride=2, bias=False), nn.BatchNorm2d(b), nn.ReLU())
+        self.head = nn.Linear(b, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.b(self.a(x)).mean((2, 3)))
 
 
 def bn_weights(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -409,3 +423,70 @@ def test_suggest_ratio_is_the_smallest_channel_ratio_that_reaches_the_target() -
     below = slimprune.plan(model, r - 1 / n, example_inputs=x)
     assert 1 - below.params_after / below.params_before < 0.3
     assert round(r * n) == plan.removed_channels
+
+
+# ------------------------------------------------------------------ cost-weighted λ
+
+
+def _saved_by_one_channel(count, x: torch.Tensor) -> tuple[float, float]:
+    """What a CostNet saves when layer a, or layer b, is built with one channel fewer."""
+    full = count(CostNet(), x)
+    return full - count(CostNet(3, 2), x), full - count(CostNet(4, 1), x)
+
+
+@pytest.mark.parametrize(
+    "cost, count",
+    [
+        ("flops", lambda m, x: measure(m, x, latency=False).flops),
+        ("params", lambda m, x: sum(p.numel() for p in m.parameters())),
+    ],
+)
+def test_cost_weights_are_what_removing_the_channel_saves_averaging_one(cost, count) -> None:
+    """cost='flops'/'params': each channel's λ multiplier is proportional to the FLOPs/params a
+    network one channel narrower saves (measured on such a network), and they average 1."""
+    x = torch.zeros(1, 3, 8, 8)
+    save_a, save_b = _saved_by_one_channel(count, x)
+    mean = (4 * save_a + 2 * save_b) / 6
+    weights = SparsityRegularizer(CostNet(), lam=1.0, example_inputs=(x,), cost=cost).channel_weights
+    torch.testing.assert_close(weights["a.1"], torch.full((4,), save_a / mean))
+    torch.testing.assert_close(weights["b.1"], torch.full((2,), save_b / mean))
+    assert float(torch.cat(list(weights.values())).mean()) == pytest.approx(1.0)
+
+
+def test_flops_cost_scales_the_gradient_term_and_the_penalty() -> None:
+    """With cost='flops' step() adds λ·w·sign(γ); penalty() is λ·Σ w·|γ| and has the same gradient."""
+    torch.manual_seed(0)
+    model = randomize_bn(CostNet())
+    with torch.no_grad():
+        model.a[1].weight[0] *= -1
+    x = torch.randn(2, 3, 8, 8)
+    reg = SparsityRegularizer(model, lam=0.5, example_inputs=(x,), cost="flops")
+    w = reg.channel_weights
+    assert float(w["a.1"][0]) > 20 * float(w["b.1"][0])  # full resolution 3x3 against a strided 1x1
+    plain = grads_after(model, None, x)
+    by_step = grads_after(model, reg, x)
+    by_penalty = grads_after(model, reg, x, use_penalty=True)
+    for name in ("a.1", "b.1"):
+        gamma = model.get_submodule(name).weight.detach()
+        torch.testing.assert_close(by_step[name] - plain[name], 0.5 * w[name] * torch.sign(gamma), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(by_penalty[name], by_step[name], rtol=1e-5, atol=1e-6)
+    expected = 0.5 * sum((w[n] * model.get_submodule(n).weight.detach().abs()).sum() for n in ("a.1", "b.1"))
+    torch.testing.assert_close(reg.penalty().detach(), expected)
+
+
+def test_cost_weights_keep_the_mask_of_kept_channels() -> None:
+    """Channels left alone (tied to an output) keep weight 0 under a cost too; the rest average 1."""
+    reg = SparsityRegularizer(PartialNet(), lam=1.0, example_inputs=(torch.zeros(1, 3, 8, 8),), cost="params")
+    w = reg.channel_weights["bn"]
+    assert torch.equal(w[:2], torch.zeros(2)) and bool((w[2:] > 0).all())
+    torch.testing.assert_close(w[2:].mean(), torch.tensor(1.0))
+
+
+def test_uniform_cost_is_network_slimming_and_bad_costs_are_refused() -> None:
+    """The default weights every channel 1; an unknown cost, or a cost without the graph, is an error."""
+    reg = SparsityRegularizer(CostNet(), lam=1.0, example_inputs=(torch.zeros(1, 3, 8, 8),))
+    assert all(bool((w == 1).all()) for w in reg.channel_weights.values())
+    with pytest.raises(InvalidArgumentError, match="cost='macs'"):
+        SparsityRegularizer(CostNet(), lam=1.0, cost="macs")
+    with pytest.raises(InvalidArgumentError, match="bn_modules"):
+        SparsityRegularizer(CostNet(), lam=1.0, cost="flops", bn_modules=["a.1"])
