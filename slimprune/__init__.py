@@ -24,6 +24,7 @@ from .errors import (
     SlimpruneError as SlimpruneError,
     TraceError as TraceError,
     UnsupportedOpWarning as UnsupportedOpWarning,
+    ShapeSpecializationWarning as ShapeSpecializationWarning,
 )
 from .rules import register_rule as register_rule
 from . import io as io  # noqa: E402  save/load of pruned models
@@ -48,6 +49,7 @@ __all__ = [
     "SlimpruneError",
     "TraceError",
     "UnsupportedOpWarning",
+    "ShapeSpecializationWarning",
     "SparsityRegularizer",
     "analyze",
     "apply",

@@ -21,7 +21,7 @@ from ._solver import Constraints, Predictor, apply_rounding, group_caps, select_
 from ._trace import trace
 from ._regions import find_regions
 from .errors import InvalidArgumentError, TraceError
-from .rules import lookup_rule
+from .rules import has_module_rule, lookup_rule
 
 __all__ = ["analyze", "plan", "apply", "prune"]
 
@@ -342,6 +342,11 @@ def plan(
             removed = select_target(graph, scores, float(ratio), constraints, predictor, kind, tiebreak)
     roles = silence_roles(threshold is not None)
     folds, notes = _folds(graph, model, removed, keep_shift=fold_bias, roles=roles)
+    if graph.traced.method == "concrete":
+        fixed = graph.traced.fixed
+        notes.insert(0, f"fx alone cannot follow {type(model).__name__}.forward; traced while running it on the "
+                        f"example inputs" + (f", with Python decisions on shapes fixed there ({'; '.join(fixed[:3])}"
+                                             f"{' ...' if len(fixed) > 3 else ''})" if fixed else ""))
     options = {
         "ratio": ratio, "threshold": threshold, "target": target,
         "importance": importance if isinstance(importance, str) else getattr(importance, "__name__", "callable"),
@@ -423,6 +428,8 @@ def _plan_regions(model: nn.Module, error: TraceError, ratio: float | None, exam
         if any(isinstance(p, str) and (p == r.path or r.path.startswith(p + ".") or p == "") for p in protect):
             continue
         sub = model.get_submodule(r.path)
+        if has_module_rule(type(sub)):  # one layer: every channel is on the region's boundary
+            continue
         sub_kwargs = dict(kwargs)
         if isinstance(kwargs["max_ratio"], Mapping):
             sub_kwargs["max_ratio"] = dict(zip(_relative(kwargs["max_ratio"], r.path),

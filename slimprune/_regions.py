@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._trace import default_example_inputs, evaluation_mode, normalize_inputs, symbolic_trace, propagate_shapes
+from ._trace import default_example_inputs, evaluation_mode, normalize_inputs, propagate_shapes, trace_module
 from .errors import ExampleInputError, TraceError
 
 __all__ = ["Region", "find_regions"]
@@ -80,7 +80,7 @@ def find_regions(model: nn.Module, example_inputs: Any = None, opaque: Iterable[
             rel = [o[len(path) + 1:] if isinstance(o, str) and o.startswith(path + ".") else o
                    for o in opaque if not isinstance(o, str) or o.startswith(path + ".")]
             try:
-                gm, _ = symbolic_trace(module, rel)
+                gm, *_ = trace_module(module, recorded[path], rel)
                 propagate_shapes(gm, recorded[path])
                 regions.append(Region(path, recorded[path]))
                 return

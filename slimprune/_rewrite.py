@@ -18,8 +18,10 @@ from torch import nn
 
 from ._edits import apply_edits, encode
 from ._plan import PruningPlan
-from ._trace import symbolic_trace
-from .errors import PlanMismatchError
+import warnings
+
+from ._trace import concrete_trace, symbolic_trace
+from .errors import PlanMismatchError, ShapeSpecializationWarning, TraceError
 from .rules import lookup_rule
 
 __all__ = ["apply_plan"]
@@ -76,10 +78,29 @@ def _new_tensors(model: nn.Module, plan: PruningPlan) -> dict[tuple[str, str], t
     return out
 
 
+def _retrace(model: nn.Module, plan: PruningPlan) -> tuple[fx.GraphModule, tuple[str, ...]]:
+    """The graph the plan was made on: symbolic, or concrete on inputs of the plan's shapes.
+
+    Returns the GraphModule and the shape-dependent decisions a concrete trace fixed.
+    """
+    try:
+        return symbolic_trace(model, plan.opaque)[0], ()
+    except TraceError:
+        if not plan.input_shapes:
+            raise
+    p = next(model.parameters(), None)
+    dtype = p.dtype if p is not None and p.dtype.is_floating_point else torch.float32
+    gen = torch.Generator().manual_seed(0)
+    inputs = tuple(torch.randn(s, generator=gen, dtype=dtype).to(p.device if p is not None else "cpu")
+                   for s in plan.input_shapes)
+    gm, _, fixed = concrete_trace(model, inputs, plan.opaque)
+    return gm, fixed
+
+
 def _attributes_took_effect(target: nn.Module, plan: PruningPlan, edits: list[dict]) -> bool:
     """Re-trace the pruned model: does every edited literal now read the new value?"""
     try:
-        gm, _ = symbolic_trace(target, plan.opaque)
+        gm, _ = _retrace(target, plan)
     except Exception:
         return False
     nodes = {n.name: n for n in gm.graph.nodes}
@@ -141,10 +162,11 @@ def apply_plan(model: nn.Module, plan: PruningPlan, inplace: bool = False) -> nn
     originals = {name: copy.copy(_owner(model, name)) for name in modules}
     edits = [json.loads(e) for e in plan.edits]
     graph = None
+    fixed: tuple[str, ...] = ()
     # Literals that came from a module attribute (self.hidden_dim) are fixed by updating the
     # attribute; only the others need a rewritten graph.
     if edits and not all("attr" in e for e in edits):
-        gm, _ = symbolic_trace(model, plan.opaque)
+        gm, fixed = _retrace(model, plan)
         graph = gm.graph
         apply_edits(graph, edits)
     if inplace:
@@ -167,11 +189,19 @@ def apply_plan(model: nn.Module, plan: PruningPlan, inplace: bool = False) -> nn
         # The literal only happened to equal that attribute: undo, and rewrite the graph.
         for owner, name, old in changed:
             setattr(owner, name, old)
-        gm, _ = symbolic_trace(model, plan.opaque)
+        gm, fixed = _retrace(model, plan)
         graph = gm.graph
         apply_edits(graph, edits)
     if graph is None:
         return target
+    if fixed:
+        warnings.warn(
+            f"the pruned {type(model).__name__} is a GraphModule replaying forward as traced on inputs of "
+            f"shape {list(plan.input_shapes)}: Python decisions on shapes were fixed there "
+            f"({'; '.join(fixed[:3])}{' ...' if len(fixed) > 3 else ''}). Run it on inputs of those shapes, or "
+            f"make the plan with example_inputs= of the shape you will use.",
+            ShapeSpecializationWarning, stacklevel=3,
+        )
     gm = fx.GraphModule(target, graph, type(model).__name__)
     # GraphModule copies only what forward uses; keep every submodule, parameter and buffer
     # so the module hierarchy and the state_dict keys stay those of the original model.

@@ -1,5 +1,11 @@
 """Tracing: ``torch.fx`` symbolic trace with opaque modules, plus shape propagation.
 
+When plain symbolic tracing rejects a model's Python (iterating over a ``chunk`` result,
+``len()`` of a list of features, a branch on a shape), the model is traced again
+*concretely*: the same fx tracer, but every proxy also carries the value the example input
+produces, so Python that needs a value gets it (see :func:`concrete_trace`). Both yield an
+ordinary fx graph of the user's own modules, so every rule applies unchanged.
+
 The result of this pass is a :class:`Traced` value: a ``GraphModule`` whose nodes carry
 ``node.meta["slimprune.shape"]`` (a ``torch.Size``, a nested tuple of them for multi-output
 ops, or ``None`` for non-tensor values), and the example inputs that produced them.
@@ -9,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +25,7 @@ from torch import nn
 
 from .errors import ExampleInputError, TraceError
 
-__all__ = ["Traced", "trace", "default_example_inputs", "normalize_inputs"]
+__all__ = ["Traced", "trace", "trace_module", "concrete_trace", "default_example_inputs", "normalize_inputs"]
 
 SHAPE = "slimprune.shape"
 
@@ -38,6 +44,10 @@ class Traced:
     # The graph of the other mode (train vs eval) when forward branches on self.training
     # (GoogLeNet's and Inception's auxiliary heads): its channels are tied to the main graph's.
     other_mode: fx.GraphModule | None = None
+    # How fx captured forward: "symbolic", or "concrete" (run on the example inputs, see
+    # concrete_trace), with the shape-dependent Python decisions fixed at trace time.
+    method: str = "symbolic"
+    fixed: tuple[str, ...] = ()
 
 
 class _Tracer(fx.Tracer):
@@ -100,12 +110,35 @@ def _failing_module(tracer: _Tracer) -> str | None:
     return f"{path} ({getattr(typ, '__name__', typ)})"
 
 
+@contextlib.contextmanager
+def _preserved(model: nn.Module) -> Iterator[None]:
+    """Undo what tracing a forward does to the model: attributes it assigns (torchvision's
+    AnchorGenerator caches ``self.cell_anchors``, which would keep proxies), and buffers a
+    concrete run updates (BatchNorm statistics in train mode)."""
+    saved = [(m, dict(vars(m)), dict(m._parameters), dict(m._buffers), dict(m._modules)) for m in model.modules()]
+    values = [(b, b.detach().clone()) for b in model.buffers()]
+    try:
+        yield
+    finally:
+        for m, attrs, params, buffers, modules in saved:
+            vars(m).clear()
+            vars(m).update(attrs)
+            for live, old in ((m._parameters, params), (m._buffers, buffers), (m._modules, modules)):
+                live.clear()
+                live.update(old)
+        with torch.no_grad():
+            for b, v in values:
+                b.copy_(v)
+
+
 def symbolic_trace(model: nn.Module, opaque: Iterable[str | type] = ()) -> tuple[fx.GraphModule, tuple[str, ...]]:
     """Trace ``model`` with fx; raise :class:`TraceError` naming the module that failed."""
     names, types = split_opaque(model, opaque)
     tracer = _Tracer(names, types)
     try:
-        graph = tracer.trace(model)
+        with _preserved(model):  # the GraphModule copies fx's constants before they are undone
+            graph = tracer.trace(model)
+            gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
     except Exception as exc:  # fx raises many types; all mean "cannot trace"
         where = _failing_module(tracer)
         if where is None:
@@ -119,8 +152,230 @@ def symbolic_trace(model: nn.Module, opaque: Iterable[str | type] = ()) -> tuple
             f"{type(exc).__name__}: {exc}. Fix: {fix}, remove data-dependent Python control "
             f"flow there, or prune a traceable submodule instead."
         ) from exc
-    gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
     return gm, tuple(sorted(names))
+
+
+class _Valued:
+    """Proxy behaviour that needs a value: answered from the value the tracer computed."""
+
+    tracer: "_ConcreteTracer"
+
+    def __getattr__(self, k: str) -> "_ValuedAttribute":
+        return _ValuedAttribute(self, k)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[Any]:
+        return self.tracer.iter(self)  # type: ignore[arg-type]
+
+    def __len__(self) -> int:
+        return self.tracer.length(self)  # type: ignore[arg-type]
+
+    def __index__(self) -> int:
+        return self.tracer.number(self, int)  # type: ignore[arg-type]
+
+    def __int__(self) -> int:
+        return self.tracer.number(self, int)  # type: ignore[arg-type]
+
+    def __float__(self) -> float:
+        return self.tracer.number(self, float)  # type: ignore[arg-type]
+
+
+class _ValuedProxy(_Valued, fx.Proxy):
+    pass
+
+
+class _ValuedAttribute(_Valued, fx.proxy.Attribute):
+    pass
+
+
+def _rebuild(container: Any, items: list[Any]) -> Any:
+    if isinstance(container, list):
+        return items
+    if hasattr(container, "_fields"):  # a namedtuple
+        return type(container)(*items)
+    try:
+        return type(container)(items)
+    except TypeError:
+        return tuple(items)
+
+
+class _ConcreteTracer(_Tracer):
+    """An fx tracer that also runs the model on real inputs, op by op, alongside the graph.
+
+    Every proxy's node gets the value the example inputs produce, so Python that fx alone
+    cannot follow gets an answer: iterating a ``chunk``/``split`` result or a list of
+    features, ``len()``, ``int(x.shape[1] / 2)``, ``if x.shape[-1] > 32``. Decisions on tensor
+    *values* (data-dependent control flow) are refused: they would bake one input's answer
+    into the graph.
+    """
+
+    def __init__(self, opaque_names: frozenset[str], opaque_types: tuple[type, ...], inputs: tuple[Any, ...]) -> None:
+        super().__init__(opaque_names, opaque_types)
+        self._inputs = [x.clone() if isinstance(x, torch.Tensor) else x for x in inputs]
+        self._placeholders = 0
+        self._values: dict[fx.Node, Any] = {}
+        self._computing = False
+        self._defaulted: set[fx.Node] = set()
+        self.fixed: list[str] = []  # shape-dependent decisions taken from the example inputs
+
+    # -- values ----------------------------------------------------------------------
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return _ValuedProxy(node, self)
+
+    def value(self, a: Any) -> Any:
+        if isinstance(a, fx.Proxy):
+            node = a.node
+            if node not in self._values:
+                raise TraceError(f"concrete tracing has no value for node {node.name!r} ({node.format_node()})")
+            return self._values[node]
+        if isinstance(a, (tuple, list)):
+            return _rebuild(a, [self.value(v) for v in a])
+        if isinstance(a, dict):
+            return {k: self.value(v) for k, v in a.items()}
+        if isinstance(a, slice):
+            return slice(self.value(a.start), self.value(a.stop), self.value(a.step))
+        return a
+
+    def _run(self, kind: str, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if kind == "placeholder":
+            i = self._placeholders
+            self._placeholders += 1
+            if i < len(self._inputs):
+                return self._inputs[i]
+            return args[0] if args else None  # a defaulted forward argument
+        if kind == "get_attr":
+            obj: Any = self.root
+            for part in str(target).split("."):
+                obj = getattr(obj, part)
+            return obj
+        self._computing = True
+        try:
+            if kind == "call_function":
+                return target(*args, **kwargs)
+            if kind == "call_method":
+                return getattr(args[0], target)(*args[1:], **kwargs)
+            if kind == "call_module":
+                return fx._symbolic_trace._orig_module_call(self.root.get_submodule(target), *args, **kwargs)
+            raise TraceError(f"concrete tracing met a node of unknown kind {kind!r}")
+        finally:
+            self._computing = False
+
+    def create_proxy(self, kind: str, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
+                     name: str | None = None, type_expr: Any = None, proxy_factory_fn: Any = None) -> fx.Proxy:
+        concrete_args, concrete_kwargs = self.value(args), self.value(kwargs)
+        try:
+            value = self._run(kind, target, concrete_args, concrete_kwargs)
+        except TraceError:
+            raise
+        except Exception as exc:
+            raise TraceError(f"running {kind} {getattr(target, '__name__', target)!s} on the example inputs "
+                             f"failed: {type(exc).__name__}: {exc}") from exc
+        proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
+        self._values[proxy.node] = value
+        if kind == "placeholder" and self._placeholders > len(self._inputs):
+            self._defaulted.add(proxy.node)
+        return proxy
+
+    def create_args_for_root(self, root_fn: Any, is_module: bool, concrete_args: Any = None) -> tuple[Any, list[Any]]:
+        fn, args = super().create_args_for_root(root_fn, is_module, concrete_args)
+        if fn is not root_fn:  # pytree-flattened inputs: leave them alone
+            return fn, args
+        # A forward argument the example inputs leave at its default (targets=None) is that
+        # constant, not a proxy: `if targets is not None` must see None.
+        return fn, [self._values[a.node] if isinstance(a, fx.Proxy) and a.node in self._defaulted else a
+                    for a in args]
+
+    # While computing a value, module calls and parameter reads are the real ones.
+    def call_module(self, m: nn.Module, forward: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if self._computing:
+            return forward(*args, **kwargs)
+        return super().call_module(m, forward, args, kwargs)
+
+    def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict[str, Any]) -> Any:
+        if self._computing:
+            return attr_val
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
+
+    # -- Python that needs a value ---------------------------------------------------
+    def _where(self, obj: fx.Proxy) -> str:
+        module = _failing_module(self)
+        return f"node {obj.node.name!r}" + (f" in {module}" if module else "")
+
+    def _python(self, obj: fx.Proxy, what: str) -> Any:
+        v = self.value(obj)
+        if isinstance(v, torch.Tensor):
+            raise TraceError(
+                f"forward uses the value of a tensor in Python ({what} at {self._where(obj)}): this is "
+                f"data-dependent control flow, which no trace can capture for every input. Mark that "
+                f"module opaque, or compute it with tensor ops (torch.where) instead of Python."
+            )
+        return v
+
+    def to_bool(self, obj: fx.Proxy) -> bool:
+        answer = bool(self._python(obj, "a branch"))
+        self.fixed.append(f"{obj.node.name} is {answer}")
+        return answer
+
+    def number(self, obj: fx.Proxy, kind: type) -> Any:
+        v = kind(self._python(obj, f"{kind.__name__}()"))
+        self.fixed.append(f"{obj.node.name} = {v}")
+        return v
+
+    def length(self, obj: fx.Proxy) -> int:
+        v = self.value(obj)
+        if isinstance(v, torch.Tensor):
+            self.fixed.append(f"len({obj.node.name}) = {len(v)}")
+        return len(v)
+
+    def iter(self, obj: fx.Proxy) -> Iterator[Any]:
+        v = self.value(obj)
+        if isinstance(v, dict):
+            return iter(list(v))
+        n = self.length(obj)
+        return iter([obj[i] for i in range(n)])  # type: ignore[index]
+
+    def keys(self, obj: fx.Proxy) -> Any:
+        return list(self.value(obj).keys())
+
+
+def concrete_trace(model: nn.Module, inputs: tuple[Any, ...],
+                   opaque: Iterable[str | type] = ()) -> tuple[fx.GraphModule, tuple[str, ...], tuple[str, ...]]:
+    """Trace ``model`` with fx while running it on ``inputs`` (see :class:`_ConcreteTracer`).
+
+    Returns the GraphModule, the opaque module names, and the shape-dependent Python
+    decisions fixed at trace time (empty when the graph holds for every input size).
+    """
+    names, types = split_opaque(model, opaque)
+    tracer = _ConcreteTracer(names, types, inputs)
+    try:
+        with _preserved(model):
+            graph = tracer.trace(model)
+            gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+    except Exception as exc:
+        where = _failing_module(tracer)
+        raise TraceError(
+            f"tracing {type(model).__name__} while running it failed"
+            + (f" in module {where}" if where else "") + f": {type(exc).__name__}: {exc}"
+        ) from exc
+    return gm, tuple(sorted(names)), tuple(tracer.fixed)
+
+
+def trace_module(model: nn.Module, inputs: tuple[Any, ...], opaque: Iterable[str | type] = ()) -> tuple[fx.GraphModule, tuple[str, ...], tuple[str, ...], str]:
+    """Symbolic trace, or a concrete one on ``inputs`` when fx alone cannot follow forward.
+
+    Returns ``(gm, opaque_names, fixed, method)``. Raises the symbolic :class:`TraceError`
+    (with the concrete attempt's reason added) when both fail.
+    """
+    try:
+        gm, names = symbolic_trace(model, opaque)
+        return gm, names, (), "symbolic"
+    except TraceError as exc:
+        symbolic_error = exc
+    try:
+        gm, names, fixed = concrete_trace(model, inputs, opaque)
+    except TraceError as exc:
+        raise TraceError(f"{symbolic_error} (Tracing while running it on the example inputs failed "
+                         f"too: {exc})") from symbolic_error.__cause__
+    return gm, names, fixed, "concrete"
 
 
 @contextlib.contextmanager
@@ -214,8 +469,10 @@ def _reads_training(cls: type) -> bool:
     return _MODE_SOURCE[cls]
 
 
-def _other_mode_graph(model: nn.Module, opaque: Iterable[str | type], gm: fx.GraphModule) -> fx.GraphModule | None:
-    """Trace the other mode too when some traced module's forward depends on the mode."""
+def _other_mode_graph(model: nn.Module, gm: fx.GraphModule,
+                      retrace: Callable[[], fx.GraphModule]) -> fx.GraphModule | None:
+    """Trace the other mode too (``retrace`` in the flipped mode) when some traced module's
+    forward depends on the mode."""
     if not any(
         _reads_training(type(m)) for m in model.modules() if not type(m).__module__.startswith("torch.nn")
     ):
@@ -223,10 +480,11 @@ def _other_mode_graph(model: nn.Module, opaque: Iterable[str | type], gm: fx.Gra
     flags = [(m, m.training) for m in model.modules()]
     try:
         model.train(not model.training)
-        other, _ = symbolic_trace(model, opaque)
+        other = retrace()
     finally:
         for m, flag in flags:
             m.training = flag
+
     def structure(g: fx.GraphModule) -> list[tuple[str, str]]:
         return [(n.op, str(n.target)) for n in g.graph.nodes]
 
@@ -238,6 +496,9 @@ def _other_mode_graph(model: nn.Module, opaque: Iterable[str | type], gm: fx.Gra
 def trace(model: nn.Module, example_inputs: Any = None, opaque: Iterable[str | type] = ()) -> Traced:
     """Trace ``model`` and propagate shapes.
 
+    Symbolic fx tracing first; when fx rejects forward's Python, a concrete trace on the
+    example inputs (:func:`concrete_trace`).
+
     Args:
         model: the model to trace (not modified).
         example_inputs: a tensor or a tuple of positional inputs; built from the first layer
@@ -245,11 +506,14 @@ def trace(model: nn.Module, example_inputs: Any = None, opaque: Iterable[str | t
         opaque: module names or types fx must not trace into (their channels are kept).
 
     Raises:
-        TraceError: fx cannot trace the model.
+        TraceError: neither kind of trace can capture the model.
         ExampleInputError: the example inputs do not fit, or no default input works.
     """
-    gm, opaque_names = symbolic_trace(model, opaque)
-    other = _other_mode_graph(model, opaque, gm)
+    try:
+        gm, opaque_names = symbolic_trace(model, opaque)
+    except TraceError as exc:
+        return _trace_concretely(model, example_inputs, opaque, exc)
+    other = _other_mode_graph(model, gm, lambda: symbolic_trace(model, opaque)[0])
     if example_inputs is not None:
         inputs = normalize_inputs(example_inputs)
         propagate_shapes(gm, inputs)
@@ -271,3 +535,38 @@ def trace(model: nn.Module, example_inputs: Any = None, opaque: Iterable[str | t
         + "; ".join(errors[:3])
         + "). Pass example_inputs= (a tensor or a tuple of positional inputs)."
     )
+
+
+def _trace_concretely(model: nn.Module, example_inputs: Any, opaque: Iterable[str | type],
+                      symbolic_error: TraceError) -> Traced:
+    """The concrete fallback of :func:`trace`: the given inputs, or each default in turn."""
+    opaque = list(opaque)
+    if example_inputs is not None:
+        candidates: Iterable[tuple[Any, ...]] = [normalize_inputs(example_inputs)]
+    else:
+        try:
+            candidates = list(default_example_inputs(model))
+        except ExampleInputError:
+            raise symbolic_error from symbolic_error.__cause__
+    failures: list[str] = []
+    for inputs in candidates:
+        try:
+            gm, names, fixed = concrete_trace(model, inputs, opaque)
+            fixed_other: list[str] = []
+
+            def retrace() -> fx.GraphModule:
+                g, _, f = concrete_trace(model, inputs, opaque)
+                fixed_other.extend(f)
+                return g
+
+            other = _other_mode_graph(model, gm, retrace)
+            propagate_shapes(gm, inputs)
+            if other is not None:
+                propagate_shapes(other, inputs)
+        except (TraceError, ExampleInputError) as exc:
+            failures.append(str(exc))
+            continue
+        return Traced(gm, inputs, names, other, "concrete", tuple(dict.fromkeys(fixed + tuple(fixed_other))))
+    raise TraceError(
+        f"{symbolic_error} (Tracing while running it on the example inputs failed too: {failures[0][:400]})"
+    ) from symbolic_error.__cause__

@@ -11,6 +11,7 @@ __all__ = [
     "SlimpruneError",
     "TraceError",
     "UnsupportedOpWarning",
+    "ShapeSpecializationWarning",
     "InvalidArgumentError",
     "InfeasiblePlanError",
     "PlanMismatchError",
@@ -49,3 +50,9 @@ class FileFormatError(SlimpruneError):
 
 class UnsupportedOpWarning(UserWarning):
     """Channels flow through an op slimprune has no rule for; they are kept (a barrier)."""
+
+
+class ShapeSpecializationWarning(UserWarning):
+    """A pruned model is a graph traced by running forward, with Python decisions on shapes
+    fixed to the example inputs' (only when forward both needs a rewritten graph and
+    branches on shapes in Python)."""
