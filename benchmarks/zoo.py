@@ -1,9 +1,11 @@
 """The torchvision zoo through slimprune (and Torch-Pruning when installed), one model per
 subprocess with a time and memory guard, written to a CSV and summarised as a table.
 
-For each model: prune at ratio 0.5 (random init, BN statistics calibrated on a batch),
-run eval and train mode, compare with the silenced original (slimprune) and record
-params/FLOPs before and after, seconds and peak memory (RSS growth over the loaded model).
+For each classification, segmentation, detection and video model: prune at ratio 0.5
+(random init, BN statistics calibrated on a batch), run eval and train mode (detectors:
+with targets, losses must be finite), compare with the silenced original (slimprune;
+detectors region by region) and record params/FLOPs before and after, seconds and peak
+memory (RSS growth over the loaded model). Models and inputs come from tests/test_zoo.py.
 
     python benchmarks/zoo.py --out zoo.csv                 # every model up to 300M parameters
     python benchmarks/zoo.py --models resnet50 swin_t --tools slimprune
@@ -23,19 +25,17 @@ FIELDS = ["tool", "model", "ok", "exact", "params_before", "params_after", "flop
           "seconds", "peak_mb", "weights_mb", "error"]
 
 
-def _size(name: str) -> int:
-    if name.startswith(("vit_", "maxvit")):
-        return 224
-    return 96 if name == "inception_v3" else 64
+def _heads(model):
+    """Layers Torch-Pruning must not prune: classifier outputs and detection predictors."""
+    import torch
 
-
-def _build(name: str):
-    import torchvision
-
-    if name in torchvision.models.list_models(module=torchvision.models.segmentation):
-        kw = {} if name.startswith("lraspp") else {"aux_loss": True}
-        return torchvision.models.get_model(name, weights=None, weights_backbone=None, **kw)
-    return torchvision.models.get_model(name, weights=None)
+    heads = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features in (1000, 400)]
+    heads += [m for n, m in model.named_modules() if n.endswith(("classifier.4", "aux_classifier.4"))]
+    heads += [m for n, m in model.named_modules()
+              if any(k in n for k in ("predictor", "cls_logits", "bbox_pred", "bbox_reg", "bbox_ctrness",
+                                      "classification_head", "regression_head"))
+              and isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    return heads
 
 
 def child(tool: str, name: str) -> dict:
@@ -46,14 +46,15 @@ def child(tool: str, name: str) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     sys.path.insert(0, ".")
-    from tests.helpers import outputs
-    from tests.test_zoo import calibrated
+    from tests.helpers import assert_close, outputs
+    from tests.test_zoo import (DETECTION, assert_regions_match, build, calibrated, calibrated_detector,
+                                detection_targets, example_input)
 
     warnings.simplefilter("ignore")
     torch.manual_seed(0)
-    size = _size(name)
-    x = torch.randn(2, 3, size, size)
-    model = calibrated(_build(name), x)
+    x = example_input(name)
+    detector = name in DETECTION
+    model = calibrated_detector(build(name)) if detector else calibrated(build(name), x)
     weights_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -68,31 +69,40 @@ def child(tool: str, name: str) -> dict:
     if tool == "slimprune":
         import slimprune
 
-        plan = slimprune.plan(model, 0.5, example_inputs=x, fold_bias=False, allow_inexact=False)
+        plan = slimprune.plan(model, 0.5, example_inputs=(x,), fold_bias=False, allow_inexact=False)
         small = slimprune.apply(model, plan)
         seconds = time.perf_counter() - t0
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss0
-        with torch.no_grad():
-            want = outputs(slimprune.silence(model, plan).eval()(x))
-            got = outputs(small.eval()(x))
-        scale = max(float(t.abs().max()) for t in want)
-        row["exact"] = all(a.shape == b.shape and torch.allclose(a, b, rtol=1e-4, atol=1e-5 * max(scale, 1.0))
-                           for a, b in zip(want, got))
+        ref = slimprune.silence(model, plan)
+        try:
+            if plan.regions:
+                assert_regions_match(ref, small, plan, (x,))
+            else:
+                with torch.no_grad():
+                    want, got = outputs(ref.eval()(x)), outputs(small.eval()(x))
+                scale = max(float(t.abs().max()) for t in want)
+                assert_close(want, got, rtol=1e-4, atol=1e-5 * max(scale, 1.0))
+            row["exact"] = True
+        except AssertionError:
+            row["exact"] = False
     else:
         import torch_pruning as tp
 
         small = copy.deepcopy(model)
-        heads = [m for m in small.modules() if isinstance(m, torch.nn.Linear) and m.out_features == 1000]
-        heads += [m for n, m in small.named_modules() if n.endswith(("classifier.4", "aux_classifier.4"))]
-        pruner = tp.pruner.MetaPruner(small, x, importance=tp.importance.MagnitudeImportance(p=2),
-                                      pruning_ratio=0.5, ignored_layers=heads)
+        pruner = tp.pruner.MetaPruner(small, (x,), importance=tp.importance.MagnitudeImportance(p=2),
+                                      pruning_ratio=0.5, ignored_layers=_heads(small))
         pruner.step()
         seconds = time.perf_counter() - t0
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss0
         row["exact"] = "not checked"
     with torch.no_grad():
         small.eval()(x)
-        copy.deepcopy(small).train()(x)  # train mode too (aux heads, batch statistics)
+        if detector:  # train mode: the losses, from targets
+            losses = copy.deepcopy(small).train()(x, detection_targets(name, x))
+            if not all(torch.isfinite(v) for v in losses.values()):
+                raise RuntimeError("train-mode losses are not finite")
+        else:
+            copy.deepcopy(small).train()(x)  # train mode too (aux heads, batch statistics)
     row.update(ok=True, params_after=sum(p.numel() for p in small.parameters()), flops_after=flops(small),
                seconds=round(seconds, 3),
                peak_mb=round(peak, 1))
@@ -125,15 +135,17 @@ def main() -> None:
     import torch
     import torchvision
 
-    names = args.models or (torchvision.models.list_models(module=torchvision.models)
-                            + torchvision.models.list_models(module=torchvision.models.segmentation))
+    sys.path.insert(0, ".")
+    from tests.test_zoo import CLASSIFICATION, DETECTION, SEGMENTATION, VIDEO, build
+
+    names = args.models or CLASSIFICATION + SEGMENTATION + DETECTION + VIDEO
     tools = [t for t in args.tools if t == "slimprune" or _importable(t)]
     rows = []
     with open(args.out, "w", newline="") as f:
         w = csv.DictWriter(f, FIELDS, extrasaction="ignore")
         w.writeheader()
         for name in names:
-            n = sum(p.numel() for p in _build(name).parameters())
+            n = sum(p.numel() for p in build(name).parameters())
             if n > args.max_params:
                 continue
             for tool in tools:

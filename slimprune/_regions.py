@@ -30,11 +30,12 @@ class Region:
     inputs: tuple[Any, ...]
 
 
-def _record_inputs(model: nn.Module, inputs: tuple[Any, ...]) -> dict[str, tuple[Any, ...]]:
+def _record_inputs(model: nn.Module, inputs: tuple[Any, ...], wanted: set[str]) -> dict[str, tuple[Any, ...]]:
+    """The first positional inputs each ``wanted`` submodule receives in one run of ``model``."""
     seen: dict[str, tuple[Any, ...]] = {}
     hooks = []
     for name, m in model.named_modules():
-        if not name:
+        if name not in wanted:
             continue
 
         def hook(mod, args, kwargs, name=name):
@@ -70,30 +71,42 @@ def _run_inputs(model: nn.Module, example_inputs: Any) -> tuple[Any, ...]:
 def find_regions(model: nn.Module, example_inputs: Any = None, opaque: Iterable[str | type] = ()) -> tuple[list[Region], list[str]]:
     """The largest traceable submodules, and a note for every part left unreached."""
     inputs = _run_inputs(model, example_inputs)
-    recorded = _record_inputs(model, inputs)
     opaque = list(opaque)
     regions: list[Region] = []
     unreached: list[str] = []
 
-    def visit(path: str, module: nn.Module) -> None:
-        if path and path in recorded:
-            rel = [o[len(path) + 1:] if isinstance(o, str) and o.startswith(path + ".") else o
-                   for o in opaque if not isinstance(o, str) or o.startswith(path + ".")]
-            try:
-                gm, *_ = trace_module(module, recorded[path], rel)
-                propagate_shapes(gm, recorded[path])
-                regions.append(Region(path, recorded[path]))
-                return
-            except (TraceError, ExampleInputError):
-                pass
-        children = list(module.named_children())
-        if path and not children:
-            if any(p.requires_grad for p in module.parameters(recurse=False)):
-                unreached.append(f"{path} ({type(module).__name__}): " + (
-                    "not called with positional tensors" if path not in recorded else "does not trace"))
-            return
-        for name, child in children:
-            visit(f"{path}.{name}" if path else name, child)
+    def join(path: str, name: str) -> str:
+        return f"{path}.{name}" if path else name
 
-    visit("", model)
+    # Level by level, so only one level's inputs are held at a time (not every activation).
+    level = [(join("", name), child) for name, child in model.named_children()]
+    while level:
+        recorded = _record_inputs(model, inputs, {path for path, _ in level})
+        deeper = []
+        for path, module in level:
+            if path in recorded and _traces(module, path, recorded[path], opaque):
+                regions.append(Region(path, recorded[path]))
+                continue
+            children = list(module.named_children())
+            if not children:
+                if any(p.requires_grad for p in module.parameters(recurse=False)):
+                    unreached.append(f"{path} ({type(module).__name__}): " + (
+                        "not called with positional tensors" if path not in recorded else "does not trace"))
+                continue
+            deeper += [(join(path, name), child) for name, child in children]
+        level = deeper
+    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    regions.sort(key=lambda r: order[r.path])
+    unreached.sort(key=lambda u: order.get(u.split(" ")[0], 0))
     return regions, unreached
+
+
+def _traces(module: nn.Module, path: str, inputs: tuple[Any, ...], opaque: list[str | type]) -> bool:
+    rel = [o[len(path) + 1:] if isinstance(o, str) and o.startswith(path + ".") else o
+           for o in opaque if not isinstance(o, str) or o.startswith(path + ".")]
+    try:
+        gm, *_ = trace_module(module, inputs, rel)
+        propagate_shapes(gm, inputs)
+    except (TraceError, ExampleInputError):
+        return False
+    return True

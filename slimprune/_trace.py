@@ -184,7 +184,12 @@ class _ValuedProxy(_Valued, fx.Proxy):
 
 
 class _ValuedAttribute(_Valued, fx.proxy.Attribute):
-    pass
+    @property
+    def node(self) -> fx.Node:  # type: ignore[override]
+        if self._node is None:  # created on first use, as fx does; keep its value too
+            made = self.tracer.create_proxy("call_function", getattr, (self.root, self.attr), {})
+            self._node, self._value = made.node, made._value
+        return self._node
 
 
 def _rebuild(container: Any, items: list[Any]) -> Any:
@@ -212,7 +217,6 @@ class _ConcreteTracer(_Tracer):
         super().__init__(opaque_names, opaque_types)
         self._inputs = [x.clone() if isinstance(x, torch.Tensor) else x for x in inputs]
         self._placeholders = 0
-        self._values: dict[fx.Node, Any] = {}
         self._computing = False
         self._defaulted: set[fx.Node] = set()
         self.fixed: list[str] = []  # shape-dependent decisions taken from the example inputs
@@ -223,10 +227,11 @@ class _ConcreteTracer(_Tracer):
 
     def value(self, a: Any) -> Any:
         if isinstance(a, fx.Proxy):
-            node = a.node
-            if node not in self._values:
-                raise TraceError(f"concrete tracing has no value for node {node.name!r} ({node.format_node()})")
-            return self._values[node]
+            node = a.node  # (materialises an attribute's node, and its value)
+            if "_value" not in vars(a):
+                raise TraceError(f"concrete tracing has no value for node {node.name!r} ({node.format_node()}); "
+                                 f"a proxy from another trace may be cached in a module")
+            return vars(a)["_value"]
         if isinstance(a, (tuple, list)):
             return _rebuild(a, [self.value(v) for v in a])
         if isinstance(a, dict):
@@ -249,15 +254,19 @@ class _ConcreteTracer(_Tracer):
             return obj
         self._computing = True
         try:
-            if kind == "call_function":
-                return target(*args, **kwargs)
-            if kind == "call_method":
-                return getattr(args[0], target)(*args[1:], **kwargs)
-            if kind == "call_module":
-                return fx._symbolic_trace._orig_module_call(self.root.get_submodule(target), *args, **kwargs)
-            raise TraceError(f"concrete tracing met a node of unknown kind {kind!r}")
+            with torch.no_grad():  # values are only looked at; no autograd graph to keep
+                return self._call(kind, target, args, kwargs)
         finally:
             self._computing = False
+
+    def _call(self, kind: str, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if kind == "call_function":
+            return target(*args, **kwargs)
+        if kind == "call_method":
+            return getattr(args[0], target)(*args[1:], **kwargs)
+        if kind == "call_module":
+            return fx._symbolic_trace._orig_module_call(self.root.get_submodule(target), *args, **kwargs)
+        raise TraceError(f"concrete tracing met a node of unknown kind {kind!r}")
 
     def create_proxy(self, kind: str, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
                      name: str | None = None, type_expr: Any = None, proxy_factory_fn: Any = None) -> fx.Proxy:
@@ -270,7 +279,8 @@ class _ConcreteTracer(_Tracer):
             raise TraceError(f"running {kind} {getattr(target, '__name__', target)!s} on the example inputs "
                              f"failed: {type(exc).__name__}: {exc}") from exc
         proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
-        self._values[proxy.node] = value
+        # The value lives on the proxy: it is freed when forward drops the proxy, as in a real run.
+        proxy._value = value
         if kind == "placeholder" and self._placeholders > len(self._inputs):
             self._defaulted.add(proxy.node)
         return proxy
@@ -281,8 +291,7 @@ class _ConcreteTracer(_Tracer):
             return fn, args
         # A forward argument the example inputs leave at its default (targets=None) is that
         # constant, not a proxy: `if targets is not None` must see None.
-        return fn, [self._values[a.node] if isinstance(a, fx.Proxy) and a.node in self._defaulted else a
-                    for a in args]
+        return fn, [self.value(a) if isinstance(a, fx.Proxy) and a.node in self._defaulted else a for a in args]
 
     # While computing a value, module calls and parameter reads are the real ones.
     def call_module(self, m: nn.Module, forward: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
