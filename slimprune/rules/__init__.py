@@ -5,6 +5,7 @@ op's parameters are sliced along which dimension, and which literal sizes in the
 must be rewritten after pruning. Rules live by family:
 
 * ``layers.py``     Conv/ConvTranspose, Linear, norms, PReLU, Embedding
+* ``attention.py``  MultiheadAttention, Swin and MaxViT attention (whole heads)
 * ``pointwise.py``  activations, dropout, pooling, interpolate, add/sub/mul/div, reductions
 * ``indexing.py``   cat, split/chunk, getitem
 * ``reshape.py``    flatten/view/reshape, permute/transpose, pixel (un)shuffle, expand
@@ -133,4 +134,4 @@ def registered_targets() -> dict[str, list[str]]:
 
 
 # Import the built-in rule families so they register themselves.
-from . import indexing, layers, pointwise, reshape  # noqa: E402,F401
+from . import attention, indexing, layers, pointwise, reshape  # noqa: E402,F401
