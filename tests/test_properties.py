@@ -129,6 +129,20 @@ def test_params_and_flops_targets_are_met_and_predicted_exactly(prog, seed, rati
     assert fc.get_total_flops() // x.shape[0] == plan.flops_after
 
 
+@settings(max_examples=25, **SETTINGS)
+@given(programs(max_ops=5), st.integers(0, 2**31 - 1), st.floats(0.05, 0.5))
+def test_params_target_counts_the_biases_folding_adds(prog, seed, ratio):
+    model, x = _build(prog, seed)
+    try:
+        plan = slimprune.plan(model, ratio, target="params", example_inputs=x)  # fold_bias=True
+    except slimprune.InfeasiblePlanError:
+        assume(False)
+    small = slimprune.apply(model, plan)
+    n = sum(p.numel() for p in small.parameters())
+    assert n == plan.params_after
+    assert 1 - n / plan.params_before >= ratio - 1e-9
+
+
 def test_property_strategy_draws_every_op_kind():
     """Guard against a strategy that silently stopped drawing some architectures."""
     seen = set()
