@@ -46,6 +46,7 @@ __all__ = [
     "default_lambda",
     "gamma_stats",
     "linear_decay",
+    "scale_per_cost",
     "suggest_ratio",
     "suggest_threshold",
     "warmup",
@@ -593,3 +594,43 @@ def suggest_ratio(model: nn.Module, target_params: float, example_inputs: Any = 
         return cache[r]
 
     return _smallest([k / n for k in range(lo + 1)], removes, target, "channel ratio")
+
+
+# ------------------------------------------------------------- resource-aware ranking
+
+
+def scale_per_cost(resource: str = "flops") -> Callable[[nn.Module, ChannelGraph, Any], np.ndarray]:
+    """An importance for :func:`slimprune.plan`: a channel's |γ| divided by what it costs.
+
+    Network slimming ranks channels by |γ| alone, so a plan with ``target="flops"`` spends
+    its budget on whichever channels have small scales, often cheap ones in late, low
+    resolution layers, and must remove many to reach the target. Dividing by the FLOPs (or
+    parameters) that removing the channel alone saves ranks by importance per unit of
+    resource instead: expensive high-resolution channels go before cheap ones of equal |γ|.
+    A channel's |γ| is the largest over its norm layers; a unit without any scale scores 0.
+
+    Args:
+        resource: ``"flops"`` or ``"params"``.
+
+    Example:
+        >>> plan = slimprune.plan(model, 0.6, target="flops", importance=scale_per_cost("flops"))
+    """
+    if resource not in COSTS[1:]:
+        raise InvalidArgumentError(f"resource={resource!r} is not one of {', '.join(map(repr, COSTS[1:]))}")
+    cache: dict[int, tuple[ChannelGraph, np.ndarray]] = {}
+
+    def importance(model: nn.Module, graph: ChannelGraph, group: Any) -> np.ndarray:
+        if id(graph) not in cache or cache[id(graph)][0] is not graph:
+            gamma = np.zeros(graph.num_units)
+            for s in graph.slices:
+                if s.role == "scale":
+                    owner = model.get_submodule(s.module) if s.module else model
+                    values = getattr(owner, s.param).detach().abs().float().cpu().numpy().astype(np.float64)
+                    np.maximum.at(gamma, s.units, values)
+            costs = _unit_costs(graph, model, resource)
+            cache.clear()
+            cache[id(graph)] = (graph, gamma / np.maximum(costs, 1.0))
+        return cache[id(graph)][1][group.units]
+
+    importance.__name__ = f"scale_per_{resource}"
+    return importance
