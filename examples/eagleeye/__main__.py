@@ -199,6 +199,8 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
         fields["target_params"] = args.target_params
     if args.dead_threshold is not None:
         fields["dead_threshold"] = args.dead_threshold
+    if args.target_flops is not None:
+        fields["target_flops"] = args.target_flops or None
     if args.no_progress:
         fields["progress"] = False
     try:
@@ -207,6 +209,7 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
             quick=args.quick,
             train_overrides={k: v for k, v in train_overrides.items() if v is not None},
             sparsity=args.sparsity,
+            sparsity_cost=args.sparsity_cost,
             finetune_epochs=args.finetune_epochs,
             resume=args.resume,
             **fields,
@@ -256,12 +259,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     how.add_argument("--threshold", type=float, metavar="T", help="remove exactly the channels whose |γ| are all <= T")
     p_pipe.add_argument(
+        "--target-flops",
+        type=float,
+        metavar="FRACTION",
+        help="also remove at least this fraction of the FLOPs, ranking by |γ| per FLOP (default 0.75; 0: no FLOPs target)",
+    )
+    p_pipe.add_argument(
         "--dead-threshold",
         type=float,
         metavar="T",
         help="with --target-params, also remove every channel with |γ| <= T (default 1e-3; 0: stop at the target)",
     )
     p_pipe.add_argument("--sparsity", type=float, metavar="λ", help="L1 weight of the sparse run")
+    p_pipe.add_argument(
+        "--sparsity-cost",
+        choices=("uniform", "flops", "params"),
+        help="share λ among channels uniformly or by the FLOPs/params each one costs",
+    )
     p_pipe.add_argument("--device", choices=("cpu", "cuda"), help="training and evaluation device (latency: CPU)")
     p_pipe.add_argument("--seed", type=int)
     p_pipe.add_argument("--threads", type=int, help="torch threads for training")

@@ -98,6 +98,10 @@ class TrainConfig:
         weight_decay: applied to conv weights only, not to BatchNorm, PReLU or biases
             (so it does not fight the sparsity penalty on BatchNorm γ); AdamW's is decoupled
             (multiplied by the learning rate), hence the large default.
+        norm_weight_decay: weight decay of the BatchNorm weights and biases (γ, β). A conv
+            followed by BatchNorm computes the same function at any scale of its weights, so
+            decaying them only raises the effective learning rate; γ and β are what set the
+            network's capacity.
         warmup_epochs: linear warm-up length, then cosine decay to ``lr * min_lr_ratio``.
         min_lr_ratio: final learning rate as a fraction of ``lr``.
         grad_clip: clip the gradient norm to this (None: no clipping).
@@ -105,6 +109,9 @@ class TrainConfig:
         anchors: the anchor sizes (the model is built with matching ``num_anchors``).
         loss: loss settings.
         sparsity: λ of the L1 penalty on BatchNorm γ (network slimming); 0 disables it.
+        sparsity_cost: how λ is shared among channels: ``"uniform"`` (network slimming) or
+            ``"flops"``/``"params"``, λ scaled per channel by what removing it saves, averaging
+            λ (``slimprune.sparsity.SparsityRegularizer``'s ``cost``).
         seed: seeds model initialisation, data order and augmentation.
         device: ``"cpu"`` or ``"cuda"`` (under torchrun each rank takes ``cuda:LOCAL_RANK``).
         amp: use float16 autocast and a GradScaler; only ever active on CUDA.
@@ -131,6 +138,7 @@ class TrainConfig:
     lr: float = 3e-3
     momentum: float = 0.9
     weight_decay: float = 0.05
+    norm_weight_decay: float = 0.0
     warmup_epochs: float = 1.0
     min_lr_ratio: float = 0.02
     grad_clip: float | None = 10.0
@@ -139,6 +147,7 @@ class TrainConfig:
     anchors: AnchorSpec = field(default_factory=AnchorSpec)
     loss: LossConfig = field(default_factory=LossConfig)
     sparsity: float = 0.0
+    sparsity_cost: str = "uniform"
     seed: int = 0
     device: str = "cpu"
     amp: bool = True
@@ -269,22 +278,28 @@ def build_model(config: TrainConfig) -> EagleEye:
     return EagleEye(num_anchors=config.anchors.num_anchors, width_mult=config.width_mult, activation=config.activation)
 
 
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on conv/linear weights only; none on norms, PReLU slopes and biases."""
-    decay, no_decay = [], []
+def _param_groups(model: nn.Module, weight_decay: float, norm_weight_decay: float = 0.0) -> list[dict[str, Any]]:
+    """``weight_decay`` on conv/linear weights, ``norm_weight_decay`` on BatchNorm, none on PReLU slopes and conv biases."""
+    decay, norm, no_decay = [], [], []
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
             if not p.requires_grad:
                 continue
             if name == "weight" and isinstance(module, (nn.Conv2d, nn.Linear)):
                 decay.append(p)
+            elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+                norm.append(p)
             else:
                 no_decay.append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": norm, "weight_decay": norm_weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
 
 
 def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    groups = _param_groups(model, config.weight_decay)
+    groups = _param_groups(model, config.weight_decay, config.norm_weight_decay)
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
     return torch.optim.AdamW(groups, lr=config.lr)
@@ -307,6 +322,7 @@ def sparsity_hook(
     strength: float,
     example_input: torch.Tensor,
     step: Callable[[], int] | None = None,
+    cost: str = "uniform",
 ) -> AfterBackward:
     """The network-slimming penalty λ·Σ|γ| as an ``after_backward`` callback.
 
@@ -319,10 +335,11 @@ def sparsity_hook(
         strength: λ.
         example_input: an input batch for tracing, e.g. ``torch.zeros(1, 3, S, S)``.
         step: returns the current optimiser step (for λ schedules); None counts calls.
+        cost: ``"uniform"``, ``"flops"`` or ``"params"``: how λ is shared among channels.
     """
     from slimprune.sparsity import SparsityRegularizer
 
-    regulariser = SparsityRegularizer(model, lam=strength, example_inputs=(example_input,))
+    regulariser = SparsityRegularizer(model, lam=strength, example_inputs=(example_input,), cost=cost)
 
     def regularise(_: nn.Module) -> None:
         regulariser.step(None if step is None else step())
@@ -604,7 +621,9 @@ def _train(
     hooks: list[AfterBackward] = []
     if config.sparsity > 0:
         example = torch.zeros(1, 3, config.image_size, config.image_size, device=device)
-        hooks.append(sparsity_hook(model, config.sparsity, example, step=lambda: scheduler.last_epoch))
+        hooks.append(
+            sparsity_hook(model, config.sparsity, example, step=lambda: scheduler.last_epoch, cost=config.sparsity_cost)
+        )
     if after_backward is not None:
         hooks.append(after_backward)
 
