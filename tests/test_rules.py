@@ -672,3 +672,27 @@ def test_pruned_parameters_keep_requires_grad_so_fine_tuning_trains_them(inplace
     assert not small[0][1].bias.requires_grad
     small(x).sum().backward()
     assert small[0][0].weight.grad is not None
+
+
+class WindowPartition(nn.Module):
+    """MaxViT's partition with sizes read at run time; at the last stage H == P, so H // P is 1."""
+
+    def __init__(self, p: int = 4):
+        super().__init__()
+        self.p, self.conv, self.head = p, nn.Sequential(nn.Conv2d(3, 12, 3, padding=1), nn.BatchNorm2d(12)), nn.Linear(12, 3)
+
+    def forward(self, x):
+        x = self.conv(x)
+        B, C, H, W = x.shape
+        P = self.p
+        x = x.reshape(B, C, H // P, P, W // P, P).permute(0, 2, 4, 3, 5, 1)
+        return self.head(x)
+
+
+def test_run_time_window_partition_with_a_size_one_axis_is_not_a_barrier():
+    torch.manual_seed(0)
+    model = randomize_bn(WindowPartition()).eval()
+    x = torch.randn(2, 3, 4, 4)  # H // P == 1
+    plan = slimprune.plan(model, 0.5, example_inputs=x, fold_bias=False)
+    assert not plan.barriers and plan.removed_channels == 6
+    assert_pruned_equals_silenced(model, plan, x, train=True)

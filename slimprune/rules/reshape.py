@@ -49,7 +49,8 @@ def _map_reshape(ctx, node, x, in_shape, out_shape, size_args=None):
         varying = [max(range(arr.ndim), key=lambda k: (arr.shape[k], k))]
     dynamic = []
     if size_args is not None and len(size_args) == len(out_shape):
-        dynamic = [k for k in range(arr.ndim) if isinstance(size_args[o0 + k], fx.Node)]
+        # (a size-1 axis carries no channels: MaxViT's ``H // P`` when H == P is not one)
+        dynamic = [k for k in range(arr.ndim) if arr.shape[k] > 1 and isinstance(size_args[o0 + k], fx.Node)]
     if len(dynamic) > 1:
         ctx.barrier(node, "the channels are split into several axes whose sizes are computed at run time")
         return None, None
