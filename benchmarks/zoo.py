@@ -131,7 +131,14 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--mem-gb", type=float, default=12)
     ap.add_argument("--out", default="zoo.csv")
+    ap.add_argument("--summarize", metavar="CSV", help="only print the tables for a CSV written earlier")
     args = ap.parse_args()
+    if args.summarize:
+        sys.path.insert(0, ".")
+        with open(args.summarize, newline="") as f:
+            rows = list(csv.DictReader(f))
+        summarize(rows, list(dict.fromkeys(r["tool"] for r in rows)))
+        return
     import torch
     import torchvision
 
@@ -155,17 +162,54 @@ def main() -> None:
                 f.flush()
                 print(json.dumps(r), flush=True)
     print(f"\n# torch {torch.__version__}, torchvision {torchvision.__version__}, ratio 0.5")
-    print("| tool | models | ran (eval+train) | exact | slowest (s) | largest peak memory / weights |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    summarize(rows, tools)
+
+
+def _family(name: str) -> str:
+    from tests.test_zoo import DETECTION, SEGMENTATION, VIDEO
+
+    return "detection" if name in DETECTION else "segmentation" if name in SEGMENTATION else \
+        "video" if name in VIDEO else "classification"
+
+
+def summarize(rows: list[dict], tools: list[str]) -> None:
+    """Markdown tables: per tool and family, then every model one of the tools failed on."""
+    def truth(v) -> bool:
+        return v is True or v == "True"
+
+    print("| tool | family | models | ran (eval+train) | exact | slowest (s) | largest peak memory / weights |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for tool in tools:
-        rs = [r for r in rows if r["tool"] == tool]
-        ok = [r for r in rs if r.get("ok")]
-        exact = sum(1 for r in ok if r.get("exact") is True)
-        slow = max(ok, key=lambda r: r["seconds"], default=None)
-        mem = max(ok, key=lambda r: r["peak_mb"] / max(r["weights_mb"], 1e-9), default=None)
-        print(f"| {tool} | {len(rs)} | {len(ok)} | {exact if tool == 'slimprune' else 'not checked'} | "
-              f"{slow['model'] + ' ' + str(slow['seconds']) if slow else '-'} | "
-              f"{mem['model'] + ' ' + str(round(mem['peak_mb'] / max(mem['weights_mb'], 1e-9), 2)) + 'x' if mem else '-'} |")
+        for fam in ("classification", "segmentation", "detection", "video", "all"):
+            rs = [r for r in rows if r["tool"] == tool and (fam == "all" or _family(r["model"]) == fam)]
+            if not rs:
+                continue
+            ok = [r for r in rs if truth(r.get("ok"))]
+            exact = sum(1 for r in ok if truth(r.get("exact")))
+            slow = max(ok, key=lambda r: float(r["seconds"]), default=None)
+            mem = max(ok, key=lambda r: float(r["peak_mb"]) / max(float(r["weights_mb"]), 1e-9), default=None)
+            ratio = f"{float(mem['peak_mb']) / max(float(mem['weights_mb']), 1e-9):.2f}x" if mem else "-"
+            print(f"| {tool} | {'**all**' if fam == 'all' else fam} | {len(rs)} | {len(ok)} | "
+                  f"{exact if tool == 'slimprune' else 'not checked'} | "
+                  f"{slow['model'] + ' ' + str(slow['seconds']) if slow else '-'} | "
+                  f"{mem['model'] + ' ' + ratio if mem else '-'} |")
+    failed = sorted({r["model"] for r in rows if not truth(r.get("ok")) or r.get("exact") in (False, "False")})
+    if failed:
+        print("\n| model | " + " | ".join(tools) + " |")
+        print("| --- |" + " --- |" * len(tools))
+        for name in failed:
+            cells = []
+            for tool in tools:
+                r = next((r for r in rows if r["tool"] == tool and r["model"] == name), None)
+                if r is None:
+                    cells.append("-")
+                elif not truth(r.get("ok")):
+                    cells.append("fails: " + str(r.get("error", ""))[:90].replace("|", "/"))
+                elif r.get("exact") in (False, "False"):
+                    cells.append("runs, **not exact**")
+                else:
+                    cells.append("ok" + (", exact" if truth(r.get("exact")) else ""))
+            print(f"| {name} | " + " | ".join(cells) + " |")
 
 
 def _importable(mod: str) -> bool:
