@@ -20,7 +20,7 @@ import torch.fx as fx
 from torch import nn
 
 from ._plan import PruningPlan
-from ._trace import evaluation_mode
+from ._trace import GraphRunner, evaluation_mode
 
 __all__ = ["silence", "silenced", "probe_consumers", "ConsumerStats"]
 
@@ -99,7 +99,7 @@ class ConsumerStats:
         return (self.vmax - self.vmin) <= atol + rtol * np.abs(self.center)
 
 
-class _Probe(fx.Interpreter):
+class _Probe(GraphRunner):
     def __init__(self, gm: fx.GraphModule, targets: dict[str, int]) -> None:
         super().__init__(gm)
         self.targets = targets

@@ -408,7 +408,30 @@ def _shape_of(value: Any) -> Any:
     return None
 
 
-class _ShapeRecorder(fx.Interpreter):
+def _mutable(value: Any) -> Any:
+    if isinstance(value, list):  # fx's immutable_list too
+        return [_mutable(v) for v in value]
+    if isinstance(value, tuple) and not hasattr(value, "_fields") and type(value) is tuple:
+        return tuple(_mutable(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _mutable(v) for k, v in value.items()}
+    return value
+
+
+class GraphRunner(fx.Interpreter):
+    """An fx Interpreter that hands ops plain lists, as the model's own code would.
+
+    fx keeps node arguments immutable, and the generated code passes fresh list literals;
+    an Interpreter passes the immutable ones, which breaks functions that modify a list
+    argument in place (torchvision's video Swin ``_get_window_and_shift_size``).
+    """
+
+    def fetch_args_kwargs_from_env(self, n: fx.Node) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        args, kwargs = super().fetch_args_kwargs_from_env(n)
+        return _mutable(args), _mutable(kwargs)
+
+
+class _ShapeRecorder(GraphRunner):
     def run_node(self, n: fx.Node) -> Any:
         try:
             result = super().run_node(n)

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from torchvision.models.maxvit import RelativePositionalMultiHeadAttention
 from torchvision.models.swin_transformer import ShiftedWindowAttention, ShiftedWindowAttentionV2
+from torchvision.models.video.swin_transformer import ShiftedWindowAttention3d
 
 import slimprune
 from tests.helpers import assert_pruned_equals_silenced
@@ -32,6 +33,8 @@ def _swin(v2: bool) -> nn.Module:
 CASES = {
     "swin": (lambda: Around(_swin(False), 24), (2, 8, 8, 5), "num_heads"),
     "swin_v2": (lambda: Around(_swin(True), 24), (2, 8, 8, 5), "num_heads"),
+    "swin3d": (lambda: Around(ShiftedWindowAttention3d(24, [2, 4, 4], [1, 2, 2], num_heads=6), 24),
+               (2, 4, 8, 8, 5), "num_heads"),
     "maxvit": (lambda: Around(RelativePositionalMultiHeadAttention(24, 4, 16), 24), (2, 3, 16, 5), "n_heads"),
 }
 
@@ -51,7 +54,7 @@ def test_attention_loses_whole_heads_exactly(case, ratio):
     assert 0 < after < before
     kept = plan.kept("inp", "weight", 0)
     assert len(kept) == after * 4, "residual channels leave in whole heads (head_dim 4)"
-    if case == "swin":
+    if case in ("swin", "swin3d"):
         assert small.attn.relative_position_bias_table.shape[1] == after
     if case == "swin_v2":
         assert small.attn.logit_scale.shape[0] == after and small.attn.cpb_mlp[-1].weight.shape[0] == after

@@ -1,6 +1,6 @@
 """Rules for attention: whole heads go, with the residual-stream channels they occupy.
 
-``nn.MultiheadAttention``, torchvision's Swin ``ShiftedWindowAttention`` (v1 and v2) and
+``nn.MultiheadAttention``, torchvision's Swin ``ShiftedWindowAttention`` (v1, v2 and the video 3d one) and
 MaxViT's ``RelativePositionalMultiHeadAttention`` all need input width == heads × head_dim
 (their forward reshapes the projected input by the input's own width), so one unit is one
 head: its head_dim input channels, its q/k/v rows, its output-projection rows and columns
@@ -25,6 +25,7 @@ try:  # torchvision is optional: its attention blocks get rules only when it is 
     from torchvision.models.maxvit import RelativePositionalMultiHeadAttention
     from torchvision.models.swin_transformer import (ShiftedWindowAttention, ShiftedWindowAttentionV2,
                                                      _patch_merging_pad)
+    from torchvision.models.video.swin_transformer import ShiftedWindowAttention3d
 except ImportError:  # pragma: no cover
     RelativePositionalMultiHeadAttention = ShiftedWindowAttention = ShiftedWindowAttentionV2 = None
 
@@ -126,9 +127,9 @@ def _resize_maxvit(m: nn.Module, orig: nn.Module) -> None:
 
 if ShiftedWindowAttention is not None:
 
-    @register_rule(ShiftedWindowAttention, resize=_resize_swin)
+    @register_rule(ShiftedWindowAttention, ShiftedWindowAttention3d, resize=_resize_swin)
     def swin_attention(ctx, node):
-        """Swin v1: heads with their slice of the relative-position bias table."""
+        """Swin v1 (images and video): heads with their slice of the relative-position bias table."""
         m = ctx.module(node)
         return _windowed(ctx, node, "qkv", "proj", m.num_heads, [("relative_position_bias_table", 1)])
 
