@@ -365,14 +365,21 @@ def _plan(
     # By FLOPs, rank by |γ| per FLOP: by |γ| alone the cheap low-resolution channels go first
     # and the target is reached only by removing far more of them (docs/eagleeye.md).
     importance = scale_per_cost("flops") if target == "flops" else "bn_scale"
+    # slimprune may fall a hair short of (or refuse) a fraction once folded biases are counted;
+    # ask for a little more until the plan removes what was asked.
     asked = fraction
-    plan = slimprune.plan(cpu, asked, target=target, importance=importance, example_inputs=example)
     for _ in range(_FRACTION_TRIES):
+        try:
+            plan = slimprune.plan(cpu, asked, target=target, importance=importance, example_inputs=example)
+        except slimprune.InfeasiblePlanError:
+            if asked >= _MAX_FRACTION:
+                raise
+            asked = min(_MAX_FRACTION, asked + _FRACTION_STEP)
+            continue
         if measure_removed(plan) >= fraction or asked >= _MAX_FRACTION:
-            break
+            return plan
         asked = min(_MAX_FRACTION, asked + (fraction - measure_removed(plan)) + _FRACTION_STEP)
-        plan = slimprune.plan(cpu, asked, target=target, importance=importance, example_inputs=example)
-    return plan
+    return slimprune.plan(cpu, asked, target=target, importance=importance, example_inputs=example)
 
 
 def _removed_flops(plan: slimprune.PruningPlan) -> float:
