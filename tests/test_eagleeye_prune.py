@@ -1,0 +1,86 @@
+"""Stage 3 and the latency measurement of the EagleEye pipeline, on an untrained EagleEye (no data needed)."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+
+import pytest
+import torch
+
+import slimprune
+from examples.eagleeye.model import EagleEye
+from examples.eagleeye.pipeline import FORMS, LAYOUTS, PipelineConfig, _deployed, _prune_plan, _time_models
+from slimprune.sparsity import scale_per_cost
+from tests.models import randomize_bn
+
+torch.set_num_threads(1)
+
+
+def _config(**fields: object) -> PipelineConfig:
+    """The default pipeline at a 64 px training size (only stage 3 and timing are exercised)."""
+    config = PipelineConfig.create("unused", **fields)
+    return replace(config, sparse=replace(config.sparse, image_size=64))
+
+
+@pytest.fixture(scope="module")
+def sparse() -> EagleEye:
+    """An untrained EagleEye with random BatchNorm scales, a third of them zeroed as sparsity training would."""
+    torch.manual_seed(0)
+    model = randomize_bn(EagleEye()).eval()
+    with torch.no_grad():
+        for name, m in model.named_modules():
+            if isinstance(m, torch.nn.BatchNorm2d) and name.startswith(("stages.2", "stages.3", "heads.3")):
+                m.weight[: m.num_features // 3] = 0.0
+    return model
+
+
+def _removed(plan: slimprune.PruningPlan) -> tuple[float, float]:
+    return 1 - plan.params_after / plan.params_before, 1 - plan.flops_after / plan.flops_before
+
+
+def test_prune_plan_meets_both_targets_ranking_by_gamma_per_flop(sparse: EagleEye) -> None:
+    """With a FLOPs target the zeroed channels are not enough, so the plan ranks by |γ| per FLOP
+    and removes at least the asked fractions of the FLOPs and of the parameters."""
+    zeroed = _prune_plan(sparse, _config(target_flops=None, target_params=0.1))
+    assert _removed(zeroed)[1] < 0.5
+    plan = _prune_plan(sparse, _config(target_flops=0.5, target_params=0.3))
+    params, flops = _removed(plan)
+    assert flops >= 0.5 and params >= 0.3
+    assert plan.option("target") == "flops" and plan.option("importance") == "scale_per_flops"
+
+
+def test_gamma_per_flop_reaches_a_flops_target_with_fewer_channels_than_gamma(sparse: EagleEye) -> None:
+    """Ranking by |γ| per FLOP spends the removals on expensive channels: fewer go for the same FLOPs."""
+    example = (torch.rand(1, 3, 64, 64),)
+    by_gamma = slimprune.plan(copy.deepcopy(sparse), 0.5, target="flops", example_inputs=example)
+    per_flop = slimprune.plan(
+        copy.deepcopy(sparse), 0.5, target="flops", importance=scale_per_cost("flops"), example_inputs=example
+    )
+    assert _removed(per_flop)[1] >= 0.5 and _removed(by_gamma)[1] >= 0.5
+    assert per_flop.removed_channels < by_gamma.removed_channels
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_folded_model_computes_what_the_eager_model_does(sparse: EagleEye, layout: str) -> None:
+    """The timed deployed form (BatchNorm folded, either layout) of a pruned model gives the same outputs."""
+    plan = _prune_plan(sparse, _config(target_flops=0.5, target_params=0.3))
+    pruned = slimprune.apply(copy.deepcopy(sparse), plan).eval()
+    x = torch.rand(1, 3, 96, 96)
+    folded = _deployed(pruned, "folded", layout)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    with torch.no_grad():
+        for got, want in zip(folded(x), pruned(x)):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_timing_reports_every_setting_and_the_faster_folded_layout(sparse: EagleEye) -> None:
+    """Every model gets a median per (form, layout); the one the targets use is the faster folded one."""
+    models = {"a": sparse, "b": EagleEye(width_mult=0.5).eval()}
+    timings = _time_models(models, 64, threads=1, repeats=4, rounds=2)
+    assert set(timings) == {"a", "b"}
+    for t in timings.values():
+        assert set(t.by_setting) == {f"{f}/{lay}" for f in FORMS for lay in LAYOUTS}
+        assert all(v > 0 for v in t.by_setting.values())
+        assert t.median_ms == min(t.by_setting[f"folded/{lay}"] for lay in LAYOUTS)
+        assert t.median_ms == t.by_setting[f"folded/{t.layout}"] and t.repeats == 4
