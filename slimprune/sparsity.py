@@ -192,7 +192,9 @@ def _cost_weights(scales: list[_Scale], costs: np.ndarray) -> list[torch.Tensor]
     counted = torch.cat([w if s.mask is None else w[s.mask] for w, s in zip(raw, scales)])
     mean = float(counted.mean()) if counted.numel() else 0.0
     if mean <= 0:
-        raise InvalidArgumentError("no regularised channel costs anything, so cost weighting is undefined; use cost='uniform'")
+        raise InvalidArgumentError(
+            "no regularised channel costs anything, so cost weighting is undefined; use cost='uniform'"
+        )
     return [w / mean for w in raw]
 
 
@@ -284,7 +286,10 @@ class SparsityRegularizer:
         cost: str = "uniform",
     ) -> None:
         if cost not in COSTS:
-            raise InvalidArgumentError(f"cost={cost!r} is not one of {', '.join(map(repr, COSTS))}; 'uniform' is network slimming's λ for every channel")
+            raise InvalidArgumentError(
+                f"cost={cost!r} is not one of {', '.join(map(repr, COSTS))}; "
+                f"'uniform' is network slimming's λ for every channel"
+            )
         if cost != "uniform" and bn_modules is not None:
             raise InvalidArgumentError(
                 f"cost={cost!r} needs the model's channel graph to price each channel, but bn_modules skips the "
