@@ -262,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--target-flops",
         type=float,
         metavar="FRACTION",
-        help="also remove at least this fraction of the FLOPs, ranking by |γ| per FLOP (default 0.75; 0: no FLOPs target)",
+        help="also remove at least this fraction of the FLOPs, by |γ| per FLOP (default 0.75; 0: none)",
     )
     p_pipe.add_argument(
         "--dead-threshold",

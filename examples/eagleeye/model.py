@@ -78,11 +78,14 @@ input                  GFLOPs      note
 =====================  ==========  =======================================
 
 Parameters: 163,144 (166,472 with ``activation="prelu"``), 43 BatchNorm layers with 3,328
-channels in all. Trained with the defaults of ``train.TrainConfig`` (AdamW, 12 epochs of the
-1,200 SynthFaces training images at 192 px: 253 s to 325 s of training on 2 CPU cores
-shared with other work, 45-60 images/s when the cores are free) it reaches AP
-0.851 / 0.798 / 0.759 (easy / medium / hard) on SynthFaces val at 384 px; the same run
-with seed 1 reached 0.914 / 0.888 / 0.847, so expect a few points of seed-to-seed spread.
+channels in all. Trained for 12 epochs on the 1,200 SynthFaces (version 2) training images
+at 192 px (250 s to 330 s of training on 2 CPU cores shared with other work, 45-60 images/s
+when the cores are free), it reaches AP 0.770 / 0.762 / 0.729 (easy / medium / hard) on
+SynthFaces val at 384 px with the pipeline's recipe (SGD, lr 0.05, seed 0) and
+0.638 / 0.700 / 0.694 with the defaults of ``train.TrainConfig`` (AdamW). The 0.851 /
+0.798 / 0.759 (seed 0) and 0.914 / 0.888 / 0.847 (seed 1) quoted here before were measured
+on SynthFaces generated before commit 5a34867 changed the generator; expect several
+points of seed-to-seed spread.
 """
 
 from __future__ import annotations

@@ -90,9 +90,10 @@ class TrainConfig:
         image_size: side of the square training crops.
         epochs: number of epochs (the LR schedule spans all of them).
         batch_size: images per step (per rank under DDP).
-        optimizer: ``"adamw"`` or ``"sgd"`` (momentum, Nesterov). AdamW is the default: in
-            the 12-epoch budget it reached 0.83 easy AP at 320 px where SGD (lr 0.05) reached
-            0.76 (seed 0). For SGD use lr ~0.05 and weight_decay ~5e-4.
+        optimizer: ``"adamw"`` or ``"sgd"`` (momentum, Nesterov). AdamW is the default here
+            (on SynthFaces generated before commit 5a34867 it reached 0.83 easy AP at 320 px
+            where SGD reached 0.76); on today's SynthFaces SGD with lr 0.05 and weight_decay
+            5e-4 reaches 0.770 easy AP at 384 px and AdamW 0.638, so the pipeline uses SGD.
         lr: peak learning rate, reached at the end of the warm-up.
         momentum: SGD momentum (ignored by AdamW).
         weight_decay: applied to conv weights only, not to BatchNorm, PReLU or biases
@@ -125,7 +126,8 @@ class TrainConfig:
         max_images: train on only the first this-many images (None: all).
         eval_size: letterbox side for evaluation. SynthFaces images are 320 px on the long
             side; upscaling them to 384 matches the face scales the 192 px training crops
-            show best (easy AP 0.80 / 0.83 / 0.85 / 0.83 / 0.81 at 288 / 320 / 384 / 416 / 448).
+            show best (easy AP 0.80 / 0.83 / 0.85 / 0.83 / 0.81 at 288 / 320 / 384 / 416 / 448,
+            measured on SynthFaces generated before commit 5a34867).
     """
 
     data_root: str = "data/synthfaces"
@@ -279,7 +281,7 @@ def build_model(config: TrainConfig) -> EagleEye:
 
 
 def _param_groups(model: nn.Module, weight_decay: float, norm_weight_decay: float = 0.0) -> list[dict[str, Any]]:
-    """``weight_decay`` on conv/linear weights, ``norm_weight_decay`` on BatchNorm, none on PReLU slopes and conv biases."""
+    """``weight_decay`` on conv/linear weights, ``norm_weight_decay`` on BatchNorm, none on the rest."""
     decay, norm, no_decay = [], [], []
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
