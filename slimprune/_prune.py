@@ -347,11 +347,11 @@ def plan(
         # target holds with those biases counted (a few rounds at most).
         none = np.zeros(graph.num_units, bool)
         goal = float(ratio)
-        for _ in range(5):
+        for _ in range(8):
             got = 1.0 - predictor.params(removed, _fold_bias_params(graph, model, removed, folds)) / predictor.params(none)
             if got + 1e-12 >= float(ratio):
                 break
-            goal += float(ratio) - got
+            goal += max(float(ratio) - got, 1e-4)  # at least a step, so rounds cannot stall on a hair
             try:
                 removed = select_target(graph, scores, goal, constraints, predictor, "params", tiebreak)
             except InfeasiblePlanError:
