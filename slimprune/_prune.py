@@ -455,8 +455,8 @@ def _plan_regions(model: nn.Module, error: TraceError, ratio: float | None, exam
         if any(isinstance(p, str) and (p == r.path or r.path.startswith(p + ".") or p == "") for p in protect):
             continue
         sub = model.get_submodule(r.path)
-        if has_module_rule(type(sub)):  # one layer: every channel is on the region's boundary
-            continue
+        if has_module_rule(type(sub)) or next(sub.parameters(), None) is None:
+            continue  # one layer (every channel on the region's boundary), or nothing to prune
         sub_kwargs = dict(kwargs)
         if isinstance(kwargs["max_ratio"], Mapping):
             sub_kwargs["max_ratio"] = dict(zip(_relative(kwargs["max_ratio"], r.path),
