@@ -206,7 +206,7 @@ def _rebuild(container: Any, items: list[Any]) -> Any:
 class _ConcreteTracer(_Tracer):
     """An fx tracer that also runs the model on real inputs, op by op, alongside the graph.
 
-    Every proxy's node gets the value the example inputs produce, so Python that fx alone
+    Every proxy also carries the value the example inputs produce, so Python that fx alone
     cannot follow gets an answer: iterating a ``chunk``/``split`` result or a list of
     features, ``len()``, ``int(x.shape[1] / 2)``, ``if x.shape[-1] > 32``. Decisions on tensor
     *values* (data-dependent control flow) are refused: they would bake one input's answer
