@@ -68,6 +68,11 @@ class SizeOf:
 
     dims: tuple[np.ndarray | None, ...]
     single: bool = False
+    # Computed from such sizes (``c // 2``, ``c ** -0.5``): no longer one axis's width.
+    derived: bool = False
+
+    def labels(self) -> list[np.ndarray]:
+        return [d for d in self.dims if d is not None]
 
 
 @dataclass(frozen=True)
@@ -230,6 +235,8 @@ class _Builder:
         self.costs: list[tuple[str, int]] = []
         self.values: dict[fx.Node, Any] = {}
         self.batched: set[fx.Node] = set()
+        self.sized: set[fx.Node] = set()  # nodes whose rule took sizes as sizes (sizes_from)
+        self.current_node: fx.Node | None = None
         self.graph_index = 0
         self.other_edits: list[tuple[str, EditFn]] = []
         self.current: fx.GraphModule = traced.gm
@@ -363,12 +370,18 @@ class _Builder:
             self.barriers.append(Barrier(node.name, describe_target(node), self.where(node), reason))
         return None
 
+    def sizes_rewritten(self, node: fx.Node) -> None:
+        """This node's size arguments are replaced by literals after pruning (split sizes),
+        so sizes computed from channel counts in them are harmless."""
+        self.sized.add(node)
+
     def sizes_from(self, values: list[Any], info: ChannelInfo | None, axis: int | None) -> None:
         """Sizes computed from another tensor's channel count must match this one's channels."""
+        self.sized.add(self.current_node)
         for k, v in enumerate(values):
             src = self.values.get(v) if isinstance(v, fx.Node) else None
-            if not isinstance(src, SizeOf) or not src.single or src.dims[0] is None:
-                continue
+            if not isinstance(src, SizeOf) or not src.single or src.derived or src.dims[0] is None:
+                continue  # (a derived size follows the kept width wherever it is a size)
             labels = src.dims[0]
             if info is not None and axis == k and info.labels.size == labels.size:
                 self.tie(labels, info.labels)
@@ -431,6 +444,7 @@ class _Builder:
         self.current, self.graph_index = gm, index
         self.modules = dict(gm.named_modules())
         for node in gm.graph.nodes:
+            self.current_node = node
             if node.op == "placeholder":
                 self.batched.add(node)
                 self.values[node] = None
@@ -463,7 +477,31 @@ class _Builder:
                     for key in list(self.slices)[n_slices:]:
                         del self.slices[key]
                     value = self.barrier(node, f"its rule failed: {type(exc).__name__}: {exc}")
-            self.values[node] = value
+            self.values[node] = self._sizes_used(node, value)
+
+    def _sizes_used(self, node: fx.Node, value: Any) -> Any:
+        """Channel counts read from a tensor and used as *data* keep their channels.
+
+        ``x.shape[1]`` follows the pruned width at run time. As a reshape size that is what
+        is wanted (``sizes_from``); Python arithmetic on it yields a derived size that may
+        again feed a reshape; but any other op computing a tensor from it (``y * c ** -0.5``,
+        ``torch.tensor(c)``, a slice ``x[:, :c // 2]``) would see a different number after
+        pruning, so those channels stay.
+        """
+        if isinstance(value, SizeOf) or node in self.sized:
+            return value
+        used = [lab for n in _iter_nodes((node.args, node.kwargs))
+                if isinstance(self.values.get(n), SizeOf) for lab in self.values[n].labels()]
+        if not used:
+            return value
+        if self.shape(node) is None and value is None:  # Python arithmetic on sizes
+            return SizeOf(tuple(used), derived=True)
+        for lab in used:
+            self.keep(lab)
+        if node in self.batched:
+            self.barriers.append(Barrier(node.name, describe_target(node), self.where(node),
+                                         "it uses a channel count read from a tensor's shape as a value"))
+        return value
 
 
 def _union_find(n: int, ties: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:

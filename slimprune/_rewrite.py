@@ -78,6 +78,21 @@ def _new_tensors(model: nn.Module, plan: PruningPlan) -> dict[tuple[str, str], t
     return out
 
 
+def _has_path(root: nn.Module, path: str) -> bool:
+    try:
+        _get_path(root, path)
+    except AttributeError:
+        return False
+    return True
+
+
+def _get_path(root: nn.Module, path: str) -> object:
+    obj: object = root
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
 def _retrace(model: nn.Module, plan: PruningPlan) -> tuple[fx.GraphModule, tuple[str, ...]]:
     """The graph the plan was made on: symbolic, or concrete on inputs of the plan's shapes.
 
@@ -162,12 +177,13 @@ def apply_plan(model: nn.Module, plan: PruningPlan, inplace: bool = False) -> nn
     originals = {name: copy.copy(_owner(model, name)) for name in modules}
     edits = [json.loads(e) for e in plan.edits]
     graph = None
+    traced: fx.GraphModule | None = None  # the re-traced model, when the graph is rewritten
     fixed: tuple[str, ...] = ()
     # Literals that came from a module attribute (self.hidden_dim) are fixed by updating the
     # attribute; only the others need a rewritten graph.
     if edits and not all("attr" in e for e in edits):
-        gm, fixed = _retrace(model, plan)
-        graph = gm.graph
+        traced, fixed = _retrace(model, plan)
+        graph = traced.graph
         apply_edits(graph, edits)
     if inplace:
         target = model
@@ -189,8 +205,8 @@ def apply_plan(model: nn.Module, plan: PruningPlan, inplace: bool = False) -> nn
         # The literal only happened to equal that attribute: undo, and rewrite the graph.
         for owner, name, old in changed:
             setattr(owner, name, old)
-        gm, fixed = _retrace(model, plan)
-        graph = gm.graph
+        traced, fixed = _retrace(model, plan)
+        graph = traced.graph
         apply_edits(graph, edits)
     if graph is None:
         return target
@@ -202,6 +218,10 @@ def apply_plan(model: nn.Module, plan: PruningPlan, inplace: bool = False) -> nn
             f"make the plan with example_inputs= of the shape you will use.",
             ShapeSpecializationWarning, stacklevel=3,
         )
+    for node in graph.nodes:  # constants fx made while tracing live on the traced module only
+        if node.op == "get_attr" and traced is not None and not _has_path(target, str(node.target)):
+            owner_path, _, name = str(node.target).rpartition(".")
+            setattr(_owner(target, owner_path), name, _get_path(traced, str(node.target)))
     gm = fx.GraphModule(target, graph, type(model).__name__)
     # GraphModule copies only what forward uses; keep every submodule, parameter and buffer
     # so the module hierarchy and the state_dict keys stay those of the original model.

@@ -161,6 +161,10 @@ class _Valued:
     tracer: "_ConcreteTracer"
 
     def __getattr__(self, k: str) -> "_ValuedAttribute":
+        if k.startswith("__") and k.endswith("__"):
+            # protocol probes (torch.tensor([h, w]) asks for __cuda_array_interface__) are
+            # not tensor attributes: answer as a plain object does
+            raise AttributeError(k)
         return _ValuedAttribute(self, k)  # type: ignore[arg-type]
 
     def __iter__(self) -> Iterator[Any]:
@@ -346,6 +350,29 @@ class _ConcreteTracer(_Tracer):
         return list(self.value(obj).keys())
 
 
+@contextlib.contextmanager
+def _recording_tensor(tracer: _ConcreteTracer) -> Iterator[None]:
+    """``torch.tensor(c)`` of a traced size becomes a graph node (fx cannot see into it: it
+    takes Python data, not tensors) instead of failing or freezing ``c``."""
+    original = torch.tensor
+
+    def has_proxy(data: Any) -> bool:
+        if isinstance(data, (list, tuple)):
+            return any(has_proxy(d) for d in data)
+        return isinstance(data, fx.Proxy)
+
+    def tensor(data: Any, *args: Any, **kwargs: Any) -> Any:
+        if has_proxy(data):
+            return tracer.create_proxy("call_function", original, (data, *args), kwargs)
+        return original(data, *args, **kwargs)
+
+    torch.tensor = tensor  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        torch.tensor = original  # type: ignore[assignment]
+
+
 def concrete_trace(model: nn.Module, inputs: tuple[Any, ...],
                    opaque: Iterable[str | type] = ()) -> tuple[fx.GraphModule, tuple[str, ...], tuple[str, ...]]:
     """Trace ``model`` with fx while running it on ``inputs`` (see :class:`_ConcreteTracer`).
@@ -356,7 +383,7 @@ def concrete_trace(model: nn.Module, inputs: tuple[Any, ...],
     names, types = split_opaque(model, opaque)
     tracer = _ConcreteTracer(names, types, inputs)
     try:
-        with _preserved(model):
+        with _preserved(model), _recording_tensor(tracer):
             graph = tracer.trace(model)
             gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
     except Exception as exc:

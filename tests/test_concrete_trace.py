@@ -9,6 +9,7 @@ user's own modules, so every rule applies.
 from __future__ import annotations
 
 import operator
+import warnings
 
 import pytest
 import torch
@@ -254,3 +255,40 @@ def test_concrete_trace_records_the_graph_symbolic_tracing_records(prog, seed):
     assert fixed == ()
     want, got = run(model, (x,)), run(concrete, (x,))
     assert len(want) == len(got) and all(torch.equal(a, b) for a, b in zip(want, got))
+
+
+class NormByWidth(nn.Module):
+    """Divides by sqrt(width) built with torch.tensor (RAFT's correlation does this)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.head = cbs(3, 8, 3), cbs(8, 6, 3), nn.Conv2d(6, 2, 1)
+
+    def forward(self, x):
+        y = self.b(self.a(x))
+        return self.head(y / torch.sqrt(torch.tensor(y.shape[1], dtype=torch.float32)))
+
+
+def test_torch_tensor_of_a_traced_width_is_recorded_and_that_width_kept():
+    model = _model(NormByWidth)
+    x = torch.randn(2, 3, 16, 16)
+    with pytest.warns(slimprune.UnsupportedOpWarning, match="channel count read from a tensor's shape as a value"):
+        plan = slimprune.plan(model, 0.5, example_inputs=x, fold_bias=False)
+    graph = slimprune.analyze(model, x, warn=False).traced.gm.graph
+    assert any(n.target is torch.tensor for n in graph.nodes)  # a node, not a frozen 6
+    assert plan.kept("b.0", "weight", 0) == tuple(range(6)) and plan.removed_channels == 4
+    assert_pruned_equals_silenced(model, plan, x, train=True)
+
+
+def test_raft_optical_flow_traces_whole_and_prunes_exactly():
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.optical_flow.raft_small(weights=None).eval()
+    x = (torch.randn(1, 3, 128, 128), torch.randn(1, 3, 128, 128))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", slimprune.UnsupportedOpWarning)
+        plan = slimprune.plan(model, 0.5, example_inputs=x, fold_bias=False)
+    assert not plan.regions and plan.params_after < plan.params_before / 2
+    with pytest.warns(slimprune.ShapeSpecializationWarning):
+        assert_pruned_equals_silenced(model, plan, x)

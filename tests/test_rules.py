@@ -466,12 +466,36 @@ class ShapeQueries(nn.Module):
     def forward(self, x):
         y = self.conv(x)
         n, c = y.shape[0], y.size(1)
-        return self.head(y).view(n, 2, -1).mean(-1) * (y.dim() - 3) + 0 * c
+        y = y.view(n, c, -1).view(y.shape)  # the channel count as a size: follows the pruned width
+        return self.head(y).view(n, 2, -1).mean(-1) * (y.dim() - 3)
 
 
 def test_size_and_shape_queries_are_not_barriers():
     plan, small = prune_check(ShapeQueries(), torch.randn(2, 3, 6, 6))
     assert small.conv[0].out_channels == 4
+
+
+class ScaledByWidth(nn.Module):
+    """Scales by 1/sqrt(width) read from the shape: pruning that width would change the scale."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.head = cbr(3, 8), cbr(8, 6), nn.Conv2d(6, 2, 1)
+
+    def forward(self, x):
+        y = self.b(self.a(x))
+        return self.head(y * y.shape[1] ** -0.5)
+
+
+def test_a_channel_count_used_as_a_value_keeps_its_channels_and_says_so():
+    torch.manual_seed(0)
+    model = randomize_bn(ScaledByWidth()).eval()
+    x = torch.randn(2, 3, 6, 6)
+    with pytest.warns(slimprune.UnsupportedOpWarning, match="channel count read from a tensor's shape as a value"):
+        plan = slimprune.plan(model, 0.5, example_inputs=x, fold_bias=False)
+    assert plan.kept("b.0", "weight", 0) == tuple(range(6))  # the width the scale reads stays
+    assert plan.removed_channels == 4  # a's channels still go
+    assert_pruned_equals_silenced(model, plan, x, train=True)
 
 
 # ------------------------------------------------------------------- barriers and custom rules

@@ -90,6 +90,7 @@ def _split(ctx, node, dim_index: int, dim_name: str = "dim"):
         return [] if new == sizes else [{"kind": "split_sizes", "sizes": new, "dim": dim}]
 
     ctx.edit(node, edit)
+    ctx.sizes_rewritten(node)
     return tuple(ctx.info_of(dim, p) for p in pieces)
 
 
