@@ -18,7 +18,7 @@ from ._plan import Fold, GroupDecision, PruningPlan, SliceDecision, fingerprint
 from ._rewrite import apply_plan
 from ._silence import probe_consumers, silenced, zero_list
 from ._solver import Constraints, Predictor, apply_rounding, group_caps, select_ranked, select_target
-from ._trace import trace
+from ._trace import describe_fixed, trace
 from ._regions import find_regions
 from .errors import InfeasiblePlanError, InvalidArgumentError, TraceError
 from .rules import has_module_rule, lookup_rule
@@ -345,10 +345,14 @@ def plan(
     if threshold is None and target == "params" and folds:
         # Folding gives a bias-less consumer a bias; ask for that much more, until the
         # target holds with those biases counted (a few rounds at most).
-        none = np.zeros(graph.num_units, bool)
+        before = predictor.params(np.zeros(graph.num_units, bool))
+
+        def saved() -> float:
+            return 1.0 - predictor.params(removed, _fold_bias_params(graph, model, removed, folds)) / before
+
         goal = float(ratio)
         for _ in range(8):
-            got = 1.0 - predictor.params(removed, _fold_bias_params(graph, model, removed, folds)) / predictor.params(none)
+            got = saved()
             if got + 1e-12 >= float(ratio):
                 break
             goal += max(float(ratio) - got, 1e-4)  # at least a step, so rounds cannot stall on a hair
@@ -357,8 +361,7 @@ def plan(
             except InfeasiblePlanError:
                 break
             folds, notes = _folds(graph, model, removed, keep_shift=fold_bias, roles=roles)
-        else:
-            got = 1.0 - predictor.params(removed, _fold_bias_params(graph, model, removed, folds)) / predictor.params(none)
+        got = saved()
         if got + 1e-12 < float(ratio):
             raise InfeasiblePlanError(
                 f"target='params' ratio={ratio} cannot be reached with fold_bias=True: the biases folding "
@@ -367,8 +370,8 @@ def plan(
     if graph.traced.method == "concrete":
         fixed = graph.traced.fixed
         notes.insert(0, f"fx alone cannot follow {type(model).__name__}.forward; traced while running it on the "
-                        f"example inputs" + (f", with Python decisions on shapes fixed there ({'; '.join(fixed[:3])}"
-                                             f"{' ...' if len(fixed) > 3 else ''})" if fixed else ""))
+                        f"example inputs" + (f", with Python decisions on shapes fixed there ({describe_fixed(fixed)})"
+                                             if fixed else ""))
     options = {
         "ratio": ratio, "threshold": threshold, "target": target,
         "importance": importance if isinstance(importance, str) else getattr(importance, "__name__", "callable"),

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import copy
 import json
+import operator
+import warnings
 from collections import defaultdict
 
 import torch
@@ -18,9 +20,7 @@ from torch import nn
 
 from ._edits import apply_edits, encode
 from ._plan import PruningPlan
-import warnings
-
-from ._trace import concrete_trace, symbolic_trace
+from ._trace import concrete_trace, describe_fixed, symbolic_trace
 from .errors import PlanMismatchError, ShapeSpecializationWarning, TraceError
 from .rules import lookup_rule
 
@@ -80,17 +80,10 @@ def _new_tensors(model: nn.Module, plan: PruningPlan) -> dict[tuple[str, str], t
 
 def _has_path(root: nn.Module, path: str) -> bool:
     try:
-        _get_path(root, path)
+        operator.attrgetter(path)(root)
     except AttributeError:
         return False
     return True
-
-
-def _get_path(root: nn.Module, path: str) -> object:
-    obj: object = root
-    for part in path.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 def _retrace(model: nn.Module, plan: PruningPlan) -> tuple[fx.GraphModule, tuple[str, ...]]:
@@ -214,14 +207,14 @@ def apply_plan(model: nn.Module, plan: PruningPlan, inplace: bool = False) -> nn
         warnings.warn(
             f"the pruned {type(model).__name__} is a GraphModule replaying forward as traced on inputs of "
             f"shape {list(plan.input_shapes)}: Python decisions on shapes were fixed there "
-            f"({'; '.join(fixed[:3])}{' ...' if len(fixed) > 3 else ''}). Run it on inputs of those shapes, or "
+            f"({describe_fixed(fixed)}). Run it on inputs of those shapes, or "
             f"make the plan with example_inputs= of the shape you will use.",
             ShapeSpecializationWarning, stacklevel=3,
         )
     for node in graph.nodes:  # constants fx made while tracing live on the traced module only
         if node.op == "get_attr" and traced is not None and not _has_path(target, str(node.target)):
             owner_path, _, name = str(node.target).rpartition(".")
-            setattr(_owner(target, owner_path), name, _get_path(traced, str(node.target)))
+            setattr(_owner(target, owner_path), name, operator.attrgetter(str(node.target))(traced))
     gm = fx.GraphModule(target, graph, type(model).__name__)
     # GraphModule copies only what forward uses; keep every submodule, parameter and buffer
     # so the module hierarchy and the state_dict keys stay those of the original model.

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import operator
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -252,10 +253,7 @@ class _ConcreteTracer(_Tracer):
                 return self._inputs[i]
             return args[0] if args else None  # a defaulted forward argument
         if kind == "get_attr":
-            obj: Any = self.root
-            for part in str(target).split("."):
-                obj = getattr(obj, part)
-            return obj
+            return operator.attrgetter(str(target))(self.root)
         self._computing = True
         try:
             with torch.no_grad():  # values are only looked at; no autograd graph to keep
@@ -371,6 +369,11 @@ def _recording_tensor(tracer: _ConcreteTracer) -> Iterator[None]:
         yield
     finally:
         torch.tensor = original  # type: ignore[assignment]
+
+
+def describe_fixed(fixed: Sequence[str], limit: int = 3) -> str:
+    """The first shape decisions a concrete trace fixed, for notes and warnings."""
+    return "; ".join(fixed[:limit]) + (" ..." if len(fixed) > limit else "")
 
 
 def concrete_trace(model: nn.Module, inputs: tuple[Any, ...],

@@ -24,18 +24,12 @@ from slimprune._trace import concrete_trace, symbolic_trace
 from tests.helpers import assert_pruned_equals_silenced, assert_unchanged, run, snapshot
 from tests.models import SpecNet, randomize_bn
 from tests.strategies import programs
-from tests.test_architectures import SPPF, Bottleneck, cbs
+from tests import test_architectures as architectures
+from tests.test_architectures import SPPF, cbs
 
 
-class C2f(nn.Module):
+class C2f(architectures.C2f):
     """Ultralytics' C2f exactly as it is written there: list(chunk) and a generator extend."""
-
-    def __init__(self, cin: int, cout: int, n: int = 2):
-        super().__init__()
-        self.c = cout // 2
-        self.cv1 = cbs(cin, 2 * self.c)
-        self.m = nn.ModuleList(Bottleneck(self.c) for _ in range(n))
-        self.cv2 = cbs((2 + n) * self.c, cout)
 
     def forward(self, x):
         y = list(self.cv1(x).chunk(2, 1))

@@ -19,6 +19,7 @@ import torchvision
 from torch import nn
 
 import slimprune
+from slimprune._regions import _record_inputs
 from tests.helpers import assert_close, outputs, run
 
 CLASSIFICATION = torchvision.models.list_models(module=torchvision.models)
@@ -179,24 +180,13 @@ def check_detector(name: str, model: nn.Module) -> slimprune.PruningPlan:
 
 def assert_regions_match(ref: nn.Module, small: nn.Module, plan: slimprune.PruningPlan, inputs: tuple) -> None:
     """Every pruned region, fed what it receives inside the silenced model, computes the same."""
+    received = _record_inputs(ref, inputs, {path for path, _ in plan.regions})
     for path, _ in plan.regions:
-        region_in = _inputs_of(ref, path, inputs)
         with torch.no_grad():
-            want = outputs(ref.get_submodule(path).eval()(*region_in))
-            got = outputs(small.get_submodule(path).eval()(*region_in))
+            want = outputs(ref.get_submodule(path).eval()(*received[path]))
+            got = outputs(small.get_submodule(path).eval()(*received[path]))
         scale = max((t.abs().max().item() for t in want if t.numel()), default=1.0)
         assert_close(want, got, rtol=1e-4, atol=1e-5 * max(scale, 1.0))
-
-
-def _inputs_of(model: nn.Module, path: str, inputs: tuple) -> tuple:
-    box: list[tuple] = []
-    h = model.get_submodule(path).register_forward_pre_hook(lambda m, a: box.append(a) if not box else None)
-    try:
-        with torch.no_grad():
-            model.eval()(*inputs)
-    finally:
-        h.remove()
-    return box[0]
 
 
 @pytest.mark.parametrize("name", _params(DETECTION))
