@@ -145,9 +145,10 @@ def select_target(graph: ChannelGraph, scores: np.ndarray, fraction: float, c: C
 
     if saved(order.size) + 1e-12 < fraction:
         raise InfeasiblePlanError(
-            f"target={kind!r} ratio={fraction} cannot be reached: removing every channel the "
-            f"constraints allow saves only {saved(order.size):.1%} of the {kind}. Lower the ratio "
-            f"or relax min_channels/max_ratio/protect."
+            f"target={'params' if kind == 'params' else 'flops'!r} ratio={fraction} cannot be reached: "
+            f"removing every channel the constraints allow saves only {saved(order.size):.1%} of the "
+            f"{'parameters' if kind == 'params' else 'FLOPs'}. Lower the ratio or relax "
+            f"min_channels/max_ratio/round_to/protect."
         )
     lo, hi = 0, order.size
     while lo < hi:
