@@ -50,6 +50,29 @@ def test_prune_plan_meets_both_targets_ranking_by_gamma_per_flop(sparse: EagleEy
     assert plan.option("target") == "flops" and plan.option("importance") == "scale_per_flops"
 
 
+def _pruned_widths(model: EagleEye, plan: slimprune.PruningPlan) -> dict[str, tuple[int, int]]:
+    """(width before, width after) of every BatchNorm the plan narrowed."""
+    small = slimprune.apply(copy.deepcopy(model), plan)
+    before = {n: m.num_features for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    after = {n: m.num_features for n, m in small.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    return {n: (before[n], after[n]) for n in before if after[n] != before[n]}
+
+
+def test_round_to_keeps_every_pruned_width_a_multiple_and_both_targets(sparse: EagleEye) -> None:
+    """round_to=8 (the default) leaves each narrowed layer a multiple of 8 channels and still meets
+    the targets; round_to=1 on the same model and targets leaves widths that are not."""
+    rounded = _prune_plan(sparse, _config(target_flops=0.5, target_params=0.3))
+    assert rounded.option("round_to") == 8
+    params, flops = _removed(rounded)
+    assert flops >= 0.5 and params >= 0.3
+    widths = _pruned_widths(sparse, rounded)
+    assert widths and all(after % 8 == 0 for _, after in widths.values()), widths
+    free = _pruned_widths(sparse, _prune_plan(sparse, _config(target_flops=0.5, target_params=0.3, round_to=1)))
+    assert any(after % 8 for _, after in free.values())
+    with pytest.raises(ValueError, match="round_to=0"):
+        _config(round_to=0)
+
+
 def test_gamma_per_flop_reaches_a_flops_target_with_fewer_channels_than_gamma(sparse: EagleEye) -> None:
     """Ranking by |γ| per FLOP spends the removals on expensive channels: fewer go for the same FLOPs."""
     example = (torch.rand(1, 3, 64, 64),)

@@ -22,6 +22,7 @@ from examples.eagleeye.train import (
     CHECKPOINT_NAME,
     CheckpointError,
     TrainConfig,
+    build_model,
     load_checkpoint,
     sparsity_hook,
     train,
@@ -152,6 +153,23 @@ def test_training_with_sparsity_shrinks_batchnorm_scales(tmp_path: Path) -> None
     plain = train(_config(tmp_path / "plain", epochs=1), dataset=Squares(8))
     sparse = train(_config(tmp_path / "sparse", epochs=1, sparsity=0.05), dataset=Squares(8))
     assert mean_gamma(sparse) < mean_gamma(plain) - 1e-4
+
+
+def test_gamma_init_starts_every_batchnorm_scale_there_and_leaves_the_rest_as_seeded() -> None:
+    """TrainConfig(gamma_init=0.5) sets every BatchNorm γ to 0.5; every other tensor is the γ = 1 model's."""
+    torch.manual_seed(0)
+    plain = build_model(TrainConfig())
+    torch.manual_seed(0)
+    half = build_model(TrainConfig(gamma_init=0.5))
+    bn_weights = {f"{n}.weight" for n, m in half.named_modules() if isinstance(m, nn.BatchNorm2d)}
+    assert len(bn_weights) > 40
+    for name, value in half.state_dict().items():
+        if name in bn_weights:
+            assert bool((value == 0.5).all()), name
+        else:
+            assert torch.equal(value, plain.state_dict()[name]), name
+    with pytest.raises(ValueError, match="gamma_init=0"):
+        TrainConfig(gamma_init=0.0)
 
 
 @pytest.mark.parametrize(

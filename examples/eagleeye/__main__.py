@@ -60,6 +60,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--width-mult", type=float)
     g.add_argument("--activation", choices=("prelu", "relu", "leaky_relu"))
     g.add_argument("--box-loss", choices=("smooth_l1", "giou"))
+    g.add_argument("--gamma-init", type=float, help="starting value of every BatchNorm γ")
     g.add_argument("--sparsity", type=float, metavar="λ", help="L1 penalty on BatchNorm γ (network slimming)")
     g.add_argument("--seed", type=int)
     g.add_argument("--device", choices=("cpu", "cuda"))
@@ -88,6 +89,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         "warmup_epochs": args.warmup_epochs,
         "width_mult": args.width_mult,
         "activation": args.activation,
+        "gamma_init": args.gamma_init,
         "sparsity": args.sparsity,
         "seed": args.seed,
         "device": args.device,
@@ -201,6 +203,8 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
         fields["dead_threshold"] = args.dead_threshold
     if args.target_flops is not None:
         fields["target_flops"] = args.target_flops or None
+    if args.round_to is not None:
+        fields["round_to"] = args.round_to
     if args.no_progress:
         fields["progress"] = False
     try:
@@ -269,6 +273,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         metavar="T",
         help="with --target-params, also remove every channel with |γ| <= T (default 1e-3; 0: stop at the target)",
+    )
+    p_pipe.add_argument(
+        "--round-to",
+        type=int,
+        metavar="N",
+        help="keep every pruned layer's width a multiple of N, the CPU's vector width in floats (default 8; 1: any)",
     )
     p_pipe.add_argument("--sparsity", type=float, metavar="λ", help="L1 weight of the sparse run")
     p_pipe.add_argument(

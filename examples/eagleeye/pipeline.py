@@ -125,6 +125,9 @@ _DEAD = 1e-3
 # whole (45.6% of the FLOPs, 1.1x faster); at 70/75/80% the fine-tuned model kept
 # 0.851/0.856/0.749 easy AP against the baseline's 0.770 (docs/eagleeye.md).
 _TARGET_FLOPS_PRUNED = 0.75
+# Pruned widths are multiples of this: CPU kernels process channels in blocks of 8 or 16
+# floats, so other widths pay for the padding (docs/eagleeye.md, "Measuring latency").
+_ROUND_TO = 8
 _QUICK_EPOCHS = 30
 _QUICK_FINETUNE_EPOCHS = 30
 
@@ -150,6 +153,10 @@ class PipelineConfig:
             ``target_params``. 0 stops exactly at ``target_params``.
         threshold: instead of both, remove exactly the channels whose |γ| are all at most this
             (network slimming's global threshold).
+        round_to: every pruned layer keeps a multiple of this many channels (``slimprune.plan``'s
+            ``round_to``; the channels given back are the best of those the plan removed). CPU
+            convolution kernels work on blocks of 8 (AVX2) or 16 (AVX-512) channels, so a
+            layer cut to 17 channels costs what 24 or 32 do (docs/eagleeye.md). 1: any width.
         sweep: parameter fractions at which the sparse and the baseline model are pruned
             and evaluated without fine-tuning (for ``ap_vs_pruned.png``).
         sweep_baseline: also sweep the baseline model (the curve without sparsity training).
@@ -169,6 +176,7 @@ class PipelineConfig:
     target_flops: float | None = _TARGET_FLOPS_PRUNED
     dead_threshold: float = _DEAD
     threshold: float | None = None
+    round_to: int = _ROUND_TO
     sweep: tuple[float, ...] = (0.2, 0.4, 0.563, 0.7, 0.8)
     sweep_baseline: bool = True
     latency_threads: int = 1
@@ -186,6 +194,8 @@ class PipelineConfig:
             raise ValueError(f"target_flops={self.target_flops} must be a fraction in (0, 1) of the FLOPs, or None.")
         if not self.dead_threshold >= 0:
             raise ValueError(f"dead_threshold={self.dead_threshold} must be >= 0 (0 disables it).")
+        if self.round_to < 1:
+            raise ValueError(f"round_to={self.round_to} must be >= 1 (1 keeps any width).")
         if any(not 0 < r < 1 for r in self.sweep):
             raise ValueError(f"sweep={self.sweep}: every entry is a parameter fraction in (0, 1).")
         if self.sparse.sparsity <= 0:
@@ -270,6 +280,7 @@ class PipelineConfig:
             "target_flops": self.target_flops,
             "dead_threshold": self.dead_threshold,
             "threshold": self.threshold,
+            "round_to": self.round_to,
             "sweep": list(self.sweep),
             "sweep_baseline": self.sweep_baseline,
             "latency_threads": self.latency_threads,
@@ -357,12 +368,13 @@ def _plan(
     fraction: float | None = None,
     threshold: float | None = None,
     target: str = "params",
+    round_to: int = 1,
 ) -> slimprune.PruningPlan:
     """Plan on a CPU copy of ``model``: by threshold on |γ|, or removing at least ``fraction`` of the ``target``."""
     cpu = copy.deepcopy(model).cpu().eval()
     example = _example(config)
     if threshold is not None:
-        return slimprune.plan(cpu, threshold=threshold, example_inputs=example)
+        return slimprune.plan(cpu, threshold=threshold, example_inputs=example, round_to=round_to)
     assert fraction is not None
     measure_removed = _removed if target == "params" else _removed_flops
     # By FLOPs, rank by |γ| per FLOP: by |γ| alone the cheap low-resolution channels go first
@@ -373,7 +385,9 @@ def _plan(
     asked = fraction
     for _ in range(_FRACTION_TRIES):
         try:
-            plan = slimprune.plan(cpu, asked, target=target, importance=importance, example_inputs=example)
+            plan = slimprune.plan(
+                cpu, asked, target=target, importance=importance, example_inputs=example, round_to=round_to
+            )
         except slimprune.InfeasiblePlanError:
             if asked >= _MAX_FRACTION:
                 raise
@@ -382,7 +396,7 @@ def _plan(
         if measure_removed(plan) >= fraction or asked >= _MAX_FRACTION:
             return plan
         asked = min(_MAX_FRACTION, asked + (fraction - measure_removed(plan)) + _FRACTION_STEP)
-    return slimprune.plan(cpu, asked, target=target, importance=importance, example_inputs=example)
+    return slimprune.plan(cpu, asked, target=target, importance=importance, example_inputs=example, round_to=round_to)
 
 
 def _removed_flops(plan: slimprune.PruningPlan) -> float:
@@ -397,18 +411,19 @@ def _prune_plan(sparse: nn.Module, config: PipelineConfig) -> slimprune.PruningP
     """The plan of stage 3: by ``threshold``; or every zeroed channel and at least ``target_params``;
     or, when that misses ``target_flops``, the smallest |γ| per FLOP until both targets are met.
     """
+    rounding = config.round_to
     if config.threshold is not None:
-        return _plan(sparse, config.sparse, threshold=config.threshold)
+        return _plan(sparse, config.sparse, threshold=config.threshold, round_to=rounding)
     plan = None
     if config.dead_threshold > 0:
-        plan = _plan(sparse, config.sparse, threshold=config.dead_threshold)
+        plan = _plan(sparse, config.sparse, threshold=config.dead_threshold, round_to=rounding)
     if plan is None or _removed(plan) < config.target_params:
-        plan = _plan(sparse, config.sparse, fraction=config.target_params)
+        plan = _plan(sparse, config.sparse, fraction=config.target_params, round_to=rounding)
     if config.target_flops is None or _removed_flops(plan) >= config.target_flops:
         return plan
     fraction = config.target_flops
     for _ in range(_FRACTION_TRIES):
-        by_flops = _plan(sparse, config.sparse, fraction=fraction, target="flops")
+        by_flops = _plan(sparse, config.sparse, fraction=fraction, target="flops", round_to=rounding)
         if _removed(by_flops) >= config.target_params or fraction >= _MAX_FRACTION:
             return by_flops
         fraction = min(_MAX_FRACTION, fraction + 0.02)
@@ -745,6 +760,7 @@ def _report(
             "flops_reduction": _removed_flops(plan),
             "dead_threshold": None if config.threshold is not None else config.dead_threshold,
             "threshold": threshold,
+            "round_to": config.round_to,
             "params_reduction": _removed(plan),
             "removed_channels": plan.removed_channels,
             "prunable_channels": plan.prunable_channels,
@@ -884,9 +900,11 @@ def report_markdown(report: Mapping[str, Any]) -> str:
         f"which is more than the {pruning['target_params']:.1%} of the parameters asked for",
         "target_params": f"the smallest-|γ| channels until {pruning['target_params']:.1%} of the parameters "
         f"are gone (effective threshold |γ| <= {pruning['threshold']:.3g})",
-        "target_flops": f"the smallest-|γ| channels until {pruning.get('target_flops') or 0:.1%} of the FLOPs "
-        f"are gone (effective threshold |γ| <= {pruning['threshold']:.3g})",
+        "target_flops": f"the channels of smallest |γ| per FLOP until {pruning.get('target_flops') or 0:.1%} of "
+        f"the FLOPs are gone (largest |γ| removed: {pruning['threshold']:.3g})",
     }[pruning["mode"]]
+    if pruning.get("round_to", 1) > 1:
+        how += f", every layer's width rounded up to a multiple of {pruning['round_to']}"
     lines += [
         "",
         "## The paper's claim next to ours",

@@ -107,6 +107,9 @@ class TrainConfig:
         min_lr_ratio: final learning rate as a fraction of ``lr``.
         grad_clip: clip the gradient norm to this (None: no clipping).
         width_mult, activation: passed to :class:`EagleEye`.
+        gamma_init: the value every BatchNorm γ starts at. Network slimming's own code starts
+            them at 0.5 rather than PyTorch's 1: the L1 penalty then has half as far to push
+            a channel to zero (with SGD a γ travels at most λ·Σlr/(1 − momentum) in a run).
         anchors: the anchor sizes (the model is built with matching ``num_anchors``).
         loss: loss settings.
         sparsity: λ of the L1 penalty on BatchNorm γ (network slimming); 0 disables it.
@@ -146,6 +149,7 @@ class TrainConfig:
     grad_clip: float | None = 10.0
     width_mult: float = 1.0
     activation: str = "leaky_relu"
+    gamma_init: float = 1.0
     anchors: AnchorSpec = field(default_factory=AnchorSpec)
     loss: LossConfig = field(default_factory=LossConfig)
     sparsity: float = 0.0
@@ -172,6 +176,8 @@ class TrainConfig:
             )
         if self.sparsity < 0:
             raise ValueError(f"sparsity={self.sparsity} must be >= 0 (it is the L1 weight λ).")
+        if not self.gamma_init > 0:
+            raise ValueError(f"gamma_init={self.gamma_init} must be > 0 (the starting BatchNorm scale).")
 
     @classmethod
     def quick(cls, **overrides: Any) -> TrainConfig:
@@ -277,7 +283,13 @@ class AugmentedSplit(Dataset):
 
 def build_model(config: TrainConfig) -> EagleEye:
     """A freshly initialised EagleEye for ``config`` (uses the current torch RNG)."""
-    return EagleEye(num_anchors=config.anchors.num_anchors, width_mult=config.width_mult, activation=config.activation)
+    model = EagleEye(num_anchors=config.anchors.num_anchors, width_mult=config.width_mult, activation=config.activation)
+    if config.gamma_init != 1.0:
+        with torch.no_grad():
+            for m in model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None:
+                    m.weight.fill_(config.gamma_init)
+    return model
 
 
 def _param_groups(model: nn.Module, weight_decay: float, norm_weight_decay: float = 0.0) -> list[dict[str, Any]]:
