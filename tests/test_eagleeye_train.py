@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import socket
@@ -16,7 +17,7 @@ from torch.utils.data import Dataset
 
 from examples.eagleeye.__main__ import main
 from examples.eagleeye.anchors import generate_anchors
-from examples.eagleeye.loss import detection_loss
+from examples.eagleeye.loss import detection_loss, distillation_loss
 from examples.eagleeye.model import EagleEye
 from examples.eagleeye.train import (
     CHECKPOINT_NAME,
@@ -170,6 +171,33 @@ def test_gamma_init_starts_every_batchnorm_scale_there_and_leaves_the_rest_as_se
             assert torch.equal(value, plain.state_dict()[name]), name
     with pytest.raises(ValueError, match="gamma_init=0"):
         TrainConfig(gamma_init=0.0)
+
+
+def test_distillation_loss_is_zero_at_the_teacher_and_training_with_it_moves_towards_the_teacher(tmp_path: Path) -> None:
+    """distillation_loss(student = teacher) is 0; fine-tuning with distill > 0 ends closer to the
+    teacher's outputs than the same fine-tuning without it; distill without a teacher is refused."""
+    anchors = generate_anchors(64, 64)
+    images = torch.stack([Squares(4)[i][0] for i in range(4)])
+    torch.manual_seed(1)
+    teacher = train(_config(tmp_path / "teacher", epochs=3), dataset=Squares(8))
+    with torch.no_grad():
+        t_cls, t_box = teacher(images)
+    assert float(distillation_loss(t_cls, t_box, t_cls, t_box, anchors, 1)) == pytest.approx(0.0, abs=1e-6)
+
+    def gap(model: nn.Module) -> float:
+        with torch.no_grad():
+            cls, box = model.eval()(images)
+        return float(distillation_loss(cls, box, t_cls, t_box, anchors, 1))
+
+    torch.manual_seed(2)
+    start = EagleEye()
+    plain = train(_config(tmp_path / "plain", epochs=1), model=copy.deepcopy(start), dataset=Squares(8))
+    taught = train(
+        _config(tmp_path / "taught", epochs=1, distill=5.0), model=copy.deepcopy(start), dataset=Squares(8), teacher=teacher
+    )
+    assert gap(taught) < gap(plain)
+    with pytest.raises(ValueError, match="distill=1.0 needs a teacher"):
+        train(_config(tmp_path / "none", distill=1.0), dataset=Squares(8))
 
 
 @pytest.mark.parametrize(

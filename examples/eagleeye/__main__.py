@@ -266,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--target-flops",
         type=float,
         metavar="FRACTION",
-        help="also remove at least this fraction of the FLOPs, by |γ| per FLOP (default 0.75; 0: none)",
+        help="also remove at least this fraction of the FLOPs, by |γ| per FLOP (default 0.78; 0: none)",
     )
     p_pipe.add_argument(
         "--dead-threshold",

@@ -17,7 +17,7 @@ from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
 from .anchors import decode, encode, match
 
-__all__ = ["LossConfig", "LossTerms", "detection_loss", "BOX_LOSSES"]
+__all__ = ["LossConfig", "LossTerms", "detection_loss", "distillation_loss", "BOX_LOSSES"]
 
 BOX_LOSSES = ("smooth_l1", "giou")
 
@@ -117,3 +117,46 @@ def detection_loss(
     box_loss = box_loss / normaliser
     total = cls_loss + config.box_weight * box_loss
     return LossTerms(total=total, cls=cls_loss.detach(), box=box_loss.detach(), num_pos=num_pos)
+
+
+def distillation_loss(
+    cls_logits: Tensor,
+    box_deltas: Tensor,
+    teacher_logits: Tensor,
+    teacher_deltas: Tensor,
+    anchors: Tensor,
+    normaliser: int,
+    gamma: float = 2.0,
+) -> Tensor:
+    """How far a student's dense outputs are from a teacher's on the same batch.
+
+    The face score of every anchor is pulled towards the teacher's probability with a
+    binary cross-entropy weighted by ``|p_student - p_teacher| ** gamma`` (the soft-target
+    focal loss of GFL, Li et al. 2020: the many anchors both already call background weigh
+    nothing, as in the focal loss), minus the teacher's own entropy so that a perfect match
+    costs 0. The student's box at every anchor is pulled towards the teacher's box there
+    (GIoU loss), weighted by the teacher's face probability. Both sums are divided by
+    ``normaliser`` (the batch's positive anchors, as the detection loss is).
+
+    Args:
+        cls_logits, box_deltas: the student's ``[B, A, 1]`` and ``[B, A, 4]`` outputs.
+        teacher_logits, teacher_deltas: the teacher's, same shapes (no gradient needed).
+        anchors: ``[A, 4]`` x1y1x2y2 anchors.
+        normaliser: divide the sums by this (at least 1).
+        gamma: the focusing exponent of the score term.
+    """
+    if cls_logits.shape != teacher_logits.shape or box_deltas.shape != teacher_deltas.shape:
+        raise ValueError(
+            f"student outputs {tuple(cls_logits.shape)}/{tuple(box_deltas.shape)} and teacher outputs "
+            f"{tuple(teacher_logits.shape)}/{tuple(teacher_deltas.shape)} differ: the teacher must use the same anchors."
+        )
+    logits = cls_logits.float()
+    target = torch.sigmoid(teacher_logits.float()).detach()
+    weight = (torch.sigmoid(logits) - target).abs().pow(gamma)
+    entropy = F.binary_cross_entropy(target, target, reduction="none")
+    score = ((F.binary_cross_entropy_with_logits(logits, target, reduction="none") - entropy) * weight).sum()
+    expanded = anchors.unsqueeze(0).expand_as(box_deltas)
+    student_boxes = decode(box_deltas.float().reshape(-1, 4), expanded.reshape(-1, 4))
+    teacher_boxes = decode(teacher_deltas.float().reshape(-1, 4), expanded.reshape(-1, 4)).detach()
+    box = (generalized_box_iou_loss(student_boxes, teacher_boxes, reduction="none") * target.reshape(-1)).sum()
+    return (score + box) / max(normaliser, 1)

@@ -22,6 +22,7 @@ is per rank.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import random
@@ -50,7 +51,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from .anchors import AnchorSpec, generate_anchors
 from .augment import TrainAugment
-from .loss import LossConfig, detection_loss
+from .loss import LossConfig, detection_loss, distillation_loss
 from .model import EagleEye
 from .wider import WiderFaceDataset, collate
 
@@ -113,6 +114,9 @@ class TrainConfig:
         anchors: the anchor sizes (the model is built with matching ``num_anchors``).
         loss: loss settings.
         sparsity: λ of the L1 penalty on BatchNorm γ (network slimming); 0 disables it.
+        distill: weight of the distillation term (``loss.distillation_loss``: the student's
+            scores and boxes pulled towards a teacher's on the same batch) when :func:`train`
+            is given a ``teacher``; 0 disables it.
         sparsity_cost: how λ is shared among channels: ``"uniform"`` (network slimming) or
             ``"flops"``/``"params"``, λ scaled per channel by what removing it saves, averaging
             λ (``slimprune.sparsity.SparsityRegularizer``'s ``cost``).
@@ -153,6 +157,7 @@ class TrainConfig:
     anchors: AnchorSpec = field(default_factory=AnchorSpec)
     loss: LossConfig = field(default_factory=LossConfig)
     sparsity: float = 0.0
+    distill: float = 0.0
     sparsity_cost: str = "uniform"
     seed: int = 0
     device: str = "cpu"
@@ -176,6 +181,8 @@ class TrainConfig:
             )
         if self.sparsity < 0:
             raise ValueError(f"sparsity={self.sparsity} must be >= 0 (it is the L1 weight λ).")
+        if self.distill < 0:
+            raise ValueError(f"distill={self.distill} must be >= 0 (it weighs the distillation term).")
         if not self.gamma_init > 0:
             raise ValueError(f"gamma_init={self.gamma_init} must be > 0 (the starting BatchNorm scale).")
 
@@ -537,6 +544,7 @@ def train(
     after_backward: AfterBackward | None = None,
     dataset: Dataset | None = None,
     console: Console | None = None,
+    teacher: nn.Module | None = None,
 ) -> nn.Module:
     """Train EagleEye (or continue ``model``) as ``config`` says; return it in eval mode.
 
@@ -552,6 +560,9 @@ def train(
             ``(image [3, S, S], boxes [N, 4] x1y1x2y2, index)`` as from
             :class:`AugmentedSplit`. If it has ``set_epoch``, it is called every epoch.
         console: where progress and epoch summaries go (default: a new rich Console).
+        teacher: with ``config.distill > 0``, a detector with the same outputs (e.g. the
+            unpruned model) whose scores and boxes the model is also pulled towards; it is run
+            in eval mode without gradients and is not changed.
 
     Returns:
         the trained model (unwrapped from DDP), in eval mode, on ``config.device``.
@@ -568,13 +579,15 @@ def train(
     Example:
         >>> model = train(TrainConfig.quick(out_dir="/tmp/ee"))  # doctest: +SKIP
     """
+    if config.distill > 0 and teacher is None:
+        raise ValueError(f"distill={config.distill} needs a teacher: pass train(..., teacher=model), or set distill=0.")
     ctx = _setup_distributed(config)
     console = console or Console()
     previous_threads = torch.get_num_threads()
     threads = config.threads or max(1, (os.cpu_count() or 1) // ctx.world_size - config.num_workers)
     torch.set_num_threads(threads)
     try:
-        return _train(config, ctx, model, after_backward, dataset, console)
+        return _train(config, ctx, model, after_backward, dataset, console, teacher if config.distill > 0 else None)
     finally:
         torch.set_num_threads(previous_threads)
         if ctx.created_group:
@@ -588,6 +601,7 @@ def _train(
     after_backward: AfterBackward | None,
     dataset: Dataset | None,
     console: Console,
+    teacher: nn.Module | None,
 ) -> nn.Module:
     device = ctx.device
     torch.manual_seed(config.seed)
@@ -596,6 +610,10 @@ def _train(
     if model is None:
         model = build_model(config)
     model = model.to(device)
+    if teacher is not None:
+        teacher = copy.deepcopy(teacher).to(device).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
 
     if dataset is None:
         root = prepare_data(config) if ctx.is_main else Path(config.data_root)
@@ -684,13 +702,20 @@ def _train(
                 with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
                     cls_logits, box_deltas = net(images)
                 terms = detection_loss(cls_logits, box_deltas, anchors, boxes, config.loss)
-                if not torch.isfinite(terms.total):
+                total = terms.total
+                if teacher is not None:
+                    with torch.no_grad(), torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                        teacher_logits, teacher_deltas = teacher(images)
+                    total = total + config.distill * distillation_loss(
+                        cls_logits, box_deltas, teacher_logits, teacher_deltas, anchors, terms.num_pos
+                    )
+                if not torch.isfinite(total):
                     raise FloatingPointError(
-                        f"Loss became {float(terms.total)} in epoch {epoch + 1}; lower lr (now {config.lr}) "
+                        f"Loss became {float(total)} in epoch {epoch + 1}; lower lr (now {config.lr}) "
                         "or raise warmup_epochs."
                     )
                 optimizer.zero_grad(set_to_none=True)
-                scaler.scale(terms.total).backward()
+                scaler.scale(total).backward()
                 scaler.unscale_(optimizer)
                 if config.grad_clip is not None:
                     nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
