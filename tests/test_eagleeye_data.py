@@ -460,3 +460,25 @@ def test_images_without_boxes_pass_through() -> None:
     out, boxes = resize(image, np.zeros((0, 4), np.float32))
     assert out.shape == (32, 32, 3) and boxes.shape == (0, 4)
     assert resize.invert(np.zeros((0, 5), np.float32), (50, 70)).shape == (0, 5)
+
+
+def test_augmented_split_draws_the_same_items_with_any_number_of_workers(synth_root: Path) -> None:
+    """AugmentedSplit's items depend on (seed, epoch, index) only: loading them in 0 or 2
+    DataLoader workers gives identical images and boxes (a worker-seeded TrainAugment made
+    the pipeline's run depend on its worker count), and another epoch draws differently."""
+    from examples.eagleeye.train import AugmentedSplit
+    from examples.eagleeye.wider import WiderFaceDataset, collate
+
+    split = AugmentedSplit(WiderFaceDataset(synth_root, "train"), 96, seed=3)
+
+    def items(workers: int, epoch: int) -> list[tuple[torch.Tensor, list[torch.Tensor]]]:
+        split.set_epoch(epoch)
+        loader = torch.utils.data.DataLoader(split, batch_size=4, num_workers=workers, collate_fn=collate)
+        return [(images, list(boxes)) for images, boxes, _ in loader]
+
+    inline, workers = items(0, 1), items(2, 1)
+    assert len(inline) == len(workers) == 3
+    for (a, boxes_a), (b, boxes_b) in zip(inline, workers):
+        assert torch.equal(a, b)
+        assert all(torch.equal(x, y) for x, y in zip(boxes_a, boxes_b, strict=True))
+    assert not torch.equal(items(0, 2)[0][0], inline[0][0])

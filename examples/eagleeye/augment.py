@@ -50,9 +50,12 @@ class TrainAugment:
     boxes narrower or lower than ``min_size`` pixels are dropped, so the output may
     hold no box.
 
-    Inside a DataLoader worker the generator is reseeded from the worker's torch seed,
-    so workers differ from each other and from epoch to epoch, yet a run seeded with
-    ``torch.manual_seed`` repeats.
+    With ``reseed_in_workers`` (the default), inside a DataLoader worker the generator is
+    reseeded from the worker's torch seed, so that one shared instance draws differently in
+    each worker and epoch, yet a run seeded with ``torch.manual_seed`` repeats. An instance
+    made for one image with its own seed (as :class:`~examples.eagleeye.train.AugmentedSplit`
+    does) passes ``reseed_in_workers=False``: its draws then depend on that seed alone, not on
+    how many workers load the data.
 
     Args:
         size: output side in pixels.
@@ -62,6 +65,7 @@ class TrainAugment:
         min_size: smallest box side kept, in output pixels.
         distort: apply the colour distortion (geometry only when False; for tests and
             ablations).
+        reseed_in_workers: mix the DataLoader worker's seed into ``seed`` (see above).
 
     Example:
         >>> aug = TrainAugment(320, seed=0)
@@ -79,6 +83,7 @@ class TrainAugment:
         expand_p: float = 0.5,
         min_size: float = 2.0,
         distort: bool = True,
+        reseed_in_workers: bool = True,
     ) -> None:
         if size <= 0:
             raise ValueError(f"TrainAugment size must be positive, got {size}")
@@ -91,11 +96,12 @@ class TrainAugment:
         self.min_size = min_size
         self.distort = distort
         self.rng = np.random.default_rng(seed)
+        self.reseed_in_workers = reseed_in_workers
         self._worker_seed: int | None = None
 
     def _generator(self) -> np.random.Generator:
         """The generator, reseeded once per DataLoader worker process."""
-        info = torch.utils.data.get_worker_info()
+        info = torch.utils.data.get_worker_info() if self.reseed_in_workers else None
         if info is not None and info.seed != self._worker_seed:
             self._worker_seed = info.seed
             self.rng = np.random.default_rng([self.seed or 0, info.seed])

@@ -80,12 +80,12 @@ input                  GFLOPs      note
 Parameters: 163,144 (166,472 with ``activation="prelu"``), 43 BatchNorm layers with 3,328
 channels in all. Trained for 12 epochs on the 1,200 SynthFaces (version 2) training images
 at 192 px (250 s to 330 s of training on 2 CPU cores shared with other work, 45-60 images/s
-when the cores are free), it reaches AP 0.770 / 0.762 / 0.729 (easy / medium / hard) on
-SynthFaces val at 384 px with the pipeline's recipe (SGD, lr 0.05, seed 0) and
-0.638 / 0.700 / 0.694 with the defaults of ``train.TrainConfig`` (AdamW). The 0.851 /
-0.798 / 0.759 (seed 0) and 0.914 / 0.888 / 0.847 (seed 1) quoted here before were measured
-on SynthFaces generated before commit 5a34867 changed the generator; expect several
-points of seed-to-seed spread.
+when the cores are free), it reaches AP 0.902 / 0.900 / 0.842 (easy / medium / hard) on
+SynthFaces val at 384 px with the pipeline's recipe (SGD, lr 0.05, GIoU box loss, BatchNorm
+γ starting at 0.5, seed 0); with the smooth-L1 box loss and γ starting at 1 it reached
+0.770 / 0.762 / 0.729, and with the defaults of ``train.TrainConfig`` (AdamW, smooth L1)
+0.638 / 0.700 / 0.694. Expect a few points of seed-to-seed spread (GIoU, γ = 1: 0.878 at
+seed 0, 0.899 at seed 1).
 """
 
 from __future__ import annotations
