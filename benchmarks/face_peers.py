@@ -29,13 +29,17 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from examples.eagleeye.augment import EvalResize
-from examples.eagleeye.detect import predict
-from examples.eagleeye.evaluate import EvalResult, evaluate
-from examples.eagleeye.pipeline import load_pruned
-from examples.eagleeye.train import load_model
-from examples.eagleeye.wider import WiderFaceDataset, load_split, load_subsets
-from slimprune.measure import count_params
+# Run as a script (python benchmarks/face_peers.py), Python puts benchmarks/ first on the
+# path, not the repository root that holds the examples package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from examples.eagleeye.augment import EvalResize  # noqa: E402
+from examples.eagleeye.detect import predict  # noqa: E402
+from examples.eagleeye.evaluate import EvalResult, evaluate  # noqa: E402
+from examples.eagleeye.pipeline import load_pruned  # noqa: E402
+from examples.eagleeye.train import load_model  # noqa: E402
+from examples.eagleeye.wider import WiderFaceDataset, load_split, load_subsets  # noqa: E402
+from slimprune.measure import count_params  # noqa: E402
 
 _SUBSETS = ("easy", "medium", "hard")
 
