@@ -14,6 +14,7 @@ from examples.eagleeye.__main__ import main
 from examples.eagleeye.augment import EvalResize
 from examples.eagleeye.detect import predict
 from examples.eagleeye.evaluate import box_iou
+from examples.eagleeye.model import EagleEye
 from examples.eagleeye.pipeline import MODELS, load_pruned
 from examples.eagleeye.train import TrainConfig
 from examples.eagleeye.wider import WiderFaceDataset, xywh_to_xyxy
@@ -34,7 +35,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("pipeline")
     out, data = root / "out", root / "data"
     start = time.perf_counter()
-    status = main(["pipeline", "--quick", "--out", str(out), "--data", str(data), "--no-progress"])
+    status = main(["pipeline", "--quick", "--out", str(out), "--data", str(data), "--no-progress", "--round-to", "4"])
     seconds = time.perf_counter() - start
     report = json.loads((out / "report.json").read_text()) if status == 0 else {}
     return {"status": status, "out": out, "data": data, "report": report, "seconds": seconds}
@@ -77,6 +78,19 @@ def test_pruned_model_is_smaller_in_parameters_and_flops(run: dict[str, Any]) ->
         assert models[name]["params"] < base["params"]
         assert models[name]["flops"] < base["flops"]
     assert models["finetuned"]["params_reduction"] >= 0.563
+
+
+def test_round_to_flag_leaves_every_narrowed_width_a_multiple(run: dict[str, Any]) -> None:
+    """--round-to 4 reaches the plan: the report records it and every narrowed layer keeps a multiple of 4."""
+    assert run["report"]["config"]["round_to"] == run["report"]["pruning"]["round_to"] == 4
+    model = load_pruned(run["out"] / "finetuned.safetensors")
+    full = {n: m.num_features for n, m in EagleEye().named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    narrowed = {
+        n: m.num_features
+        for n, m in model.named_modules()
+        if isinstance(m, torch.nn.BatchNorm2d) and m.num_features != full[n]
+    }
+    assert narrowed and all(width % 4 == 0 for width in narrowed.values()), narrowed
 
 
 def test_saved_finetuned_model_loads_with_the_reported_size(run: dict[str, Any]) -> None:

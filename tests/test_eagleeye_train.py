@@ -249,7 +249,9 @@ def test_two_process_gloo_ddp_ends_with_identical_weights_on_both_ranks(tmp_path
 def test_quick_cli_trains_evaluates_and_writes_a_submission(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`train --quick --eval` then `eval --submission` run end to end on quick SynthFaces."""
     data, out, sub = tmp_path / "data", tmp_path / "run", tmp_path / "sub"
-    assert main(["train", "--quick", "--data", str(data), "--out", str(out), "--eval", "--no-progress"]) == 0
+    args = ["train", "--quick", "--data", str(data), "--out", str(out), "--eval", "--no-progress", "--gamma-init", "0.25"]
+    assert main(args) == 0
+    assert load_checkpoint(out / CHECKPOINT_NAME)["config"]["gamma_init"] == 0.25
     assert main(["eval", "--checkpoint", str(out / CHECKPOINT_NAME), "--submission", str(sub), "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert printed.count("easy") >= 2 and "hard" in printed
