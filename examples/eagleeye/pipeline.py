@@ -444,10 +444,7 @@ def _prune_plan(sparse: nn.Module, config: PipelineConfig) -> slimprune.PruningP
 
 def _apply(model: nn.Module, plan: slimprune.PruningPlan) -> nn.Module:
     """The pruned copy of ``model`` (on the CPU, in eval mode, every parameter trainable)."""
-    # In place on our own copy: slimprune.apply's copying path (inplace=False) returns
-    # parameters with requires_grad=False at the time of writing, which fine-tuning would
-    # silently skip.
-    return slimprune.apply(copy.deepcopy(model).cpu().eval(), plan, inplace=True).eval()
+    return slimprune.apply(model.cpu().eval(), plan).eval()
 
 
 @dataclass(frozen=True)
