@@ -132,6 +132,22 @@ EditFn = Callable[[Callable[[np.ndarray], np.ndarray]], list[dict[str, Any]]]
 
 
 @dataclass(frozen=True)
+class Cost:
+    """Multiply-accumulates one call costs per sample, as the pruned parameter's size times ``factor``.
+
+    ``dim`` None: the parameter's element count (a conv or Linear weight used at ``factor``
+    output positions). ``dim`` set: only that axis's kept size, for products whose size
+    scales with one channel axis alone (attention's q·kᵀ and weights·v scale with the kept
+    embedding width: ``out_proj.weight`` axis 1 times 2·L_q·L_k).
+    """
+
+    module: str
+    param: str
+    dim: int | None
+    factor: float
+
+
+@dataclass(frozen=True)
 class ChannelGraph:
     """The result of :func:`build_channel_graph`; read-only."""
 
@@ -142,7 +158,7 @@ class ChannelGraph:
     barriers: tuple[Barrier, ...]
     edits: tuple[tuple[str, EditFn], ...]
     other_edits: tuple[tuple[str, EditFn], ...]
-    costs: tuple[tuple[str, int], ...]  # (module, output positions per sample) per call
+    costs: tuple[Cost, ...]  # what each call multiplies, per sample
     num_units: int
     root: np.ndarray = field(repr=False)  # unit id of every raw label
     unit_to_group: np.ndarray = field(repr=False)
@@ -353,7 +369,12 @@ class _Builder:
 
     def cost(self, node: fx.Node, positions: int) -> None:
         """The module's weight is used ``positions`` times per sample (MACs = numel × positions)."""
-        self.costs.append((str(node.target), int(positions)))
+        self.cost_of(str(node.target), "weight", positions)
+
+    def cost_of(self, module: str, param: str, factor: float, dim: int | None = None) -> None:
+        """Per sample, a call costs ``factor`` times the pruned size of ``module.param``
+        (its element count, or with ``dim`` the kept size of that axis alone) in MACs."""
+        self.costs.append(Cost(module, param, dim, float(factor)))
 
     def edit(self, node: fx.Node, fn: EditFn) -> None:
         """Register a rewrite of literal arguments of ``node``, computed once units are chosen."""

@@ -179,8 +179,8 @@ class Predictor:
                     self.params_by_key[(mname, pname)] = tuple(p.shape)
                 else:
                     self.fixed += p.numel()
-        self.weight_shapes = {
-            name: tuple(m.weight.shape) for name, m in mods.items() if isinstance(getattr(m, "weight", None), nn.Parameter)
+        self.param_shapes = {
+            (name, pname): tuple(p.shape) for name, m in mods.items() for pname, p in m.named_parameters(recurse=False)
         }
 
     def _shapes(self, removed: np.ndarray) -> dict[tuple[str, str], list[int]]:
@@ -201,9 +201,9 @@ class Predictor:
 
     def macs(self, removed: np.ndarray) -> int:
         shapes = self._shapes(removed)
-        total = 0
-        for module, positions in self.graph.costs:
-            shp = shapes.get((module, "weight")) or self.weight_shapes.get(module)
+        total = 0.0
+        for c in self.graph.costs:
+            shp = shapes.get((c.module, c.param)) or self.param_shapes.get((c.module, c.param))
             if shp:
-                total += math.prod(shp) * positions
-        return total
+                total += (math.prod(shp) if c.dim is None else shp[c.dim]) * c.factor
+        return round(total)

@@ -2,11 +2,14 @@
 
 FLOPs come from :class:`torch.utils.flop_counter.FlopCounterMode`, which only counts the
 operators it has a formula for: matrix products (``mm``, ``addmm``, ``bmm``, ``baddbmm``),
-convolutions (transposed and grouped included) and the CUDA attention kernels. Everything
+convolutions (transposed and grouped included) and the CUDA attention kernels. slimprune
+adds the two attention kernels it leaves out on the CPU: ``F.scaled_dot_product_attention``
+(``_scaled_dot_product_flash_attention_for_cpu``) and the fused path ``nn.MultiheadAttention``
+takes in inference (``_native_multi_head_attention``: the q/k/v and output projections and
+both attention products), without which a ViT's attention blocks counted as zero. Everything
 else counts as zero: BatchNorm, activations, pooling, element-wise additions, biases,
-embeddings, fused RNN kernels (``nn.LSTM``/``nn.GRU``) and, on CPU,
-``F.scaled_dot_product_attention``. Every counted formula is two FLOPs per
-multiply-accumulate, so ``macs == flops // 2``.
+embeddings, fused RNN kernels (``nn.LSTM``/``nn.GRU``). Every counted formula is two FLOPs
+per multiply-accumulate, so ``macs == flops // 2``.
 
 Latency comes from :mod:`torch.utils.benchmark`, which sets the thread count and
 synchronises CUDA around each timed block; :func:`measure` adds an explicit warm-up and
@@ -417,9 +420,44 @@ def _run(model: nn.Module, inputs: tuple[Any, ...]) -> None:
         raise
 
 
+def _attention_macs(batch_heads: int, q_len: int, k_len: int, qk_dim: int, v_dim: int) -> int:
+    """Multiply-accumulates of softmax(q k^T) v: the score product and the weighted sum."""
+    return batch_heads * q_len * k_len * (qk_dim + v_dim)
+
+
+def _sdpa_cpu_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:  # type: ignore[no-untyped-def]
+    """FLOPs of ``_scaled_dot_product_flash_attention_for_cpu`` on ``[..., L, E]`` shapes."""
+    heads = 1
+    for size in query[:-2]:
+        heads *= size
+    return 2 * _attention_macs(heads, query[-2], key[-2], query[-1], value[-1])
+
+
+def _native_mha_flops(query, key, value, embed_dim, num_heads, qkv_weight, *args, out_shape=None, **kwargs) -> int:  # type: ignore[no-untyped-def]
+    """FLOPs of ``_native_multi_head_attention`` (``nn.MultiheadAttention``'s inference path).
+
+    Inputs are ``[B, L, E]`` (or ``[L, E]``); ``qkv_weight`` is ``[3E, E]``: q is projected
+    over the query's positions, k and v over the key's, then both attention products and the
+    output projection ``[E, E]``.
+    """
+    batch = query[0] if len(query) == 3 else 1
+    q_len, k_len = query[-2], key[-2]
+    e_out, e_in = qkv_weight[0] // 3, qkv_weight[1]
+    projections = batch * (q_len + 2 * k_len) * e_out * e_in
+    attention = _attention_macs(batch, q_len, k_len, e_out, e_out)
+    output = batch * q_len * e_out * e_out
+    return 2 * (projections + attention + output)
+
+
+_EXTRA_FLOPS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flops,
+    torch.ops.aten._native_multi_head_attention: _native_mha_flops,
+}
+
+
 def _count_flops(model: nn.Module, inputs: tuple[Any, ...]) -> tuple[int, dict[str, int]]:
     """Run the model once under FlopCounterMode; return the total and each module's own FLOPs."""
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False, custom_mapping=_EXTRA_FLOPS) as counter:
         _run(model, inputs)
     counts = counter.get_flop_counts()
     total = sum(counts.get("Global", {}).values())

@@ -78,3 +78,39 @@ def test_swin_loses_heads_in_every_stage_with_no_barrier(name):
         for blk, orig in zip(small.features[i], model.features[i]):
             assert blk.attn.num_heads < orig.attn.num_heads
     assert small(x).shape == small.train()(x).shape == (2, 1000)
+
+
+class _CrossBlock(nn.Module):
+    """Linear -> MultiheadAttention over a longer context -> Linear (queries 5, keys 9)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(6, 16)
+        self.ctx = nn.Linear(6, 16)
+        self.attn = nn.MultiheadAttention(16, 4, batch_first=True)
+        self.out = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        c = self.ctx(context)
+        return self.out(self.attn(self.inp(x), c, c, need_weights=False)[0])
+
+
+@pytest.mark.parametrize("target", ["channels", "flops"])
+def test_predicted_flops_of_attention_models_equal_the_measured_ones(target):
+    """A plan's FLOPs before and after, for a small ViT and for cross-attention with more keys
+    than queries, equal what slimprune.measure counts on the original and the pruned model:
+    the q/k/v projections and both attention products are predicted, not only out_proj."""
+    from torchvision.models import VisionTransformer
+
+    from slimprune.measure import measure
+
+    torch.manual_seed(0)
+    vit = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=64, mlp_dim=128, num_classes=10)
+    cases = [(vit.eval(), (torch.rand(1, 3, 32, 32),)), (_CrossBlock().eval(), (torch.rand(2, 5, 6), torch.rand(2, 9, 6)))]
+    for model, inputs in cases:
+        batch = inputs[0].shape[0]  # a plan counts FLOPs per sample
+        plan = slimprune.plan(model, 0.3, target=target, example_inputs=inputs)
+        assert plan.flops_before * batch == measure(model, inputs, latency=False).flops
+        pruned = slimprune.apply(model, plan)
+        assert plan.flops_after < plan.flops_before
+        assert plan.flops_after * batch == measure(pruned, inputs, latency=False).flops

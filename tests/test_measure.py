@@ -364,3 +364,41 @@ def test_measurement_is_frozen() -> None:
     assert isinstance(result, Measurement)
     with pytest.raises(AttributeError):
         result.params = 0  # type: ignore[misc]
+
+
+class _CrossAttention(nn.Module):
+    def __init__(self, batch_first: bool, embed: int = 8, heads: int = 2) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(embed, heads, batch_first=batch_first)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        return self.attn(x, context, context, need_weights=False)[0]
+
+
+class _Sdpa(nn.Module):
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return nn.functional.scaled_dot_product_attention(q, k, v)
+
+
+@pytest.mark.parametrize("batch_first", [True, False], ids=["fused-inference-kernel", "composite-path"])
+def test_multihead_attention_flops_count_projections_and_both_attention_products(batch_first: bool) -> None:
+    """nn.MultiheadAttention over 5 queries and 7 keys/values of width 8, batch 2: the q, k, v
+    and output projections plus q·kᵀ and weights·v. batch_first takes the fused inference
+    kernel (which torch's counter alone counts as zero), sequence-first the composite path
+    (linear layers and the CPU attention kernel); both must count the same."""
+    b, lq, lk, e = 2, 5, 7, 8
+    x, context = torch.randn(b, lq, e), torch.randn(b, lk, e)
+    if not batch_first:
+        x, context = x.transpose(0, 1), context.transpose(0, 1)
+    result = measure(_CrossAttention(batch_first), (x, context), latency=False)
+    assert result.macs == b * ((lq + 2 * lk) * e * e + 2 * lq * lk * e + lq * e * e)
+
+
+def test_scaled_dot_product_attention_on_the_cpu_is_counted() -> None:
+    """F.scaled_dot_product_attention with q [2, 3, 5, 4] and k, v [2, 3, 6, 4] (shapes the
+    CPU's fused kernel takes; torch's counter has no formula for it): 2·3·5·6·(4 + 4) MACs.
+    With v of another width (the composite path), 2·3·5·6·(4 + 7)."""
+    fused = (torch.randn(2, 3, 5, 4), torch.randn(2, 3, 6, 4), torch.randn(2, 3, 6, 4))
+    assert measure(_Sdpa(), fused, latency=False).macs == 2 * 3 * 5 * 6 * (4 + 4)
+    composite = (torch.randn(2, 3, 5, 4), torch.randn(2, 3, 6, 4), torch.randn(2, 3, 6, 7))
+    assert measure(_Sdpa(), composite, latency=False).macs == 2 * 3 * 5 * 6 * (4 + 7)

@@ -79,10 +79,26 @@ def multihead_attention(ctx, node):
     ctx.slice_of(out, "weight", 1, per_head, "in")
     if m.out_proj.bias is not None:
         ctx.slice_of(out, "bias", 0, per_head, "out")
-    positions = math.prod(ctx.shape(node.args[0])[:-1]) // ctx.shape(node.args[0])[0 if m.batch_first else 1]
-    ctx.costs.append((out, int(positions)))
+    q_len, k_len = (_positions(ctx, _arg(node, i, name), m.batch_first) for i, name in ((0, "query"), (1, "key")))
+    # Per sample: q projected at q_len positions, k and v at k_len; q·kᵀ and weights·v, each
+    # q_len·k_len·(kept width); the output projection at q_len positions.
+    ctx.cost_of(str(node.target), "in_proj_weight", (q_len + 2 * k_len) / 3)
+    ctx.cost_of(out, "weight", 2 * q_len * k_len, dim=1)
+    ctx.cost_of(out, "weight", q_len)
     shapes = ctx.shape(node)
     return (ctx.info_of(last, per_head),) + tuple(None for _ in shapes[1:])
+
+
+def _arg(node, index: int, name: str):
+    return node.args[index] if len(node.args) > index else node.kwargs[name]
+
+
+def _positions(ctx, arg, batch_first: bool) -> int:
+    """Sequence positions per sample of an ``nn.MultiheadAttention`` input (batched or not)."""
+    shape = ctx.shape(arg)
+    if len(shape) == 2:
+        return shape[0]
+    return shape[1] if batch_first else shape[0]
 
 
 def _windowed(ctx, node, qkv: str, proj: str, num_heads: int, per_head: list[tuple[str, int]]):
@@ -112,8 +128,8 @@ def _windowed(ctx, node, qkv: str, proj: str, num_heads: int, per_head: list[tup
         ctx.slice_of(f"{t}.{owner}" if owner else t, param, dim, one, "aux")
     ctx.consumer(node, per_channel, last)  # (no fold: constants into it are kept, with a note)
     positions = math.prod(shape[1:-1])
-    ctx.costs.append((f"{t}.{qkv}", int(positions)))
-    ctx.costs.append((f"{t}.{proj}", int(positions)))
+    ctx.cost_of(f"{t}.{qkv}", "weight", positions)
+    ctx.cost_of(f"{t}.{proj}", "weight", positions)
     return ctx.info_of(last, per_channel)
 
 
