@@ -114,3 +114,29 @@ def test_predicted_flops_of_attention_models_equal_the_measured_ones(target):
         pruned = slimprune.apply(model, plan)
         assert plan.flops_after < plan.flops_before
         assert plan.flops_after * batch == measure(pruned, inputs, latency=False).flops
+
+
+WINDOWED_SHAPES = {
+    "swin": [(1, 8, 8, 5), (1, 7, 9, 5)],  # whole windows; padded to whole windows
+    "swin_v2": [(1, 8, 8, 5), (1, 7, 9, 5)],
+    "swin3d": [(1, 4, 8, 8, 5), (1, 1, 6, 9, 5)],  # windows shrunk to a 1-frame clip, then padded
+    "maxvit": [(1, 3, 16, 5)],
+}
+
+
+@pytest.mark.parametrize("case", list(WINDOWED_SHAPES))
+def test_predicted_flops_of_windowed_attention_equal_the_measured_ones(case):
+    """Swin v1/v2/3d and MaxViT attention: a plan's FLOPs before and after (qkv and output
+    Linears at the padded positions, both attention products per window, Swin v2's
+    position-bias MLP) equal slimprune.measure's count on the original and the pruned model."""
+    from slimprune.measure import measure
+
+    make = CASES[case][0]
+    for shape in WINDOWED_SHAPES[case]:
+        torch.manual_seed(0)
+        model, x = make().eval(), torch.rand(*shape)
+        plan = slimprune.plan(model, 0.3, example_inputs=(x,))
+        assert plan.flops_before == measure(model, (x,), latency=False).flops, shape
+        pruned = slimprune.apply(model, plan)
+        assert plan.flops_after < plan.flops_before
+        assert plan.flops_after == measure(pruned, (x,), latency=False).flops, shape

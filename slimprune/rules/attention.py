@@ -14,6 +14,7 @@ concatenates the four 2×2 neighbours along the channel axis), which joins Swin'
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -101,8 +102,32 @@ def _positions(ctx, arg, batch_first: bool) -> int:
     return shape[1] if batch_first else shape[0]
 
 
-def _windowed(ctx, node, qkv: str, proj: str, num_heads: int, per_head: list[tuple[str, int]]):
-    """Swin/MaxViT: a leaf module with a fused qkv Linear and an output Linear, on [..., C]."""
+def _swin_windows(m: nn.Module, shape: tuple[int, ...]) -> tuple[int, int]:
+    """(positions after padding, tokens per window) of torchvision's (video) Swin attention.
+
+    The input [B, *spatial, C] is padded to whole windows; the 3-D variant first shrinks a
+    window axis to the input's size where the input is smaller (as its forward does).
+    """
+    spatial = shape[1:-1]
+    window = list(m.window_size)
+    if len(spatial) == 3:
+        window = [min(w, size) for w, size in zip(window, spatial)]
+    padded = [-(-size // w) * w for size, w in zip(spatial, window)]
+    return math.prod(padded), math.prod(window)
+
+
+def _maxvit_windows(m: nn.Module, shape: tuple[int, ...]) -> tuple[int, int]:
+    """MaxViT attends within each of G groups of P tokens: input [B, G, P, D]."""
+    return math.prod(shape[1:-1]), shape[-2]
+
+
+def _windowed(ctx, node, qkv: str, proj: str, num_heads: int, per_head: list[tuple[str, int]],
+              windows: Callable[[nn.Module, tuple[int, ...]], tuple[int, int]]):
+    """Swin/MaxViT: a leaf module with a fused qkv Linear and an output Linear, on [..., C].
+
+    ``windows(module, input shape)`` gives the positions the Linears run at per sample and the
+    tokens each position attends to (its window), for the predicted FLOPs.
+    """
     x = ctx.input(node, 0, "x")
     if x is None:
         return ctx.keep_all((node.args, node.kwargs))
@@ -127,8 +152,9 @@ def _windowed(ctx, node, qkv: str, proj: str, num_heads: int, per_head: list[tup
         owner, _, param = name.rpartition(".")
         ctx.slice_of(f"{t}.{owner}" if owner else t, param, dim, one, "aux")
     ctx.consumer(node, per_channel, last)  # (no fold: constants into it are kept, with a note)
-    positions = math.prod(shape[1:-1])
+    positions, window = windows(m, tuple(shape))
     ctx.cost_of(f"{t}.{qkv}", "weight", positions)
+    ctx.cost_of(f"{t}.{proj}", "weight", 2 * positions * window, dim=1)  # q·kᵀ and weights·v
     ctx.cost_of(f"{t}.{proj}", "weight", positions)
     return ctx.info_of(last, per_channel)
 
@@ -147,22 +173,30 @@ if ShiftedWindowAttention is not None:
     def swin_attention(ctx, node):
         """Swin v1 (images and video): heads with their slice of the relative-position bias table."""
         m = ctx.module(node)
-        return _windowed(ctx, node, "qkv", "proj", m.num_heads, [("relative_position_bias_table", 1)])
+        return _windowed(ctx, node, "qkv", "proj", m.num_heads, [("relative_position_bias_table", 1)], _swin_windows)
 
     @register_rule(ShiftedWindowAttentionV2, resize=_resize_swin)
     def swin_v2_attention(ctx, node):
         """Swin v2: heads with their logit scale and their output of the position-bias MLP."""
         m = ctx.module(node)
-        last = [n for n, c in m.cpb_mlp.named_children() if isinstance(c, nn.Linear)][-1]
+        linears = [n for n, c in m.cpb_mlp.named_children() if isinstance(c, nn.Linear)]
+        last = linears[-1]
+        # The position-bias MLP runs once per call on the relative-coordinates table, whatever
+        # the batch: counted per sample as at batch 1.
+        table = math.prod(m.relative_coords_table.shape[:-1])
+        for name in linears:
+            ctx.cost_of(f"{node.target}.cpb_mlp.{name}", "weight", table)
         return _windowed(ctx, node, "qkv", "proj", m.num_heads,
                          [("logit_scale", 0), (f"cpb_mlp.{last}.weight", 0)]
-                         + ([(f"cpb_mlp.{last}.bias", 0)] if m.cpb_mlp.get_submodule(last).bias is not None else []))
+                         + ([(f"cpb_mlp.{last}.bias", 0)] if m.cpb_mlp.get_submodule(last).bias is not None else []),
+                         _swin_windows)
 
     @register_rule(RelativePositionalMultiHeadAttention, resize=_resize_maxvit)
     def maxvit_attention(ctx, node):
         """MaxViT: heads with their slice of the relative-position bias table."""
         m = ctx.module(node)
-        return _windowed(ctx, node, "to_qkv", "merge", m.n_heads, [("relative_position_bias_table", 1)])
+        return _windowed(ctx, node, "to_qkv", "merge", m.n_heads, [("relative_position_bias_table", 1)],
+                         _maxvit_windows)
 
     @register_rule(_patch_merging_pad)
     def swin_patch_merging(ctx, node):
