@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from rich.table import Table
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 __all__ = [
     "Comparison",
@@ -420,17 +420,10 @@ def _run(model: nn.Module, inputs: tuple[Any, ...]) -> None:
         raise
 
 
-def _attention_macs(batch_heads: int, q_len: int, k_len: int, qk_dim: int, v_dim: int) -> int:
-    """Multiply-accumulates of softmax(q k^T) v: the score product and the weighted sum."""
-    return batch_heads * q_len * k_len * (qk_dim + v_dim)
-
-
 def _sdpa_cpu_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:  # type: ignore[no-untyped-def]
-    """FLOPs of ``_scaled_dot_product_flash_attention_for_cpu`` on ``[..., L, E]`` shapes."""
-    heads = 1
-    for size in query[:-2]:
-        heads *= size
-    return 2 * _attention_macs(heads, query[-2], key[-2], query[-1], value[-1])
+    """FLOPs of ``_scaled_dot_product_flash_attention_for_cpu``: torch's own SDPA formula,
+    which its counter registers for the CUDA kernels only."""
+    return sdpa_flop_count(query, key, value)
 
 
 def _native_mha_flops(query, key, value, embed_dim, num_heads, qkv_weight, *args, out_shape=None, **kwargs) -> int:  # type: ignore[no-untyped-def]
@@ -443,10 +436,11 @@ def _native_mha_flops(query, key, value, embed_dim, num_heads, qkv_weight, *args
     batch = query[0] if len(query) == 3 else 1
     q_len, k_len = query[-2], key[-2]
     e_out, e_in = qkv_weight[0] // 3, qkv_weight[1]
-    projections = batch * (q_len + 2 * k_len) * e_out * e_in
-    attention = _attention_macs(batch, q_len, k_len, e_out, e_out)
-    output = batch * q_len * e_out * e_out
-    return 2 * (projections + attention + output)
+    projections = 2 * batch * (q_len + 2 * k_len) * e_out * e_in
+    # Heads split the width, so both products cost what one head of the full width does.
+    attention = sdpa_flop_count((batch, 1, q_len, e_out), (batch, 1, k_len, e_out), (batch, 1, k_len, e_out))
+    output = 2 * batch * q_len * e_out * e_out
+    return projections + attention + output
 
 
 _EXTRA_FLOPS = {

@@ -648,7 +648,7 @@ def run(config: PipelineConfig, console: Console | None = None) -> dict[str, Any
         finetuned = train(
             replace(config.finetune, progress=config.progress),
             model=copy.deepcopy(pruned),
-            teacher=baseline if config.finetune.distill > 0 else None,
+            teacher=baseline,  # used only when config.finetune.distill > 0
             **train_kw,
         ).cpu().eval()
         slimprune.io.save(finetuned, out / "finetuned.safetensors", plan=plan, build=_build_spec(config.sparse))

@@ -80,7 +80,7 @@ def multihead_attention(ctx, node):
     ctx.slice_of(out, "weight", 1, per_head, "in")
     if m.out_proj.bias is not None:
         ctx.slice_of(out, "bias", 0, per_head, "out")
-    q_len, k_len = (_positions(ctx, _arg(node, i, name), m.batch_first) for i, name in ((0, "query"), (1, "key")))
+    q_len, k_len = (_positions(ctx, ctx.arg(node, i, name), m.batch_first) for i, name in ((0, "query"), (1, "key")))
     # Per sample: q projected at q_len positions, k and v at k_len; q·kᵀ and weights·v, each
     # q_len·k_len·(kept width); the output projection at q_len positions.
     ctx.cost_of(str(node.target), "in_proj_weight", (q_len + 2 * k_len) / 3)
@@ -88,10 +88,6 @@ def multihead_attention(ctx, node):
     ctx.cost_of(out, "weight", q_len)
     shapes = ctx.shape(node)
     return (ctx.info_of(last, per_head),) + tuple(None for _ in shapes[1:])
-
-
-def _arg(node, index: int, name: str):
-    return node.args[index] if len(node.args) > index else node.kwargs[name]
 
 
 def _positions(ctx, arg, batch_first: bool) -> int:
