@@ -34,6 +34,7 @@ the report and the figures.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import time
@@ -392,14 +393,15 @@ def _plan(
     # By FLOPs, rank by |γ| per FLOP: by |γ| alone the cheap low-resolution channels go first
     # and the target is reached only by removing far more of them (docs/eagleeye.md).
     importance = scale_per_cost("flops") if target == "flops" else "bn_scale"
+    plan_for = functools.partial(
+        slimprune.plan, cpu, target=target, importance=importance, example_inputs=example, round_to=round_to
+    )
     # slimprune may fall a hair short of (or refuse) a fraction once folded biases are counted;
     # ask for a little more until the plan removes what was asked.
     asked = fraction
     for _ in range(_FRACTION_TRIES):
         try:
-            plan = slimprune.plan(
-                cpu, asked, target=target, importance=importance, example_inputs=example, round_to=round_to
-            )
+            plan = plan_for(asked)
         except slimprune.InfeasiblePlanError:
             if asked >= _MAX_FRACTION:
                 raise
@@ -408,7 +410,7 @@ def _plan(
         if measure_removed(plan) >= fraction or asked >= _MAX_FRACTION:
             return plan
         asked = min(_MAX_FRACTION, asked + (fraction - measure_removed(plan)) + _FRACTION_STEP)
-    return slimprune.plan(cpu, asked, target=target, importance=importance, example_inputs=example, round_to=round_to)
+    return plan_for(asked)
 
 
 def _removed_flops(plan: slimprune.PruningPlan) -> float:
