@@ -46,8 +46,11 @@ KEEP = 0
 #   scale  per-channel norm weight (BN gamma): zeroed by silence
 #   shift  per-channel norm bias (BN beta): zeroed by silence unless it is folded
 #   source a parameter injected into the stream (pos embedding, class token, layer scale): zeroed
-#   aux    sliced only (running stats, PReLU slopes, buffers)
-ROLES = ("out", "in", "scale", "shift", "source", "aux")
+#   mean   a norm's running mean: zeroed with whole channels (ratio plans), so a removed
+#          channel is zero in eval mode as it is with batch statistics (an affine-free norm
+#          would otherwise output -mean/std in eval and 0 in training)
+#   aux    sliced only (running variances, PReLU slopes, buffers)
+ROLES = ("out", "in", "scale", "shift", "source", "mean", "aux")
 
 
 @dataclass(frozen=True)
@@ -258,6 +261,10 @@ class _Builder:
         self.current: fx.GraphModule = traced.gm
         self.tensor_owner: dict[int, tuple[str, str]] = {}
         self.tied: set[int] = set()
+        # Which parameter slices each call of a module registered: a module called at several
+        # sites has one set of weights, so a slice only some calls could label is kept.
+        self.site_keys: dict[str, list[frozenset[tuple[str, str, int]]]] = {}
+        self._seen: set[tuple[str, str, int]] | None = None
 
     # ----------------------------------------------------------------- reading the graph
     def arg(self, node: fx.Node, index: int, name: str | None = None, default: Any = None) -> Any:
@@ -354,6 +361,8 @@ class _Builder:
                         self.keep(lab2)
                 self.barriers.append(Barrier(module, "shared parameter", module,
                                              f"{module}.{name} is the same tensor as {'.'.join(first)}"))
+        if self._seen is not None:
+            self._seen.add(key)
         if key in self.slices:  # a shared module or parameter: every use must agree
             self.tie(self.slices[key][0], labels)
         else:
@@ -491,14 +500,34 @@ class _Builder:
                 value = self.barrier(node, "no channel rule") if labelled else None
             else:
                 n_ties, n_slices = len(self.ties), len(self.slices)
+                self._seen = set()
                 try:
                     value = self._check(node, rule.propagate(self, node))
                 except Exception as exc:  # a rule that cannot handle this call: keep its channels
                     del self.ties[n_ties:]
                     for key in list(self.slices)[n_slices:]:
                         del self.slices[key]
+                    self._seen = set()
                     value = self.barrier(node, f"its rule failed: {type(exc).__name__}: {exc}")
+            if node.op == "call_module":
+                self.site_keys.setdefault(str(node.target), []).append(frozenset(self._seen or ()))
+            self._seen = None
             self.values[node] = self._sizes_used(node, value)
+
+    def keep_partly_sliced(self) -> None:
+        """A module called at several sites keeps every slice that not all of its calls label.
+
+        One call's input may carry no channel labels (the model input, or a tensor behind a
+        barrier) while another's does: slicing the weights for the second call would break
+        the first, so those channels are kept.
+        """
+        for module, sites in self.site_keys.items():
+            if len(sites) < 2:
+                continue
+            every = frozenset.intersection(*sites)
+            for key in frozenset.union(*sites) - every:
+                if key in self.slices:
+                    self.keep(self.slices[key][0])
 
     def _sizes_used(self, node: fx.Node, value: Any) -> Any:
         """Channel counts read from a tensor and used as *data* keep their channels.
@@ -578,6 +607,7 @@ def build_channel_graph(traced: Traced, warn: bool = True) -> ChannelGraph:
     b.walk(traced.gm, 0)
     if traced.other_mode is not None:
         b.walk(traced.other_mode, 1)
+    b.keep_partly_sliced()
     root = _union_find(b.next_id, b.ties)
     keep_root = root[KEEP]
 

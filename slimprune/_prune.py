@@ -6,6 +6,7 @@ import inspect
 import json
 import warnings
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,7 @@ from ._graph import ChannelGraph, build_channel_graph
 from ._importance import IMPORTANCE, tiebreak_scores, unit_scores
 from ._plan import Fold, GroupDecision, PruningPlan, SliceDecision, fingerprint
 from ._rewrite import apply_plan
-from ._silence import probe_consumers, silenced, zero_list
+from ._silence import merge_stats, probe_consumers, silenced, zero_list
 from ._solver import Constraints, Predictor, apply_rounding, group_caps, select_ranked, select_target
 from ._trace import describe_fixed, trace
 from ._regions import find_regions
@@ -90,11 +91,14 @@ def _can_fold(m: nn.Module) -> bool:
 
 
 def _threshold_removed(graph: ChannelGraph, model: nn.Module, threshold: float, c: Constraints,
-                       scores: np.ndarray, exact_borders: bool = False) -> np.ndarray:
+                       scores: np.ndarray, exact_borders: bool = False) -> tuple[np.ndarray, list[str]]:
     """Units whose every path passes a scaling factor <= threshold, verified constant by a probe.
 
-    With ``exact_borders``, a unit whose constant is non-zero where a zero-padded conv reads
-    it stays too, so folding its constant is exact everywhere, borders included.
+    A unit stays unless its value at every consumer is one constant for every input, in eval
+    mode and with batch statistics, and the same constant at every call of a consumer module
+    called more than once (one bias serves them all). With ``exact_borders``, a unit whose
+    constant is non-zero where a zero-padded conv reads it stays too, so folding its constant
+    is exact everywhere, borders included. Returns the units and the probe's notes.
     """
     gmax = np.full(graph.num_units, -np.inf)
     for s in graph.slices:
@@ -109,24 +113,22 @@ def _threshold_removed(graph: ChannelGraph, model: nn.Module, threshold: float, 
             cand[g.units] = False
     cand[list(c.protected_units)] = False
     if not cand.any():
-        return np.zeros(graph.num_units, bool)
+        return np.zeros(graph.num_units, bool), []
     zeros = zero_list(
         ((s.module, s.param, s.dim, s.role, np.flatnonzero(cand[s.units])) for s in graph.slices),
         keep_shift=True, roles=("scale",),
     )
-    # Two different input batches: a channel must be constant within and across both.
-    runs = [graph.traced.example_inputs, _perturbed(graph.traced.example_inputs)]
     with silenced(model, zeros):
-        stats = [_probe_all(graph, inputs, cand) for inputs in runs]
+        stats, notes = _probe_all(graph, cand)
     for c_ in graph.consumers:
-        key = (c_.graph, c_.node)
-        if key in stats[0] and key in stats[1]:
-            a, b = stats[0][key], stats[1][key]
-            same = np.abs(a.center - b.center) <= 1e-6 + 1e-5 * np.abs(a.center)
-            cand[c_.units[~(a.constant() & b.constant() & same)]] = False
-            consumer = model.get_submodule(c_.module)
-            if not _can_fold(consumer) or (exact_borders and _zero_padded(consumer)):
-                cand[c_.units[a.center != 0]] = False
+        st = stats.get((c_.graph, c_.node))
+        if st is None:
+            continue
+        cand[c_.units[~st.constant()]] = False
+        consumer = model.get_submodule(c_.module)
+        if not _can_fold(consumer) or (exact_borders and _zero_padded(consumer)):
+            cand[c_.units[st.center != 0]] = False
+    cand[_site_conflicts(graph, stats, cand)] = False
     # Respect per-group caps: the largest-gamma candidates stay when a group would shrink too far.
     caps = group_caps(graph, c)
     removed = np.zeros(graph.num_units, bool)
@@ -135,44 +137,100 @@ def _threshold_removed(graph: ChannelGraph, model: nn.Module, threshold: float, 
         if u.size > caps[g.id]:
             u = u[np.lexsort((u, gmax[u]))[: caps[g.id]]]
         removed[u] = True
-    return apply_rounding(graph, removed, scores, c.round_to)
+    return apply_rounding(graph, removed, scores, c.round_to), notes
 
 
-def _probe_all(graph: ChannelGraph, inputs: tuple, removed: np.ndarray) -> dict:
+def _site_conflicts(graph: ChannelGraph, stats: dict, removed: np.ndarray) -> np.ndarray:
+    """Removed units whose constants differ between the calls of one consumer module.
+
+    Folding writes one bias per module; a module called at several sites adds it at every
+    site, so the fold is exact only where every site sees the same constant (zero included).
+    """
+    by_module: dict[str, list[tuple[np.ndarray, Any]]] = {}
+    for c in graph.consumers:
+        st = stats.get((c.graph, c.node))
+        if st is not None:
+            by_module.setdefault(c.module, []).append((c.units, st))
+    bad = np.zeros(graph.num_units, bool)
+    for sites in by_module.values():
+        if len(sites) < 2:
+            continue
+        units0, st0 = sites[0]
+        for units, st in sites[1:]:
+            if units.shape != units0.shape:  # cannot line the calls up: none of them folds
+                for u, _ in sites:
+                    bad[u[removed[u]]] = True
+                break
+            differ = np.abs(st.center - st0.center) > 1e-6 + 1e-5 * np.abs(st0.center)
+            bad[units[differ & removed[units]]] = True
+            bad[units0[differ & removed[units0]]] = True
+    return bad
+
+
+def _probe_all(graph: ChannelGraph, removed: np.ndarray) -> tuple[dict, list[str]]:
     """Consumer statistics keyed by (graph index, node) for consumers of removed units.
 
-    Constants do not depend on the input size, so the probe first tries a cheap input (one
-    sample, spatial dims at most 32) and falls back to the full example when the model
-    insists on its size.
+    A folded constant must hold for any input at any batch size, in eval mode and in
+    training, so the statistics cover a batch of two different samples (the example's first
+    and a redrawn one: a norm computing batch statistics over one sample maps any
+    per-sample value to its shift), in eval mode and with the norms computing batch
+    statistics. Constants do not depend on the input size, so spatial dims are first cut
+    to 32; a model that insists on its example's shapes is probed on the example and a
+    redrawn batch of the same shapes instead. Returns the statistics and notes on what could
+    not be verified.
     """
-    small = _shrunk(inputs)
-    for attempt in ([small, inputs] if small is not None else [inputs]):
+    inputs = graph.traced.example_inputs
+    attempts = [b for b in (_pair_batch(inputs, shrink=True), _pair_batch(inputs, shrink=False)) if b is not None]
+    attempts.append((inputs, _perturbed(inputs)))
+    for i, batches in enumerate(attempts):
         try:
-            out = {}
-            for gi, gm in enumerate(graph.graphs()):
-                targets = {c.node: c.axis for c in graph.consumers if c.graph == gi and removed[c.units].any()}
-                if targets:
-                    out.update({(gi, k): v for k, v in probe_consumers(gm, attempt, targets).items()})
-            return out
+            runs = [_probe_run(graph, b, removed, batch_stats=False) for b in batches]
         except Exception:
-            if attempt is inputs:
+            if i == len(attempts) - 1:
                 raise
+            continue
+        notes = []
+        try:
+            runs += [_probe_run(graph, b, removed, batch_stats=True) for b in batches]
+        except Exception as exc:  # e.g. a norm over one value per channel at batch 1
+            notes.append(f"constants were verified in eval mode only (with batch statistics the model "
+                         f"failed: {type(exc).__name__}: {str(exc)[:80]}); check the pruned model in training mode")
+        if i == len(attempts) - 1 and inputs and isinstance(inputs[0], torch.Tensor) and inputs[0].shape[:1] == (1,):
+            notes.append("constants were verified at batch size 1 only (the model refused a batch of two); "
+                         "norms computing batch statistics may make them differ at other batch sizes")
+        return merge_stats(runs), notes
     raise AssertionError("unreachable")
 
 
-def _shrunk(inputs: tuple) -> tuple | None:
-    """One sample of each batched floating input, spatial dims cut to 32 (None if nothing to gain)."""
-    out, gain = [], False
-    for x in inputs:
-        if isinstance(x, torch.Tensor) and x.is_floating_point() and x.dim() >= 3:
-            y = x[:1]
-            if any(d > 32 for d in y.shape[2:]):
-                y = torch.nn.functional.adaptive_avg_pool2d(y, 32) if y.dim() == 4 else y
-            gain = gain or y.numel() < x.numel()
-            out.append(y)
+def _probe_run(graph: ChannelGraph, inputs: tuple, removed: np.ndarray, batch_stats: bool) -> dict:
+    out = {}
+    for gi, gm in enumerate(graph.graphs()):
+        targets = {c.node: c.axis for c in graph.consumers if c.graph == gi and removed[c.units].any()}
+        if targets:
+            out.update({(gi, k): v for k, v in probe_consumers(gm, inputs, targets, batch_stats).items()})
+    return out
+
+
+def _pair_batch(inputs: tuple, shrink: bool) -> tuple[tuple] | None:
+    """One batch of two samples: the example's first and a redrawn one (None if not batched).
+
+    Tensors whose first dim is the example's batch size are batched; with ``shrink``, 4-D
+    floating ones have their spatial dims cut to at most 32.
+    """
+    tensors = [x for x in inputs if isinstance(x, torch.Tensor)]
+    if not tensors or tensors[0].dim() == 0:
+        return None
+    batch = tensors[0].shape[0]
+    out = []
+    for x, y in zip(inputs, _perturbed(inputs)):
+        if isinstance(x, torch.Tensor) and x.dim() >= 1 and x.shape[0] == batch:
+            pair = torch.cat([x[:1], y[:1]])
+            if shrink and pair.is_floating_point() and pair.dim() == 4 and any(d > 32 for d in pair.shape[2:]):
+                pair = torch.nn.functional.adaptive_avg_pool2d(pair, [min(d, 32) for d in pair.shape[2:]])
+            out.append(pair)
         else:
             out.append(x)
-    return tuple(out) if gain else None
+    return (tuple(out),)
 
 
 def _perturbed(inputs: tuple) -> tuple:
@@ -181,7 +239,7 @@ def _perturbed(inputs: tuple) -> tuple:
     out = []
     for x in inputs:
         if isinstance(x, torch.Tensor) and x.is_floating_point():
-            noise = torch.randn(x.shape, generator=g, dtype=x.dtype).to(x.device)
+            noise = torch.randn(x.shape, generator=g, dtype=torch.float32).to(dtype=x.dtype, device=x.device)
             out.append(noise * (x.std() if x.numel() > 1 else 1.0) + x.mean())
         else:
             out.append(x)
@@ -190,20 +248,25 @@ def _perturbed(inputs: tuple) -> tuple:
 
 def silence_roles(threshold_mode: bool) -> tuple[str, ...]:
     """What silencing zeroes: the model as trained (threshold) or whole channels (ratio)."""
-    return ("scale",) if threshold_mode else ("out", "scale", "source")
+    return ("scale",) if threshold_mode else ("out", "scale", "source", "mean")
 
 
 def _folds(graph: ChannelGraph, model: nn.Module, removed: np.ndarray, keep_shift: bool,
-           roles: tuple[str, ...]) -> tuple[list[Fold], list[str]]:
-    """Constants that removed channels hold at each consumer, measured on the silenced model."""
+           roles: tuple[str, ...]) -> tuple[list[Fold], list[str], np.ndarray]:
+    """Constants that removed channels hold at each consumer, measured on the silenced model.
+
+    Also returns the removed units whose constants differ between the calls of a consumer
+    module called at several sites: no single bias is exact for them.
+    """
+    none = np.zeros(graph.num_units, bool)
     if not any(removed[c.units].any() for c in graph.consumers):
-        return [], []
+        return [], [], none
     zeros = zero_list(((s.module, s.param, s.dim, s.role, np.flatnonzero(removed[s.units])) for s in graph.slices),
                       keep_shift=keep_shift, roles=roles)
     with silenced(model, zeros):
-        stats = _probe_all(graph, graph.traced.example_inputs, removed)
+        stats, notes = _probe_all(graph, removed)
+    conflicts = _site_conflicts(graph, stats, removed)
     folds: dict[str, Fold] = {}
-    notes: list[str] = []
     for c in graph.consumers:
         if (c.graph, c.node) not in stats:
             continue
@@ -213,26 +276,30 @@ def _folds(graph: ChannelGraph, model: nn.Module, removed: np.ndarray, keep_shif
         if not st.constant()[idx].all():
             notes.append(f"{c.module}: some removed input channels are not constant, so folding them is approximate")
         nz = np.abs(vals) > 0
-        if not nz.any():
-            continue
+        if not nz.any() or c.module in folds:
+            continue  # calls of one module agree (or conflicts says otherwise): one fold serves all
         m = model.get_submodule(c.module)
         if not _can_fold(m):
             notes.append(f"{c.module}: removed input channels hold non-zero constants but {type(m).__name__} "
                          f"cannot fold them, so the pruned model differs from the silenced one there")
             continue
-        fold = Fold(c.module, c.node, int(c.units.size), tuple(int(i) for i in idx[nz]), tuple(float(v) for v in vals[nz]))
-        if c.module in folds:
-            if folds[c.module].value != fold.value or folds[c.module].index != fold.index:
-                notes.append(f"{c.module} is called more than once with different removed constants; only the first call's are folded")
-            continue
-        folds[c.module] = fold
+        folds[c.module] = Fold(c.module, c.node, int(c.units.size), tuple(int(i) for i in idx[nz]),
+                               tuple(float(v) for v in vals[nz]))
         if _zero_padded(m):
             notes.append(f"{c.module}: folded constants are exact in the interior; zero padding makes border outputs differ")
-    serious = [n for n in notes if "approximate" in n or "cannot fold" in n or "only the first" in n]
+    if conflicts.any():
+        notes.append("a module called at several sites sees different constants in removed channels at "
+                     "different calls, so no single folded bias is exact")
+    return list(folds.values()), notes, conflicts
+
+
+def _warn_inexact(notes: list[str]) -> None:
+    """One warning listing the plan's notes that mean the pruned model is not the silenced one."""
+    serious = [n for n in notes if "approximate" in n or "cannot fold" in n or "several sites" in n
+               or "verified" in n]
     if serious:
         warnings.warn("slimprune: the pruned model will not equal the silenced original exactly:\n  - "
                       + "\n  - ".join(dict.fromkeys(serious)), stacklevel=3)
-    return list(folds.values()), notes
 
 
 def _has_ties(graph: ChannelGraph, scores: np.ndarray) -> bool:
@@ -331,42 +398,58 @@ def plan(
     constraints = Constraints(min_channels, round_to, max_ratio, protected, allow_inexact)
     scores = unit_scores(graph, model, importance, seed)
     predictor = Predictor(graph, model)
+    roles = silence_roles(threshold is not None)
     if threshold is not None:
-        removed = _threshold_removed(graph, model, float(threshold), constraints, scores, exact_borders and fold_bias)
+        removed, probe_notes = _threshold_removed(graph, model, float(threshold), constraints, scores,
+                                                  exact_borders and fold_bias)
+        folds, notes, _ = _folds(graph, model, removed, keep_shift=fold_bias, roles=roles)
+        notes = probe_notes + notes
     else:
         tiebreak = tiebreak_scores(graph, model) if importance == "bn_scale" and _has_ties(graph, scores) else None
-        if target == "channels":
-            removed = select_ranked(graph, scores, float(ratio), constraints, tiebreak)
-        else:
-            kind = "params" if target == "params" else "macs"
-            removed = select_target(graph, scores, float(ratio), constraints, predictor, kind, tiebreak)
-    roles = silence_roles(threshold is not None)
-    folds, notes = _folds(graph, model, removed, keep_shift=fold_bias, roles=roles)
-    if threshold is None and target == "params" and folds:
-        # Folding gives a bias-less consumer a bias; ask for that much more, until the
-        # target holds with those biases counted (a few rounds at most).
-        before = predictor.params(np.zeros(graph.num_units, bool))
+        kind = {"channels": None, "params": "params", "flops": "macs"}[target]
 
-        def saved() -> float:
-            return 1.0 - predictor.params(removed, _fold_bias_params(graph, model, removed, folds)) / before
+        def select(goal: float, cons: Constraints) -> np.ndarray:
+            if kind is None:
+                return select_ranked(graph, scores, goal, cons, tiebreak)
+            return select_target(graph, scores, goal, cons, predictor, kind, tiebreak)
 
-        goal = float(ratio)
-        for _ in range(8):
+        removed = select(float(ratio), constraints)
+        folds, notes, conflicts = _folds(graph, model, removed, keep_shift=fold_bias, roles=roles)
+        for _ in range(3):
+            # Channels one folded bias cannot serve at every call of a shared module stay;
+            # the others are chosen again under that constraint.
+            if not conflicts.any():
+                break
+            constraints = replace(constraints, kept_units=constraints.kept_units
+                                  | frozenset(np.flatnonzero(conflicts).tolist()))
+            removed = select(float(ratio), constraints)
+            folds, notes, conflicts = _folds(graph, model, removed, keep_shift=fold_bias, roles=roles)
+        if target == "params" and folds:
+            # Folding gives a bias-less consumer a bias; ask for that much more, until the
+            # target holds with those biases counted (a few rounds at most).
+            before = predictor.params(np.zeros(graph.num_units, bool))
+
+            def saved() -> float:
+                return 1.0 - predictor.params(removed, _fold_bias_params(graph, model, removed, folds)) / before
+
+            goal = float(ratio)
+            for _ in range(8):
+                got = saved()
+                if got + 1e-12 >= float(ratio):
+                    break
+                goal += max(float(ratio) - got, 1e-4)  # at least a step, so rounds cannot stall on a hair
+                try:
+                    removed = select(goal, constraints)
+                except InfeasiblePlanError:
+                    break
+                folds, notes, _ = _folds(graph, model, removed, keep_shift=fold_bias, roles=roles)
             got = saved()
-            if got + 1e-12 >= float(ratio):
-                break
-            goal += max(float(ratio) - got, 1e-4)  # at least a step, so rounds cannot stall on a hair
-            try:
-                removed = select_target(graph, scores, goal, constraints, predictor, "params", tiebreak)
-            except InfeasiblePlanError:
-                break
-            folds, notes = _folds(graph, model, removed, keep_shift=fold_bias, roles=roles)
-        got = saved()
-        if got + 1e-12 < float(ratio):
-            raise InfeasiblePlanError(
-                f"target='params' ratio={ratio} cannot be reached with fold_bias=True: the biases folding "
-                f"adds to bias-less layers leave the saving at {got:.2%}. Lower the ratio or pass fold_bias=False."
-            )
+            if got + 1e-12 < float(ratio):
+                raise InfeasiblePlanError(
+                    f"target='params' ratio={ratio} cannot be reached with fold_bias=True: the biases folding "
+                    f"adds to bias-less layers leave the saving at {got:.2%}. Lower the ratio or pass fold_bias=False."
+                )
+    _warn_inexact(notes)
     if graph.traced.method == "concrete":
         fixed = graph.traced.fixed
         notes.insert(0, f"fx alone cannot follow {type(model).__name__}.forward; traced while running it on the "
@@ -475,8 +558,6 @@ def _plan_regions(model: nn.Module, error: TraceError, ratio: float | None, exam
 
 def _compose(model: nn.Module, subplans: list[tuple[str, PruningPlan]], regions: list, unreached: list[str],
              error: TraceError, ratio: float | None, example_inputs: Any, kwargs: dict[str, Any]) -> PruningPlan:
-    from dataclasses import replace
-
     def full(path: str, name: str) -> str:
         return f"{path}.{name}" if name else path
 

@@ -124,9 +124,50 @@ class _Probe(GraphRunner):
         return super().run_node(n)
 
 
-def probe_consumers(gm: fx.GraphModule, inputs: tuple, consumers: dict[str, int]) -> dict[str, ConsumerStats]:
-    """Run ``gm`` once (eval mode, no grad) and summarise each consumer's input per channel."""
+@contextlib.contextmanager
+def batch_statistics(model: nn.Module) -> Iterator[None]:
+    """Eval mode, except that every norm computes batch statistics as it does in training.
+
+    A constant folded into a bias must hold in both modes, and norms are what makes a
+    channel's value depend on the mode (running statistics in eval, batch statistics in
+    training). Dropout, stochastic depth and other training-only randomness stay off. Running
+    statistics and every other buffer are restored bit for bit afterwards.
+    """
+    flags = [(m, m.training) for m in model.modules()]
+    saved = [(b, b.detach().clone()) for b in model.buffers()]
+    try:
+        model.eval()
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._NormBase):
+                m.train()
+        with torch.no_grad():
+            yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
+        with torch.no_grad():
+            for b, value in saved:
+                b.copy_(value)
+
+
+def probe_consumers(gm: fx.GraphModule, inputs: tuple, consumers: dict[str, int],
+                    batch_stats: bool = False) -> dict[str, ConsumerStats]:
+    """Run ``gm`` once (no grad) and summarise each consumer's input per channel.
+
+    In eval mode, or with ``batch_stats`` with the norms computing batch statistics.
+    """
     probe = _Probe(gm, consumers)
-    with evaluation_mode(gm):
+    with batch_statistics(gm) if batch_stats else evaluation_mode(gm):
         probe.run(*inputs)
     return probe.stats
+
+
+def merge_stats(runs: Sequence[dict[str, ConsumerStats]]) -> dict[str, ConsumerStats]:
+    """Statistics over several probe runs: a channel is constant only if it is the same constant in all."""
+    out: dict[str, ConsumerStats] = {}
+    for key in runs[0]:
+        if all(key in r for r in runs):
+            parts = [r[key] for r in runs]
+            out[key] = ConsumerStats(parts[0].node, np.minimum.reduce([p.vmin for p in parts]),
+                                     np.maximum.reduce([p.vmax for p in parts]), parts[0].center)
+    return out

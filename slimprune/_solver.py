@@ -37,6 +37,9 @@ class Constraints:
     max_ratio: float | Mapping[str, float] = 1.0
     protected_units: frozenset[int] = field(default_factory=frozenset)
     allow_inexact: bool = True
+    # Single units that must stay while the rest of their group may go (channels whose
+    # removal no folded bias could make exact); protected_units protects whole groups.
+    kept_units: frozenset[int] = field(default_factory=frozenset)
 
     def __post_init__(self) -> None:
         if not isinstance(self.min_channels, int) or self.min_channels < 1:
@@ -72,15 +75,18 @@ def group_caps(graph: ChannelGraph, c: Constraints) -> np.ndarray:
 
 
 def _eligible_order(graph: ChannelGraph, scores: np.ndarray, caps: np.ndarray,
-                    tiebreak: np.ndarray | None = None) -> np.ndarray:
+                    tiebreak: np.ndarray | None = None, kept_units: frozenset[int] = frozenset()) -> np.ndarray:
     """Units that may go, lowest score first (each group contributes its ``cap`` lowest)."""
     tb = tiebreak if tiebreak is not None else np.zeros_like(scores)
     chosen = []
     for g in graph.groups:
         if caps[g.id] <= 0:
             continue
-        order = np.lexsort((g.units, tb[g.units], scores[g.units]))
-        chosen.append(g.units[order[: caps[g.id]]])
+        units = g.units
+        if kept_units:
+            units = units[~np.isin(units, np.fromiter(kept_units, np.int64))]
+        order = np.lexsort((units, tb[units], scores[units]))
+        chosen.append(units[order[: caps[g.id]]])
     if not chosen:
         return np.zeros(0, dtype=np.int64)
     units = np.concatenate(chosen)
@@ -114,7 +120,7 @@ def select_ranked(graph: ChannelGraph, scores: np.ndarray, ratio: float, c: Cons
     prunable = sum(len(g) for g in graph.groups if not any(int(u) in c.protected_units for u in g.units[:1])
                    and (g.exact or c.allow_inexact))
     k = math.floor(ratio * prunable + 1e-9)
-    order = _eligible_order(graph, scores, caps, tiebreak)
+    order = _eligible_order(graph, scores, caps, tiebreak, c.kept_units)
     if k > order.size:
         raise InfeasiblePlanError(
             f"ratio={ratio} asks for {k} of {prunable} prunable channels, but the constraints "
@@ -130,7 +136,7 @@ def select_target(graph: ChannelGraph, scores: np.ndarray, fraction: float, c: C
                   predictor: "Predictor", kind: str, tiebreak: np.ndarray | None = None) -> np.ndarray:
     """Shortest prefix of the ranking that removes at least ``fraction`` of params or FLOPs."""
     caps = group_caps(graph, c)
-    order = _eligible_order(graph, scores, caps, tiebreak)
+    order = _eligible_order(graph, scores, caps, tiebreak, c.kept_units)
     before = predictor.params(np.zeros(graph.num_units, bool)) if kind == "params" else predictor.macs(np.zeros(graph.num_units, bool))
 
     def removed_for(k: int) -> np.ndarray:

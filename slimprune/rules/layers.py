@@ -161,7 +161,7 @@ def batch_norm(ctx, node):
         ctx.param(node, "weight", 0, x.labels, "scale")
         ctx.param(node, "bias", 0, x.labels, "shift")
     if m.running_mean is not None:
-        ctx.param(node, "running_mean", 0, x.labels, "aux")
+        ctx.param(node, "running_mean", 0, x.labels, "mean")
         ctx.param(node, "running_var", 0, x.labels, "aux")
     return x
 
