@@ -87,7 +87,7 @@ def test_prune_torchvision_human_output(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
     proc = slimprune("inspect", str(out))
     assert proc.returncode == 0, proc.stderr
-    assert "file: format 1" in proc.stdout and "build: torchvision:resnet18" in proc.stdout
+    assert "file: format 2" in proc.stdout and "build: torchvision:resnet18" in proc.stdout
 
 
 def test_bad_model_spec_exits_2_with_one_line() -> None:

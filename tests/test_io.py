@@ -51,18 +51,22 @@ def split_file(path: Path) -> tuple[dict[str, Any], bytes]:
     return top, raw[8 + n :]
 
 
-def join_file(path: Path, top: dict[str, Any], data: bytes) -> None:
+def join_file(path: Path, top: dict[str, Any], data: bytes, *, resign: bool = False) -> None:
+    """Write ``top`` (slimprune header decoded) and ``data`` back; ``resign``: recompute the checksum."""
     top = json.loads(json.dumps(top))
     top["__metadata__"]["slimprune.model"] = json.dumps(top["__metadata__"]["slimprune.model"])
+    if resign:
+        top["__metadata__"]["slimprune.sha256"] = rehash(top, data)
     text = json.dumps(top).encode()
     path.write_bytes(struct.pack("<Q", len(text)) + text + data)
 
 
-def edit_header(path: Path, fn: Callable[[dict[str, Any]], None]) -> None:
-    """Change the slimprune header in place (the weights and their hash stay valid)."""
+def edit_header(path: Path, fn: Callable[[dict[str, Any]], None], *, resign: bool = True) -> None:
+    """Change the slimprune header in place; ``resign`` (default) re-signs the checksum, so what is
+    tested is the check of the header's content, not the checksum."""
     top, data = split_file(path)
     fn(top["__metadata__"]["slimprune.model"])
-    join_file(path, top, data)
+    join_file(path, top, data, resign=resign)
 
 
 # ------------------------------------------------------------------------- round trips
@@ -171,7 +175,7 @@ def test_tampered_weights_fail_the_hash(saved: Path) -> None:
 def test_future_format_version(saved: Path) -> None:
     """A file from a newer format version is refused with an upgrade hint."""
     edit_header(saved, lambda h: h.update(format_version=io.FORMAT_VERSION + 1, slimprune="9.0"))
-    with pytest.raises(FileFormatError, match=r"format version 2 by slimprune 9\.0.*Upgrade"):
+    with pytest.raises(FileFormatError, match=rf"format version {io.FORMAT_VERSION + 1} by slimprune 9\.0.*Upgrade"):
         io.load(saved, build_fn=TinyResNet)
 
 
@@ -238,18 +242,20 @@ def test_weights_that_do_not_fit_the_rebuilt_model(tmp_path: Path) -> None:
     path = io.save(small, tmp_path / "m.safetensors", plan=plan)
     top, data = split_file(path)
     top["net.head.extra"] = top.pop("net.head.bias")
-    top["__metadata__"]["slimprune.model"]["weights_sha256"] = rehash(top, data)
-    join_file(path, top, data)
+    join_file(path, top, data, resign=True)
     with pytest.raises(PlanMismatchError, match="net.head.extra"):
         io.load(path, build_fn=TinyResNet)
 
 
 def rehash(top: dict[str, Any], data: bytes) -> str:
-    """The weights_sha256 the format defines: sorted compact tensor table, then the bytes."""
+    """The slimprune.sha256 the format defines: the length and bytes of the slimprune header text as
+    stored, the length and bytes of the sorted compact tensor table, then the tensors' bytes."""
     import hashlib
 
-    table = {k: v for k, v in top.items() if k != "__metadata__"}
-    return hashlib.sha256(json.dumps(table, sort_keys=True, separators=(",", ":")).encode() + data).hexdigest()
+    text = top["__metadata__"]["slimprune.model"].encode()
+    table = json.dumps({k: v for k, v in top.items() if k != "__metadata__"}, sort_keys=True, separators=(",", ":")).encode()
+    parts = (struct.pack("<Q", len(text)), text, struct.pack("<Q", len(table)), table, data)
+    return hashlib.sha256(b"".join(parts)).hexdigest()
 
 
 def test_build_spec_permissions(saved: Path) -> None:
@@ -327,3 +333,222 @@ def test_build_errors_teach() -> None:
     with pytest.raises(InvalidArgumentError, match="not an nn.Module"):
         io.build("tests.helpers:outputs?value=1")
     assert isinstance(io.build("tests.models:TinyResNet?width=4"), TinyResNet)
+
+
+# ------------------------------------------------------ what the header may say (issue 16)
+
+
+class Widths(nn.Module):
+    """forward reads its width from an attribute, so the plan's edit names it ("attr")."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn, self.fc = nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Linear(8, 2)
+        self.width = 8
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.bn(self.conv(x))).mean((2, 3)).view(-1, self.width))
+
+
+@pytest.fixture()
+def widths_file(tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    model = randomize_bn(Widths())
+    plan = slimprune.plan(model, 0.5, example_inputs=torch.randn(2, 3, 8, 8))
+    assert any("attr" in json.loads(e) for e in plan.edits)
+    return io.save(slimprune.apply(model, plan), tmp_path / "w.safetensors", plan=plan)
+
+
+def test_attribute_edit_round_trip(widths_file: Path) -> None:
+    """The attribute a genuine plan rewrites passes the checks and is rewritten on load."""
+    loaded = io.load(widths_file, build_fn=Widths)
+    assert loaded.width == 4 and not isinstance(loaded, fx.GraphModule)
+    loaded(torch.randn(1, 3, 8, 8))
+
+
+def never(*args: Any, **kwargs: Any) -> nn.Module:
+    raise AssertionError("load() built a model from a file it should have refused")
+
+
+def test_any_header_edit_fails_the_checksum(saved: Path) -> None:
+    """Issue 16 item 5: the checksum covers the plan, the build spec and the format fields, not only
+    the weights; an edited header is refused before anything is built."""
+    edits: list[Callable[[dict[str, Any]], None]] = [
+        lambda h: h["plan"]["slices"][0].update(kept=[0]),
+        lambda h: h["plan"]["folds"].append({"module": "net.head", "node": "x", "size": 1, "index": [0], "value": [1.0]}),
+        lambda h: h["plan"]["edits"].append({"node": "x", "kind": "set_arg", "index": 0, "value": 1}),
+        lambda h: h["plan"].update(input_shapes=[[1, 3, 8, 8]]),
+        lambda h: h.update(build={"factory": "tests.models:TinyResNet", "kwargs": {"width": 8}}),
+        lambda h: h.update(torch="0.0"),
+    ]
+    original = saved.read_bytes()
+    for edit in edits:
+        saved.write_bytes(original)
+        edit_header(saved, edit, resign=False)
+        with pytest.raises(FileFormatError, match="SHA-256"):
+            io.load(saved, build_fn=never)
+        with pytest.raises(FileFormatError, match="SHA-256"):
+            io.read_header(saved)
+
+
+def test_attribute_edits_cannot_set_arbitrary_attributes(widths_file: Path) -> None:
+    """Issue 16 item 5: a (re-signed) plan edit with "attr" may only rewrite the sizes the engine names:
+    BatchNorm.eps = 1000 is refused, as a float, as an int, or by a made-up edit."""
+    original = widths_file.read_bytes()
+
+    def point_at_eps(old: Any) -> Callable[[dict[str, Any]], None]:
+        def edit(h: dict[str, Any]) -> None:
+            for e in h["plan"]["edits"]:
+                if "attr" in e:
+                    e.update(attr=["bn", "eps"], old=old, new=1000)
+        return edit
+
+    widths_file.write_bytes(original)
+    edit_header(widths_file, point_at_eps(1e-5))
+    with pytest.raises(FileFormatError, match=r"plan\.edits\[\d+\]\.old must be a size"):
+        io.load(widths_file, build_fn=Widths)
+    widths_file.write_bytes(original)
+    edit_header(widths_file, point_at_eps(1))
+    with pytest.raises(PlanMismatchError, match=r"sets bn\.eps = 1000"):
+        io.load(widths_file, build_fn=Widths)
+    widths_file.write_bytes(original)
+    edit_header(widths_file, lambda h: h["plan"]["edits"].append(
+        {"node": "x", "kind": "set_arg", "index": 0, "value": 0, "attr": ["bn", "momentum"], "old": 0, "new": 1000}))
+    with pytest.raises(PlanMismatchError, match=r"sets bn\.momentum"):
+        io.load(widths_file, build_fn=Widths)
+
+
+def _slice0(h: dict[str, Any]) -> dict[str, Any]:
+    return h["plan"]["slices"][0]
+
+
+MALFORMED: dict[str, tuple[Callable[[dict[str, Any]], None], type[Exception], str]] = {
+    "format_version -5": (lambda h: h.update(format_version=-5), FileFormatError, r"format_version -5 .*reads version 2"),
+    "format_version 1": (lambda h: h.update(format_version=1), FileFormatError, r"format version 1 .*Re-save"),
+    "kept index 99": (lambda h: _slice0(h).update(kept=[0, 99]), FileFormatError, r"slices\[0\]\.kept must be sorted, distinct indices in \[0, \d+\)"),
+    "kept unsorted": (lambda h: _slice0(h).update(kept=[1, 0]), FileFormatError, r"slices\[0\]\.kept"),
+    "kept duplicate": (lambda h: _slice0(h).update(kept=[0, 0]), FileFormatError, r"slices\[0\]\.kept"),
+    "kept nothing": (lambda h: _slice0(h).update(kept=[]), FileFormatError, r"slices\[0\]\.kept must be at least one"),
+    "kept a string": (lambda h: _slice0(h).update(kept="01"), FileFormatError, r"slices\[0\]\.kept must be a list"),
+    "negative dim": (lambda h: _slice0(h).update(dim=-1), FileFormatError, r"slices\[0\]\.dim must be an integer >= 0"),
+    "fingerprint a number": (lambda h: h["plan"].update(fingerprint=5), FileFormatError, r"plan\.fingerprint must be 16 hex"),
+    "plan version -5": (lambda h: h["plan"].update(version=-5), FileFormatError, r"plan\.version must be an integer >= 1"),
+    "negative input shape": (lambda h: h["plan"].update(input_shapes=[[-1, 3]]), FileFormatError, r"input_shapes\[0\]"),
+    "huge input shape": (lambda h: h["plan"].update(input_shapes=[[1 << 20, 1 << 20]]), FileFormatError, r"at most"),
+    "options a list": (lambda h: h["plan"].update(options=[]), FileFormatError, r"plan\.options must be a JSON object"),
+    "group index": (lambda h: h["plan"]["groups"][0].update(removed=[10**6]), FileFormatError, r"groups\[0\]\.removed"),
+    "fold index": (lambda h: h["plan"]["folds"].append(
+        {"module": "net.head", "node": "x", "size": 4, "index": [7], "value": [1.0]}), FileFormatError, r"folds\[\d+\]\.index must be sorted"),
+    "fold NaN": (lambda h: h["plan"]["folds"].append(
+        {"module": "net.head", "node": "x", "size": 4, "index": [1], "value": [float("nan")]}), FileFormatError, r"folds\[\d+\]\.value must be finite numbers"),
+    "edit kind": (lambda h: h["plan"]["edits"].append({"node": "x", "kind": "exec", "code": "1"}), FileFormatError, r"edits\[0\]\.kind must be one of"),
+    "edit value tag": (lambda h: h["plan"]["edits"].append(
+        {"node": "x", "kind": "set_arg", "index": 0, "value": {"__bogus__": 1}}), FileFormatError, r"edits\[0\]\.value"),
+    "edit index past the args": (lambda h: h["plan"]["edits"].append(
+        {"node": "x", "kind": "set_arg", "index": 5, "value": 1}), PlanMismatchError, r"does not fit"),
+    "edit node reference": (lambda h: h["plan"]["edits"].append(
+        {"node": "x", "kind": "set_arg", "index": 0, "value": {"__node__": "nope"}}), PlanMismatchError, r"does not fit"),
+    "build kwargs a list": (lambda h: h.update(build={"factory": "tests.models:TinyResNet", "kwargs": [1, 2]}), FileFormatError, r"build spec"),
+    "build a string": (lambda h: h.update(build="torchvision:resnet18"), FileFormatError, r"build spec"),
+    "torch version a number": (lambda h: h.update(torch=5), FileFormatError, r"'torch' version must be a string"),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_malformed_header_fields_are_named_errors(saved: Path, case: str) -> None:
+    """Issue 16 items 5 and 13: each field of a (re-signed) header is checked: a named FileFormatError,
+    or PlanMismatchError where the plan does not fit the rebuilt model; never IndexError/KeyError/
+    ValueError/TypeError, never a wrong model."""
+    edit, error, match = MALFORMED[case]
+    edit_header(saved, edit)
+    with pytest.raises(error, match=match):
+        io.load(saved, build_fn=TinyResNet)
+
+
+def test_deeply_nested_header_is_a_format_error(saved: Path) -> None:
+    """JSON nested past the parser's recursion limit is malformed JSON, not a RecursionError."""
+    edit_header(saved, lambda h: h["plan"].update(options={"x": "@"}))
+    raw = saved.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    deep = "[" * 100_000 + "]" * 100_000
+    top = json.loads(raw[8 : 8 + n])
+    top["__metadata__"]["slimprune.model"] = top["__metadata__"]["slimprune.model"].replace('"@"', deep)
+    write_raw(saved, top, raw[8 + n :])
+    with pytest.raises(FileFormatError, match="not valid JSON"):
+        io.load(saved, build_fn=never)
+
+
+# --------------------------------------------------------- builds the file chooses (issue 16)
+
+
+@pytest.fixture()
+def no_downloads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every way torchvision and torch.hub fetch weights raises, so a download attempt fails the test."""
+    import urllib.request
+
+    import torch.hub
+    import torchvision.models._api
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError(f"load() tried to download: {args[:1]}")
+
+    for owner, name in ((torch.hub, "load_state_dict_from_url"), (torch.hub, "download_url_to_file"),
+                        (torchvision.models._api, "load_state_dict_from_url"), (urllib.request, "urlopen")):
+        monkeypatch.setattr(owner, name, refuse)
+
+
+DOWNLOADING = {
+    "weights": {"weights": "IMAGENET1K_V1"},
+    "weights DEFAULT": {"weights": "DEFAULT"},
+    "pretrained": {"pretrained": True},
+}
+
+
+@pytest.mark.parametrize("case", list(DOWNLOADING))
+def test_file_chosen_torchvision_build_downloads_nothing(saved: Path, no_downloads: None, case: str) -> None:
+    """Issue 16 item 14: a file naming torchvision:resnet18 with pretrained weights is refused before
+    any download (and before building anything)."""
+    edit_header(saved, lambda h: h.update(build={"factory": "torchvision:resnet18", "kwargs": DOWNLOADING[case]}))
+    with pytest.raises(InvalidArgumentError, match="download pretrained weights.*build_fn=.*trust_build=True"):
+        io.load(saved)
+
+
+def test_file_chosen_build_with_a_downloading_default_or_odd_values(saved: Path, no_downloads: None) -> None:
+    """A builder whose default downloads a backbone (fcn_resnet50), or kwargs that are not plain
+    values, are refused too."""
+    edit_header(saved, lambda h: h.update(build={"factory": "torchvision:fcn_resnet50", "kwargs": {}}))
+    with pytest.raises(InvalidArgumentError, match="leaves weights_backbone at its default"):
+        io.load(saved)
+    edit_header(saved, lambda h: h.update(build={"factory": "torchvision:resnet18", "kwargs": {"norm_layer": {"x": 1}}}))
+    with pytest.raises(InvalidArgumentError, match="only plain values"):
+        io.load(saved)
+
+
+def test_file_chosen_build_is_checked_on_the_meta_device_first(saved: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 16 item 14: a file naming a model its plan does not fit (here a 51M-parameter ResNet-18)
+    is refused after building it on the meta device only, before any weights are allocated."""
+    devices = []
+    real = io.build
+
+    def spy(spec: Any) -> nn.Module:
+        devices.append(torch.empty(0).device.type)
+        return real(spec)
+
+    monkeypatch.setattr(io, "build", spy)
+    edit_header(saved, lambda h: h.update(build={"factory": "torchvision:resnet18", "kwargs": {"num_classes": 100_000}}))
+    with pytest.raises(PlanMismatchError, match="fingerprint"):
+        io.load(saved)
+    assert devices == ["meta"]
+
+
+def test_torchvision_file_loads_offline(tmp_path: Path, no_downloads: None) -> None:
+    """A genuine torchvision file (weights=None spelled out) still loads without build_fn or trust,
+    after the meta-device check, to bit-identical weights."""
+    torch.manual_seed(0)
+    model = randomize_bn(__import__("torchvision").models.resnet18(num_classes=10))
+    plan = slimprune.plan(model, 0.3, example_inputs=torch.randn(1, 3, 32, 32))
+    small = slimprune.apply(model, plan)
+    path = io.save(small, tmp_path / "r.safetensors", plan=plan, build="torchvision:resnet18?num_classes=10&weights=None")
+    loaded = io.load(path)
+    for key, t in small.state_dict().items():
+        assert torch.equal(t, loaded.state_dict()[key]), key
