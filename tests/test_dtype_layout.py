@@ -75,3 +75,45 @@ def test_importance_callable_may_return_a_bfloat16_tensor() -> None:
 
     plan = slimprune.plan(model, 0.25, example_inputs=x, importance=by_index)
     assert plan.removed_channels > 0
+
+
+def _kept_layout(model: nn.Module, small: nn.Module, fmt: torch.memory_format) -> None:
+    before = dict(model.named_parameters())
+    changed = 0
+    for name, p in small.named_parameters():
+        if p.dim() in (4, 5):
+            assert p.is_contiguous(memory_format=fmt), f"{name} lost the channels-last layout"
+            changed += p.shape != before[name].shape
+    assert changed > 0
+
+
+def test_channels_last_model_prunes_to_channels_last_weights() -> None:
+    model = randomize_bn(TinyResNet()).eval().to(memory_format=torch.channels_last)
+    x = X.to(memory_format=torch.channels_last)
+    plan = slimprune.plan(model, 0.5, example_inputs=x, fold_bias=False)
+    small = slimprune.apply(model, plan)
+    _kept_layout(model, small, torch.channels_last)
+    with torch.no_grad():
+        assert torch.allclose(small(x), slimprune.silence(model, plan)(x), rtol=1e-4, atol=1e-5)
+    inplace = slimprune.apply(model, plan, inplace=True)
+    for name, p in inplace.named_parameters():
+        if p.dim() == 4:
+            assert p.is_contiguous(memory_format=torch.channels_last), f"{name} (inplace=True)"
+    nchw = randomize_bn(TinyResNet()).eval()  # and a model in the default format stays in it
+    small = slimprune.apply(nchw, slimprune.plan(nchw, 0.5, example_inputs=X))
+    assert all(p.is_contiguous() for p in small.parameters())
+
+
+def test_channels_last_3d_model_prunes_to_channels_last_3d_weights() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv3d(3, 8, 3, padding=1, bias=False), nn.BatchNorm3d(8), nn.ReLU(),
+                          nn.Conv3d(8, 6, 3, padding=1, bias=False), nn.BatchNorm3d(6), nn.ReLU(),
+                          nn.Conv3d(6, 4, 3, padding=1))
+    model = randomize_bn(model).eval().to(memory_format=torch.channels_last_3d)
+    x = torch.randn(2, 3, 6, 6, 6).to(memory_format=torch.channels_last_3d)
+    plan = slimprune.plan(model, 0.5, example_inputs=x, fold_bias=False)
+    small = slimprune.apply(model, plan)
+    _kept_layout(model, small, torch.channels_last_3d)
+    with torch.no_grad():
+        assert torch.allclose(small(x), slimprune.silence(model, plan)(x), rtol=1e-4, atol=1e-5)
+
