@@ -245,6 +245,9 @@ class PruningPlan:
                 raise PlanMismatchError(f"{what}: the indices are not sorted and distinct ({list(values)[:8]}); {fix}")
 
         for s in self.slices:
+            indices(s.kept, s.size, f"the kept indices of {s.name}")
+            if len(s.kept) == s.size:
+                continue  # kept whole: nothing is sliced (it may be a constant only the traced graph has)
             try:
                 owner = model.get_submodule(s.module) if s.module else model
             except AttributeError:
@@ -254,7 +257,6 @@ class PruningPlan:
                 raise PlanMismatchError(f"the plan slices {s.name}, which this model does not have; {fix}")
             if t.shape[s.dim] != s.size:
                 raise PlanMismatchError(f"{s.name} has size {t.shape[s.dim]}, the plan expects {s.size}; {fix}")
-            indices(s.kept, s.size, f"the kept indices of {s.name}")
             if not s.kept:
                 raise PlanMismatchError(
                     f"the plan keeps 0 of the {s.size} channels of {s.name}, and a layer without channels "
