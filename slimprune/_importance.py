@@ -26,7 +26,7 @@ from torch import nn
 from ._graph import ChannelGraph
 from .errors import InvalidArgumentError
 
-__all__ = ["IMPORTANCE", "unit_scores", "tiebreak_scores"]
+__all__ = ["IMPORTANCE", "unit_scores", "tiebreak_scores", "as_float64"]
 
 IMPORTANCE = ("bn_scale", "l1", "l2", "random")
 
@@ -44,7 +44,12 @@ def _per_index(t: torch.Tensor, dim: int, p: int) -> np.ndarray:
     else:
         v = torch.linalg.vector_norm(t.float(), ord=p, dim=others)
         v = v if p == 1 else v * v
-    return v.cpu().numpy().astype(np.float64)
+    return as_float64(v)
+
+
+def as_float64(t: torch.Tensor) -> np.ndarray:
+    """``t`` as a float64 NumPy array, whatever its dtype and device (NumPy has no bfloat16)."""
+    return t.detach().to(device="cpu", dtype=torch.float64).numpy()
 
 
 def _norm_scores(graph: ChannelGraph, model: nn.Module, p: int, units: np.ndarray | None = None,
@@ -67,6 +72,33 @@ def _group_normalised(graph: ChannelGraph, raw: np.ndarray) -> np.ndarray:
     return out
 
 
+def _callable_scores(importance: Callable[..., Any], model: nn.Module, graph: ChannelGraph, g: Any) -> np.ndarray:
+    """One group's scores from a user callable, checked: numbers, one per channel, no NaN."""
+    name = getattr(importance, "__name__", type(importance).__name__)
+    where = ", ".join(dict.fromkeys(graph.slices[m].module or "(root)" for m in g.members[:4]))
+    raw = importance(model, graph, g)
+    try:
+        v = (as_float64(raw) if isinstance(raw, torch.Tensor) else np.asarray(raw, dtype=np.float64)).ravel()
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgumentError(
+            f"importance callable {name} returned {type(raw).__name__} {str(raw)[:60]!r} for group {g.id} "
+            f"({where}), which is not a sequence of numbers ({exc}); return one float score per channel"
+        ) from None
+    if v.size != len(g):
+        raise InvalidArgumentError(
+            f"importance callable returned {v.size} scores for group {g.id} of {len(g)} "
+            f"channels; return one score per channel of the group"
+        )
+    bad = np.flatnonzero(np.isnan(v))
+    if bad.size:
+        raise InvalidArgumentError(
+            f"importance callable {name} returned NaN scores for {bad.size} of the {len(g)} channels of "
+            f"group {g.id} ({where}), channel {int(bad[0])} first; NaN cannot be ranked. Return finite "
+            f"scores (low scores are pruned first; np.nan_to_num(scores) replaces NaN by 0)"
+        )
+    return v
+
+
 def unit_scores(
     graph: ChannelGraph,
     model: nn.Module,
@@ -81,13 +113,7 @@ def unit_scores(
     if callable(importance):
         out = np.full(graph.num_units, np.nan)
         for g in graph.groups:
-            v = np.asarray(importance(model, graph, g), dtype=np.float64).ravel()
-            if v.size != len(g):
-                raise InvalidArgumentError(
-                    f"importance callable returned {v.size} scores for group {g.id} of {len(g)} "
-                    f"channels; return one score per channel of the group"
-                )
-            out[g.units] = v
+            out[g.units] = _callable_scores(importance, model, graph, g)
         return out
     if importance == "random":
         rng = np.random.default_rng(seed)

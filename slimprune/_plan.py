@@ -8,8 +8,11 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import math
+
 from torch import nn
 
+from ._checks import check_eager
 from .errors import FileFormatError, PlanMismatchError
 
 __all__ = ["PLAN_VERSION", "SliceDecision", "GroupDecision", "Fold", "PruningPlan", "fingerprint"]
@@ -212,7 +215,15 @@ class PruningPlan:
         return cls.from_dict(d)
 
     def check_model(self, model: nn.Module) -> None:
-        """Raise :class:`PlanMismatchError` unless ``model`` is the model this plan was made for."""
+        """Raise :class:`PlanMismatchError` unless ``model`` is the model this plan was made for,
+        and the plan is one that model can be pruned by (every kept index in range, no group
+        left empty: a hand-edited plan is checked before anything is changed).
+
+        Raises:
+            InvalidArgumentError: ``model`` is not an eager ``nn.Module`` (TorchScript).
+            PlanMismatchError: another model, or a plan no pruning could have produced.
+        """
+        check_eager(model)
         fp = fingerprint(model)
         if fp != self.fingerprint:
             raise PlanMismatchError(
@@ -220,3 +231,51 @@ class PruningPlan:
                 f"the given {type(model).__name__} has fingerprint {fp} (different parameter names, "
                 f"shapes or dtypes). Make a new plan with slimprune.plan(model, ...) for this model."
             )
+        self._check_structure(model)
+
+    def _check_structure(self, model: nn.Module) -> None:
+        """Every slice, group and fold describes indices that exist, and keeps channels."""
+        fix = "the plan was edited or corrupted; make a new plan with slimprune.plan(model, ...)"
+
+        def indices(values: tuple[int, ...], size: int, what: str) -> None:
+            bad = [i for i in values if not 0 <= i < size]
+            if bad:
+                raise PlanMismatchError(f"{what}: index {bad[0]} is outside 0..{size - 1}; {fix}")
+            if any(b <= a for a, b in zip(values, values[1:])):
+                raise PlanMismatchError(f"{what}: the indices are not sorted and distinct ({list(values)[:8]}); {fix}")
+
+        for s in self.slices:
+            indices(s.kept, s.size, f"the kept indices of {s.name}")
+            if len(s.kept) == s.size:
+                continue  # kept whole: nothing is sliced (it may be a constant only the traced graph has)
+            try:
+                owner = model.get_submodule(s.module) if s.module else model
+            except AttributeError:
+                raise PlanMismatchError(f"the plan slices module {s.module!r}, which this model does not have; {fix}") from None
+            t = getattr(owner, s.param, None)
+            if t is None or not hasattr(t, "shape") or not 0 <= s.dim < len(t.shape):
+                raise PlanMismatchError(f"the plan slices {s.name}, which this model does not have; {fix}")
+            if t.shape[s.dim] != s.size:
+                raise PlanMismatchError(f"{s.name} has size {t.shape[s.dim]}, the plan expects {s.size}; {fix}")
+            if not s.kept:
+                raise PlanMismatchError(
+                    f"the plan keeps 0 of the {s.size} channels of {s.name}, and a layer without channels "
+                    f"cannot run; {fix} (min_channels >= 1 keeps at least one per group)"
+                )
+        for g in self.groups:
+            indices(g.removed, g.size, f"group {g.id}'s removed positions")
+            if len(g.removed) >= g.size:
+                raise PlanMismatchError(
+                    f"group {g.id} ({', '.join(g.members[:3])}) would keep 0 of its {g.size} channels, and a layer "
+                    f"without channels cannot run; {fix} (min_channels >= 1 keeps at least one per group)"
+                )
+        for f in self.folds:
+            try:
+                model.get_submodule(f.module)
+            except AttributeError:
+                raise PlanMismatchError(f"the plan folds constants into module {f.module!r}, which this model "
+                                        f"does not have; {fix}") from None
+            if len(f.index) != len(f.value) or not all(math.isfinite(v) for v in f.value):
+                raise PlanMismatchError(f"the fold into {f.module!r} is malformed (index and value differ "
+                                        f"in length, or a value is not finite); {fix}")
+            indices(f.index, f.size, f"the fold into {f.module!r}")

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._checks import check_eager, check_seed, is_real, names_list, real_number
 from ._graph import ChannelGraph, build_channel_graph
 from ._importance import IMPORTANCE, tiebreak_scores, unit_scores
 from ._plan import Fold, GroupDecision, PruningPlan, SliceDecision, fingerprint
@@ -41,16 +42,37 @@ def analyze(model: nn.Module, example_inputs: Any = None, opaque: Iterable[str |
 
     Returns:
         The :class:`ChannelGraph`: groups of channels that live or die together.
+
+    Raises:
+        InvalidArgumentError: ``model`` is not an eager ``nn.Module`` (a TorchScript module,
+            whole or nested), or ``opaque`` is not a list of module names and types.
     """
-    return build_channel_graph(trace(model, example_inputs, opaque), warn=warn)
+    check_eager(model)
+    return build_channel_graph(trace(model, example_inputs, _check_opaque(opaque)), warn=warn)
 
 
-def _check_protect(model: nn.Module, protect: list[Any]) -> None:
-    """Every ``protect`` entry is a module type or the name of an existing module."""
+def _check_opaque(opaque: Any) -> list[str | type]:
+    """``opaque`` as a list of module names and types."""
+    items = names_list("opaque", opaque, "['backbone.head'] or [nn.MultiheadAttention]")
+    for item in items:
+        if not isinstance(item, (str, type)):
+            raise InvalidArgumentError(
+                f"opaque entries are module names (str) or module types, got {item!r} "
+                f"({type(item).__name__}); use names from model.named_modules(), e.g. opaque=['layer1.0']"
+            )
+    return items
+
+
+def _check_protect(model: nn.Module, protect: Any) -> list[str | type]:
+    """``protect`` as a list whose entries are module types or names of existing modules."""
     modules = dict(model.named_modules())
-    for p in protect:
+    items = names_list("protect", protect, "['layer4'] or [nn.Linear]")
+    for p in items:
         if not isinstance(p, (str, type)):
-            raise InvalidArgumentError(f"protect entries are module names or module types, got {p!r}")
+            raise InvalidArgumentError(
+                f"protect entries are module names or module types, got {p!r} ({type(p).__name__}); "
+                f"use names from model.named_modules(), e.g. protect=['layer4']"
+            )
         if isinstance(p, str) and p not in modules:
             close = [m for m in modules if m and (p in m or m in p)][:5]
             raise InvalidArgumentError(
@@ -58,11 +80,11 @@ def _check_protect(model: nn.Module, protect: list[Any]) -> None:
                 + (f"; did you mean one of {close}?" if close else "")
                 + " Use names from model.named_modules()."
             )
+    return items
 
 
 def _protected_units(graph: ChannelGraph, model: nn.Module, protect: Iterable[str | type]) -> frozenset[int]:
-    protect = list(protect)
-    _check_protect(model, protect)
+    protect = _check_protect(model, protect)
     modules = dict(model.named_modules())
     names = [p for p in protect if isinstance(p, str)]
     types = tuple(p for p in protect if isinstance(p, type))
@@ -313,10 +335,14 @@ def _check_args(ratio: Any, threshold: Any, target: str, importance: Any) -> Non
             "give exactly one of ratio= (the fraction of channels, or of params/FLOPs with target=, "
             "to remove) or threshold= (remove channels whose scaling factors are at most this)"
         )
-    if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= ratio < 1.0):
-        raise InvalidArgumentError(f"ratio must be a number in [0, 1), got {ratio!r}")
-    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or threshold < 0):
-        raise InvalidArgumentError(f"threshold must be a number >= 0, got {threshold!r}")
+    # Any real number type (NumPy's float32 included); bool, NaN and inf are not numbers here.
+    if ratio is not None and not (is_real(ratio) and 0.0 <= float(ratio) < 1.0):
+        raise InvalidArgumentError(f"ratio must be a number in [0, 1) (the fraction to remove), got {ratio!r}")
+    if threshold is not None and not (is_real(threshold) and 0.0 <= float(threshold) < np.inf):
+        raise InvalidArgumentError(
+            f"threshold must be a number >= 0, got {threshold!r}; channels whose scaling factors |γ| are "
+            f"at most the threshold are removed, e.g. threshold=1e-3 (finite: not NaN or inf)"
+        )
     if target not in _TARGETS:
         raise InvalidArgumentError(f"target must be one of {_TARGETS}, got {target!r}")
     if threshold is not None and target != "channels":
@@ -326,6 +352,42 @@ def _check_args(ratio: Any, threshold: Any, target: str, importance: Any) -> Non
             f"unknown importance {importance!r}; choose one of {', '.join(map(repr, IMPORTANCE))} "
             f"or pass a callable fn(model, graph, group) -> scores"
         )
+
+
+def _check_constraints(model: nn.Module, min_channels: Any, round_to: Any, max_ratio: Any,
+                       seed: Any) -> tuple[int, int, float | dict[str, float], int]:
+    """min_channels, round_to and seed as ints, max_ratio as a float or a {module name: float} dict."""
+    out = []
+    for name, value in (("min_channels", min_channels), ("round_to", round_to)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)) or value < 1:
+            raise InvalidArgumentError(
+                f"{name} must be an integer >= 1, got {value!r}"
+                + (" (a layer never loses all its channels)" if name == "min_channels" else "")
+            )
+        out.append(int(value))
+
+    def fraction(v: Any, where: str) -> float:
+        f = real_number(where, v, "a number in [0, 1] (the largest fraction of a channel group removed)")
+        if not 0.0 <= f <= 1.0:
+            raise InvalidArgumentError(f"{where} must lie in [0, 1] (the largest fraction of a channel group removed), got {v!r}")
+        return f
+
+    if isinstance(max_ratio, Mapping):
+        modules = dict(model.named_modules())
+        ratios = {}
+        for key, v in max_ratio.items():
+            if not isinstance(key, str) or key not in modules:
+                close = [m for m in modules if m and isinstance(key, str) and (key in m or m in key)][:5]
+                raise InvalidArgumentError(
+                    f"max_ratio names module {key!r}, which {type(model).__name__} does not have"
+                    + (f"; did you mean one of {close}?" if close else "")
+                    + " Keys are names from model.named_modules(), e.g. max_ratio={'layer1.0.conv1': 0.5}"
+                )
+            ratios[key] = fraction(v, f"max_ratio[{key!r}]")
+        checked: float | dict[str, float] = ratios
+    else:
+        checked = fraction(max_ratio, "max_ratio")
+    return out[0], out[1], checked, check_seed(seed)
 
 
 def plan(
@@ -379,14 +441,21 @@ def plan(
         A frozen :class:`PruningPlan`.
 
     Raises:
-        InvalidArgumentError, TraceError, ExampleInputError, InfeasiblePlanError.
+        InvalidArgumentError: a bad argument (also a TorchScript model: prune the eager one), or
+            TraceError, ExampleInputError, InfeasiblePlanError.
 
     Example:
         >>> p = slimprune.plan(model, 0.5)
         >>> print(p)
         >>> small = slimprune.apply(model, p)
     """
+    check_eager(model)
     _check_args(ratio, threshold, target, importance)
+    ratio = None if ratio is None else float(ratio)
+    threshold = None if threshold is None else float(threshold)
+    opaque = _check_opaque(opaque)
+    protect = _check_protect(model, protect)
+    min_channels, round_to, max_ratio, seed = _check_constraints(model, min_channels, round_to, max_ratio, seed)
     try:
         graph = analyze(model, example_inputs, opaque)
     except TraceError as exc:

@@ -36,6 +36,21 @@ def _owner(model: nn.Module, path: str) -> nn.Module:
         ) from exc
 
 
+def _memory_format(t: torch.Tensor) -> torch.memory_format | None:
+    """The channels-last format ``t`` is laid out in, if the user chose one (None: the default).
+
+    ``index_select`` returns a standard contiguous tensor, so a pruned parameter is put back
+    in the layout of the original (``model.to(memory_format=torch.channels_last)``).
+    """
+    if t.is_contiguous():  # includes tensors that are both (1x1 kernels, one input channel)
+        return None
+    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    if t.dim() == 5 and t.is_contiguous(memory_format=torch.channels_last_3d):
+        return torch.channels_last_3d
+    return None
+
+
 def _new_tensors(model: nn.Module, plan: PruningPlan) -> dict[tuple[str, str], torch.Tensor]:
     """Sliced copies of every changed parameter/buffer, with folded biases (nothing is mutated)."""
     by_key: dict[tuple[str, str], list] = defaultdict(list)
@@ -44,11 +59,12 @@ def _new_tensors(model: nn.Module, plan: PruningPlan) -> dict[tuple[str, str], t
     out: dict[tuple[str, str], torch.Tensor] = {}
     for (module, param), decisions in by_key.items():
         t = getattr(_owner(model, module), param).detach()
+        layout = _memory_format(t)
         for s in sorted(decisions, key=lambda d: d.dim):
             if t.shape[s.dim] != s.size:
                 raise PlanMismatchError(f"{s.name} has size {t.shape[s.dim]}, the plan expects {s.size}")
             t = t.index_select(s.dim, torch.as_tensor(s.kept, dtype=torch.long, device=t.device))
-        out[(module, param)] = t.clone()
+        out[(module, param)] = t.clone() if layout is None else t.contiguous(memory_format=layout)
 
     deltas: dict[str, torch.Tensor] = {}
     for f in plan.folds:

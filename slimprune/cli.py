@@ -149,6 +149,12 @@ def _open(args: argparse.Namespace, out: _Out) -> tuple[nn.Module, io.ModelFile 
         with out.step(f"Loading {path}"):
             info = io.read_header(path)
             return io.load(path, trust_build=args.trust_build), info, None
+    if path.exists():  # a path that exists is a path, even with a ':' in its name
+        kind = "a directory" if path.is_dir() else "not a regular file"
+        raise _UsageError(
+            f"MODEL {args.model!r} is {kind}, not a model file written by slimprune.io.save; "
+            f"give the file itself (e.g. {str(path / 'model.safetensors')!r}) or a model spec such as torchvision:resnet50"
+        )
     if ":" not in args.model:
         raise _UsageError(
             f"MODEL {args.model!r} is neither an existing file nor a model spec such as "
@@ -156,8 +162,32 @@ def _open(args: argparse.Namespace, out: _Out) -> tuple[nn.Module, io.ModelFile 
         )
     spec = io.BuildSpec.parse(args.model)
     with out.step(f"Building {spec}"):
-        model = io.build(spec)
+        try:
+            model = io.build(spec)
+        except SlimpruneError:
+            raise
+        except Exception as exc:  # the factory refused the arguments the spec gave it
+            message = f"building model spec {str(spec)!r} failed: {type(exc).__name__}: {_one_line(exc)}"
+            if spec.kwargs:
+                raise _UsageError(f"{message}; check the arguments after '?' "
+                                  f"({', '.join(f'{k}={v!r}' for k, v in spec.kwargs.items())})") from exc
+            raise RuntimeError(message) from exc
     return model.eval(), None, spec
+
+
+def _check_input_size(args: argparse.Namespace, model: nn.Module, x: torch.Tensor | None) -> None:
+    """A model that fails on the --input-size the user gave is a usage error (exit 2)."""
+    if x is None or not args.input_size:
+        return
+    try:
+        with torch.no_grad():
+            model(x)
+    except Exception as exc:
+        size = ",".join(map(str, args.input_size))
+        raise _UsageError(
+            f"--input-size {size} does not fit MODEL {args.model!r}: it fails on an input of shape "
+            f"{list(x.shape)} ({type(exc).__name__}: {_one_line(exc)[:200]}); pass the C,H,W the model takes"
+        ) from exc
 
 
 def _example(args: argparse.Namespace, shape: Sequence[int] | None) -> torch.Tensor | None:
@@ -272,6 +302,11 @@ def _prune(args: argparse.Namespace, out: _Out) -> int:
             f"prune takes a model spec, not a saved file ({args.model}): prune the original model "
             f"again with a larger ratio instead"
         )
+    out_path = Path(args.out)
+    if out_path.is_dir():
+        raise _UsageError(
+            f"--out {args.out!r} is a directory; give a file path such as {str(out_path / 'pruned.safetensors')!r}"
+        )
     model, _, spec = _open(args, out)
     x = _example(args, None)
     with out.step("Planning"):
@@ -297,6 +332,7 @@ def _prune(args: argparse.Namespace, out: _Out) -> int:
 def _measure(args: argparse.Namespace, out: _Out) -> int:
     model, info, _ = _open(args, out)
     x = _example(args, _shape_of(model, info, out) if not args.input_size else None)
+    _check_input_size(args, model, x)
     from .measure import measure  # imported late: see main()
     with out.step("Measuring" + (" (latency takes a second)" if args.latency else "")):
         m = measure(model, x, latency=args.latency, threads=args.threads)

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._checks import check_eager, is_real
 from ._graph import ChannelGraph
 from ._prune import _protected_units, analyze
 from ._prune import plan as make_plan
@@ -266,7 +267,8 @@ class SparsityRegularizer:
             late layers under ``"params"``. Needs the graph analysis (not ``bn_modules``).
 
     Raises:
-        InvalidArgumentError: a bad ``lam``, ``schedule``, ``protect``, ``bn_modules`` or ``cost``.
+        InvalidArgumentError: a bad ``lam``, ``schedule``, ``protect``, ``bn_modules`` or ``cost``,
+            or a TorchScript model or submodule (regularise the eager module you will prune).
         TraceError, ExampleInputError: the model cannot be analysed (pass ``bn_modules``).
 
     Example:
@@ -285,6 +287,7 @@ class SparsityRegularizer:
         bn_modules: Iterable[str | nn.Module] | None = None,
         cost: str = "uniform",
     ) -> None:
+        check_eager(_unwrap(model) if isinstance(model, nn.Module) else model)
         if cost not in COSTS:
             raise InvalidArgumentError(
                 f"cost={cost!r} is not one of {', '.join(map(repr, COSTS))}; "
@@ -295,7 +298,7 @@ class SparsityRegularizer:
                 f"cost={cost!r} needs the model's channel graph to price each channel, but bn_modules skips the "
                 f"analysis; drop bn_modules (pass example_inputs) or use cost='uniform'"
             )
-        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam) or lam < 0:
+        if not is_real(lam) or not math.isfinite(float(lam)) or lam < 0:
             raise InvalidArgumentError(f"lam must be a finite number >= 0 (the L1 weight λ), got {lam!r}")
         if schedule is not None and not callable(schedule):
             raise InvalidArgumentError(
@@ -498,7 +501,7 @@ def gamma_stats(
 
 
 def _check_fraction(target_params: Any) -> float:
-    if isinstance(target_params, bool) or not isinstance(target_params, (int, float)) or not 0 < target_params < 1:
+    if not is_real(target_params) or not 0 < float(target_params) < 1:
         raise InvalidArgumentError(f"target_params must be a fraction in (0, 1) of the parameters to remove, got {target_params!r}")
     return float(target_params)
 

@@ -137,3 +137,55 @@ def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
     """--help prints usage on stdout and returns 0."""
     assert main(["prune", "--help"]) == 0
     assert "--threshold" in capsys.readouterr().out
+
+
+def _usage_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """Run main(argv) in-process; it must exit 2 with one error line and no stdout. Returns the line."""
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("slimprune: error: "), captured.err
+    return lines[0]
+
+
+def test_prune_out_naming_a_directory_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    line = _usage_error(["prune", "tests.models:TinyResNet", "--ratio", "0.3", "--out", str(tmp_path)], capsys)
+    assert f"--out '{tmp_path}' is a directory" in line and "pruned.safetensors" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_model_spec_with_a_bad_constructor_argument_is_a_usage_error(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["prune", "tests.models:TinyResNet?width=-4", "--ratio", "0.3", "--out", str(tmp_path / "x")],
+                 ["measure", "tests.models:TinyResNet?width=-4"], ["inspect", "tests.models:TinyResNet?width=-4"]):
+        line = _usage_error(argv, capsys)
+        assert "building model spec 'tests.models:TinyResNet?width=-4' failed: RuntimeError" in line
+        assert "negative dimension" in line and "width=-4" in line
+
+
+@pytest.mark.parametrize("command", ["measure", "prune", "inspect"])
+def test_input_size_the_model_rejects_exits_2_in_every_command(command: str, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    extra = ["--ratio", "0.3", "--out", str(tmp_path / "x.safetensors")] if command == "prune" else []
+    line = _usage_error([command, "tests.models:TinyResNet", "--input-size", "5,32,32", *extra], capsys)
+    assert "5 channels" in line
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_existing_directory_with_a_colon_is_a_path_not_a_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "a:b").mkdir()
+    monkeypatch.chdir(tmp_path)
+    for command in ("inspect", "measure"):
+        line = _usage_error([command, "a:b"], capsys)
+        assert "MODEL 'a:b' is a directory, not a model file" in line and "cannot import" not in line
+
+
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_prune_threshold_nan_or_inf_exits_2_and_writes_nothing(value: str, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "x.safetensors"
+    line = _usage_error(["prune", "tests.models:TinyResNet", "--threshold", value, "--out", str(out)], capsys)
+    assert f"threshold must be a number >= 0, got {float(value)!r}" in line
+    assert not out.exists()
