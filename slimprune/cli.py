@@ -88,7 +88,8 @@ def _parser() -> _Parser:
     model_opts.add_argument("--input-size", type=_input_size, metavar="C,H,W",
                             help="input shape without the batch axis (default: what tracing found, or the file's)")
     model_opts.add_argument("--trust-build", action="store_true",
-                            help="let a saved file's package.module:factory spec be imported and called")
+                            help="let a saved file's package.module:factory spec be imported and called, "
+                                 "and a torchvision build it names download the weights it asks for")
 
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("inspect", parents=[shared, model_opts], epilog=_EPILOG,
