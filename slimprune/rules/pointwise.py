@@ -47,7 +47,7 @@ _METHODS = (
     "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "exp", "abs", "neg", "sqrt", "rsqrt",
     "square", "clamp", "clamp_", "clamp_min", "clamp_max", "clip", "sign", "log", "reciprocal",
     "contiguous", "clone", "detach", "float", "half", "double", "bfloat16", "to", "type_as", "cpu",
-    "cuda", "requires_grad_", "pow", "erf", "sin", "cos", "nan_to_num",
+    "cuda", "requires_grad_", "pow", "pow_", "erf", "sin", "cos", "nan_to_num",
 )
 
 

@@ -1,0 +1,168 @@
+"""Rules must hold for every way an op can be written: writes into views of a tensor,
+every tensor operand of an elementwise op, and split pieces that must not go empty.
+
+Each model is checked with the threshold oracle (the removed channels have γ = β = 0, so
+the pruned model must equal the *unpruned* one) and against ``silence`` with ratio plans,
+in eval and train mode, at the example's batch size and another one.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Callable
+
+import pytest
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+import slimprune
+from tests.helpers import assert_close, assert_pruned_equals_silenced, run
+from tests.models import randomize_bn
+
+X = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+X3 = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(1))  # another batch size
+
+
+def zero_channels(bn: nn.BatchNorm2d, channels: list[int]) -> None:
+    """γ = β = 0: those channels are 0 everywhere, so pruning them must change nothing."""
+    with torch.no_grad():
+        bn.weight[channels] = 0.0
+        bn.bias[channels] = 0.0
+
+
+def assert_threshold_pruning_changes_nothing(model: nn.Module, removed: dict[str, tuple[int, ...]]) -> nn.Module:
+    """Threshold pruning removes exactly ``removed`` (BN name -> channels) and the pruned
+    model equals the unpruned one, eval and train, on the example and another batch size."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", slimprune.UnsupportedOpWarning)
+        plan = slimprune.plan(model, threshold=0.0, example_inputs=X)
+    for bn, channels in removed.items():
+        kept = plan.kept(bn, "weight", 0)
+        assert kept is not None and set(range(model.get_submodule(bn).num_features)) - set(kept) == set(channels)
+    small = slimprune.apply(model, plan)
+    for x in (X, X3):
+        assert_close(run(model, (x,)), run(small, (x,)))
+        assert_close(run(copy.deepcopy(model), (x,), True), run(copy.deepcopy(small), (x,), True))
+    assert_pruned_equals_silenced(model, plan, X3, train=True)
+    return small
+
+
+# ----------------------------------------------------------------- writes into views
+AUGMENTED: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {}
+
+
+def _iadd(v, w):
+    v += w
+    return v
+
+
+def _isub(v, w):
+    v -= w
+    return v
+
+
+def _imul(v, w):
+    v *= w
+    return v
+
+
+def _idiv(v, w):
+    v /= w.abs() + 1
+    return v
+
+
+def _ipow(v, w):
+    v **= 2
+    return v
+
+
+AUGMENTED = {"+=": _iadd, "-=": _isub, "*=": _imul, "/=": _idiv, "**=": _ipow}
+
+
+class ViewWrite(nn.Module):
+    """A slice of y written in place (``v = y[:, 0:4]; v op= w``), then y read by a conv.
+
+    ``concrete``: forward iterates a chunk result, so fx needs the concrete tracer."""
+
+    def __init__(self, write: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], concrete: bool) -> None:
+        super().__init__()
+        self.write, self.concrete = write, concrete
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.b1 = nn.BatchNorm2d(8)
+        self.c3 = nn.Conv2d(3, 4, 1, bias=False)
+        self.b3 = nn.BatchNorm2d(4)
+        self.c2 = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.b1(self.c1(x)))
+        v = list(y.chunk(2, 1))[0] if self.concrete else y[:, 0:4]
+        self.write(v, self.b3(self.c3(x)))
+        return self.c2(y)
+
+
+@pytest.mark.parametrize("concrete", [False, True], ids=["symbolic", "concrete"])
+@pytest.mark.parametrize("op", list(AUGMENTED))
+def test_augmented_assignment_into_a_view_still_writes_into_its_base_after_pruning(op, concrete):
+    """fx used to record ``v += w`` as ``v = v + w``: the rewritten graph lost the write into y."""
+    torch.manual_seed(0)
+    model = randomize_bn(ViewWrite(AUGMENTED[op], concrete)).eval()
+    zero_channels(model.b1, [1, 6])
+    zero_channels(model.b3, [1])  # channel 1 of v meets channel 1 of w: both silent, both go
+    removed = {"b1": (1, 6), "b3": (1,)} if op != "**=" else {"b1": (1, 6)}  # (**= 2 reads no w)
+    small = assert_threshold_pruning_changes_nothing(model, removed)
+    assert isinstance(small, fx.GraphModule)  # the slice's literal bounds were rewritten
+
+
+@pytest.mark.parametrize("concrete", [False, True], ids=["symbolic", "concrete"])
+def test_ratio_plans_of_a_model_writing_into_a_view_equal_the_silenced_original(concrete):
+    torch.manual_seed(0)
+    model = randomize_bn(ViewWrite(_iadd, concrete)).eval()
+    plan = slimprune.plan(model, 0.4, example_inputs=X)
+    small = assert_pruned_equals_silenced(model, plan, X3, train=True)
+    assert isinstance(small, fx.GraphModule)
+
+
+INPLACE_METHODS: dict[str, Callable[[torch.Tensor, torch.Tensor], object]] = {
+    "add_": lambda v, w: v.add_(w),
+    "mul_": lambda v, w: v.mul_(w),
+    "clamp_": lambda v, w: v.clamp_(max=0.3),
+    "relu(inplace)": lambda v, w: F.relu(v.sub_(0.2), inplace=True),
+}
+
+
+@pytest.mark.parametrize("method", list(INPLACE_METHODS))
+def test_in_place_tensor_methods_on_a_view_write_into_its_base_after_pruning(method):
+    """(fx records these as in-place calls already; this guards that it stays so.)"""
+    torch.manual_seed(0)
+    model = randomize_bn(ViewWrite(INPLACE_METHODS[method], False)).eval()
+    zero_channels(model.b1, [1, 6])
+    zero_channels(model.b3, [1])
+    removed = {"b1": (1, 6), "b3": (1,)} if method in ("add_", "mul_") else {"b1": (1, 6)}
+    assert isinstance(assert_threshold_pruning_changes_nothing(model, removed), fx.GraphModule)
+
+
+class SizeArithmetic(nn.Module):
+    """``h //= 2`` on a size read from a shape: Python rebinds h, the old value stays usable."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.b1 = nn.BatchNorm2d(8)
+        self.c2 = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.b1(self.c1(x))
+        h = x.shape[2]
+        h0 = h
+        h //= 2
+        z = self.c2(y[:, :4])
+        return z.reshape(z.shape[0], 4, h, -1)[..., :h0]
+
+
+def test_augmented_assignment_on_a_traced_size_keeps_python_semantics():
+    model = randomize_bn(SizeArithmetic()).eval()
+    zero_channels(model.b1, [0, 5])
+    assert_threshold_pruning_changes_nothing(model, {"b1": (0, 5)})
