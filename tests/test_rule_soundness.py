@@ -166,3 +166,62 @@ def test_augmented_assignment_on_a_traced_size_keeps_python_semantics():
     model = randomize_bn(SizeArithmetic()).eval()
     zero_channels(model.b1, [0, 5])
     assert_threshold_pruning_changes_nothing(model, {"b1": (0, 5)})
+
+
+# --------------------------------------------------- every tensor operand of an elementwise op
+OPERAND_OPS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "torch.clamp(a, min=b)": lambda a, b: torch.clamp(a, min=b),
+    "torch.clamp(a, b, b + 1)": lambda a, b: torch.clamp(a, b, b + 1),
+    "a.clamp(max=b)": lambda a, b: a.clamp(max=b),
+    "a.clamp_min(b)": lambda a, b: a.clamp_min(b),
+    "a.pow(b)": lambda a, b: a.abs().pow(b),
+    "a ** b": lambda a, b: a.abs() ** b,
+    "torch.pow(a, b)": lambda a, b: torch.pow(a.abs(), b),
+    "torch.maximum(a, b)": lambda a, b: torch.maximum(a, b),
+    "torch.where(a > b, a, b)": lambda a, b: torch.where(a > b, a, b),
+    "torch.lerp(a, b, sigmoid(b))": lambda a, b: torch.lerp(a, b, torch.sigmoid(b)),
+    "torch.addcmul(a, b, b)": lambda a, b: torch.addcmul(a, b, b, value=0.5),
+    "torch.mul(a, other=b)": lambda a, b: torch.mul(a, other=b),
+}
+
+
+class TwoOperands(nn.Module):
+    """Two conv branches a and b combined by one elementwise op, then a conv."""
+
+    def __init__(self, op: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], b_channels: int = 6) -> None:
+        super().__init__()
+        self.op = op
+        self.a = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6))
+        self.b = nn.Sequential(nn.Conv2d(3, b_channels, 1, bias=False), nn.BatchNorm2d(b_channels))
+        self.out = nn.Conv2d(6, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.op(self.a(x), self.b(x)))
+
+
+@pytest.mark.parametrize("op", list(OPERAND_OPS))
+def test_every_tensor_operand_of_an_elementwise_op_is_tied_to_the_others(op):
+    """clamp/pow with a tensor bound or exponent used to prune a and b independently."""
+    torch.manual_seed(0)
+    model = randomize_bn(TwoOperands(OPERAND_OPS[op])).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", slimprune.UnsupportedOpWarning)
+        plan = slimprune.plan(model, 0.4, example_inputs=X, fold_bias=False)
+    assert any("a.0.weight[0]" in g.members and "b.0.weight[0]" in g.members for g in plan.groups)
+    assert_pruned_equals_silenced(model, plan, X3, train=True)
+    # threshold oracle: a channel silenced in both operands goes, and nothing changes
+    model = randomize_bn(TwoOperands(OPERAND_OPS[op])).eval()
+    zero_channels(model.a[1], [2])
+    zero_channels(model.b[1], [2])
+    if op not in ("a.pow(b)", "a ** b", "torch.pow(a, b)"):  # (0 ** 0 = 1: a constant, folded)
+        assert_threshold_pruning_changes_nothing(model, {"a.1": (2,), "b.1": (2,)})
+
+
+def test_a_size_one_tensor_exponent_ties_nothing():
+    """``a.abs() ** (1 + sigmoid(b))`` with b of one channel: a prunes alone, b stays."""
+    torch.manual_seed(0)
+    model = randomize_bn(TwoOperands(lambda a, b: a.abs() ** (1 + torch.sigmoid(b)), b_channels=1)).eval()
+    plan = slimprune.plan(model, 0.4, example_inputs=X, fold_bias=False)
+    assert plan.kept("a.1", "weight", 0) != tuple(range(6))
+    assert plan.kept("b.1", "weight", 0) in (None, (0,))  # its one channel stays
+    assert_pruned_equals_silenced(model, plan, X3, train=True)
