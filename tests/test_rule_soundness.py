@@ -225,3 +225,64 @@ def test_a_size_one_tensor_exponent_ties_nothing():
     assert plan.kept("a.1", "weight", 0) != tuple(range(6))
     assert plan.kept("b.1", "weight", 0) in (None, (0,))  # its one channel stays
     assert_pruned_equals_silenced(model, plan, X3, train=True)
+
+
+# ------------------------------------------------------ split pieces never go empty
+PARAMETER_FREE: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "max_pool2d": lambda a: F.max_pool2d(a, 3, 1, 1),
+    "avg_pool2d": lambda a: F.avg_pool2d(a, 3, 1, 1),
+    "reflect pad": lambda a: F.pad(a, (1, 1, 1, 1), mode="reflect")[..., 1:-1, 1:-1],
+    "replicate pad": lambda a: F.pad(a, (1, 1, 1, 1), mode="replicate")[..., 1:-1, 1:-1],
+    "bilinear interpolate": lambda a: F.interpolate(a, scale_factor=2, mode="bilinear")[..., ::2, ::2],
+}
+
+
+class PieceThroughParameterFreeOps(nn.Module):
+    """y cut in two (chunk, split or slices); piece a passes an op without parameters, and
+    both pieces meet again in a concat: their channels have the same members."""
+
+    def __init__(self, cut: str, op: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.cut, self.op = cut, op
+        self.c1 = nn.Conv2d(3, 4, 3, padding=1, bias=False)
+        self.b1 = nn.BatchNorm2d(4)
+        self.c2 = nn.Conv2d(4, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.b1(self.c1(x)))
+        if self.cut == "chunk":
+            a, b = y.chunk(2, 1)
+        elif self.cut == "split":
+            a, b = torch.split(y, [2, 2], 1)
+        else:
+            a, b = y[:, :2], y[:, 2:]
+        return self.c2(torch.cat([b, self.op(a)], 1))
+
+
+@pytest.mark.parametrize("cut", ["chunk", "split", "slice"])
+@pytest.mark.parametrize("op", list(PARAMETER_FREE))
+def test_a_piece_whose_channels_are_all_silent_keeps_one_so_the_op_after_it_still_runs(cut, op):
+    """Both channels of piece a have γ = β = 0: one must stay (a [B, 0, H, W] tensor made
+    max_pool2d, reflect/replicate pad and bilinear interpolate raise)."""
+    torch.manual_seed(0)
+    model = randomize_bn(PieceThroughParameterFreeOps(cut, PARAMETER_FREE[op])).eval()
+    zero_channels(model.b1, [0, 1])
+    plan = slimprune.plan(model, threshold=0.0, example_inputs=X)
+    kept = plan.kept("b1", "weight", 0)
+    assert kept is not None and len(set(kept) & {0, 1}) == 1 and {2, 3} <= set(kept)
+    small = slimprune.apply(model, plan)
+    for x in (X, X3):
+        assert_close(run(model, (x,)), run(small, (x,)))
+        assert_close(run(copy.deepcopy(model), (x,), True), run(copy.deepcopy(small), (x,), True))
+
+
+@pytest.mark.parametrize("cut", ["chunk", "split", "slice"])
+def test_ratio_plans_keep_a_channel_in_every_piece(cut):
+    torch.manual_seed(0)
+    model = randomize_bn(PieceThroughParameterFreeOps(cut, PARAMETER_FREE["max_pool2d"])).eval()
+    plan = slimprune.plan(model, 0.5, example_inputs=X, importance="l1")
+    kept = plan.kept("b1", "weight", 0)
+    assert kept is not None and len(set(kept) & {0, 1}) == 1 and len(set(kept) & {2, 3}) == 1
+    assert_pruned_equals_silenced(model, plan, X3, train=True)
+    with pytest.raises(slimprune.InfeasiblePlanError):  # (one group of 4 could lose 3)
+        slimprune.plan(model, 0.75, example_inputs=X)
