@@ -265,6 +265,7 @@ class _Builder:
         # sites has one set of weights, so a slice only some calls could label is kept.
         self.site_keys: dict[str, list[frozenset[tuple[str, str, int]]]] = {}
         self._seen: set[tuple[str, str, int]] | None = None
+        self.pieces: list[np.ndarray] = []
 
     # ----------------------------------------------------------------- reading the graph
     def arg(self, node: fx.Node, index: int, name: str | None = None, default: Any = None) -> Any:
@@ -371,6 +372,16 @@ class _Builder:
     def consumer(self, node: fx.Node, labels: np.ndarray, axis: int) -> None:
         """Mark ``node`` as mixing the channels ``labels`` of its input (fold target)."""
         self.consumers.append((node.name, str(node.target), axis, np.asarray(labels, dtype=np.int64), self.graph_index))
+
+    def piece(self, labels: np.ndarray) -> None:
+        """These labels are a part of a tensor's channels (a split piece, a slice) that becomes
+        a tensor of its own: it keeps ``min_channels`` too, like a group.
+
+        Its channels may have the same members as the rest of the tensor (a piece that reaches
+        only pooling, padding or interpolation before a concat), so the group's minimum alone
+        could leave it with none: ``max_pool2d`` and others refuse a tensor of 0 channels.
+        """
+        self.pieces.append(np.asarray(labels, dtype=np.int64).ravel())
 
     def inexact_units(self, labels: np.ndarray) -> None:
         """Removing these labels changes the other channels too (cross-channel norms)."""
@@ -637,6 +648,22 @@ def build_channel_graph(traced: Traced, warn: bool = True) -> ChannelGraph:
         first_pos.append(pos[sel])
     unit_to_group = np.full(b.next_id, -1, dtype=np.int64)
     groups: list[ChannelGroup] = []
+    # A piece of a tensor (split, slice) whose units could all go splits its units off into
+    # groups of their own, so that min_channels holds for the piece (see _Builder.piece);
+    # a piece holding a kept unit is never empty.
+    grouped = np.zeros(b.next_id, dtype=bool)
+    for u in pairs_u:
+        grouped[u] = True
+    seen_pieces: set[bytes] = set()
+    for labels in b.pieces:
+        units = np.unique(root[labels])
+        key = units.tobytes()
+        if not units.size or key in seen_pieces or not grouped[units].all():
+            continue
+        seen_pieces.add(key)
+        pairs_u.append(units)
+        pairs_s.append(np.full(units.size, len(slices) + len(seen_pieces) - 1, dtype=np.int64))
+        first_pos.append(np.zeros(units.size, dtype=np.int64))  # (a unit's first pair is a slice's)
     if pairs_u and sum(p.size for p in pairs_u):
         pu, ps, pp = np.concatenate(pairs_u), np.concatenate(pairs_s), np.concatenate(first_pos)
         order = np.lexsort((ps, pu))
@@ -654,7 +681,7 @@ def build_channel_graph(traced: Traced, warn: bool = True) -> ChannelGraph:
             units.setflags(write=False)
             unit_to_group[units] = gid
             exact = not any(u in inexact_set for u in units.tolist())
-            groups.append(ChannelGroup(gid, units, sig, exact))
+            groups.append(ChannelGroup(gid, units, tuple(m for m in sig if m < len(slices)), exact))
 
     consumers = tuple(Consumer(n, m, ax, root[lab], gi) for n, m, ax, lab, gi in b.consumers)
     graph = ChannelGraph(

@@ -24,6 +24,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from ._augmented import InplaceProxy
 from .errors import ExampleInputError, TraceError
 
 __all__ = ["Traced", "trace", "trace_module", "concrete_trace", "default_example_inputs", "normalize_inputs"]
@@ -58,6 +59,10 @@ class _Tracer(fx.Tracer):
         super().__init__()
         self._opaque_names = opaque_names
         self._opaque_types = opaque_types
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        # ``v += w`` is recorded as a write into v (a view's base sees it), not as ``v = v + w``
+        return InplaceProxy(node, self)
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         from .rules import has_module_rule
@@ -184,7 +189,7 @@ class _Valued:
         return self.tracer.number(self, float)  # type: ignore[arg-type]
 
 
-class _ValuedProxy(_Valued, fx.Proxy):
+class _ValuedProxy(_Valued, InplaceProxy):
     pass
 
 
@@ -229,6 +234,10 @@ class _ConcreteTracer(_Tracer):
     # -- values ----------------------------------------------------------------------
     def proxy(self, node: fx.Node) -> fx.Proxy:
         return _ValuedProxy(node, self)
+
+    def holds_tensor(self, proxy: fx.Proxy) -> bool:
+        """Is the proxy's value a tensor (``v += w`` writes in place; see _augmented.py)?"""
+        return isinstance(vars(proxy).get("_value"), torch.Tensor)
 
     def value(self, a: Any) -> Any:
         if isinstance(a, fx.Proxy):

@@ -3,7 +3,9 @@
 ``SpecNet`` builds a network from a *program* (a list of op tuples); the hypothesis
 strategy in ``tests/strategies.py`` draws programs, so the property tests cover arbitrary
 DAGs of convs, residual adds, concats, splits, depthwise/grouped convs, SE gates,
-FPN-style up-and-merge paths, channel shuffles, literal reshapes and several outputs.
+FPN-style up-and-merge paths, channel shuffles, literal reshapes, several outputs, in-place
+writes into views, elementwise ops with a tensor second operand, and split pieces through
+parameter-free ops.
 """
 
 from __future__ import annotations
@@ -107,6 +109,13 @@ class SpecNet(nn.Module):
                 _, mult, act = op
                 self.blocks.append(ConvBNAct(c, c * mult, 3, 1, c, act, pm))
                 c = c * mult
+            elif kind == "write":  # v = x[:, :k]; v op= f(x): a write into a view of x
+                _, k, how = op
+                self.blocks.append(ConvBNAct(c, k, 1, 1, 1, "identity", pm))
+            elif kind == "operand":  # x = clamp(x, min=f(x)) and others: a tensor second operand
+                self.blocks.append(ConvBNAct(c, c, 1, 1, 1, "identity", pm))
+            elif kind == "piece":  # a split piece through an op without parameters, then a concat
+                self.blocks.append(nn.Identity())
             elif kind in ("shuffle", "view", "out", "pool"):
                 self.blocks.append(nn.Identity() if kind != "out" else nn.Conv2d(c, 2, 1))
                 if kind == "pool":
@@ -155,6 +164,37 @@ class SpecNet(nn.Module):
                 x = x.view(n, c, h * h).view(n, c, h, h)
             elif kind == "pool":
                 x = F.max_pool2d(x, 2)
+            elif kind == "write":
+                _, k, how = op
+                v = x[:, :k]
+                if how == "+=":
+                    v += blk(x)
+                elif how == "*=":
+                    v *= torch.sigmoid(blk(x))
+                elif how == "add_":
+                    v.add_(blk(x))
+                else:  # "clamp_"
+                    v.clamp_(max=0.5)
+            elif kind == "operand":
+                y = blk(x)
+                if op[1] == "clamp":
+                    x = torch.clamp(x, min=y)
+                elif op[1] == "pow":
+                    x = x.abs().pow(torch.sigmoid(y) + 0.5)
+                else:  # "maximum"
+                    x = torch.maximum(x, y)
+            elif kind == "piece":
+                _, first, how = op
+                a, b = torch.split(x, [first, x.shape[1] - first], 1)
+                if how == "maxpool":
+                    a = F.max_pool2d(a, 3, 1, 1)
+                elif how == "avgpool":
+                    a = F.avg_pool2d(a, 3, 1, 1)
+                elif how == "reflect":
+                    a = F.pad(a, (1, 1, 1, 1), mode="reflect")[..., 1:-1, 1:-1]
+                else:  # "bilinear"
+                    a = F.interpolate(a, scale_factor=2, mode="bilinear")[..., ::2, ::2]
+                x = torch.cat([b, a], 1)
             elif kind == "out":
                 outs.append(blk(x))
         if self.flatten_head:

@@ -16,7 +16,9 @@ def programs(draw, max_ops: int = 7, size: int = 16):
     prog.append(("cba", width, 3, 1, 1, draw(st.sampled_from(ACT_ZERO))))
     c = width
     for _ in range(draw(st.integers(1, max_ops))):
-        kinds = ["cba", "res", "cat", "split", "se", "dw", "out", "gconv"]
+        kinds = ["cba", "res", "cat", "split", "se", "dw", "out", "gconv", "write", "operand"]
+        if c >= 2 and h >= 2:
+            kinds.append("piece")
         if c % 2 == 0:
             kinds.append("shuffle")
         if h % 2 == 0 and h >= 4:
@@ -70,4 +72,11 @@ def programs(draw, max_ops: int = 7, size: int = 16):
             prog.append(("view", c, h))
         elif kind == "out":
             prog.append(("out",))
+        elif kind == "write":
+            prog.append(("write", draw(st.integers(1, c)), draw(st.sampled_from(["+=", "*=", "add_", "clamp_"]))))
+        elif kind == "operand":
+            prog.append(("operand", draw(st.sampled_from(["clamp", "pow", "maximum"]))))
+        elif kind == "piece":
+            prog.append(("piece", draw(st.integers(1, c - 1)),
+                         draw(st.sampled_from(["maxpool", "avgpool", "reflect", "bilinear"]))))
     return prog

@@ -30,6 +30,11 @@ def _build(prog, seed, padding_mode="zeros"):
     return model, x
 
 
+def _other_batch(seed):
+    """An input of another batch size than the example the plan was made on."""
+    return torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(seed + 1))
+
+
 def _silence_by_hand(model, x, rng, zero_beta):
     """Zero γ (and β) of a random subset of each BN-carrying group, never a whole group.
 
@@ -78,6 +83,9 @@ def test_threshold_removes_exactly_the_silenced_channels_and_keeps_outputs(prog,
     assert _removed_bn_channels(plan) == silenced
     assert_close(expected, run(small, (x,)))
     assert_close(expected_train, run(copy.deepcopy(small), (x,), train=True))
+    x3 = _other_batch(seed)
+    assert_close(run(model, (x3,)), run(small, (x3,)))
+    assert_close(run(copy.deepcopy(model), (x3,), train=True), run(copy.deepcopy(small), (x3,), train=True))
     assert sum(p.numel() for p in small.parameters()) == plan.params_after
 
 
@@ -106,7 +114,11 @@ def test_ratio_plans_compute_what_the_silenced_original_computes(prog, seed, rat
         except slimprune.InfeasiblePlanError:
             assume(False)
     assert plan.removed_channels == int(np.floor(ratio * plan.prunable_channels + 1e-9))
-    assert_pruned_equals_silenced(model, plan, x, train=True)
+    small = assert_pruned_equals_silenced(model, plan, x, train=True)
+    x3 = _other_batch(seed)
+    ref = slimprune.silence(model, plan)
+    assert_close(run(ref, (x3,)), run(small, (x3,)))
+    assert_close(run(copy.deepcopy(ref), (x3,), train=True), run(copy.deepcopy(small), (x3,), train=True))
 
 
 @settings(max_examples=25, **SETTINGS)
@@ -153,7 +165,8 @@ def test_property_strategy_draws_every_op_kind():
         seen.update(op[0] for op in prog)
 
     collect()
-    assert {"cba", "res", "cat", "split", "se", "dw", "out", "fpn", "pool", "shuffle", "view"} <= seen
+    assert {"cba", "res", "cat", "split", "se", "dw", "out", "fpn", "pool", "shuffle", "view",
+            "write", "operand", "piece"} <= seen
 
 
 def test_exact_borders_keeps_channels_whose_fold_a_zero_padded_conv_would_see():

@@ -91,6 +91,8 @@ def _split(ctx, node, dim_index: int, dim_name: str = "dim"):
 
     ctx.edit(node, edit)
     ctx.sizes_rewritten(node)
+    for p in pieces:  # no piece is ever left with 0 channels (pooling it would fail)
+        ctx.piece(p)
     return tuple(ctx.info_of(dim, p) for p in pieces)
 
 
@@ -165,6 +167,7 @@ def getitem(ctx, node):
                     return ctx.barrier(node, "a strided slice of the channel axis")
                 stop = max(stop, start)
                 labels = labels[start:stop]
+                ctx.piece(labels)
                 axis = out_ax
                 _register_item_edit(
                     ctx, node, idx, pos, info.labels,

@@ -60,9 +60,27 @@ def _torchvision_functions() -> tuple:
     return (stochastic_depth,)
 
 
+# The tensor a method reads only for its dtype or device (``x.to(y)``, ``x.type_as(y)``).
+_DTYPE_ONLY = frozenset({"to", "type_as"})
+
+
+def tensor_operands(ctx, node) -> list:
+    """Every argument of ``node`` that is a tensor, positional or keyword (``out=`` aside)."""
+    values = list(node.args) + [v for k, v in node.kwargs.items() if k != "out"]
+    return [v for v in values if isinstance(ctx.shape(v), torch.Size)]
+
+
 @register_rule(*_MODULES, *_FUNCTIONS, *_METHODS, *_torchvision_functions())
 def pointwise(ctx, node):
-    """Output channel i is computed from input channel i only."""
+    """Output channel i is computed from input channel i only.
+
+    Where a second tensor takes part (``torch.clamp(a, min=b)``, ``a.pow(b)``,
+    ``a.clamp_max(b)``), it is elementwise too: channel i of every operand meets channel i
+    of the others, so they are tied as in ``a + b`` (see :func:`broadcast`).
+    """
+    operands = tensor_operands(ctx, node)
+    if len(operands) > 1 and not (node.op == "call_method" and node.target in _DTYPE_ONLY):
+        return broadcast(ctx, node, operands)
     return ctx.passthrough(node)
 
 
@@ -113,24 +131,37 @@ def broadcast(ctx, node, operands):
     return ctx.info_of(ax, first)
 
 
-_BINARY_FUNCTIONS = (
-    operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd, operator.isub,
-    operator.imul, operator.itruediv, torch.add, torch.sub, torch.mul, torch.div, torch.maximum,
-    torch.minimum, torch.true_divide, torch.multiply, torch.subtract,
+# Elementwise in every tensor operand, positional or keyword: ``torch.add(a, b)``,
+# ``torch.lerp(a, b, w)``, ``torch.addcmul(a, t1, t2)``, ``a ** b``, ``torch.maximum(a, b)``.
+_ELEMENTWISE_FUNCTIONS = (
+    operator.add, operator.sub, operator.mul, operator.truediv, operator.floordiv, operator.mod,
+    operator.pow, operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ifloordiv,
+    operator.imod, operator.ipow,
+    torch.add, torch.sub, torch.mul, torch.div, torch.true_divide, torch.multiply, torch.subtract,
+    torch.floor_divide, torch.remainder, torch.fmod, torch.pow, torch.maximum, torch.minimum,
+    torch.fmax, torch.fmin, torch.clamp_min, torch.clamp_max, torch.lerp, torch.addcmul, torch.addcdiv,
+    # comparisons: a boolean per element (the condition of torch.where)
+    operator.gt, operator.ge, operator.lt, operator.le, operator.eq, operator.ne,
+    torch.gt, torch.ge, torch.lt, torch.le, torch.eq, torch.ne,
 )
-_BINARY_METHODS = ("add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "maximum", "minimum")
+_ELEMENTWISE_METHODS = (
+    "add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "true_divide", "floor_divide",
+    "floor_divide_", "remainder", "remainder_", "fmod", "fmod_", "pow_", "maximum", "minimum",
+    "fmax", "fmin", "clip_", "lerp", "lerp_", "addcmul", "addcmul_", "addcdiv", "addcdiv_",
+    "gt", "ge", "lt", "le", "eq", "ne",
+)
 
 
-@register_rule(*_BINARY_FUNCTIONS, *_BINARY_METHODS)
+@register_rule(*_ELEMENTWISE_FUNCTIONS, *_ELEMENTWISE_METHODS)
 def binary(ctx, node):
-    return broadcast(ctx, node, list(node.args[:2]) + [node.kwargs.get("other")])
+    return broadcast(ctx, node, tensor_operands(ctx, node))
 
 
 @register_rule(torch.where)
 def where(ctx, node):
-    if len(node.args) < 3:
+    if len(node.args) + len(node.kwargs) < 3:
         return ctx.barrier(node, "torch.where with one argument returns indices")
-    return broadcast(ctx, node, node.args[:3])
+    return broadcast(ctx, node, tensor_operands(ctx, node))
 
 
 # ------------------------------------------------------------------------- reductions
