@@ -7,6 +7,12 @@ the median of ``--repeats`` runs. Torch-Pruning is measured with its standard re
 
     python benchmarks/engine_speed.py                 # the full table (several minutes)
     python benchmarks/engine_speed.py --models resnet50 --chains 100
+    python benchmarks/engine_speed.py --reuse resnet18 mobilenet_v2   # only the reuse table
+
+The second table (``--reuse``) shows what one analysis saves: the first ``plan(model, 0.5)``
+(trace, shapes, graph, scores, solve, probe) against ``plan(analysis, ...)`` on an
+analysis made once, both for the same options again (the probe's result is cached) and
+for a different ratio each time (0.3 ... 0.7: a new probe each).
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ import time
 MODELS = ["resnet50", "densenet121", "densenet201", "mobilenet_v3_large", "efficientnet_b0", "convnext_tiny",
           "regnet_y_400mf"]
 CHAINS = [100, 1000, 5000]
+REUSE_MODELS = ["resnet18", "mobilenet_v2"]
+REUSE_RATIOS = [0.3, 0.4, 0.5, 0.6, 0.7]
 
 
 def build(spec: str):
@@ -75,6 +83,50 @@ def child(tool: str, spec: str, repeats: int, threads: int) -> None:
                       "params_before": sum(p.numel() for p in model.parameters())}))
 
 
+def reuse_child(spec: str, repeats: int, threads: int) -> None:
+    """Time plan(model) against plan(analysis) for one model; print one JSON line."""
+    import torch
+
+    import slimprune
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model, x = build(spec)
+    slimprune.plan(model, 0.5, example_inputs=x)  # warm-up: imports, first-call caches
+
+    def timed(fn) -> float:
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+
+    first = statistics.median(timed(lambda: slimprune.plan(model, 0.5, example_inputs=x)) for _ in range(repeats))
+    analyse = statistics.median(timed(lambda: slimprune.analyze(model, x)) for _ in range(repeats))
+    analysis = slimprune.analyze(model, x)
+    slimprune.plan(analysis, 0.5)
+    same = statistics.median(timed(lambda: slimprune.plan(analysis, 0.5)) for _ in range(repeats))
+    other = statistics.median(timed(lambda: slimprune.plan(analysis, r)) for r in REUSE_RATIOS)
+    assert slimprune.plan(analysis, 0.5).to_dict() == slimprune.plan(model, 0.5, example_inputs=x).to_dict()
+    print(json.dumps({"model": spec, "first_s": first, "analyze_s": analyse, "same_s": same, "other_s": other}))
+
+
+def reuse_table(specs: list[str], repeats: int, timeout: float, threads: int) -> None:
+    print(f"# plan(model) vs plan(analysis), median of {repeats} (other ratios: median over "
+          f"{REUSE_RATIOS}); {threads} thread(s); 1x3x224x224")
+    print("| model | plan(model) (s) | analyze (s) | plan(analysis), same options (s) | ratio | "
+          "plan(analysis), another ratio (s) | ratio |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for spec in specs:
+        cmd = [sys.executable, __file__, "--reuse-child", spec, "--repeats", str(repeats), "--threads", str(threads)]
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+            r = json.loads([ln for ln in out.stdout.splitlines() if ln.startswith("{")][-1])
+        except (subprocess.TimeoutExpired, IndexError):
+            print(f"| {spec} | failed | | | | | |", flush=True)
+            continue
+        print(f"| {spec} | {r['first_s']:.3f} | {r['analyze_s']:.3f} | {r['same_s']:.4f} | "
+              f"{r['same_s'] / r['first_s']:.3f} | {r['other_s']:.4f} | {r['other_s'] / r['first_s']:.3f} |", flush=True)
+
+
 def measure(tool: str, spec: str, repeats: int, timeout: float, threads: int) -> dict:
     cmd = [sys.executable, __file__, "--child", tool, spec, "--repeats", str(repeats), "--threads", str(threads)]
     try:
@@ -96,9 +148,19 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 keeps timings stable on a shared machine)")
     ap.add_argument("--child", nargs=2, metavar=("TOOL", "MODEL"))
+    ap.add_argument("--reuse", nargs="*", metavar="MODEL",
+                    help="print only the reuse table, for these models (default: resnet18 mobilenet_v2)")
+    ap.add_argument("--no-reuse", action="store_true", help="skip the reuse table")
+    ap.add_argument("--reuse-child", metavar="MODEL")
     args = ap.parse_args()
     if args.child:
         child(args.child[0], args.child[1], args.repeats, args.threads)
+        return
+    if args.reuse_child:
+        reuse_child(args.reuse_child, args.repeats, args.threads)
+        return
+    if args.reuse is not None:
+        reuse_table(args.reuse or REUSE_MODELS, args.repeats, args.timeout, args.threads)
         return
     try:
         import torch_pruning  # noqa: F401
@@ -122,6 +184,9 @@ def main() -> None:
         ratio = f"{s['median_s'] / t['median_s']:.2f}" if "median_s" in s and "median_s" in t else "n/a"
         pa = f"{s.get('params', 'n/a'):,} / {t.get('params', 'n/a'):,}" if "params" in s and "params" in t else str(s.get("params", "n/a"))
         print(f"| {spec} | {fmt(s)} | {fmt(t)} | {ratio} | {pa} |", flush=True)
+    if not args.no_reuse:
+        print()
+        reuse_table(REUSE_MODELS, args.repeats, args.timeout, args.threads)
 
 
 if __name__ == "__main__":

@@ -4,13 +4,16 @@
     >>> small = slimprune.prune(model, 0.5)                 # 50% of prunable channels, by |BN gamma|
     >>> plan = slimprune.plan(model, threshold=1e-3)        # network slimming after sparsity training
     >>> small = slimprune.apply(model, plan)
+    >>> a = slimprune.analyze(model)                        # trace once ...
+    >>> plans = [slimprune.plan(a, r) for r in (0.3, 0.5)]  # ... plan many times
 """
 
+from ._analysis import Analysis as Analysis
+from ._analysis import analyze as analyze
 from ._graph import ChannelGraph as ChannelGraph
 from ._graph import ChannelGroup as ChannelGroup
 from ._graph import ChannelInfo as ChannelInfo
 from ._plan import PruningPlan as PruningPlan
-from ._prune import analyze as analyze
 from ._prune import apply as apply
 from ._prune import plan as plan
 from ._prune import prune as prune
@@ -37,6 +40,7 @@ from .sparsity import SparsityRegularizer as SparsityRegularizer
 __version__ = "0.1.0"
 
 __all__ = [
+    "Analysis",
     "ChannelGraph",
     "ChannelGroup",
     "ChannelInfo",

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 from torch import nn
@@ -25,7 +27,10 @@ from torch import nn
 from ._graph import ChannelGraph
 from .errors import InfeasiblePlanError, InvalidArgumentError
 
-__all__ = ["Constraints", "group_caps", "select_ranked", "select_target", "apply_rounding", "Predictor"]
+__all__ = ["Constraints", "group_caps", "select_ranked", "select_target", "apply_rounding", "reach_at_least",
+           "Predictor"]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -164,6 +169,35 @@ def select_target(graph: ChannelGraph, scores: np.ndarray, fraction: float, c: C
         else:
             lo = mid + 1
     return removed_for(lo)
+
+
+def reach_at_least(fraction: float, first: T, attempt: Callable[[float], T], achieved: Callable[[T], float],
+                   explain: Callable[[float], str], rounds: int = 8) -> T:
+    """Ask for a little more until a selection really saves at least ``fraction``.
+
+    ``select_target`` meets its goal as the graph predicts it; what the plan finally saves
+    can be less (folding gives a bias-less consumer a bias). Starting from ``first``, each
+    round asks ``attempt`` for the goal raised by the shortfall (at least a small step, so
+    rounds cannot stall on a hair) until ``achieved`` reaches ``fraction``, for at most
+    ``rounds`` rounds; a goal the constraints cannot meet ends the search.
+
+    Raises:
+        InfeasiblePlanError: ``explain(achieved)`` when the fraction is still not reached.
+    """
+    candidate, goal = first, fraction
+    for _ in range(rounds):
+        got = achieved(candidate)
+        if got + 1e-12 >= fraction:
+            return candidate
+        goal += max(fraction - got, 1e-4)
+        try:
+            candidate = attempt(goal)
+        except InfeasiblePlanError:
+            break
+    got = achieved(candidate)
+    if got + 1e-12 < fraction:
+        raise InfeasiblePlanError(explain(got))
+    return candidate
 
 
 class Predictor:

@@ -204,7 +204,7 @@ def _shape_of(model: nn.Module, info: io.ModelFile | None, out: _Out) -> tuple[i
     if info is not None and info.plan.input_shapes:
         return info.plan.input_shapes[0]
     with out.step("Tracing to find an input shape"):
-        inputs = analyze(model, warn=False).traced.example_inputs
+        inputs = analyze(model, warn=False).graph.traced.example_inputs
     return tuple(inputs[0].shape)
 
 
@@ -247,7 +247,7 @@ def _inspect(args: argparse.Namespace, out: _Out) -> int:
     model, info, _ = _open(args, out)
     x = _example(args, None)
     with out.step("Tracing and building the channel graph"):
-        graph = analyze(model, x, warn=False)
+        graph = analyze(model, x, warn=False).graph
     modules = dict(model.named_modules())
     groups = []
     for g in graph.groups:
@@ -310,9 +310,11 @@ def _prune(args: argparse.Namespace, out: _Out) -> int:
         )
     model, _, spec = _open(args, out)
     x = _example(args, None)
+    with out.step("Tracing and building the channel graph"):
+        analysis = analyze(model, x, regions=True)
     with out.step("Planning"):
-        p = plan(model, args.ratio, threshold=args.threshold, target=args.target, example_inputs=x,
-                 protect=args.protect, min_channels=args.min_channels, round_to=args.round_to)
+        p = plan(analysis, args.ratio, threshold=args.threshold, target=args.target, protect=args.protect,
+                 min_channels=args.min_channels, round_to=args.round_to)
     with out.step("Applying the plan"):
         small = apply(model, p)
     x = x if x is not None else _example(args, p.input_shapes[0])

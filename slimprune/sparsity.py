@@ -34,7 +34,8 @@ from torch import nn
 
 from ._checks import check_eager, is_real
 from ._graph import ChannelGraph
-from ._prune import _protected_units, analyze
+from ._analysis import Analysis, analyze
+from ._options import protected_units
 from ._prune import plan as make_plan
 from ._solver import Predictor
 from .errors import InfeasiblePlanError, InvalidArgumentError
@@ -140,8 +141,8 @@ def _prunable_scales(
     model: nn.Module, example_inputs: Any, protect: Iterable[str | type], graph: ChannelGraph | None = None
 ) -> list[_Scale]:
     """The scale-role slices of prunable, unprotected channels, found by analysing the graph."""
-    graph = analyze(model, example_inputs) if graph is None else graph
-    protected = _protected_units(graph, model, protect)
+    graph = analyze(model, example_inputs).graph if graph is None else graph
+    protected = protected_units(graph, model, protect)
     free = graph.unit_to_group >= 0
     if protected:
         free[list(protected)] = False
@@ -310,7 +311,7 @@ class SparsityRegularizer:
         if bn_modules is not None:
             self._scales = _named_scales(inner, bn_modules)
         else:
-            graph = analyze(inner, example_inputs)
+            graph = analyze(inner, example_inputs).graph
             self._scales = _prunable_scales(inner, example_inputs, protect, graph)
             if cost != "uniform" and self._scales:
                 self._weights = _cost_weights(self._scales, _unit_costs(graph, inner, cost))
@@ -426,7 +427,7 @@ class SparsityRegularizer:
 
 def _is_residual(model: nn.Module, example_inputs: Any) -> bool:
     """True if some channel group is written by more than one dense producer (a residual add)."""
-    graph = analyze(model, example_inputs, warn=False)
+    graph = analyze(model, example_inputs, warn=False).graph
     modules = dict(model.named_modules())
     for group in graph.groups:
         producers = set()
@@ -458,9 +459,10 @@ def default_lambda(model: nn.Module, example_inputs: Any = None) -> float:
 # --------------------------------------------------------------------------- insight
 
 
-def _prunable_gammas(model: nn.Module, example_inputs: Any, protect: Iterable[str | type]) -> np.ndarray:
+def _prunable_gammas(model: nn.Module, example_inputs: Any, protect: Iterable[str | type],
+                     graph: ChannelGraph | None = None) -> np.ndarray:
     values = []
-    for scale in _prunable_scales(_unwrap(model), example_inputs, protect):
+    for scale in _prunable_scales(_unwrap(model), example_inputs, protect, graph):
         g = scale.param.detach().abs().float().cpu()
         if scale.mask is not None:
             g = g[scale.mask]
@@ -528,6 +530,14 @@ def _smallest(candidates: Sequence[float], removes: Callable[[float], float], ta
     return float(candidates[lo])
 
 
+def _analysis_of(model: nn.Module, example_inputs: Any, plan_kwargs: dict[str, Any],
+                 regions: bool) -> tuple[Analysis, dict[str, Any]]:
+    """One analysis for every plan of a search, and the plan options left for ``plan()``."""
+    kwargs = dict(plan_kwargs)
+    opaque = kwargs.pop("opaque", ())
+    return analyze(model, example_inputs, opaque, regions=regions), kwargs
+
+
 def suggest_threshold(model: nn.Module, target_params: float, example_inputs: Any = None, **plan_kwargs: Any) -> float:
     """The smallest threshold whose ``slimprune.plan(model, threshold=t)`` removes ``target_params``.
 
@@ -552,14 +562,18 @@ def suggest_threshold(model: nn.Module, target_params: float, example_inputs: An
     """
     target = _check_fraction(target_params)
     model = _unwrap(model)
-    gammas = np.unique(_prunable_gammas(model, example_inputs, plan_kwargs.get("protect", ())))
+    analysis, plan_kwargs = _analysis_of(model, example_inputs, plan_kwargs, regions=False)
+    protect = plan_kwargs.get("protect", ())
+    # The candidates are the |γ| of the channels prunable without opaque modules, as always.
+    base = None if analysis.opaque else analysis.graph
+    gammas = np.unique(_prunable_gammas(model, example_inputs, protect, base))
     if not gammas.size:
         raise InfeasiblePlanError(f"{type(model).__name__} has no prunable channel with a scaling factor to threshold")
     cache: dict[float, float] = {}
 
     def removes(t: float) -> float:
         if t not in cache:
-            cache[t] = _removed_fraction(make_plan(model, threshold=float(t), example_inputs=example_inputs, **plan_kwargs))
+            cache[t] = _removed_fraction(make_plan(analysis, threshold=float(t), **plan_kwargs))
         return cache[t]
 
     return _smallest(gammas.tolist(), removes, target, "threshold")
@@ -579,13 +593,14 @@ def suggest_ratio(model: nn.Module, target_params: float, example_inputs: Any = 
     """
     target = _check_fraction(target_params)
     model = _unwrap(model)
-    n = make_plan(model, 0.0, example_inputs=example_inputs, **plan_kwargs).prunable_channels
+    analysis, plan_kwargs = _analysis_of(model, example_inputs, plan_kwargs, regions=True)
+    n = make_plan(analysis, 0.0, **plan_kwargs).prunable_channels
     if n == 0:
         raise InfeasiblePlanError(f"{type(model).__name__} has no prunable channel")
 
     def feasible(k: int) -> bool:
         try:
-            make_plan(model, k / n, example_inputs=example_inputs, **plan_kwargs)
+            make_plan(analysis, k / n, **plan_kwargs)
         except InfeasiblePlanError:  # more channels than min_channels/max_ratio allow
             return False
         return True
@@ -598,7 +613,7 @@ def suggest_ratio(model: nn.Module, target_params: float, example_inputs: Any = 
 
     def removes(r: float) -> float:
         if r not in cache:
-            cache[r] = _removed_fraction(make_plan(model, r, example_inputs=example_inputs, **plan_kwargs))
+            cache[r] = _removed_fraction(make_plan(analysis, r, **plan_kwargs))
         return cache[r]
 
     return _smallest([k / n for k in range(lo + 1)], removes, target, "channel ratio")
