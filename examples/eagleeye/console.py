@@ -25,6 +25,7 @@ __all__ = ["training_progress", "Stages", "bar", "summary_table"]
 
 @contextmanager
 def training_progress(enabled: bool, console: Console) -> Iterator[Progress | None]:
+    """The training loop's progress bars (loss, images per second, time left); None when disabled."""
     if not enabled:
         yield None
         return
@@ -73,6 +74,7 @@ def bar(enabled: bool, console: Console, description: str, total: int) -> Iterat
 
 
 def summary_table(report: Mapping[str, Any]) -> Table:
+    """The four models' size, speed and AP as a rich table (printed at the end of a run)."""
     table = Table(title=f"EagleEye pruning pipeline ({report['eval_size']} px, CPU latency at batch 1)")
     for column in ("model", "params", "FLOPs", "latency", "speed-up", "easy", "medium", "hard"):
         table.add_column(column, justify="left" if column == "model" else "right")

@@ -38,6 +38,7 @@ def write_figures(
     sweep: Sequence[Mapping[str, Any]],
     report: Mapping[str, Any],
 ) -> None:
+    """``gamma_hist.png``, ``channels.png``, ``pr_curves.png`` and ``ap_vs_pruned.png`` in ``out``."""
     # A log axis has no zero: mark the smallest positive |γ| when nothing above 0 was removed.
     scales = bn_scales(models["sparse"])
     positive = scales[scales > 0]

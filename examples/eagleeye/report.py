@@ -194,6 +194,7 @@ def _jsonable(stats: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def human(n: float) -> str:
+    """``1234567`` as ``1.23M``."""
     for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(n) >= scale:
             return f"{n / scale:.3g}{unit}"

@@ -22,12 +22,15 @@ __all__ = ["Evaluated", "evaluate_val", "flops_at"]
 
 @dataclass(frozen=True)
 class Evaluated:
+    """One model's AP per subset, precision-recall curves and evaluation time on the val split."""
+
     ap: dict[str, float]
     pr: dict[str, tuple[np.ndarray, np.ndarray]]
     seconds: float
 
 
 def evaluate_val(model: nn.Module, root: Path, cfg: PipelineConfig, console: Console, progress: bool) -> Evaluated:
+    """AP of ``model`` on the val split at the run's ``eval_size``, on its device; ``model`` ends on the CPU."""
     start = time.perf_counter()
     device = cfg.baseline.device
     result: EvalResult
@@ -46,4 +49,5 @@ def evaluate_val(model: nn.Module, root: Path, cfg: PipelineConfig, console: Con
 
 
 def flops_at(model: nn.Module, size: int) -> int:
+    """FLOPs (2 per multiply-add, convolutions only) of one ``size`` x ``size`` image."""
     return measure(model, torch.zeros(1, 3, size, size), latency=False).flops
