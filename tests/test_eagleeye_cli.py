@@ -120,3 +120,14 @@ def test_target_params_and_threshold_are_mutually_exclusive(capsys: pytest.Captu
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--lr", "fast"])
     assert "--lr" in capsys.readouterr().err
+
+
+def test_pipeline_training_flags_reach_all_three_runs_nested_ones_included() -> None:
+    """A shared training flag (nested or not) changes the baseline, sparse and fine-tuning runs alike,
+    and the stage folders stay under --out."""
+    args = build_parser().parse_args("pipeline --out o --box-loss smooth_l1 --lr 0.2 --no-sweep-baseline".split())
+    config = pipeline_config_from_args(args)
+    for run in (config.baseline, config.sparse, config.finetune):
+        assert run.loss == dataclasses.replace(TrainConfig().loss, box_loss="smooth_l1") and run.lr == 0.2
+    assert [config.baseline.out_dir, config.finetune.out_dir] == ["o/baseline", "o/finetune"]
+    assert config.sweep_baseline is False

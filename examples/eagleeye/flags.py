@@ -16,9 +16,11 @@ How a field's type becomes a flag:
 * ``const=VALUE``: a switch that sets the field to VALUE (``--no-synthesize``).
 
 Example:
+    >>> from examples.eagleeye.config import TrainConfig
     >>> parser = argparse.ArgumentParser()
     >>> add_fields(parser, TrainConfig)
-    >>> replace_nested(TrainConfig(), given(parser.parse_args(["--lr", "0.1"]), TrainConfig))
+    >>> replace_nested(TrainConfig(), given(parser.parse_args(["--lr", "0.1"]), TrainConfig)).lr
+    0.1
 """
 
 from __future__ import annotations
