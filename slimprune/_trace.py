@@ -272,10 +272,10 @@ class _ConcreteTracer(_Tracer):
             if i < len(self._inputs):
                 return self._inputs[i]
             return args[0] if args else None  # a defaulted forward argument
-        if kind == "get_attr":
-            return operator.attrgetter(str(target))(self.root)
-        self._computing = True
+        self._computing = True  # (fx's patched Module.__getattr__ then answers with real tensors)
         try:
+            if kind == "get_attr":
+                return operator.attrgetter(str(target))(self.root)
             with torch.no_grad():  # values are only looked at; no autograd graph to keep
                 return self._call(kind, target, args, kwargs)
         finally:

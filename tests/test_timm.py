@@ -54,3 +54,31 @@ def test_a_parameter_read_for_its_device_is_not_sliced():
     assert plan.removed_channels > 0
     small = assert_pruned_equals_silenced(model, plan, x, train=True)
     assert small.pos.proj.in_channels == 16  # fed from arange/cumsum: nothing to remove there
+
+
+class ScaledByShape(nn.Module):
+    """A parameter read directly in a forward that fx alone cannot trace (a branch on a
+    shape): the concrete tracer recursed into fx's patched ``Module.__getattr__`` there
+    (timm's RmsNormAct2d in mobilenetv5)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.scale = nn.Parameter(torch.rand(8) + 0.5)
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        if y.shape[-1] > 4:
+            y = y * self.scale.to(y.dtype)[:, None, None]
+        return self.head(torch.relu(y))
+
+
+def test_a_parameter_read_in_a_concretely_traced_forward():
+    torch.manual_seed(0)
+    model = ScaledByShape().eval()
+    x = torch.randn(2, 3, 8, 8)
+    plan = slimprune.plan(model, 0.5, example_inputs=(x,))
+    assert plan.removed_channels > 0
+    small = assert_pruned_equals_silenced(model, plan, x)
+    assert small.scale.shape == (8 - plan.removed_channels,)
