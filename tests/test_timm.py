@@ -9,6 +9,7 @@ import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import slimprune
@@ -82,3 +83,57 @@ def test_a_parameter_read_in_a_concretely_traced_forward():
     assert plan.removed_channels > 0
     small = assert_pruned_equals_silenced(model, plan, x)
     assert small.scale.shape == (8 - plan.removed_channels,)
+
+
+class SwinV2Ops(nn.Module):
+    """The ops timm's SwinV2, XCiT and others use around their channels: roll along space,
+    ``new_zeros(x.shape)``, ``addcmul``, ``norm`` over space and ``F.normalize`` along space
+    (all per channel), then ``F.normalize`` over the channels (mixes them) when asked."""
+
+    def __init__(self, normalize_channels: bool) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.head = nn.Conv2d(8, 4, 1)
+        self.normalize_channels = normalize_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.bn(self.conv(x)))
+        y = torch.roll(y, shifts=(1, 2), dims=(2, 3)) + y.new_zeros(y.shape)
+        y = torch.addcmul(y, y, y, value=0.5)
+        y = y / (y.norm(2, dim=(2, 3), keepdim=True) + 1)
+        y = F.normalize(y, dim=-1)
+        if self.normalize_channels:
+            y = F.normalize(y, dim=1)
+        return self.head(y)
+
+
+def test_roll_new_zeros_addcmul_norm_and_normalize_along_space_prune_exactly():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 8)
+    model = calibrated(SwinV2Ops(normalize_channels=False), x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", slimprune.UnsupportedOpWarning)
+        plan = slimprune.plan(model, 0.5, example_inputs=(x,), allow_inexact=False)
+    assert plan.removed_channels == 4
+    assert_pruned_equals_silenced(model, plan, x, train=True)
+
+
+def test_normalize_over_the_channels_is_inexact():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 8)
+    model = calibrated(SwinV2Ops(normalize_channels=True), x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", slimprune.UnsupportedOpWarning)
+        assert slimprune.plan(model, 0.5, example_inputs=(x,), allow_inexact=False).removed_channels == 0
+        assert slimprune.plan(model, 0.5, example_inputs=(x,)).removed_channels == 4
+
+
+def test_roll_along_the_channels_keeps_them():
+    class RollChannels(SwinV2Ops):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(torch.roll(torch.relu(self.bn(self.conv(x))), 1, 1))
+
+    x = torch.randn(2, 3, 8, 8)
+    model = calibrated(RollChannels(False), x)
+    assert slimprune.plan(model, 0.5, example_inputs=(x,)).removed_channels == 0

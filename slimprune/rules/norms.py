@@ -221,3 +221,19 @@ def functional_group_norm(ctx, node: fx.Node) -> Any:
     for index, (name, role) in zip((2, 3), _LN_PARAMS):
         claim_norm_param(ctx, ctx.arg(node, index, name), labels, role)
     return ctx.info_of(1, labels)
+
+
+@register_rule(F.normalize)
+def normalize(ctx, node: fx.Node) -> Any:
+    """``F.normalize(x, p, dim)``: along another axis each channel is scaled by its own norm;
+    along the channel axis every channel is divided by the norm over all of them, so
+    removing one changes the others (inexact, as LayerNorm)."""
+    x = ctx.input(node, 0, "input")
+    if x is None:
+        return None
+    dim = ctx.arg(node, 2, "dim", 1)
+    if not isinstance(dim, int):
+        return ctx.barrier(node, "normalize over a dim that is not a constant")
+    if dim % len(ctx.shape(node)) == x.axis:
+        ctx.inexact_units(x.labels)
+    return ctx.passthrough(node)

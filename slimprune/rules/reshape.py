@@ -276,3 +276,26 @@ def pixel_unshuffle(ctx, node):
     return ctx.info_of(1, np.repeat(x.labels, r * r))
 
 
+
+
+# ------------------------------------------------------------------------------ roll
+@register_rule(torch.roll, "roll")
+def roll(ctx, node):
+    """``torch.roll(x, shifts, dims)`` (Swin's shifted windows): a roll along other axes keeps
+    every channel where it is; a roll along the channel axis (or of the flattened tensor)
+    moves channels by a count that would change after pruning, so they are kept."""
+    x = ctx.input(node, 0, "input")
+    if x is None:
+        return None
+    dims = ctx.arg(node, 2, "dims")
+    nd = len(ctx.shape(node.args[0]))
+    if dims is None or dims == ():
+        ctx.keep(x.labels)
+        return None
+    dims = [dims] if isinstance(dims, int) else list(dims)
+    if not all(isinstance(d, int) for d in dims):
+        return ctx.barrier(node, "roll dims are not constants")
+    if x.axis in [d % nd for d in dims]:
+        ctx.keep(x.labels)
+        return None
+    return ctx.passthrough(node)
