@@ -290,12 +290,10 @@ def roll(ctx, node):
     dims = ctx.arg(node, 2, "dims")
     nd = len(ctx.shape(node.args[0]))
     if dims is None or dims == ():
-        ctx.keep(x.labels)
-        return None
+        return ctx.barrier(node, "a roll of the flattened tensor moves channels into each other")
     dims = [dims] if isinstance(dims, int) else list(dims)
     if not all(isinstance(d, int) for d in dims):
         return ctx.barrier(node, "roll dims are not constants")
     if x.axis in [d % nd for d in dims]:
-        ctx.keep(x.labels)
-        return None
+        return ctx.barrier(node, "a roll along the channel axis moves channels by a fixed count")
     return ctx.passthrough(node)
