@@ -138,3 +138,107 @@ def test_roll_along_the_channels_keeps_them():
     model = calibrated(RollChannels(False), x)
     with pytest.warns(slimprune.UnsupportedOpWarning, match="a roll along the channel axis"):
         assert slimprune.plan(model, 0.5, example_inputs=(x,)).removed_channels == 0
+
+
+# ------------------------------------------------------------------ real timm models
+timm = pytest.importorskip("timm")
+
+# (model, input size, barrier-free, least fraction of parameters removed): a CI-sized
+# subset of timm's families, tiny variants. Cross-channel norms (GroupNorm, LayerNorm) keep
+# their groups whole under allow_inexact=False, so those models lose little.
+FAMILIES = [
+    ("test_resnet", 64, True, 0.5),             # resnet: BatchNorm2d, residuals
+    ("test_efficientnet", 64, True, 0.5),       # efficientnet: BatchNormAct2d, SE, depthwise
+    ("test_efficientnet_gn", 64, True, 0.005),  # GroupNormAct
+    ("test_efficientnet_ln", 64, True, 0.005),  # LayerNormAct2d
+    ("test_convnext", 64, True, 0.2),           # convnext: LayerNorm2d, channels-last LayerNorm
+    ("test_byobnet", 64, True, 0.5),            # byobnet: BatchNormAct2d in ConvNormAct
+    ("test_mambaout", 64, True, 0.3),           # mambaout
+    ("mobilenetv3_small_050", 64, True, 0.5),   # mobilenetv3: hard-swish, SE, timm Linear head
+    ("regnetx_002", 64, True, 0.4),             # regnet: grouped convs
+    ("starnet_s050", 64, True, 0.5),            # starnet: star op, timm Linear head
+    ("fastvit_t8", 64, True, 0.5),              # fastvit: reparameterisable branches
+    ("edgenext_xx_small", 64, False, 0.2),      # edgenext: positional encoding (unbind: attention)
+    ("test_vit", 160, False, 0.1),              # vision_transformer (attention heads: unbind)
+]
+
+
+def _model(name: str, size: int) -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, size, size)
+    return calibrated(timm.create_model(name, pretrained=False), x), x
+
+
+@pytest.mark.parametrize("name,size,clean,least", FAMILIES, ids=[f[0] for f in FAMILIES])
+def test_timm_family_prunes_exactly_in_eval_and_train_mode(name, size, clean, least):
+    model, x = _model(name, size)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plan = slimprune.plan(model, 0.5, example_inputs=(x,), fold_bias=False, allow_inexact=False)
+    barriers = [w for w in caught if issubclass(w.category, slimprune.UnsupportedOpWarning)]
+    if clean:
+        assert not barriers, str(barriers[0].message)
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items()), "plan changed the model"
+    assert plan.params_after <= (1 - least) * plan.params_before
+    assert_pruned_equals_silenced(model, plan, x, train=True)
+
+
+def _norms(model: nn.Module, cls: type) -> dict[str, nn.Module]:
+    return {n: m for n, m in model.named_modules() if type(m) is cls}
+
+
+def test_fused_batchnorm_act_is_pruned_resized_and_its_gamma_regularised():
+    from timm.layers import BatchNormAct2d
+
+    model, x = _model("test_efficientnet", 64)
+    norms = _norms(model, BatchNormAct2d)
+    assert norms, "test_efficientnet has no BatchNormAct2d: this test checks nothing"
+    reg = slimprune.SparsityRegularizer(model, example_inputs=(x,))
+    assert set(norms) <= set(reg.layers) | {n for n, m in norms.items() if m.num_features == 1}
+    plan = slimprune.plan(model, 0.5, example_inputs=(x,))
+    small = slimprune.apply(model, plan)
+    pruned = _norms(small, BatchNormAct2d)
+    assert pruned.keys() == norms.keys()  # the class (and its forward) stays
+    assert sum(m.num_features for m in pruned.values()) < 0.7 * sum(m.num_features for m in norms.values())
+    assert all(m.num_features == m.weight.shape[0] == m.running_mean.shape[0] for m in pruned.values())
+
+
+def test_network_slimming_removes_zeroed_batchnorm_act_channels_exactly():
+    from timm.layers import BatchNormAct2d
+
+    model, x = _model("test_efficientnet", 64)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in _norms(model, BatchNormAct2d).values():
+            k = torch.rand(m.weight.shape, generator=g) < 0.4
+            m.weight[k] = 0
+            m.bias[k] = 0
+        want = model.eval()(x)
+    plan = slimprune.plan(model, threshold=1e-12, example_inputs=(x,), exact_borders=True)
+    assert plan.removed_channels > 0
+    small = slimprune.apply(model, plan)
+    with torch.no_grad():
+        assert torch.allclose(small.eval()(x), want, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name,layer", [("test_efficientnet_gn", "GroupNormAct"),
+                                        ("test_efficientnet_ln", "LayerNormAct2d"),
+                                        ("test_convnext", "LayerNorm2d")])
+def test_cross_channel_norms_are_prunable_inexactly_and_resized(name, layer):
+    import timm.layers
+
+    cls = getattr(timm.layers, layer)
+    model, x = _model(name, 64)
+    norms = _norms(model, cls)
+    assert norms, f"{name} has no {layer}: this test checks nothing"
+    plan = slimprune.plan(model, 0.5, example_inputs=(x,))  # allow_inexact=True (the default)
+    assert any(not g.exact for g in plan.groups if g.removed)
+    small = slimprune.apply(model, plan)
+    pruned = _norms(small, cls)
+    width = (lambda m: m.num_channels) if layer == "GroupNormAct" else (lambda m: m.normalized_shape[0])
+    assert sum(map(width, pruned.values())) < sum(map(width, norms.values()))
+    assert all(width(m) == m.weight.shape[0] for m in pruned.values())
+    with torch.no_grad():
+        assert small.eval()(x).shape == model(x).shape
+        small.train()(x)

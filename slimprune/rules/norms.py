@@ -134,11 +134,12 @@ _TIMM_CHANNELS_LAST = ("LayerNorm", "LayerNormFp32", "LayerNormAct", "LayerNormA
                        "RmsNorm", "RmsNormFp32", "RmsNormAct", "RmsNormActFp32", "SimpleNorm", "SimpleNormFp32")
 _TIMM_ACTS = ("Swish", "Mish", "Sigmoid", "Tanh", "HardSwish", "HardSigmoid", "HardMish", "GELU", "GELUTanh",
               "QuickGELU", "SwishMe", "MishMe", "HardSigmoidMe", "HardSwishMe", "HardMishMe")
-_TIMM_MODULES = ("timm.layers.norm_act", "timm.layers.norm", "timm.layers.activations", "timm.layers.activations_me")
+_TIMM_MODULES = ("timm.layers.norm_act", "timm.layers.norm", "timm.layers.activations", "timm.layers.activations_me",
+                 "timm.layers.linear")
 
 
 def register_timm_rules() -> None:
-    """Register the rules for timm's norm and activation layers (called on the first timm
+    """Register the rules for timm's norm, activation and Linear layers (called on the first timm
     module slimprune looks up; timm must be importable)."""
     from .pointwise import pointwise
 
@@ -164,6 +165,10 @@ def register_timm_rules() -> None:
         from .layers import _resize_prelu
 
         register_rule(found["PReLU"], resize=_resize_prelu)(prelu)
+    if "Linear" in found:  # nn.Linear whose forward calls F.linear (a torchscript cast)
+        from .layers import _fold_linear, _resize_linear, linear
+
+        register_rule(found["Linear"], resize=_resize_linear, fold=_fold_linear)(linear)
 
 
 register_lazy_rules("timm", register_timm_rules)
