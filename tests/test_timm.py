@@ -242,3 +242,29 @@ def test_cross_channel_norms_are_prunable_inexactly_and_resized(name, layer):
     with torch.no_grad():
         assert small.eval()(x).shape == model(x).shape
         small.train()(x)
+
+
+class ForeignHeadSize(nn.Module):
+    """A projection's output reshaped with a head size computed from its *input's* width
+    (SwinV2-CR's and VOLO's ``qkv.view(B, N, 3, heads, C // heads)``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.qkv = nn.Conv2d(8, 12, 1)
+        self.head = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        b, c, h, w = x.shape
+        y = self.qkv(x).view(b, 3, c // 2, h, w).sum(1)
+        return self.head(y) + x.mean(1, keepdim=True)
+
+
+def test_a_head_size_computed_from_another_tensors_width_keeps_both():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 8)
+    model = calibrated(ForeignHeadSize(), x)
+    plan = slimprune.plan(model, 0.5, example_inputs=(x,))
+    small = assert_pruned_equals_silenced(model, plan, x, train=True)
+    assert small.stem[0].out_channels == 8 and small.qkv.out_channels == 12
