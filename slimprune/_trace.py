@@ -504,7 +504,9 @@ def propagate_shapes(gm: fx.GraphModule, example_inputs: tuple[Any, ...]) -> Non
             f"inputs ({', '.join(n.name for n in placeholders)}), but {len(example_inputs)} example "
             f"inputs were given. Pass example_inputs=(x, ...) with one entry per forward argument."
         )
-    with evaluation_mode(gm):
+    # The graph shares the model's buffers; a graph traced in train mode updates running
+    # statistics even in eval mode (F.batch_norm(..., training=True) is a literal there).
+    with evaluation_mode(gm), _preserved(gm):
         _ShapeRecorder(gm).run(*example_inputs)
 
 

@@ -79,3 +79,43 @@ def test_timm_models_caching_attention_biases_plan_twice(name):
     small = slimprune.apply(model, second)
     with torch.no_grad():
         assert small(x).shape == model(x).shape == (1, 1000)
+
+
+class TrainBranchBN(nn.BatchNorm2d):
+    """A BatchNorm subclass traced through (it rewrites forward): its train-mode graph holds
+    ``F.batch_norm(..., training=True)`` as a literal and counts batches (timm's BatchNormAct2d)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.num_batches_tracked.add_(1)
+        return torch.relu(torch.nn.functional.batch_norm(
+            x, self.running_mean, self.running_var, self.weight, self.bias, self.training, 0.1, self.eps))
+
+
+class WithTrainBranchBN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = TrainBranchBN(8)
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.bn(self.conv(x))
+        if self.training:  # a train-only op: the train-mode graph differs (EfficientFormerV2)
+            y = torch.nn.functional.dropout(y, 0.0)
+        return self.head(y)
+
+
+def test_shapes_of_the_train_mode_graph_leave_running_statistics_alone():
+    torch.manual_seed(0)
+    model = WithTrainBranchBN().eval()
+    with torch.no_grad():
+        model.bn.running_mean.uniform_(-1, 1)
+        model.bn.weight[:3] = 0
+    x = torch.randn(2, 3, 8, 8)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    slimprune.plan(model, 0.5, example_inputs=(x,))  # its bias-fold probe ran the train graph
+    plan = slimprune.plan(model, threshold=1e-12, example_inputs=(x,))
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items()), "plan changed the model"
+    assert plan.removed_channels == 3  # the functional batch_norm's γ is a scale
+    assert_pruned_equals_silenced(model, plan, x, train=True)
