@@ -200,6 +200,24 @@ class ChannelGraph:
         return [{n for n in c if isinstance(n, str)} for c in comps]
 
 
+_METADATA_ATTRIBUTES = frozenset({"dtype", "device", "is_cuda", "requires_grad", "ndim", "layout"})
+_METADATA_METHODS = frozenset({"dim", "get_device", "numel", "nelement"})
+
+
+def _metadata_only(node: fx.Node) -> bool:
+    """Is a parameter read only for its dtype or device (``self.conv.weight.device`` in
+    timm's EdgeNeXt positional encoding)? Then none of its channels is used there, and it
+    must not become a slice of its own (whose free channels would be removed from it)."""
+    import builtins
+
+    def metadata(user: fx.Node) -> bool:
+        if user.op == "call_function" and user.target is builtins.getattr:
+            return len(user.args) > 1 and user.args[1] in _METADATA_ATTRIBUTES
+        return user.op == "call_method" and user.target in _METADATA_METHODS and user.args[0] is node
+
+    return bool(node.users) and all(metadata(u) for u in node.users)
+
+
 def _iter_nodes(value: Any) -> Iterator[fx.Node]:
     if isinstance(value, fx.Node):
         yield value
@@ -445,7 +463,7 @@ class _Builder:
         obj: Any = self.current
         for part in str(node.target).split("."):
             obj = getattr(obj, part)
-        if not isinstance(obj, torch.Tensor) or obj.dim() == 0:
+        if not isinstance(obj, torch.Tensor) or obj.dim() == 0 or _metadata_only(node):
             return None
         big = [d for d in range(obj.dim()) if obj.shape[d] > 1]
         if not big:

@@ -156,8 +156,12 @@ def probe_consumers(gm: fx.GraphModule, inputs: tuple, consumers: dict[str, int]
 
     In eval mode, or with ``batch_stats`` with the norms computing batch statistics.
     """
+    from ._trace import _preserved
+
     probe = _Probe(gm, consumers)
-    with batch_statistics(gm) if batch_stats else evaluation_mode(gm):
+    # (_preserved: the graph shares the model's buffers, and a graph traced in train mode
+    # updates running statistics even in eval mode: training=True is a literal there)
+    with batch_statistics(gm) if batch_stats else evaluation_mode(gm), _preserved(gm):
         probe.run(*inputs)
     return probe.stats
 

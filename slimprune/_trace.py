@@ -118,10 +118,18 @@ def _failing_module(tracer: _Tracer) -> str | None:
 
 @contextlib.contextmanager
 def _preserved(model: nn.Module) -> Iterator[None]:
-    """Undo what tracing a forward does to the model: attributes it assigns (torchvision's
-    AnchorGenerator caches ``self.cell_anchors``, which would keep proxies), and buffers a
+    """Undo what tracing a forward does to the model, so the user's model comes back as it
+    was: attributes it assigns (torchvision's AnchorGenerator caches ``self.cell_anchors``,
+    which would keep proxies), the contents of containers it fills (timm's EfficientViT and
+    EfficientFormer cache attention biases in a dict attribute in eval mode), and buffers a
     concrete run updates (BatchNorm statistics in train mode)."""
     saved = [(m, dict(vars(m)), dict(m._parameters), dict(m._buffers), dict(m._modules)) for m in model.modules()]
+    # Containers keep their identity (other code may hold them); their contents are restored.
+    containers: dict[int, tuple[Any, Any]] = {}
+    for _, attrs, _, _, _ in saved:
+        for value in attrs.values():
+            if type(value) in (dict, list, set) and id(value) not in containers:
+                containers[id(value)] = (value, value.copy())
     values = [(b, b.detach().clone()) for b in model.buffers()]
     try:
         yield
@@ -132,6 +140,9 @@ def _preserved(model: nn.Module) -> Iterator[None]:
             for live, old in ((m._parameters, params), (m._buffers, buffers), (m._modules, modules)):
                 live.clear()
                 live.update(old)
+        for live, old in containers.values():
+            live.clear()
+            live.update(old) if not isinstance(live, list) else live.extend(old)
         with torch.no_grad():
             for b, v in values:
                 b.copy_(v)
@@ -261,10 +272,10 @@ class _ConcreteTracer(_Tracer):
             if i < len(self._inputs):
                 return self._inputs[i]
             return args[0] if args else None  # a defaulted forward argument
-        if kind == "get_attr":
-            return operator.attrgetter(str(target))(self.root)
-        self._computing = True
+        self._computing = True  # (fx's patched Module.__getattr__ then answers with real tensors)
         try:
+            if kind == "get_attr":
+                return operator.attrgetter(str(target))(self.root)
             with torch.no_grad():  # values are only looked at; no autograd graph to keep
                 return self._call(kind, target, args, kwargs)
         finally:
@@ -493,7 +504,9 @@ def propagate_shapes(gm: fx.GraphModule, example_inputs: tuple[Any, ...]) -> Non
             f"inputs ({', '.join(n.name for n in placeholders)}), but {len(example_inputs)} example "
             f"inputs were given. Pass example_inputs=(x, ...) with one entry per forward argument."
         )
-    with evaluation_mode(gm):
+    # The graph shares the model's buffers; a graph traced in train mode updates running
+    # statistics even in eval mode (F.batch_norm(..., training=True) is a literal there).
+    with evaluation_mode(gm), _preserved(gm):
         _ShapeRecorder(gm).run(*example_inputs)
 
 

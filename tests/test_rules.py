@@ -500,7 +500,7 @@ def test_a_channel_count_used_as_a_value_keeps_its_channels_and_says_so():
 
 # ------------------------------------------------------------------- barriers and custom rules
 class Rolled(nn.Module):
-    """torch.roll along channels has no rule: it is a barrier, the rest still prunes."""
+    """torch.roll along channels cannot be pruned through: it is a barrier, the rest still prunes."""
 
     def __init__(self):
         super().__init__()

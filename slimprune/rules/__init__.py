@@ -4,7 +4,8 @@ A rule says how the channel labels of an op's inputs map to its outputs, which o
 op's parameters are sliced along which dimension, and which literal sizes in the graph
 must be rewritten after pruning. Rules live by family:
 
-* ``layers.py``     Conv/ConvTranspose, Linear, norms, PReLU, Embedding
+* ``layers.py``     Conv/ConvTranspose, Linear, torch.nn's norms, PReLU, Embedding
+* ``norms.py``      norm subclasses and fused norm+act (timm's), functional batch/group norm
 * ``attention.py``  MultiheadAttention, Swin and MaxViT attention (whole heads)
 * ``pointwise.py``  activations, dropout, pooling, interpolate, add/sub/mul/div, reductions
 * ``indexing.py``   cat, split/chunk, getitem
@@ -29,7 +30,7 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["Rule", "register_rule", "lookup_rule", "has_module_rule", "registered_targets"]
+__all__ = ["Rule", "register_rule", "register_lazy_rules", "lookup_rule", "has_module_rule", "registered_targets"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,15 @@ class Rule:
 _MODULE_RULES: dict[type, Rule] = {}
 _FUNCTION_RULES: dict[Any, Rule] = {}
 _METHOD_RULES: dict[str, Rule] = {}
+# Rules for a third-party package's classes, registered the first time a class from that
+# package is looked up (so slimprune never imports timm, say, for a model without it).
+_LAZY: dict[str, Callable[[], None]] = {}
+
+
+def register_lazy_rules(package: str, loader: Callable[[], None]) -> None:
+    """Call ``loader`` (which registers rules) the first time a module class defined in the
+    top-level package ``package`` is looked up."""
+    _LAZY[package] = loader
 
 
 def register_rule(
@@ -94,6 +104,10 @@ def register_rule(
 
 
 def _module_rule(cls: type) -> Rule | None:
+    if _LAZY:
+        loader = _LAZY.pop(str(getattr(cls, "__module__", "")).partition(".")[0], None)
+        if loader is not None:
+            loader()
     rule = _MODULE_RULES.get(cls)
     if rule is not None:
         return rule
@@ -134,4 +148,4 @@ def registered_targets() -> dict[str, list[str]]:
 
 
 # Import the built-in rule families so they register themselves.
-from . import attention, indexing, layers, pointwise, reshape  # noqa: E402,F401
+from . import attention, indexing, layers, norms, pointwise, reshape  # noqa: E402,F401

@@ -259,10 +259,10 @@ def functional_layer_norm(ctx, node):
     norm_shape = ctx.arg(node, 1, "normalized_shape")
     if x.axis != len(shape) - 1 or not isinstance(norm_shape, (tuple, list)) or len(norm_shape) != 1:
         return ctx.barrier(node, "layer_norm over more than the channel axis")
-    for index, name in ((2, "weight"), (3, "bias")):
-        p = ctx.info(ctx.arg(node, index, name))
-        if p is not None:
-            ctx.tie(p.labels, x.labels)
+    from .norms import claim_norm_param
+
+    for index, name, role in ((2, "weight", "scale"), (3, "bias", "shift")):
+        claim_norm_param(ctx, ctx.arg(node, index, name), x.labels, role)
     ctx.inexact_units(x.labels)
     encode(tuple(norm_shape))
 
