@@ -37,7 +37,7 @@ from .io import load as load
 from .io import save as save
 from .sparsity import SparsityRegularizer as SparsityRegularizer
 
-__version__ = "0.1.0"
+from ._version import __version__ as __version__  # noqa: E402
 
 __all__ = [
     "Analysis",

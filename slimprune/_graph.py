@@ -23,6 +23,8 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from ._channels import ChannelInfo as ChannelInfo
+from ._channels import SizeOf as SizeOf
 from ._trace import SHAPE, Traced
 from .errors import UnsupportedOpWarning
 from .rules import lookup_rule
@@ -51,31 +53,6 @@ KEEP = 0
 #          would otherwise output -mean/std in eval and 0 in training)
 #   aux    sliced only (running variances, PReLU slopes, buffers)
 ROLES = ("out", "in", "scale", "shift", "source", "mean", "aux")
-
-
-@dataclass(frozen=True)
-class ChannelInfo:
-    """The channel axis of a tensor and one label per channel along it."""
-
-    axis: int
-    labels: np.ndarray
-
-
-@dataclass(frozen=True)
-class SizeOf:
-    """Sizes read from a tensor (``x.shape``, ``x.size(1)``): the labels behind each one.
-
-    A size read from a channel axis follows the pruned width at run time, so wherever it
-    is used as a reshape size, that axis must keep the same channels (or stay whole).
-    """
-
-    dims: tuple[np.ndarray | None, ...]
-    single: bool = False
-    # Computed from such sizes (``c // 2``, ``c ** -0.5``): no longer one axis's width.
-    derived: bool = False
-
-    def labels(self) -> list[np.ndarray]:
-        return [d for d in self.dims if d is not None]
 
 
 @dataclass(frozen=True)

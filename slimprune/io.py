@@ -56,6 +56,7 @@ import torch
 from torch import nn
 
 from ._plan import PLAN_VERSION, PruningPlan
+from ._version import __version__
 from ._prune import _method_source, apply
 from .errors import FileFormatError, InvalidArgumentError, PlanMismatchError, SlimpruneError
 
@@ -400,8 +401,6 @@ def save(
 
 
 def _version() -> str:
-    from . import __version__
-
     return __version__
 
 
