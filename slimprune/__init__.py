@@ -28,6 +28,7 @@ from .errors import (
     TraceError as TraceError,
     UnsupportedOpWarning as UnsupportedOpWarning,
     ShapeSpecializationWarning as ShapeSpecializationWarning,
+    RuleReplacedWarning as RuleReplacedWarning,
 )
 from .rules import register_rule as register_rule
 from . import io as io  # noqa: E402  save/load of pruned models
@@ -63,6 +64,7 @@ __all__ = [
     "plan",
     "prune",
     "register_rule",
+    "RuleReplacedWarning",
     "save",
     "silence",
     "sparsity",

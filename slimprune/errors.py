@@ -56,3 +56,8 @@ class ShapeSpecializationWarning(UserWarning):
     """A pruned model is a graph traced by running forward, with Python decisions on shapes
     fixed to the example inputs' (only when forward both needs a rewritten graph and
     branches on shapes in Python)."""
+
+
+class RuleReplacedWarning(UserWarning):
+    """:func:`slimprune.register_rule` replaced the rule a target already had (pass
+    ``replace=True`` to say that is intended)."""
