@@ -25,6 +25,7 @@ import torch.fx as fx
 from torch import nn
 
 from ._augmented import InplaceProxy
+from ._modes import kept_modes
 from .errors import ExampleInputError, TraceError
 
 __all__ = ["Traced", "trace", "trace_module", "concrete_trace", "default_example_inputs", "normalize_inputs"]
@@ -444,14 +445,9 @@ def trace_module(model: nn.Module, inputs: tuple[Any, ...], opaque: Iterable[str
 @contextlib.contextmanager
 def evaluation_mode(model: nn.Module) -> Iterator[None]:
     """Run in eval mode under no_grad and restore every module's training flag afterwards."""
-    flags = [(m, m.training) for m in model.modules()]
-    try:
+    with kept_modes(model), torch.no_grad():
         model.eval()
-        with torch.no_grad():
-            yield
-    finally:
-        for m, flag in flags:
-            m.training = flag
+        yield
 
 
 def _shape_of(value: Any) -> Any:
@@ -563,13 +559,9 @@ def _other_mode_graph(model: nn.Module, gm: fx.GraphModule,
         _reads_training(type(m)) for m in model.modules() if not type(m).__module__.startswith("torch.nn")
     ):
         return None
-    flags = [(m, m.training) for m in model.modules()]
-    try:
+    with kept_modes(model):
         model.train(not model.training)
         other = retrace()
-    finally:
-        for m, flag in flags:
-            m.training = flag
 
     def structure(g: fx.GraphModule) -> list[tuple[str, str]]:
         return [(n.op, str(n.target)) for n in g.graph.nodes]

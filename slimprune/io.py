@@ -34,7 +34,6 @@ the weights) are refused: save them again.
 from __future__ import annotations
 
 import ast
-import contextlib
 import difflib
 import hashlib
 import importlib
@@ -43,7 +42,6 @@ import json
 import math
 import os
 import re
-import secrets
 import struct
 import sys
 import warnings
@@ -55,6 +53,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._atomic import atomic_write
+from ._parallel import unwrap_parallel
 from ._plan import PLAN_VERSION, PruningPlan
 from ._version import __version__
 from ._prune import _method_source, apply
@@ -246,12 +246,6 @@ def build(spec: str | BuildSpec | Mapping[str, Any]) -> nn.Module:
 # ------------------------------------------------------------------------------- writing
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-        return model.module
-    return model
-
-
 def _check_pruned(model: nn.Module, plan: PruningPlan) -> None:
     """Every dimension the plan slices has the plan's kept size in ``model``."""
     for s in plan.slices:
@@ -314,24 +308,6 @@ def _digest(header: bytes, table: Mapping[str, Any]) -> Any:
     return digest
 
 
-def _atomic_write(path: Path, chunks: Iterator[bytes]) -> None:
-    """Write to a temporary file beside ``path``, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for chunk in chunks:
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def save(
     model: nn.Module,
     path: str | os.PathLike[str],
@@ -368,7 +344,7 @@ def save(
         raise InvalidArgumentError(f"plan must be the PruningPlan that pruned the model, got {type(plan).__name__}")
     if not isinstance(model, nn.Module):
         raise InvalidArgumentError(f"model must be an nn.Module, got {type(model).__name__}")
-    model = _unwrap(model)
+    model = unwrap_parallel(model)
     spec = None if build is None else BuildSpec.of(build)
     _check_pruned(model, plan)
     state = model.state_dict()
@@ -396,7 +372,7 @@ def save(
             yield _tensor_bytes(state[key])
 
     out = Path(path)
-    _atomic_write(out, chunks())
+    atomic_write(out, chunks())
     return out
 
 

@@ -30,6 +30,8 @@ from rich.table import Table
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from ._modes import kept_modes
+
 __all__ = [
     "Comparison",
     "LayerStats",
@@ -281,15 +283,10 @@ def measure(
     if not min_run_time > 0:
         raise ValueError(f"min_run_time must be a positive number of seconds, got {min_run_time!r}.")
 
-    flags = {module: module.training for module in model.modules()}
-    model.eval()
-    try:
-        with torch.no_grad():
-            total_flops, self_flops = _count_flops(model, _to_device(inputs, _device_of(model)))
-            timing = _time(model, inputs, target, threads, min_run_time) if latency else None
-    finally:
-        for module, training in flags.items():
-            module.training = training
+    with kept_modes(model), torch.no_grad():
+        model.eval()
+        total_flops, self_flops = _count_flops(model, _to_device(inputs, _device_of(model)))
+        timing = _time(model, inputs, target, threads, min_run_time) if latency else None
 
     layers = tuple(_layer_stats(model, self_flops))
     return Measurement(

@@ -7,6 +7,7 @@ caller's backend and open figures are left alone and no figure outlives the call
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,6 +15,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from torch import nn
+
+from ._atomic import atomic_write
+from ._gamma import abs_gamma
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -45,7 +49,7 @@ def bn_scales(model: nn.Module) -> np.ndarray:
         >>> print(f"{(scales < 1e-2).mean():.0%} of the channels have |γ| < 0.01")
     """
     scales = [
-        module.weight.detach().abs().flatten().float().cpu()
+        abs_gamma(module.weight).flatten()
         for module in model.modules()
         if isinstance(module, _BATCH_NORMS) and module.weight is not None
     ]
@@ -300,6 +304,7 @@ def _figure(size: tuple[float, float]) -> Figure:
 
 def _save(figure: Figure, out: Path) -> Path:
     """Write the figure as a PNG, creating parent folders, and return the path."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out, format="png", dpi=_DPI)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=_DPI)
+    atomic_write(out, [buffer.getvalue()])  # a failed write leaves an older plot whole
     return out
