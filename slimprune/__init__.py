@@ -29,6 +29,11 @@ from .errors import (
     UnsupportedOpWarning as UnsupportedOpWarning,
     ShapeSpecializationWarning as ShapeSpecializationWarning,
     RuleReplacedWarning as RuleReplacedWarning,
+    ArgumentTypeError as ArgumentTypeError,
+    ExampleInputTypeError as ExampleInputTypeError,
+    RuleError as RuleError,
+    RuleOutputTypeError as RuleOutputTypeError,
+    PlanFormatError as PlanFormatError,
 )
 from .rules import register_rule as register_rule
 from . import io as io  # noqa: E402  save/load of pruned models
@@ -65,6 +70,11 @@ __all__ = [
     "prune",
     "register_rule",
     "RuleReplacedWarning",
+    "ArgumentTypeError",
+    "ExampleInputTypeError",
+    "RuleError",
+    "RuleOutputTypeError",
+    "PlanFormatError",
     "save",
     "silence",
     "sparsity",

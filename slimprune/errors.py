@@ -17,6 +17,12 @@ __all__ = [
     "PlanMismatchError",
     "ExampleInputError",
     "FileFormatError",
+    "ArgumentTypeError",
+    "ExampleInputTypeError",
+    "RuleError",
+    "RuleOutputTypeError",
+    "PlanFormatError",
+    "RuleReplacedWarning",
 ]
 
 
@@ -46,6 +52,27 @@ class PlanMismatchError(SlimpruneError):
 
 class FileFormatError(SlimpruneError):
     """A slimprune file is truncated, tampered with, or from a newer format version."""
+
+
+class ArgumentTypeError(InvalidArgumentError, TypeError):
+    """An argument has a type slimprune cannot use (also a ``TypeError``)."""
+
+
+class ExampleInputTypeError(ExampleInputError, TypeError):
+    """The example inputs are of a kind slimprune cannot pass to forward (also a ``TypeError``)."""
+
+
+class RuleError(SlimpruneError, ValueError):
+    """A channel rule (built-in or registered) returned or recorded something that does not fit
+    the traced graph: a bug in that rule."""
+
+
+class RuleOutputTypeError(RuleError, TypeError):
+    """A channel rule asked to record a value a plan cannot hold (also a ``TypeError``)."""
+
+
+class PlanFormatError(FileFormatError, ValueError):
+    """A plan holds a recorded graph edit this version of slimprune cannot read."""
 
 
 class UnsupportedOpWarning(UserWarning):
