@@ -68,3 +68,10 @@ def test_import_graph_sees_the_known_edges() -> None:
 def test_no_module_of_slimprune_imports_a_module_that_imports_it_back() -> None:
     cycles = list(nx.simple_cycles(import_graph()))
     assert not cycles, "import circles in slimprune/:\n" + "\n".join(" -> ".join(c + [c[0]]) for c in cycles)
+
+
+def test_docs_concepts_says_where_every_module_lives() -> None:
+    text = (PACKAGE.parent / "docs" / "concepts.md").read_text()
+    unnamed = [p.relative_to(PACKAGE).as_posix() for p in sorted(PACKAGE.rglob("*.py"))
+               if p.name not in ("__init__.py", "__main__.py") and p.name not in text]
+    assert not unnamed, f"docs/concepts.md does not say what these modules hold: {unnamed}"
