@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._gamma import unit_gamma_max
 from ._graph import ChannelGraph
 from ._plan import Fold
 from ._silence import merge_stats, probe_consumers, silenced, zero_list
@@ -119,11 +120,7 @@ def threshold_removed(graph: ChannelGraph, model: nn.Module, threshold: float, c
     constant is non-zero where a zero-padded conv reads it stays too, so folding its constant
     is exact everywhere, borders included. Returns the units and the probe's notes.
     """
-    gmax = np.full(graph.num_units, -np.inf)
-    for s in graph.slices:
-        if s.role == "scale":
-            owner = model.get_submodule(s.module) if s.module else model
-            np.maximum.at(gmax, s.units, getattr(owner, s.param).detach().abs().float().cpu().numpy())
+    gmax = unit_gamma_max(graph, model)
     in_group = graph.unit_to_group >= 0
     # Compare in the parameters' precision: a γ stored as float32(1e-3) is not above 1e-3.
     cand = in_group & np.isfinite(gmax) & (gmax <= np.float32(threshold))

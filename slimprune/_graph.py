@@ -23,8 +23,10 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from ._channels import ChannelInfo as ChannelInfo
+from ._channels import SizeOf as SizeOf
 from ._trace import SHAPE, Traced
-from .errors import UnsupportedOpWarning
+from .errors import RuleError, UnsupportedOpWarning
 from .rules import lookup_rule
 
 __all__ = [
@@ -51,31 +53,6 @@ KEEP = 0
 #          would otherwise output -mean/std in eval and 0 in training)
 #   aux    sliced only (running variances, PReLU slopes, buffers)
 ROLES = ("out", "in", "scale", "shift", "source", "mean", "aux")
-
-
-@dataclass(frozen=True)
-class ChannelInfo:
-    """The channel axis of a tensor and one label per channel along it."""
-
-    axis: int
-    labels: np.ndarray
-
-
-@dataclass(frozen=True)
-class SizeOf:
-    """Sizes read from a tensor (``x.shape``, ``x.size(1)``): the labels behind each one.
-
-    A size read from a channel axis follows the pruned width at run time, so wherever it
-    is used as a reshape size, that axis must keep the same channels (or stay whole).
-    """
-
-    dims: tuple[np.ndarray | None, ...]
-    single: bool = False
-    # Computed from such sizes (``c // 2``, ``c ** -0.5``): no longer one axis's width.
-    derived: bool = False
-
-    def labels(self) -> list[np.ndarray]:
-        return [d for d in self.dims if d is not None]
 
 
 @dataclass(frozen=True)
@@ -363,7 +340,9 @@ class _Builder:
 
     def slice_of(self, module: str, name: str, dim: int, labels: np.ndarray, role: str) -> None:
         if role not in ROLES:
-            raise ValueError(f"unknown slice role {role!r}; roles are {ROLES}")
+            raise RuleError(
+                f"a channel rule sliced {module or 'the model'}.{name} (dim {dim}) with role {role!r}; "
+                f"the roles are {', '.join(ROLES)}. Fix the rule's ctx.param(...) call to pass one of them.")
         key = (module, name, dim)
         labels = np.asarray(labels, dtype=np.int64)
         # One tensor under two names (tied weights): slicing one name would untie them, so
@@ -488,16 +467,22 @@ class _Builder:
         shape = self.shape(node)
         if isinstance(value, ChannelInfo):
             if not isinstance(shape, torch.Size) or value.axis >= len(shape) or shape[value.axis] != value.labels.size:
-                raise ValueError(f"rule returned {value.labels.size} labels on axis {value.axis} for shape {shape}")
+                raise RuleError(self._bad_output(node, f"{value.labels.size} labels on axis {value.axis}", shape))
             return value
         if isinstance(value, tuple):
             if not isinstance(shape, tuple) or len(shape) != len(value):
-                raise ValueError(f"rule returned {len(value)} outputs for {shape}")
+                raise RuleError(self._bad_output(node, f"{len(value)} outputs", shape))
             for v, s in zip(value, shape):
                 if isinstance(v, ChannelInfo) and (not isinstance(s, torch.Size) or s[v.axis] != v.labels.size):
-                    raise ValueError(f"rule returned {v.labels.size} labels on axis {v.axis} for shape {s}")
+                    raise RuleError(self._bad_output(node, f"{v.labels.size} labels on axis {v.axis}", s))
             return value
         return None
+
+    @staticmethod
+    def _bad_output(node: fx.Node, got: str, shape: Any) -> str:
+        return (f"the channel rule for {describe_target(node)} (node {node.name}) returned {got}, but the "
+                f"traced output has shape {shape}; a rule must return one label per channel along an "
+                f"existing axis (or one per output of a tuple). Fix the rule, or mark the module opaque.")
 
     def walk(self, gm: fx.GraphModule, index: int = 0) -> None:
         self.current, self.graph_index = gm, index

@@ -18,6 +18,7 @@ from torch import nn
 
 from ._trace import default_example_inputs, evaluation_mode, normalize_inputs, propagate_shapes, trace_module
 from .errors import ExampleInputError, TraceError
+from .rules import has_module_rule
 
 __all__ = ["Region", "find_regions"]
 
@@ -105,7 +106,7 @@ def _traces(module: nn.Module, path: str, inputs: tuple[Any, ...], opaque: list[
     rel = [o[len(path) + 1:] if isinstance(o, str) and o.startswith(path + ".") else o
            for o in opaque if not isinstance(o, str) or o.startswith(path + ".")]
     try:
-        gm, *_ = trace_module(module, inputs, rel)
+        gm, *_ = trace_module(module, inputs, rel, has_module_rule)
         propagate_shapes(gm, inputs)
     except (TraceError, ExampleInputError):
         return False

@@ -22,7 +22,7 @@ from ._edits import apply_edits, encode
 from ._plan import PruningPlan
 from ._trace import concrete_trace, describe_fixed, symbolic_trace
 from .errors import PlanMismatchError, ShapeSpecializationWarning, TraceError
-from .rules import lookup_rule
+from .rules import has_module_rule, lookup_rule
 
 __all__ = ["apply_plan"]
 
@@ -108,7 +108,7 @@ def _retrace(model: nn.Module, plan: PruningPlan) -> tuple[fx.GraphModule, tuple
     Returns the GraphModule and the shape-dependent decisions a concrete trace fixed.
     """
     try:
-        return symbolic_trace(model, plan.opaque)[0], ()
+        return symbolic_trace(model, plan.opaque, has_module_rule)[0], ()
     except TraceError:
         if not plan.input_shapes:
             raise
@@ -117,7 +117,7 @@ def _retrace(model: nn.Module, plan: PruningPlan) -> tuple[fx.GraphModule, tuple
     gen = torch.Generator().manual_seed(0)
     inputs = tuple(torch.randn(s, generator=gen, dtype=dtype).to(p.device if p is not None else "cpu")
                    for s in plan.input_shapes)
-    gm, _, fixed = concrete_trace(model, inputs, plan.opaque)
+    gm, _, fixed = concrete_trace(model, inputs, plan.opaque, has_module_rule)
     return gm, fixed
 
 

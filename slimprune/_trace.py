@@ -25,6 +25,7 @@ import torch.fx as fx
 from torch import nn
 
 from ._augmented import InplaceProxy
+from ._modes import kept_modes
 from .errors import ExampleInputError, TraceError
 
 __all__ = ["Traced", "trace", "trace_module", "concrete_trace", "default_example_inputs", "normalize_inputs"]
@@ -52,24 +53,35 @@ class Traced:
     fixed: tuple[str, ...] = ()
 
 
-class _Tracer(fx.Tracer):
-    """An fx tracer that keeps user-declared opaque modules and rule-carrying modules whole."""
+LeafPredicate = Callable[[type], bool]
+"""``(module class) -> bool``: trace modules of this class as one call (the channel rules'
+:func:`~slimprune.rules.has_module_rule`); the tracer takes it as an argument so that it
+does not import the rules."""
 
-    def __init__(self, opaque_names: frozenset[str], opaque_types: tuple[type, ...]) -> None:
+
+def no_extra_leaves(cls: type) -> bool:
+    """The default leaf predicate: only fx's own leaves (``torch.nn`` modules) and opaque ones."""
+    return False
+
+
+class _Tracer(fx.Tracer):
+    """An fx tracer that keeps user-declared opaque modules and ``leaf`` modules whole."""
+
+    def __init__(self, opaque_names: frozenset[str], opaque_types: tuple[type, ...],
+                 leaf: LeafPredicate = no_extra_leaves) -> None:
         super().__init__()
         self._opaque_names = opaque_names
         self._opaque_types = opaque_types
+        self._leaf = leaf
 
     def proxy(self, node: fx.Node) -> fx.Proxy:
         # ``v += w`` is recorded as a write into v (a view's base sees it), not as ``v = v + w``
         return InplaceProxy(node, self)
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        from .rules import has_module_rule
-
         if module_qualified_name in self._opaque_names or isinstance(m, self._opaque_types):
             return True
-        if has_module_rule(type(m)):
+        if self._leaf(type(m)):
             return True
         return super().is_leaf_module(m, module_qualified_name)
 
@@ -148,10 +160,11 @@ def _preserved(model: nn.Module) -> Iterator[None]:
                 b.copy_(v)
 
 
-def symbolic_trace(model: nn.Module, opaque: Iterable[str | type] = ()) -> tuple[fx.GraphModule, tuple[str, ...]]:
+def symbolic_trace(model: nn.Module, opaque: Iterable[str | type] = (),
+                   leaf: LeafPredicate = no_extra_leaves) -> tuple[fx.GraphModule, tuple[str, ...]]:
     """Trace ``model`` with fx; raise :class:`TraceError` naming the module that failed."""
     names, types = split_opaque(model, opaque)
-    tracer = _Tracer(names, types)
+    tracer = _Tracer(names, types, leaf)
     try:
         with _preserved(model):  # the GraphModule copies fx's constants before they are undone
             graph = tracer.trace(model)
@@ -234,8 +247,9 @@ class _ConcreteTracer(_Tracer):
     into the graph.
     """
 
-    def __init__(self, opaque_names: frozenset[str], opaque_types: tuple[type, ...], inputs: tuple[Any, ...]) -> None:
-        super().__init__(opaque_names, opaque_types)
+    def __init__(self, opaque_names: frozenset[str], opaque_types: tuple[type, ...], inputs: tuple[Any, ...],
+                 leaf: LeafPredicate = no_extra_leaves) -> None:
+        super().__init__(opaque_names, opaque_types, leaf)
         self._inputs = [x.clone() if isinstance(x, torch.Tensor) else x for x in inputs]
         self._placeholders = 0
         self._computing = False
@@ -397,14 +411,15 @@ def describe_fixed(fixed: Sequence[str], limit: int = 3) -> str:
 
 
 def concrete_trace(model: nn.Module, inputs: tuple[Any, ...],
-                   opaque: Iterable[str | type] = ()) -> tuple[fx.GraphModule, tuple[str, ...], tuple[str, ...]]:
+                   opaque: Iterable[str | type] = (),
+                   leaf: LeafPredicate = no_extra_leaves) -> tuple[fx.GraphModule, tuple[str, ...], tuple[str, ...]]:
     """Trace ``model`` with fx while running it on ``inputs`` (see :class:`_ConcreteTracer`).
 
     Returns the GraphModule, the opaque module names, and the shape-dependent Python
     decisions fixed at trace time (empty when the graph holds for every input size).
     """
     names, types = split_opaque(model, opaque)
-    tracer = _ConcreteTracer(names, types, inputs)
+    tracer = _ConcreteTracer(names, types, inputs, leaf)
     try:
         with _preserved(model), _recording_tensor(tracer):
             graph = tracer.trace(model)
@@ -418,19 +433,20 @@ def concrete_trace(model: nn.Module, inputs: tuple[Any, ...],
     return gm, tuple(sorted(names)), tuple(tracer.fixed)
 
 
-def trace_module(model: nn.Module, inputs: tuple[Any, ...], opaque: Iterable[str | type] = ()) -> tuple[fx.GraphModule, tuple[str, ...], tuple[str, ...], str]:
+def trace_module(model: nn.Module, inputs: tuple[Any, ...], opaque: Iterable[str | type] = (),
+                 leaf: LeafPredicate = no_extra_leaves) -> tuple[fx.GraphModule, tuple[str, ...], tuple[str, ...], str]:
     """Symbolic trace, or a concrete one on ``inputs`` when fx alone cannot follow forward.
 
     Returns ``(gm, opaque_names, fixed, method)``. Raises the symbolic :class:`TraceError`
     (with the concrete attempt's reason added) when both fail.
     """
     try:
-        gm, names = symbolic_trace(model, opaque)
+        gm, names = symbolic_trace(model, opaque, leaf)
         return gm, names, (), "symbolic"
     except TraceError as exc:
         symbolic_error = exc
     try:
-        gm, names, fixed = concrete_trace(model, inputs, opaque)
+        gm, names, fixed = concrete_trace(model, inputs, opaque, leaf)
     except TraceError as exc:
         raise TraceError(f"{symbolic_error} (Tracing while running it on the example inputs failed "
                          f"too: {exc})") from symbolic_error.__cause__
@@ -440,14 +456,9 @@ def trace_module(model: nn.Module, inputs: tuple[Any, ...], opaque: Iterable[str
 @contextlib.contextmanager
 def evaluation_mode(model: nn.Module) -> Iterator[None]:
     """Run in eval mode under no_grad and restore every module's training flag afterwards."""
-    flags = [(m, m.training) for m in model.modules()]
-    try:
+    with kept_modes(model), torch.no_grad():
         model.eval()
-        with torch.no_grad():
-            yield
-    finally:
-        for m, flag in flags:
-            m.training = flag
+        yield
 
 
 def _shape_of(value: Any) -> Any:
@@ -561,13 +572,9 @@ def _other_mode_graph(model: nn.Module, gm: fx.GraphModule,
         _reads_training(type(m)) for m in model.modules() if not type(m).__module__.startswith("torch.nn")
     ):
         return None
-    flags = [(m, m.training) for m in model.modules()]
-    try:
+    with kept_modes(model):
         model.train(not model.training)
         other = retrace()
-    finally:
-        for m, flag in flags:
-            m.training = flag
 
     def structure(g: fx.GraphModule) -> list[tuple[str, str]]:
         return [(n.op, str(n.target)) for n in g.graph.nodes]
@@ -577,7 +584,8 @@ def _other_mode_graph(model: nn.Module, gm: fx.GraphModule,
     return None if structure(other) == structure(gm) else other
 
 
-def trace(model: nn.Module, example_inputs: Any = None, opaque: Iterable[str | type] = ()) -> Traced:
+def trace(model: nn.Module, example_inputs: Any = None, opaque: Iterable[str | type] = (),
+          leaf: LeafPredicate = no_extra_leaves) -> Traced:
     """Trace ``model`` and propagate shapes.
 
     Symbolic fx tracing first; when fx rejects forward's Python, a concrete trace on the
@@ -588,16 +596,17 @@ def trace(model: nn.Module, example_inputs: Any = None, opaque: Iterable[str | t
         example_inputs: a tensor or a tuple of positional inputs; built from the first layer
             when omitted.
         opaque: module names or types fx must not trace into (their channels are kept).
+        leaf: module classes traced as one call (those with a channel rule).
 
     Raises:
         TraceError: neither kind of trace can capture the model.
         ExampleInputError: the example inputs do not fit, or no default input works.
     """
     try:
-        gm, opaque_names = symbolic_trace(model, opaque)
+        gm, opaque_names = symbolic_trace(model, opaque, leaf)
     except TraceError as exc:
-        return _trace_concretely(model, example_inputs, opaque, exc)
-    other = _other_mode_graph(model, gm, lambda: symbolic_trace(model, opaque)[0])
+        return _trace_concretely(model, example_inputs, opaque, exc, leaf)
+    other = _other_mode_graph(model, gm, lambda: symbolic_trace(model, opaque, leaf)[0])
     if example_inputs is not None:
         inputs = normalize_inputs(example_inputs)
         propagate_shapes(gm, inputs)
@@ -622,7 +631,7 @@ def trace(model: nn.Module, example_inputs: Any = None, opaque: Iterable[str | t
 
 
 def _trace_concretely(model: nn.Module, example_inputs: Any, opaque: Iterable[str | type],
-                      symbolic_error: TraceError) -> Traced:
+                      symbolic_error: TraceError, leaf: LeafPredicate = no_extra_leaves) -> Traced:
     """The concrete fallback of :func:`trace`: the given inputs, or each default in turn."""
     opaque = list(opaque)
     if example_inputs is not None:
@@ -635,11 +644,11 @@ def _trace_concretely(model: nn.Module, example_inputs: Any, opaque: Iterable[st
     failures: list[str] = []
     for inputs in candidates:
         try:
-            gm, names, fixed = concrete_trace(model, inputs, opaque)
+            gm, names, fixed = concrete_trace(model, inputs, opaque, leaf)
             fixed_other: list[str] = []
 
             def retrace() -> fx.GraphModule:
-                g, _, f = concrete_trace(model, inputs, opaque)
+                g, _, f = concrete_trace(model, inputs, opaque, leaf)
                 fixed_other.extend(f)
                 return g
 

@@ -558,7 +558,7 @@ def test_register_rule_makes_a_custom_module_prunable():
         plan, small = prune_check(WithScale(), torch.randn(2, 3, 6, 6))
         assert small.scale.weight.numel() == small.conv[0].out_channels == 4
     finally:
-        from slimprune.rules import _MODULE_RULES
+        from slimprune.rules._registry import _MODULE_RULES
 
         _MODULE_RULES.pop(Scale, None)
 

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import register_rule
+from ._registry import register_rule
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CONVT = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)

@@ -32,7 +32,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from . import lookup_rule, register_lazy_rules, register_rule
+from ._registry import lookup_rule, register_lazy_rules, register_rule
 from .layers import _grouped_in, _resize_gn, group_norm, prelu
 
 __all__ = ["register_timm_rules", "claim_norm_param"]

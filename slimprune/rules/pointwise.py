@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import register_rule
+from .._channels import SizeOf
+from ._registry import register_rule
 
 # ------------------------------------------------------------------- one channel in, one out
 _MODULES = (
@@ -215,8 +216,6 @@ def softmax(ctx, node):
 
 # --------------------------------------------------------------- shape queries (no data)
 def _shape_of(ctx, node):
-    from .._graph import SizeOf
-
     x = ctx.input(node, 0)
     shape = ctx.shape(node.args[0])
     if not isinstance(shape, torch.Size):
@@ -226,8 +225,6 @@ def _shape_of(ctx, node):
 
 @register_rule("size")
 def size(ctx, node):
-    from .._graph import SizeOf
-
     full = _shape_of(ctx, node)
     dim = ctx.arg(node, 1, "dim")
     if full is None or dim is None:

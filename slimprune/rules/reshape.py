@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._edits import encode
-from . import register_rule
+from ._registry import register_rule
 
 
 def _map_reshape(ctx, node, x, in_shape, out_shape, size_args=None):
