@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._registry import lookup_rule, register_lazy_rules, register_rule
-from .layers import _grouped_in, _resize_gn, group_norm, prelu
+from .layers import _grouped_in, _resize_gn, claim_norm_param, group_norm, prelu
 
 __all__ = ["register_timm_rules", "claim_norm_param"]
 
@@ -175,29 +175,6 @@ register_lazy_rules("timm", register_timm_rules)
 
 
 # -------------------------------------------------------------- functional norms
-def claim_norm_param(ctx, value: Any, labels: np.ndarray, role: str) -> None:
-    """A per-channel tensor argument of a functional norm (``weight``, ``running_mean``):
-    tie its labels to the channels it scales and, when it is a parameter or buffer read from
-    the model, give its slice the role it has in a norm module (γ: ``scale``)."""
-    if value is None or not isinstance(ctx.shape(value), torch.Size):
-        return
-    shape = ctx.shape(value)
-    if len(shape) != 1 or shape[0] != labels.size:
-        ctx.keep(labels)  # a broadcast or oddly shaped statistic: keep the channels
-        return
-    info = ctx.info(value)
-    if info is None or isinstance(info, tuple):
-        if labels.size > 1:
-            ctx.keep(labels)  # a constant the rewriter cannot slice
-        return
-    ctx.tie(info.labels, labels)
-    if isinstance(value, fx.Node) and value.op == "get_attr":
-        module, _, name = str(value.target).rpartition(".")
-        entry = ctx.slices.get((module, name, 0))
-        if entry is not None and entry[1] in ("source", "aux"):
-            entry[1] = role
-
-
 @register_rule(F.batch_norm, torch.batch_norm)
 def functional_batch_norm(ctx, node: fx.Node) -> Any:
     """``F.batch_norm(x, running_mean, running_var, weight, bias, ...)`` over axis 1."""

@@ -259,7 +259,7 @@ def new_tensor(ctx, node):
     ``torch.zeros_like(x)``). ``*_like`` has its source's shape, hence its channels; a size
     read from a tensor's channel axis gives the new tensor that axis's channels (its width
     follows the pruned width at run time); literal sizes give it none."""
-    from .._graph import SizeOf
+    from .._channels import SizeOf
 
     if node.op == "call_function":
         return ctx.passthrough(node)

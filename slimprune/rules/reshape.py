@@ -159,7 +159,7 @@ def _keep_foreign_derived_sizes(ctx, sizes, x, info) -> None:
     the reshaped tensor's own width (a channel shuffle's ``c // g``) follows it and is fine.
     Reshaping a tensor without channel labels (behind a barrier), such a size keeps its
     source's channels."""
-    from .._graph import SizeOf
+    from .._channels import SizeOf
 
     for v in sizes:
         src = ctx.info(v) if isinstance(v, fx.Node) else None
