@@ -1,8 +1,8 @@
 """The threshold/fold probe skips its batch-statistics run only where it cannot matter.
 
 Without a norm that computes batch statistics in training (``_NormBase``), that run is the
-eval-mode run again, so skipping it must leave every plan unchanged; with such a norm, or
-when the eval-mode run changed a buffer, the run must still happen.
+eval-mode run again, so skipping it must leave every plan unchanged; with such a norm the
+run must still happen.
 """
 
 from __future__ import annotations
@@ -84,22 +84,3 @@ def test_norm_free_net_pruned_without_the_second_run_equals_the_silenced_origina
     assert plan.changed
     assert_pruned_equals_silenced(model, plan, (x,))
 
-
-class _Counter(nn.Module):
-    """Adds a call counter to its input: a buffer written in eval mode."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.register_buffer("calls", torch.zeros(()))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.calls.add_(1)
-        return x + self.calls
-
-
-def test_a_buffer_written_by_the_eval_run_keeps_the_second_run(monkeypatch) -> None:
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), _Counter(),
-                          nn.Conv2d(8, 4, 1)).eval()
-    randomize_bn(model)
-    _, _, modes = _plans(model, torch.randn(2, 3, 8, 8), monkeypatch)
-    assert True in modes
