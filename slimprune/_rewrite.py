@@ -18,6 +18,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from ._copy import copy_model
 from ._edits import apply_edits, encode
 from ._plan import PruningPlan
 from ._trace import concrete_trace, describe_fixed, symbolic_trace
@@ -176,7 +177,7 @@ def apply_plan(model: nn.Module, plan: PruningPlan, inplace: bool = False) -> nn
     if plan.regions:
         # Every region is pruned from the original first, so a failure changes nothing.
         pruned = [(path, apply_plan(_owner(model, path), sub)) for path, sub in plan.regions]
-        target = model if inplace else copy.deepcopy(model)
+        target = model if inplace else copy_model(model)
         for path, new in pruned:
             _set_submodule(target, path, new)
         return target
@@ -202,7 +203,7 @@ def apply_plan(model: nn.Module, plan: PruningPlan, inplace: bool = False) -> nn
             old = getattr(_owner(model, module), param, None)
             if isinstance(old, torch.Tensor):
                 memo[id(old)] = t  # replaced below: skip copying the old tensor
-        target = copy.deepcopy(model, memo)
+        target = copy_model(model, memo)
     _assign(target, tensors, originals)
     changed = []
     for e in edits:
