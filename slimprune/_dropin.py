@@ -21,7 +21,7 @@ from torch.fx.graph_module import _forward_from_src
 
 from .errors import SlimpruneError
 
-__all__ = ["Rewritten", "dropin"]
+__all__ = ["Rewritten", "collapse_children", "dropin"]
 
 
 class Rewritten:
@@ -105,6 +105,55 @@ def _rebuild(base: type, src: str, globals_: dict[str, Any]) -> nn.Module:
     """Unpickling: an empty instance of the rewritten subclass (pickle then restores its state)."""
     cls = _subclass(base, src, _resolve(globals_))
     return cls.__new__(cls)
+
+
+def _top(node: fx.Node) -> str | None:
+    """The path of the child module whose forward made ``node`` (None: the module's own code)."""
+    stack = node.meta.get("nn_module_stack")
+    if not stack:
+        return None
+    key, value = next(iter(stack.items()))
+    path = value[0] if isinstance(value, tuple) and value and isinstance(value[0], str) else key
+    return f"{path}@{key}"  # the key tells two calls of one module apart
+
+
+def collapse_children(graph: fx.Graph, root: nn.Module, keep: set[str]) -> None:
+    """Call each child module again instead of its inlined code, where nothing in it was edited.
+
+    A trace inlines the forwards of the children; code that changes a child later (Ultralytics'
+    ``fuse()`` merges a Conv's BatchNorm into its conv and deletes ``bn``) needs the child
+    called as a module. A run of consecutive nodes made by one call of a child, with one input
+    and one output and no node named in ``keep`` (the edited ones), becomes one ``call_module``.
+    """
+    nodes = list(graph.nodes)
+    runs: list[tuple[str, list[fx.Node]]] = []
+    for n in nodes:
+        top = _top(n) if n.op not in ("placeholder", "output") else None
+        if top is not None and runs and runs[-1][0] == top:
+            runs[-1][1].append(n)
+        elif top is not None:
+            runs.append((top, [n]))
+    for top, run in runs:
+        path = top.split("@")[0]
+        members = set(run)
+        if any(n.name in keep for n in run):
+            continue
+        try:
+            child = root.get_submodule(path)
+        except AttributeError:
+            continue
+        inputs = list(dict.fromkeys(a for n in run for a in n.all_input_nodes if a not in members))
+        outputs = [n for n in run if any(u not in members for u in n.users)]
+        if len(inputs) != 1 or len(outputs) != 1 or not isinstance(child, nn.Module) or inputs[0].op == "get_attr":
+            continue
+        with graph.inserting_before(run[0]):
+            call = graph.call_module(path, (inputs[0],))
+        call.meta = dict(outputs[0].meta)
+        call.meta.pop("nn_module_stack", None)
+        outputs[0].replace_all_uses_with(call)
+        for n in reversed(run):
+            graph.erase_node(n)
+    graph.lint()
 
 
 def dropin(target: nn.Module, graph: fx.Graph) -> nn.Module:

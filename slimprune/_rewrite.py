@@ -19,7 +19,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from ._dropin import dropin
+from ._dropin import collapse_children, dropin
 from ._edits import apply_edits, encode
 from ._plan import PruningPlan
 from ._trace import concrete_trace, describe_fixed, symbolic_trace
@@ -233,5 +233,7 @@ def apply_plan(model: nn.Module, plan: PruningPlan, inplace: bool = False) -> nn
         if node.op == "get_attr" and traced is not None and not _has_path(target, str(node.target)):
             owner_path, _, name = str(node.target).rpartition(".")
             setattr(_owner(target, owner_path), name, operator.attrgetter(str(node.target))(traced))
-    # The pruned module keeps its class and attributes; only its forward is the edited graph.
+    # The pruned module keeps its class and attributes; only its forward is the edited graph,
+    # calling its children as modules again where nothing inside them was edited.
+    collapse_children(graph, target, {str(e["node"]) for e in edits if "node" in e})
     return dropin(target, graph)
