@@ -10,6 +10,7 @@
 
 from ._analysis import Analysis as Analysis
 from ._analysis import analyze as analyze
+from ._dropin import Rewritten as Rewritten
 from ._graph import ChannelGraph as ChannelGraph
 from ._graph import ChannelGroup as ChannelGroup
 from ._graph import ChannelInfo as ChannelInfo
@@ -56,6 +57,7 @@ __all__ = [
     "InvalidArgumentError",
     "PlanMismatchError",
     "PruningPlan",
+    "Rewritten",
     "SlimpruneError",
     "TraceError",
     "UnsupportedOpWarning",

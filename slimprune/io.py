@@ -56,7 +56,7 @@ from torch import nn
 
 from ._atomic import atomic_write
 from ._parallel import unwrap_parallel
-from ._plan import PLAN_VERSION, PruningPlan
+from ._plan import PLAN_VERSION, PruningPlan, SliceDecision
 from ._version import __version__
 from ._prune import _method_source, apply
 from .errors import FileFormatError, InvalidArgumentError, PlanMismatchError, SlimpruneError
@@ -247,6 +247,10 @@ def build(spec: str | BuildSpec | Mapping[str, Any]) -> nn.Module:
 # ------------------------------------------------------------------------------- writing
 
 
+def _traced_constant(s: SliceDecision) -> bool:
+    """A slice of a tensor fx made while tracing (``_tensor_constant0``) that the plan keeps whole."""
+    return re.fullmatch(r"_tensor_constant\d+", s.param) is not None and len(s.kept) == s.size
+
 def _check_pruned(model: nn.Module, plan: PruningPlan) -> None:
     """Every dimension the plan slices has the plan's kept size in ``model``."""
     for s in plan.slices:
@@ -255,6 +259,8 @@ def _check_pruned(model: nn.Module, plan: PruningPlan) -> None:
         except AttributeError:
             owner = None
         t = getattr(owner, s.param, None) if owner is not None else None
+        if t is None and owner is not None and _traced_constant(s):
+            continue  # a constant the tracer captured (Detect's anchors), not a parameter: nothing to save
         if not isinstance(t, torch.Tensor):
             raise PlanMismatchError(
                 f"the model has no {s.module + '.' if s.module else ''}{s.param}, which the plan prunes; "
@@ -950,7 +956,7 @@ def load(
             it names (which the file's weights then replace).
 
     Returns:
-        The pruned model in eval mode (a ``GraphModule`` when the plan rewrote literals in
+        The pruned model in eval mode (a :class:`slimprune.Rewritten` when the plan rewrote literals in
         ``forward``), on the CPU.
 
     Raises:
