@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._trace import default_example_inputs, evaluation_mode, normalize_inputs, propagate_shapes, trace_module
+from ._trace import call_model, default_example_inputs, evaluation_mode, normalize_inputs, propagate_shapes, trace_module
 from .errors import ExampleInputError, TraceError
 from .rules import has_module_rule
 
@@ -46,7 +46,7 @@ def _record_inputs(model: nn.Module, inputs: tuple[Any, ...], wanted: set[str]) 
         hooks.append(m.register_forward_pre_hook(hook, with_kwargs=True))
     try:
         with evaluation_mode(model):
-            model(*inputs)
+            call_model(model, inputs)
     finally:
         for h in hooks:
             h.remove()

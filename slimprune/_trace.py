@@ -28,7 +28,8 @@ from ._augmented import InplaceProxy
 from ._modes import kept_modes
 from .errors import ExampleInputError, TraceError
 
-__all__ = ["Traced", "trace", "trace_module", "concrete_trace", "default_example_inputs", "normalize_inputs"]
+__all__ = ["Traced", "KeywordInputs", "trace", "trace_module", "concrete_trace", "default_example_inputs",
+           "normalize_inputs", "call_model"]
 
 SHAPE = "slimprune.shape"
 
@@ -68,11 +69,17 @@ class _Tracer(fx.Tracer):
     """An fx tracer that keeps user-declared opaque modules and ``leaf`` modules whole."""
 
     def __init__(self, opaque_names: frozenset[str], opaque_types: tuple[type, ...],
-                 leaf: LeafPredicate = no_extra_leaves) -> None:
+                 leaf: LeafPredicate = no_extra_leaves, keywords: tuple[str, ...] | None = None) -> None:
         super().__init__()
         self._opaque_names = opaque_names
         self._opaque_types = opaque_types
         self._leaf = leaf
+        self._keywords = keywords
+
+    def create_args_for_root(self, root_fn: Any, is_module: bool, concrete_args: Any = None) -> tuple[Any, list[Any]]:
+        if self._keywords is not None and is_module:
+            return _keyword_args_for_root(self, root_fn, self._keywords)
+        return super().create_args_for_root(root_fn, is_module, concrete_args)
 
     def proxy(self, node: fx.Node) -> fx.Proxy:
         # ``v += w`` is recorded as a write into v (a view's base sees it), not as ``v = v + w``
@@ -106,16 +113,96 @@ def split_opaque(model: nn.Module, opaque: Iterable[str | type]) -> tuple[frozen
     return frozenset(names), tuple(types)
 
 
+class KeywordInputs(tuple):
+    """Example inputs given as keywords (``{"input_ids": ids, "attention_mask": mask}``).
+
+    A tuple of the values, in the order given, that also remembers their names: the traced
+    graph takes them positionally in that order (one placeholder per name), and the user's
+    model is called with them as keywords (:func:`call_model`). Forward arguments not named
+    keep their defaults.
+    """
+
+    names: tuple[str, ...]
+
+    def __new__(cls, items: dict[str, Any]) -> "KeywordInputs":
+        made = super().__new__(cls, tuple(items.values()))
+        made.names = tuple(items)
+        return made
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(zip(self.names, self))
+
+    def __reduce__(self) -> Any:
+        return (KeywordInputs, (self.as_dict(),))
+
+
+def keywords_of(inputs: Any) -> tuple[str, ...] | None:
+    """The keyword names of ``inputs`` (a :class:`KeywordInputs`), or None for positional ones."""
+    return inputs.names if isinstance(inputs, KeywordInputs) else None
+
+
+def call_model(model: Any, inputs: tuple[Any, ...]) -> Any:
+    """Call the user's model on normalised inputs: keywords by name, others positionally."""
+    if isinstance(inputs, KeywordInputs):
+        return model(**inputs.as_dict())
+    return model(*inputs)
+
+
 def normalize_inputs(example_inputs: Any) -> tuple[Any, ...]:
-    """Accept a tensor or a tuple/list of positional inputs; return a tuple."""
+    """Accept a tensor, a tuple/list of positional inputs, or a dict of keyword inputs."""
+    if isinstance(example_inputs, KeywordInputs):
+        return example_inputs
     if isinstance(example_inputs, torch.Tensor):
         return (example_inputs,)
     if isinstance(example_inputs, (tuple, list)):
         return tuple(example_inputs)
+    if isinstance(example_inputs, dict):
+        bad = [k for k in example_inputs if not isinstance(k, str) or not k.isidentifier()]
+        if bad or not example_inputs:
+            raise ExampleInputError(
+                f"example_inputs as a dict maps forward's keyword names to values, got "
+                f"{'no entries' if not bad else f'keys {bad!r}'}. Pass e.g. "
+                f"example_inputs={{'input_ids': ids, 'attention_mask': mask}}."
+            )
+        return KeywordInputs(example_inputs)
     raise ExampleInputError(
-        f"example_inputs must be a tensor or a tuple of positional inputs, got "
-        f"{type(example_inputs).__name__}. Pass e.g. example_inputs=torch.randn(1, 3, 224, 224)."
+        f"example_inputs must be a tensor, a tuple of positional inputs or a dict of keyword inputs, "
+        f"got {type(example_inputs).__name__}. Pass e.g. example_inputs=torch.randn(1, 3, 224, 224) "
+        f"or example_inputs={{'input_ids': ids}}."
     )
+
+
+def check_keywords(model: nn.Module, inputs: Any) -> None:
+    """Refuse keyword inputs that ``model.forward`` does not take (before any tracing)."""
+    names = keywords_of(inputs)
+    if names is None:
+        return
+    params = inspect.signature(inspect.unwrap(type(model).forward)).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    unknown = [n for n in names if n not in params or params[n].kind is inspect.Parameter.VAR_POSITIONAL]
+    if unknown and not takes_any:
+        raise ExampleInputError(
+            f"example_inputs names {unknown}, which {type(model).__name__}.forward does not take; it takes "
+            f"{[n for n in params if n != 'self']}. Fix the keys of the example_inputs dict."
+        )
+
+
+def _keyword_root(root_fn: Callable[..., Any], names: tuple[str, ...]) -> Callable[..., Any]:
+    """A root function for fx taking ``names`` positionally and calling forward by keyword."""
+
+    def call(self: nn.Module, *values: Any) -> Any:
+        return root_fn(self, **dict(zip(names, values)))
+
+    return call
+
+
+def _keyword_args_for_root(tracer: fx.Tracer, root_fn: Callable[..., Any],
+                           names: tuple[str, ...]) -> tuple[Callable[..., Any], list[Any]]:
+    """Placeholders for keyword inputs: one per name, in the order given, so the graph is
+    called positionally with the inputs' values (forward's other arguments keep their
+    defaults, and ``**kwargs`` stays empty, as when the user calls the model so)."""
+    placeholders = [tracer.create_proxy("placeholder", n, (), {}) for n in names]
+    return _keyword_root(root_fn, names), [tracer.root, *placeholders]
 
 
 def _failing_module(tracer: _Tracer) -> str | None:
@@ -161,10 +248,13 @@ def _preserved(model: nn.Module) -> Iterator[None]:
 
 
 def symbolic_trace(model: nn.Module, opaque: Iterable[str | type] = (),
-                   leaf: LeafPredicate = no_extra_leaves) -> tuple[fx.GraphModule, tuple[str, ...]]:
-    """Trace ``model`` with fx; raise :class:`TraceError` naming the module that failed."""
+                   leaf: LeafPredicate = no_extra_leaves,
+                   keywords: tuple[str, ...] | None = None) -> tuple[fx.GraphModule, tuple[str, ...]]:
+    """Trace ``model`` with fx; raise :class:`TraceError` naming the module that failed.
+
+    ``keywords``: forward is called with these keyword arguments (see :class:`KeywordInputs`)."""
     names, types = split_opaque(model, opaque)
-    tracer = _Tracer(names, types, leaf)
+    tracer = _Tracer(names, types, leaf, keywords)
     try:
         with _preserved(model):  # the GraphModule copies fx's constants before they are undone
             graph = tracer.trace(model)
@@ -185,6 +275,11 @@ def symbolic_trace(model: nn.Module, opaque: Iterable[str | type] = (),
     return gm, tuple(sorted(names))
 
 
+# Tensor attributes a concrete trace answers with the example's value: they are fixed by the
+# model's parameters (``torch.finfo(x.dtype)`` in transformers' masks), never by input sizes.
+_CONSTANT_ATTRIBUTES = frozenset({"dtype", "device", "is_cuda", "layout"})
+
+
 class _Valued:
     """Proxy behaviour that needs a value: answered from the value the tracer computed."""
 
@@ -195,6 +290,10 @@ class _Valued:
             # protocol probes (torch.tensor([h, w]) asks for __cuda_array_interface__) are
             # not tensor attributes: answer as a plain object does
             raise AttributeError(k)
+        if k in _CONSTANT_ATTRIBUTES:
+            value = self.tracer.value(self)  # type: ignore[arg-type]
+            if isinstance(value, torch.Tensor):  # dtype and device do not vary with the input
+                return getattr(value, k)
         return _ValuedAttribute(self, k)  # type: ignore[arg-type]
 
     def __iter__(self) -> Iterator[Any]:
@@ -249,7 +348,7 @@ class _ConcreteTracer(_Tracer):
 
     def __init__(self, opaque_names: frozenset[str], opaque_types: tuple[type, ...], inputs: tuple[Any, ...],
                  leaf: LeafPredicate = no_extra_leaves) -> None:
-        super().__init__(opaque_names, opaque_types, leaf)
+        super().__init__(opaque_names, opaque_types, leaf, keywords_of(inputs))
         self._inputs = [x.clone() if isinstance(x, torch.Tensor) else x for x in inputs]
         self._placeholders = 0
         self._computing = False
@@ -286,7 +385,7 @@ class _ConcreteTracer(_Tracer):
             if i < len(self._inputs):
                 return self._inputs[i]
             return args[0] if args else None  # a defaulted forward argument
-        self._computing = True  # (fx's patched Module.__getattr__ then answers with real tensors)
+        self._computing = True  # (a parameter read while computing is the real one, not a proxy)
         try:
             if kind == "get_attr":
                 return operator.attrgetter(str(target))(self.root)
@@ -323,6 +422,9 @@ class _ConcreteTracer(_Tracer):
 
     def create_args_for_root(self, root_fn: Any, is_module: bool, concrete_args: Any = None) -> tuple[Any, list[Any]]:
         fn, args = super().create_args_for_root(root_fn, is_module, concrete_args)
+        if self._keywords is not None and is_module:
+            # a keyword input that is no tensor (use_cache=False) is a constant of the trace
+            return fn, [a if not isinstance(a, fx.Proxy) or self.holds_tensor(a) else self.value(a) for a in args]
         if fn is not root_fn:  # pytree-flattened inputs: leave them alone
             return fn, args
         # A forward argument the example inputs leave at its default (targets=None) is that
@@ -440,8 +542,9 @@ def trace_module(model: nn.Module, inputs: tuple[Any, ...], opaque: Iterable[str
     Returns ``(gm, opaque_names, fixed, method)``. Raises the symbolic :class:`TraceError`
     (with the concrete attempt's reason added) when both fail.
     """
+    check_keywords(model, inputs)
     try:
-        gm, names = symbolic_trace(model, opaque, leaf)
+        gm, names = symbolic_trace(model, opaque, leaf, keywords_of(inputs))
         return gm, names, (), "symbolic"
     except TraceError as exc:
         symbolic_error = exc
@@ -593,8 +696,8 @@ def trace(model: nn.Module, example_inputs: Any = None, opaque: Iterable[str | t
 
     Args:
         model: the model to trace (not modified).
-        example_inputs: a tensor or a tuple of positional inputs; built from the first layer
-            when omitted.
+        example_inputs: a tensor, a tuple of positional inputs, or a dict of keyword inputs
+            (``{"input_ids": ids}``); built from the first layer when omitted.
         opaque: module names or types fx must not trace into (their channels are kept).
         leaf: module classes traced as one call (those with a channel rule).
 
@@ -602,13 +705,17 @@ def trace(model: nn.Module, example_inputs: Any = None, opaque: Iterable[str | t
         TraceError: neither kind of trace can capture the model.
         ExampleInputError: the example inputs do not fit, or no default input works.
     """
+    if example_inputs is not None:
+        example_inputs = normalize_inputs(example_inputs)
+        check_keywords(model, example_inputs)
+    keywords = keywords_of(example_inputs)
     try:
-        gm, opaque_names = symbolic_trace(model, opaque, leaf)
+        gm, opaque_names = symbolic_trace(model, opaque, leaf, keywords)
     except TraceError as exc:
         return _trace_concretely(model, example_inputs, opaque, exc, leaf)
-    other = _other_mode_graph(model, gm, lambda: symbolic_trace(model, opaque, leaf)[0])
+    other = _other_mode_graph(model, gm, lambda: symbolic_trace(model, opaque, leaf, keywords)[0])
     if example_inputs is not None:
-        inputs = normalize_inputs(example_inputs)
+        inputs = example_inputs
         propagate_shapes(gm, inputs)
         if other is not None:
             propagate_shapes(other, inputs)

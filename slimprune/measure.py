@@ -31,6 +31,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from ._modes import kept_modes
+from ._trace import KeywordInputs, call_model, check_keywords, normalize_inputs
 from .errors import ArgumentTypeError, ExampleInputError, ExampleInputTypeError, InvalidArgumentError
 
 __all__ = [
@@ -254,7 +255,8 @@ def measure(
 
     Args:
         model: the model to measure.
-        example_inputs: one tensor, or a tuple of positional inputs for ``model(*inputs)``.
+        example_inputs: one tensor, a tuple of positional inputs for ``model(*inputs)``, or a
+            dict of keyword inputs for ``model(**inputs)`` (``{"input_ids": ids}``).
             The batch size reported with the latency is the first dimension of the first tensor.
         latency: also time the forward pass (takes about ``min_run_time`` seconds).
         device: where to time the model, ``"cpu"`` or ``"cuda"`` (or ``"cuda:N"``).
@@ -278,6 +280,7 @@ def measure(
         raise ArgumentTypeError(f"measure() needs an nn.Module as model, got {type(model).__name__}; "
                                 f"pass the model itself (a torch.nn.Module).")
     inputs = _as_input_tuple(example_inputs)
+    check_keywords(model, inputs)
     target = _resolve_device(device)
     threads = torch.get_num_threads() if threads is None else threads
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
@@ -353,11 +356,8 @@ def _as_input_tuple(example_inputs: Any) -> tuple[Any, ...]:
         return (example_inputs,)
     if isinstance(example_inputs, list):
         example_inputs = tuple(example_inputs)
-    if isinstance(example_inputs, dict):
-        raise ExampleInputTypeError(
-            "example_inputs is a dict, but only positional inputs are supported; pass a tuple "
-            "of tensors in the order forward() takes them."
-        )
+    if isinstance(example_inputs, dict):  # keyword inputs: model(**example_inputs)
+        example_inputs = normalize_inputs(example_inputs)
     if not isinstance(example_inputs, tuple):
         raise ExampleInputTypeError(
             f"example_inputs must be a tensor or a tuple/list of positional inputs, got "
@@ -408,14 +408,15 @@ def _device_of(model: nn.Module) -> torch.device:
 
 
 def _to_device(inputs: tuple[Any, ...], device: torch.device) -> tuple[Any, ...]:
-    """Move the tensor inputs to ``device``; leave the others as they are."""
-    return tuple(x.to(device) if isinstance(x, torch.Tensor) else x for x in inputs)
+    """Move the tensor inputs to ``device``; leave the others as they are (and keyword inputs keywords)."""
+    moved = tuple(x.to(device) if isinstance(x, torch.Tensor) else x for x in inputs)
+    return KeywordInputs(dict(zip(inputs.names, moved))) if isinstance(inputs, KeywordInputs) else moved
 
 
 def _run(model: nn.Module, inputs: tuple[Any, ...]) -> None:
     """Call the model once; if it fails, say which inputs it was given."""
     try:
-        model(*inputs)
+        call_model(model, inputs)
     except Exception as e:
         shapes = [tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__ for x in inputs]
         e.add_note(f"slimprune.measure: the model failed on example_inputs {shapes}.")
@@ -520,8 +521,8 @@ def _time(model: nn.Module, inputs: tuple[Any, ...], device: torch.device, threa
 
     runner = model if _device_of(model) == device else _copy_to(model, device)
     timer = benchmark.Timer(
-        stmt="model(*inputs)",
-        globals={"model": runner, "inputs": _to_device(inputs, device)},
+        stmt="call_model(model, inputs)",
+        globals={"model": runner, "inputs": _to_device(inputs, device), "call_model": call_model},
         num_threads=threads,
     )
     timer.timeit(_WARMUP_CALLS)
