@@ -23,8 +23,8 @@ from slimprune.rules._registry import _MODULE_RULES
     [
         (lambda: measure("not a model", torch.randn(1, 4), latency=False), slimprune.ArgumentTypeError, TypeError,
          r"nn\.Module as model, got str; pass the model"),
-        (lambda: measure(nn.Linear(4, 4), {"x": torch.randn(1, 4)}, latency=False), slimprune.ExampleInputTypeError,
-         TypeError, "positional"),
+        (lambda: measure(nn.Linear(4, 4), {"x": torch.randn(1, 4)}, latency=False), slimprune.ExampleInputError,
+         ValueError, r"names \['x'\], which Linear.forward does not take; it takes \['input'\]"),
         (lambda: measure(nn.Linear(4, 4), 3, latency=False), slimprune.ExampleInputTypeError, TypeError,
          r"tuple/list of positional inputs, got int"),
         (lambda: measure(nn.Linear(4, 4), [], latency=False), slimprune.ExampleInputError, ValueError,
@@ -36,7 +36,7 @@ from slimprune.rules._registry import _MODULE_RULES
         (lambda: measure(nn.Linear(4, 4), torch.randn(1, 4), device="tpu"), slimprune.InvalidArgumentError,
          ValueError, r"device='tpu'.*'cpu' or 'cuda'"),
     ],
-    ids=["model", "dict", "int", "empty-list", "threads", "min-run-time", "device"],
+    ids=["model", "dict-unknown-keyword", "int", "empty-list", "threads", "min-run-time", "device"],
 )
 def test_measure_refusals_are_slimprune_errors_and_their_builtin(call, error, builtin, words) -> None:
     with pytest.raises(error, match=words) as caught:
