@@ -97,8 +97,11 @@ def _attribute_of(model: nn.Module, node: Any, edit: dict[str, Any]) -> dict[str
         owner = model.get_submodule(path) if path else model
     except AttributeError:
         return {}
-    names = [k for k, v in vars(owner).items() if not k.startswith("_") and type(v) is type(old) and v == old]
-    if len(names) != 1 or f"self.{names[0]}" not in _method_source(type(owner)):
+    source = _method_source(type(owner))
+    # (several attributes may equal it, GPT-2's embed_dim and split_size: the one forward reads)
+    names = [k for k, v in vars(owner).items()
+             if not k.startswith("_") and type(v) is type(old) and v == old and f"self.{k}" in source]
+    if len(names) != 1:
         return {}
     return {"attr": [path, names[0]]}
 

@@ -192,7 +192,8 @@ def _metadata_only(node: fx.Node) -> bool:
             return len(user.args) > 1 and user.args[1] in _METADATA_ATTRIBUTES
         return user.op == "call_method" and user.target in _METADATA_METHODS and user.args[0] is node
 
-    return bool(node.users) and all(metadata(u) for u in node.users)
+    # (a read nothing uses, ``self.proj.weight`` whose dtype a concrete trace answered, counts too)
+    return all(metadata(u) for u in node.users)
 
 
 def _iter_nodes(value: Any) -> Iterator[fx.Node]:

@@ -26,6 +26,7 @@ from ._plan import PruningPlan
 from ._trace import concrete_trace, describe_fixed, symbolic_trace
 from .errors import PlanMismatchError, ShapeSpecializationWarning, TraceError
 from .rules import has_module_rule, lookup_rule
+from .rules.heads import resize_heads, snapshot_heads
 
 __all__ = ["apply_plan"]
 
@@ -133,7 +134,8 @@ def _attributes_took_effect(target: nn.Module, plan: PruningPlan, edits: list[di
     nodes = {n.name: n for n in gm.graph.nodes}
     for e in edits:
         node = nodes.get(e["node"])
-        if node is None or e["index"] >= len(node.args) or encode(node.args[e["index"]]) != e["value"]:
+        index, value = e.get("index", 1), e.get("value", e.get("new"))  # (a split size has no index)
+        if node is None or index >= len(node.args) or encode(node.args[index]) != value:
             return False
     return True
 
@@ -187,6 +189,7 @@ def apply_plan(model: nn.Module, plan: PruningPlan, inplace: bool = False) -> nn
     modules = {module for module, _ in tensors}
     # Snapshots keep the original attributes (groups, widths) that resize rules read.
     originals = {name: copy.copy(_owner(model, name)) for name in modules}
+    head_modules = snapshot_heads(model) if tensors else {}  # attention modules counting heads
     edits = [json.loads(e) for e in plan.edits]
     graph = None
     traced: fx.GraphModule | None = None  # the re-traced model, when the graph is rewritten
@@ -207,13 +210,17 @@ def apply_plan(model: nn.Module, plan: PruningPlan, inplace: bool = False) -> nn
                 memo[id(old)] = t  # replaced below: skip copying the old tensor
         target = copy_model(model, memo)
     _assign(target, tensors, originals)
+    resize_heads(target, head_modules)
     changed = []
     for e in edits:
         if "attr" in e:
             owner, name = _owner(target, e["attr"][0]), e["attr"][1]
             changed.append((owner, name, getattr(owner, name)))
             setattr(owner, name, tuple(e["new"]) if isinstance(e["new"], list) else e["new"])
-    if graph is None and changed and not _attributes_took_effect(target, plan, edits):
+    # An attribute of a module whose class has a head resizer (GPT-2's split_size) is known to
+    # be what its forward reads; any other is checked by tracing the pruned model again.
+    unknown = [e for e in edits if "attr" in e and e["attr"][0] not in head_modules]
+    if graph is None and unknown and not _attributes_took_effect(target, plan, unknown):
         # The literal only happened to equal that attribute: undo, and rewrite the graph.
         for owner, name, old in changed:
             setattr(owner, name, old)

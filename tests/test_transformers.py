@@ -1,10 +1,10 @@
 """Hugging Face transformers, built from tiny configs with random weights (no downloads).
 
-What holds today: keyword example inputs, and BERT and GPT-2 trace (concretely: their
-forwards branch on shapes and read ``**kwargs``) with either attention implementation, and
-the pruned model equals the silenced original, keeps its class and its output type.
-Attention heads are not pruned yet: the score product (``matmul`` / ``scaled_dot_product_attention``)
-and GPT-2's ``Conv1D`` (``addmm``) are barriers, named in the warning (never a stale head count).
+Every family traces (concretely: their forwards branch on shapes and read ``**kwargs``) with
+either attention implementation; whole attention heads (grouped-query: a key/value head with
+its query group) and MLP widths are removed; the pruned model equals the silenced original,
+keeps its class, its own ``forward`` and its output type, and its head-count attributes
+follow the weights. ``generate()`` with a KV cache gives the silenced original's tokens.
 """
 
 from __future__ import annotations
@@ -60,22 +60,105 @@ def test_keyword_inputs_give_the_plan_positional_inputs_give() -> None:
     assert_pruned_equals_silenced(model, by_name, {"x": x})
 
 
+FAMILIES = ["bert", "distilbert", "vit", "clip", "gpt2", "llama-gqa"]
+
+
+def build(family: str, impl: str) -> tuple[torch.nn.Module, dict[str, object]]:
+    """A tiny random-weight model of ``family`` and its keyword example inputs."""
+    torch.manual_seed(0)
+    pixels = {"pixel_values": torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))}
+    vision = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                  intermediate_size=64, attn_implementation=impl)
+    if family == "bert":
+        return tiny_bert(impl), bert_inputs()
+    if family == "distilbert":
+        cfg = transformers.DistilBertConfig(vocab_size=100, dim=32, n_layers=2, n_heads=4, hidden_dim=64,
+                                            max_position_embeddings=64, attn_implementation=impl)
+        return transformers.DistilBertModel(cfg).eval(), {"input_ids": IDS}
+    if family == "vit":
+        return transformers.ViTModel(transformers.ViTConfig(**vision)).eval(), pixels
+    if family == "clip":
+        return transformers.CLIPVisionModel(transformers.CLIPVisionConfig(**vision)).eval(), pixels
+    if family == "gpt2":
+        return tiny_gpt2(impl), {"input_ids": IDS, "use_cache": False}
+    if family == "llama-gqa":
+        return tiny_llama(impl), {"input_ids": IDS, "use_cache": False}
+    raise ValueError(family)
+
+
+def tiny_llama(impl: str) -> transformers.LlamaForCausalLM:
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=100, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                   num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=64,
+                                   attn_implementation=impl, tie_word_embeddings=False)
+    return transformers.LlamaForCausalLM(cfg).eval()
+
+
+def heads_per_layer(model: torch.nn.Module) -> list[int]:
+    """Query heads of every attention module, from the q projection's width (Conv1D: c_proj's input)."""
+    out = []
+    for m in model.modules():
+        name = type(m).__name__
+        if name in ("BertSelfAttention", "DistilBertSelfAttention"):
+            q = m.query if hasattr(m, "query") else m.q_lin
+            out.append(q.out_features // m.attention_head_size)
+        elif name in ("ViTAttention", "CLIPAttention", "LlamaAttention"):
+            out.append(m.q_proj.out_features // m.head_dim)
+        elif name == "GPT2Attention":
+            out.append(m.c_proj.weight.shape[0] // m.head_dim)
+    return out
+
+
+def counted_heads(model: torch.nn.Module) -> list[int]:
+    """The head counts the attention modules' own attributes say (what their resizers keep)."""
+    out = []
+    for m in model.modules():
+        for attr in ("num_attention_heads", "n_heads", "num_heads"):
+            if type(m).__name__.endswith("Attention") and isinstance(getattr(m, attr, None), int):
+                out.append(getattr(m, attr))
+                break
+        else:
+            if type(m).__name__ == "LlamaAttention":
+                out.append(m.q_proj.out_features // m.head_dim)
+    return out
+
+
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
-def test_bert_traces_with_keyword_inputs_and_prunes_exactly(impl: str) -> None:
+@pytest.mark.parametrize("family", FAMILIES)
+def test_attention_heads_are_removed_exactly_without_a_barrier(family: str, impl: str) -> None:
+    model, inputs = build(family, impl)
+    before = heads_per_layer(model)
+    plan, barriers = plan_quietly(model, ratio=0.5, example_inputs=inputs)
+    allowed = ["lm_head.weight is the same tensor"] if family == "gpt2" else []  # tied embeddings: hidden width
+    assert all(any(a in b for a in allowed) for b in barriers), barriers
+    small = assert_pruned_equals_silenced(model, plan, inputs)
+    after = heads_per_layer(small)
+    assert len(after) == len(before) == 2 and sum(after) < sum(before) and min(after) >= 1
+    if family != "llama-gqa":
+        assert counted_heads(small) == after  # the attributes the forward may read follow the weights
+    # drop-in: same class, the model's own forward (no rewritten graph), same output type
+    assert type(small) is type(model) and not isinstance(small, slimprune.Rewritten)
+    assert type(small(**inputs)) is type(model(**inputs))
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_bert_traces_concretely_and_updates_its_head_counts(impl: str) -> None:
     model = tiny_bert(impl)
     inputs = bert_inputs()
     assert trace(model, inputs).method == "concrete"
     plan, barriers = plan_quietly(model, ratio=0.5, example_inputs=inputs)
-    assert plan.params_after < plan.params_before  # the feed-forward widths at least
+    assert not barriers
     small = assert_pruned_equals_silenced(model, plan, inputs)
-    assert type(small) is transformers.BertModel
     assert isinstance(small(**inputs), transformers.modeling_outputs.BaseModelOutputWithPoolingAndCrossAttentions)
-    op = "matmul" if impl == "eager" else "scaled_dot_product_attention"
-    assert barriers and f"torch.{op}" in barriers[0] and "encoder.layer.0.attention.self" in barriers[0]
+    for layer in small.encoder.layer:
+        att = layer.attention.self
+        assert att.all_head_size == att.query.out_features == att.num_attention_heads * att.attention_head_size
+        assert att.attention_head_size == 8  # whole heads: the softmax scale is unchanged
+        assert layer.attention.output.dense.in_features == att.all_head_size
 
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
-def test_gpt2_conv1d_mlp_widths_are_removed_exactly(impl: str) -> None:
+def test_gpt2_conv1d_mlp_widths_and_fused_qkv_heads_are_removed_exactly(impl: str) -> None:
     model = tiny_gpt2(impl)
     inputs = {"input_ids": IDS, "use_cache": False}  # a non-tensor keyword is a constant of the trace
     assert trace(model, inputs).method == "concrete"
@@ -85,7 +168,100 @@ def test_gpt2_conv1d_mlp_widths_are_removed_exactly(impl: str) -> None:
     assert type(small) is transformers.GPT2LMHeadModel and not isinstance(small, slimprune.Rewritten)
     for block in small.transformer.h:  # Conv1D's weight is (in, out): nf follows it
         assert block.mlp.c_fc.nf == block.mlp.c_fc.weight.shape[1] == block.mlp.c_proj.nx < 128
+        att = block.attn  # c_attn holds q, k, v side by side: split_size is each one's width
+        assert att.c_attn.nf == 3 * att.split_size == 3 * att.num_heads * att.head_dim == 3 * att.c_proj.nx
     assert barriers and "lm_head.weight is the same tensor as transformer.wte.weight" in barriers[0]
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_llama_gqa_removes_a_key_value_head_with_its_query_group(impl: str) -> None:
+    model = tiny_llama(impl)
+    inputs = {"input_ids": IDS, "use_cache": False}
+    plan, barriers = plan_quietly(model, ratio=0.5, example_inputs=inputs)
+    assert not barriers
+    small = assert_pruned_equals_silenced(model, plan, inputs)
+    kv_before = [layer.self_attn.k_proj.out_features // 8 for layer in model.model.layers]
+    for layer in small.model.layers:
+        att = layer.self_attn
+        q_heads, kv_heads = att.q_proj.out_features // att.head_dim, att.k_proj.out_features // att.head_dim
+        assert att.v_proj.out_features == att.k_proj.out_features and att.o_proj.in_features == att.q_proj.out_features
+        assert q_heads == att.num_key_value_groups * kv_heads and att.num_key_value_groups == 4  # groups stay whole
+    assert sum(layer.self_attn.k_proj.out_features // 8 for layer in small.model.layers) < sum(kv_before)
+
+
+def _greedy(model: torch.nn.Module, prompt: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model.generate(prompt, max_new_tokens=8, do_sample=False, use_cache=True, pad_token_id=0)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama-gqa"])
+def test_generate_with_a_kv_cache_gives_the_silenced_originals_tokens(family: str) -> None:
+    model, inputs = build(family, "sdpa")
+    plan, _ = plan_quietly(model, ratio=0.5, example_inputs=inputs)
+    small = slimprune.apply(model, plan)
+    ref = slimprune.silence(model, plan)
+    prompt = IDS[:, :3]
+    tokens = _greedy(small, prompt)
+    assert tokens.shape == (2, 11) and torch.equal(tokens, _greedy(ref, prompt))
+    # and one step at a time, the logits with the cache equal the silenced original's
+    with torch.no_grad():
+        a, b = small(prompt, use_cache=True), ref(prompt, use_cache=True)
+        nxt = tokens[:, 3:4]
+        a2 = small(nxt, past_key_values=a.past_key_values, use_cache=True).logits
+        b2 = ref(nxt, past_key_values=b.past_key_values, use_cache=True).logits
+    assert torch.allclose(a2, b2, atol=1e-5)
+
+
+def test_pruned_gpt2_survives_deepcopy_pickle_and_slimprune_save(tmp_path) -> None:
+    import copy
+
+    model, inputs = build("gpt2", "eager")
+    plan, _ = plan_quietly(model, ratio=0.5, example_inputs=inputs)
+    small = slimprune.apply(model, plan)
+    expect = small(**inputs).logits
+    torch.save(small, tmp_path / "m.pt")
+    slimprune.save(small, tmp_path / "m.safetensors", plan=plan)
+    again = [copy.deepcopy(small), torch.load(tmp_path / "m.pt", weights_only=False),
+             slimprune.load(tmp_path / "m.safetensors", lambda: tiny_gpt2("eager"))]
+    for m in again:
+        assert type(m) is transformers.GPT2LMHeadModel and m.config.n_head == 4
+        assert [b.attn.num_heads for b in m.transformer.h] == [b.attn.num_heads for b in small.transformer.h]
+        assert [b.attn.split_size for b in m.transformer.h] == [b.attn.split_size for b in small.transformer.h]
+        assert torch.equal(m(**inputs).logits, expect)
+
+
+class CountingAttention(torch.nn.Module):
+    """Attention whose forward reads its own head count (``self.num_heads``) and no resizer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = 4, 8
+        self.q, self.k, self.v, self.o = (torch.nn.Linear(32, 32) for _ in range(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        q, k, v = (p(x).view(b, n, self.num_heads, self.head_dim).transpose(1, 2) for p in (self.q, self.k, self.v))
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.o(y.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim))
+
+
+class CountingBlock(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.attn, self.out = torch.nn.Linear(8, 32), CountingAttention(), torch.nn.Linear(32, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.relu(self.attn(self.inp(x))))
+
+
+def test_heads_counted_by_an_attribute_without_a_resizer_are_a_named_barrier() -> None:
+    torch.manual_seed(0)
+    model = CountingBlock().eval()
+    x = torch.randn(2, 5, 8)
+    plan, barriers = plan_quietly(model, ratio=0.5, example_inputs=x)
+    assert any("attn (CountingAttention) reads self.num_heads" in b for b in barriers), barriers
+    small = assert_pruned_equals_silenced(model, plan, x)
+    assert small.attn.q.out_features == 32 and small.attn.num_heads == 4  # never a stale count
 
 
 def test_measure_takes_keyword_inputs_of_a_transformer() -> None:

@@ -54,6 +54,89 @@ def conv1d(ctx, node: fx.Node) -> Any:
     return ctx.info_of(last, out)
 
 
+# --------------------------------------------------------------- rotary embeddings
+def rotary_embedding(ctx, node: fx.Node) -> Any:
+    """Llama-style ``RotaryEmbedding(x, position_ids) -> (cos, sin)``: tables over positions and
+    head_dim computed from ``inv_freq``, read by every head alike; they carry no channels (and
+    head_dim is never pruned), so ``x``'s channels pass by untouched."""
+    shapes = ctx.shape(node)
+    return tuple(None for _ in shapes) if isinstance(shapes, tuple) else None
+
+
+_ROTARY: tuple[tuple[str, str], ...] = (
+    ("transformers.models.llama.modeling_llama", "LlamaRotaryEmbedding"),
+    ("transformers.models.mistral.modeling_mistral", "MistralRotaryEmbedding"),
+    ("transformers.models.qwen2.modeling_qwen2", "Qwen2RotaryEmbedding"),
+)
+
+
+# ------------------------------------------------------------------ head resizers
+def _width(m: nn.Module, out: bool = True) -> int:
+    """Output (or input) width of a projection: a Linear, or a Conv1D (weight (in, out))."""
+    w = m.weight
+    if type(m).__name__ == "Conv1D":
+        return int(w.shape[1] if out else w.shape[0])
+    return int(w.shape[0] if out else w.shape[1])
+
+
+def _heads_of(width: int, head_dim: int, m: nn.Module, what: str) -> int:
+    if head_dim <= 0 or width % head_dim:
+        raise ValueError(f"{type(m).__qualname__}: {what} width {width} is not a whole number of heads of {head_dim}")
+    return width // head_dim
+
+
+def _resize_bert(m: nn.Module, orig: nn.Module) -> None:
+    """BERT/RoBERTa/ELECTRA-style self-attention: num_attention_heads, all_head_size."""
+    m.num_attention_heads = _heads_of(_width(m.query), m.attention_head_size, m, "query")
+    m.all_head_size = m.num_attention_heads * m.attention_head_size
+
+
+def _resize_distilbert(m: nn.Module, orig: nn.Module) -> None:
+    m.n_heads = _heads_of(_width(m.q_lin), m.attention_head_size, m, "q_lin")
+
+
+def _resize_vit(m: nn.Module, orig: nn.Module) -> None:
+    m.num_attention_heads = _heads_of(_width(m.q_proj), m.head_dim, m, "q_proj")
+
+
+def _resize_clip(m: nn.Module, orig: nn.Module) -> None:
+    m.num_heads = _heads_of(_width(m.q_proj), m.head_dim, m, "q_proj")
+
+
+def _resize_gpt2(m: nn.Module, orig: nn.Module) -> None:
+    """GPT-2: ``split_size`` (the q/k/v widths its forward splits ``c_attn`` by) and num_heads."""
+    width = _width(m.c_proj, out=False)
+    m.num_heads = _heads_of(width, m.head_dim, m, "c_proj input")
+    m.split_size = width
+
+
+def _resize_gqa(m: nn.Module, orig: nn.Module) -> None:
+    """Llama/Mistral/Qwen2-style grouped-query attention: num_key_value_groups (query heads per
+    key/value head) from the kept q and k widths; head_dim and the scale never change."""
+    heads = _heads_of(_width(m.q_proj), m.head_dim, m, "q_proj")
+    kv = _heads_of(_width(m.k_proj), m.head_dim, m, "k_proj")
+    if kv == 0 or heads % kv:
+        raise ValueError(f"{type(m).__qualname__}: {heads} query heads do not divide into {kv} key/value groups")
+    m.num_key_value_groups = heads // kv
+    for name, value in (("num_heads", heads), ("num_key_value_heads", kv)):
+        if hasattr(orig, name):
+            setattr(m, name, value)
+
+
+# (module path, class names, resizer): the classes this version of transformers has get one
+_HEAD_RESIZERS: tuple[tuple[str, tuple[str, ...], Any], ...] = (
+    ("transformers.models.bert.modeling_bert", ("BertSelfAttention", "BertCrossAttention"), _resize_bert),
+    ("transformers.models.roberta.modeling_roberta", ("RobertaSelfAttention", "RobertaCrossAttention"), _resize_bert),
+    ("transformers.models.distilbert.modeling_distilbert", ("DistilBertSelfAttention",), _resize_distilbert),
+    ("transformers.models.vit.modeling_vit", ("ViTAttention", "ViTSelfAttention"), _resize_vit),
+    ("transformers.models.clip.modeling_clip", ("CLIPAttention",), _resize_clip),
+    ("transformers.models.gpt2.modeling_gpt2", ("GPT2Attention",), _resize_gpt2),
+    ("transformers.models.llama.modeling_llama", ("LlamaAttention",), _resize_gqa),
+    ("transformers.models.mistral.modeling_mistral", ("MistralAttention",), _resize_gqa),
+    ("transformers.models.qwen2.modeling_qwen2", ("Qwen2Attention",), _resize_gqa),
+)
+
+
 # ---------------------------------------------------------------------- the loader
 def _class(path: str, name: str) -> type | None:
     try:
@@ -67,6 +150,16 @@ def register_transformers_rules() -> None:
     conv = _class("transformers.pytorch_utils", "Conv1D")
     if conv is not None:
         register_rule(conv, resize=_resize_conv1d, fold=_fold_conv1d)(conv1d)
+    rotary = [c for c in (_class(path, name) for path, name in _ROTARY) if c is not None]
+    if rotary:
+        register_rule(*rotary)(rotary_embedding)
+    from .heads import register_head_resizer
+
+    for path, names, resizer in _HEAD_RESIZERS:
+        for name in names:
+            cls = _class(path, name)
+            if cls is not None:
+                register_head_resizer(cls, resizer)
 
 
 register_lazy_rules("transformers", register_transformers_rules)

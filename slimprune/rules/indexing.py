@@ -77,9 +77,17 @@ def _split(ctx, node, dim_index: int, dim_name: str = "dim"):
     offs = np.cumsum([0] + sizes)
     pieces = [x.labels[offs[k] : offs[k + 1]] for k in range(len(sizes))]
 
+    one = ctx.arg(node, 1, "split_size_or_sections", ctx.arg(node, 1, "split_size"))
+    one = one if node.target in ("split", torch.split) and type(one) is int else None
+
     def edit(kept):
         new = [int(kept(p).sum()) for p in pieces]
-        return [] if new == sizes else [{"kind": "split_sizes", "sizes": new, "dim": dim}]
+        if new == sizes:
+            return []
+        e = {"kind": "split_sizes", "sizes": new, "dim": dim}
+        if one is not None and len(set(new)) == 1 and sizes[-1] == one:  # split(n): read from self.n?
+            e.update(old=one, new=new[0])
+        return [e]
 
     ctx.edit(node, edit)
     ctx.sizes_rewritten(node)
@@ -148,7 +156,9 @@ def getitem(ctx, node):
                 return None
             in_ax += 1
         else:
-            if in_ax == info.axis:
+            if in_ax == info.axis and it == slice(None):  # ``x[:, :, None]``: whole, after pruning too
+                axis = out_ax
+            elif in_ax == info.axis:
                 if any(isinstance(v, fx.Node) for v in (it.start, it.stop, it.step)):
                     return ctx.barrier(node, "a slice of the channel axis with computed bounds")
                 start, stop, step = it.indices(shape[in_ax])

@@ -234,6 +234,9 @@ def size(ctx, node):
 
 @register_rule("dim", "numel", "type", "get_device", "nelement")
 def shape_query(ctx, node):
+    """``x.dim()``, ``x.numel()``, ``x.type()``: not tensors. ``x.type(dtype)`` is a cast."""
+    if node.target == "type" and (len(node.args) > 1 or "dtype" in node.kwargs):
+        return ctx.passthrough(node)
     return None
 
 

@@ -13,6 +13,7 @@ from torch import nn
 
 from .._edits import encode
 from ._registry import register_rule
+from .heads import head_axis
 
 
 def _map_reshape(ctx, node, x, in_shape, out_shape, size_args=None):
@@ -54,7 +55,8 @@ def _map_reshape(ctx, node, x, in_shape, out_shape, size_args=None):
     if len(dynamic) > 1:
         ctx.barrier(node, "the channels are split into several axes whose sizes are computed at run time")
         return None, None
-    p = dynamic[0] if dynamic else max(varying, key=lambda k: (arr.shape[k], k))
+    head = None if dynamic else head_axis(ctx, node, arr, varying)  # (heads, head_dim) for attention
+    p = dynamic[0] if dynamic else head if head is not None else max(varying, key=lambda k: (arr.shape[k], k))
     for k in varying:
         if k != p:
             rep = np.broadcast_to(arr.take([0], axis=k), arr.shape)
@@ -182,7 +184,12 @@ def _broadcast_out(ctx, node):
 
 @register_rule("expand")
 def expand(ctx, node):
+    """``x.expand(sizes)``; a size read from the channel axis (``repeat_kv``'s
+    ``expand(b, kv_heads, n_rep, ...)``) follows the pruned width, as in a view."""
     info = _broadcast_out(ctx, node)
+    _, sizes, _ = _shape_args(node)
+    if len(sizes) == len(ctx.shape(node)):
+        ctx.sizes_from(sizes, info, None if info is None else info.axis)
     if info is not None:
         _literal_edit(ctx, node, info.axis, info.labels)
     return info

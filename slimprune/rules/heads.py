@@ -1,0 +1,297 @@
+"""Attention heads written with plain ops (Hugging Face, timm, user code): whole heads go.
+
+Multi-head attention as most code writes it::
+
+    q = self.q(x).view(B, N, -1, head_dim).transpose(1, 2)       # [B, heads, N, head_dim]
+    w = softmax(q @ k.transpose(-2, -1) * scale + mask)             # or F.scaled_dot_product_attention
+    y = (w @ v).transpose(1, 2).reshape(B, N, -1)                   # [B, N, heads * head_dim]
+
+* **Head split.** A view that splits the channel axis into (heads, head_dim) and whose
+  result reaches a matrix product or ``scaled_dot_product_attention`` makes one unit per
+  head: the head_dim channels of a head are tied, and the labels sit on the heads axis
+  (:func:`head_axis`, called by the view rule). head_dim, and so the softmax scale
+  ``1/sqrt(head_dim)``, never changes; a pruned head is gone with its q/k/v rows and its
+  output-projection columns.
+* **Products** (:func:`matmul`): a labelled batch axis (heads) of both operands is tied,
+  so q's heads meet the same k heads and the weights meet the same v heads; a contracted
+  axis labelled on both sides is tied (a silenced pair adds 0 to every sum, exactly as
+  removing it does); the rows of ``a`` and the columns of ``b`` become the product's.
+* **sdpa** (:func:`scaled_dot_product_attention`): q, k and v heads tied (with
+  ``enable_gqa=True``, query head ``i`` with key/value head ``i // groups``: a group and its
+  key/value head go together); channels inside a head are only pruned when ``scale`` is
+  a constant, as the default scale reads q's width.
+* **Grouped-query attention** written as ``repeat_kv`` (``k[:, :, None].expand(...).reshape``)
+  needs no rule of its own: the reshape repeats each key/value head's label over its query
+  group, and the product ties them.
+* **Attributes.** A module whose forward counts heads in an attribute (``num_heads``,
+  ``all_head_size``) is updated by its class's *head resizer* (:func:`register_head_resizer`;
+  Hugging Face's are in :mod:`slimprune.rules.hf`). A module with such an attribute and no
+  resizer keeps its heads whole (a barrier whose warning names the module and attribute):
+  a pruned model never runs with a stale head count.
+"""
+
+from __future__ import annotations
+
+import inspect
+import operator
+import re
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+from .._channels import ChannelInfo
+from ._registry import _rule_owner, register_rule
+
+__all__ = ["register_head_resizer", "head_resizer", "head_axis", "resize_heads", "snapshot_heads"]
+
+HeadResizer = Callable[[nn.Module, nn.Module], None]
+_RESIZERS: dict[type, HeadResizer] = {}
+
+_PRODUCTS = {torch.matmul, operator.matmul, torch.bmm, "matmul", "bmm", "__matmul__",
+             F.scaled_dot_product_attention}
+# Ops a head-split tensor passes through on its way to the product (rotary embeddings,
+# repeat_kv, casts); a module call or the output ends the search.
+_SEARCH_DEPTH = 16
+
+
+# --------------------------------------------------------------------- head resizers
+def register_head_resizer(cls: type, fn: HeadResizer) -> None:
+    """After pruning, call ``fn(pruned_module, original_module)`` on every module of class
+    ``cls`` (its projections already sliced) to update the head counts its forward reads."""
+    if not (inspect.isclass(cls) and issubclass(cls, nn.Module)):
+        raise TypeError(f"register_head_resizer needs an nn.Module class, got {cls!r}")
+    _RESIZERS[cls] = fn
+
+
+def head_resizer(cls: type) -> HeadResizer | None:
+    """The head resizer for modules of ``cls`` (a subclass with the same forward inherits it)."""
+    _rule_owner(cls)  # loads a third-party package's rules (and resizers) on first sight
+    if cls in _RESIZERS:
+        return _RESIZERS[cls]
+    for base in cls.__mro__[1:]:
+        if base in _RESIZERS:
+            return _RESIZERS[base] if getattr(cls, "forward", None) is getattr(base, "forward", None) else None
+    return None
+
+
+def snapshot_heads(model: nn.Module) -> dict[str, nn.Module]:
+    """Shallow copies of the modules that have a head resizer (their attributes before pruning)."""
+    import copy
+
+    return {name: copy.copy(m) for name, m in model.named_modules() if head_resizer(type(m)) is not None}
+
+
+def resize_heads(target: nn.Module, originals: dict[str, nn.Module]) -> None:
+    """Run the head resizers on the pruned ``target`` (``originals`` from :func:`snapshot_heads`)."""
+    for name, orig in originals.items():
+        m = target.get_submodule(name) if name else target
+        fn = head_resizer(type(orig))
+        if fn is not None:
+            fn(m, orig)
+
+
+# ------------------------------------------------------------------------ head split
+def _feeds_attention(node: fx.Node) -> bool:
+    """True if ``node``'s value reaches a matrix product or sdpa through plain ops."""
+    seen: set[fx.Node] = set()
+    frontier = [node]
+    for _ in range(_SEARCH_DEPTH):
+        nxt = []
+        for n in frontier:
+            for u in n.users:
+                if u in seen or u.op in ("call_module", "output"):
+                    continue
+                seen.add(u)
+                try:
+                    if u.target in _PRODUCTS:
+                        return True
+                except TypeError:  # unhashable target
+                    pass
+                nxt.append(u)
+        if not nxt:
+            return False
+        frontier = nxt
+    return False
+
+
+def _owner_class(node: fx.Node) -> type | None:
+    """The class of the module whose forward made ``node`` (from fx's module stack)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return None
+    value = list(stack.values())[-1]
+    cls = value[1] if isinstance(value, tuple) and len(value) > 1 else None
+    return cls if isinstance(cls, type) else None
+
+
+_COUNT = re.compile(r"self\.(\w*head\w*)")
+
+
+def _stale_count(ctx, node: fx.Node, heads: int, head_dim: int) -> str | None:
+    """Why the heads of the module owning ``node`` cannot be pruned, or None.
+
+    A module whose forward reads a head-count attribute (``self.num_heads``, equal to the
+    traced head count or the heads' total width where the instance is at hand) and whose
+    class has no head resizer would run with a stale count.
+    """
+    path = ctx.where(node)
+    cls = _owner_class(node)
+    try:
+        owner = ctx.current.get_submodule(path) if path else ctx.current
+    except AttributeError:
+        owner = None
+    if cls is None:
+        cls = type(owner) if owner is not None else None
+    if cls is None or head_resizer(cls) is not None:
+        return None
+    names = sorted({n for n in _COUNT.findall(_method_source(cls)) if n != "head_dim" and "size" not in n or n == "all_head_size"})
+    if isinstance(owner, cls):  # the instance: only attributes that count these heads
+        names = [n for n in names if type(vars(owner).get(n)) is int and vars(owner)[n] in (heads, heads * head_dim)]
+    if not names:
+        return None
+    counted = ", ".join(f"self.{n}" for n in names)
+    return (f"{path or 'the model'} ({cls.__qualname__}) reads {counted}, a head count slimprune cannot "
+            f"update (no head resizer for {cls.__qualname__}); its heads are kept. Register one with "
+            f"slimprune.rules.heads.register_head_resizer({cls.__qualname__}, fn)")
+
+
+def _method_source(cls: type) -> str:
+    """Source of a class's methods other than __init__ (where attributes are read, not set)."""
+    parts = []
+    for klass in cls.__mro__:
+        if klass.__module__.startswith("torch.nn") or klass is object:
+            break
+        for meth, fn in vars(klass).items():
+            if meth != "__init__" and inspect.isfunction(fn):
+                try:
+                    parts.append(inspect.getsource(fn))
+                except (OSError, TypeError):
+                    pass
+    return "\n".join(parts)
+
+
+def head_axis(ctx, node: fx.Node, arr: np.ndarray, varying: list[int]) -> int | None:
+    """The axis of a reshape's channel block that holds the labels when the reshape splits
+    channels into (heads, head_dim) for attention: the heads axis (``None``: not a head split).
+
+    ``arr`` is the block's labels laid out in the output's axes, ``varying`` its axes whose
+    labels differ. A head split is a block whose last axis (head_dim) and the one before it
+    (heads) both vary, feeding a product. Its heads must not be counted by an attribute
+    nobody updates (then the reshape is a barrier, see :func:`_stale_count`).
+    """
+    last = arr.ndim - 1
+    if arr.ndim < 2 or last not in varying or last - 1 not in varying or not _feeds_attention(node):
+        return None
+    why = _stale_count(ctx, node, int(arr.shape[last - 1]), int(arr.shape[last]))
+    if why is not None:
+        raise _StaleHeads(why)
+    return last - 1
+
+
+class _StaleHeads(Exception):
+    """Raised through the view rule: the graph builder turns a failed rule into a barrier."""
+
+
+# --------------------------------------------------------------------------- products
+def _labelled(ctx, value: Any) -> ChannelInfo | None:
+    info = ctx.info(value)
+    return info if isinstance(info, ChannelInfo) else None
+
+
+def _product(ctx, node: fx.Node, a_node: Any, b_node: Any):
+    a, b = _labelled(ctx, a_node), _labelled(ctx, b_node)
+    if a is None and b is None:
+        return None
+    sa, sb, so = ctx.shape(a_node), ctx.shape(b_node), ctx.shape(node)
+    if not all(isinstance(s, torch.Size) for s in (sa, sb, so)) or len(sa) < 2 or len(sb) < 2:
+        return ctx.barrier(node, "a matrix product with a 1-D operand or without traced shapes")
+    ra = a.axis - len(sa) if a is not None else None  # counted from the right
+    rb = b.axis - len(sb) if b is not None else None
+    if ra == -1 and rb == -2:  # the contracted axis, labelled on both sides
+        ctx.tie(a.labels, b.labels)
+    elif ra == -1 or rb == -2:  # channels summed against an axis that is not sliced with them
+        return ctx.barrier(node, "channels are contracted against an unlabelled axis")
+    out: list[tuple[int, np.ndarray]] = []
+    if ra == -2:
+        out.append((-2, a.labels))
+    if rb == -1:
+        out.append((-1, b.labels))
+    batch = [(x, r, other) for x, r, other in ((a, ra, sb), (b, rb, sa)) if x is not None and r is not None and r < -2]
+    if len(batch) == 2:
+        if ra != rb:
+            return ctx.barrier(node, "the operands' channels are on different batch axes")
+        ctx.tie(a.labels, b.labels)
+        out.append((ra, a.labels))
+    elif batch:
+        x, r, other = batch[0]
+        if -r <= len(other) and other[r] != 1:  # the other operand's axis would not shrink
+            return ctx.barrier(node, "one operand's batch axis carries channels, the other's does not")
+        out.append((r, x.labels))
+    for _, labels in out[1:]:  # a tensor carries one channel axis
+        ctx.keep(labels)
+    if not out:
+        return None
+    r, labels = out[0]
+    return ctx.info_of(len(so) + r, labels)
+
+
+@register_rule(torch.matmul, operator.matmul, torch.bmm, "matmul", "bmm", "__matmul__")
+def matmul(ctx, node: fx.Node):
+    """``a @ b``, ``torch.matmul``, ``torch.bmm``: heads tied across the operands."""
+    a_node = ctx.arg(node, 0, "input")
+    b_node = ctx.arg(node, 1, "other", ctx.arg(node, 1, "mat2"))
+    return _product(ctx, node, a_node, b_node)
+
+
+@register_rule(F.scaled_dot_product_attention)
+def scaled_dot_product_attention(ctx, node: fx.Node):
+    """``softmax(q @ kᵀ * scale + mask) @ v``: q, k, v heads tied; the output has q's heads."""
+    nodes = [ctx.arg(node, i, n) for i, n in enumerate(("query", "key", "value"))]
+    q, k, v = (_labelled(ctx, x) for x in nodes)
+    mask = ctx.arg(node, 3, "attn_mask")
+    if _labelled(ctx, mask) is not None:
+        ctx.keep(ctx.info(mask).labels)
+    if q is None and k is None and v is None:
+        return None
+    shapes = [ctx.shape(x) for x in nodes]
+    if not all(isinstance(s, torch.Size) and len(s) >= 3 for s in shapes):
+        return ctx.barrier(node, "attention operands without traced shapes")
+    rel = [x.axis - len(s) if x is not None else None for x, s in zip((q, k, v), shapes)]
+    if -2 in rel:
+        return ctx.barrier(node, "channels on the sequence axis of q, k or v")
+    if any(r is not None and r < -3 for r in rel):
+        return ctx.barrier(node, "channels on a batch axis of q, k or v")
+    scale = ctx.arg(node, 6, "scale")
+    out: list[tuple[int, np.ndarray]] = []
+    # q and k channels inside a head meet in q·kᵀ; the default scale reads q's width
+    if rel[0] == -1 or rel[1] == -1:
+        if rel[0] != -1 or rel[1] != -1 or scale is None or isinstance(scale, fx.Node):
+            return ctx.barrier(node, "channels inside q/k heads with the default (width-dependent) scale")
+        ctx.tie(q.labels, k.labels)
+    heads = [r == -3 for r in rel]
+    if any(heads):
+        if not all(heads):
+            return ctx.barrier(node, "the heads of q, k and v are not all labelled")
+        hq, hk = q.labels.size, k.labels.size
+        ctx.tie(k.labels, v.labels)
+        if hq == hk:
+            ctx.tie(q.labels, k.labels)
+        elif bool(ctx.arg(node, 7, "enable_gqa", False)) and hq % hk == 0:
+            group = q.labels.reshape(hk, hq // hk)
+            ctx.tie(group, np.broadcast_to(k.labels[:, None], group.shape))
+        else:
+            return ctx.barrier(node, f"{hq} query heads against {hk} key/value heads without enable_gqa")
+        out.append((-3, q.labels))
+    if rel[2] == -1:
+        out.append((-1, v.labels))
+    for _, labels in out[1:]:
+        ctx.keep(labels)
+    if not out:
+        return None
+    r, labels = out[0]
+    return ctx.info_of(len(ctx.shape(node)) + r, labels)
