@@ -12,6 +12,7 @@ from ._analysis import Analysis as Analysis
 from ._analysis import analyze as analyze
 from ._dropin import Rewritten as Rewritten
 from ._graph import ChannelGraph as ChannelGraph
+from ._importance import taylor_importance as taylor_importance
 from ._graph import ChannelGroup as ChannelGroup
 from ._graph import ChannelInfo as ChannelInfo
 from ._plan import PruningPlan as PruningPlan
@@ -80,4 +81,5 @@ __all__ = [
     "save",
     "silence",
     "sparsity",
+    "taylor_importance",
 ]

@@ -12,11 +12,18 @@ Built-in criteria, by name:
 * ``"random"``: uniform random scores (a baseline), seeded.
 
 A callable ``fn(model, graph, group) -> sequence of len(group) floats`` adds your own.
+
+Data-aware: :func:`taylor_importance` (first-order Taylor, |w·∇w| of every weight a unit
+owns, the gradient of a loss summed over a few batches) returns such a callable. Magnitude
+(``l1``/``l2``, or ``bn_scale`` where there are norms) needs no data and suits a model that
+will be fine-tuned at length after pruning; Taylor needs a few batches and a loss, and
+ranks by the estimated change of that loss, so it suits pruning a trained transformer
+(attention heads, MLP neurons) with little or no fine-tuning afterwards.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -24,10 +31,11 @@ import torch
 from torch import nn
 
 from ._gamma import unit_gamma_max
+from ._modes import kept_modes
 from ._graph import ChannelGraph
 from .errors import InvalidArgumentError
 
-__all__ = ["IMPORTANCE", "unit_scores", "tiebreak_scores", "as_float64"]
+__all__ = ["IMPORTANCE", "unit_scores", "tiebreak_scores", "as_float64", "taylor_importance"]
 
 IMPORTANCE = ("bn_scale", "l1", "l2", "random")
 
@@ -149,3 +157,91 @@ def tiebreak_scores(graph: ChannelGraph, model: nn.Module) -> np.ndarray:
     by unit id would strip the first layers bare, so ties go to the weaker filters instead.
     """
     return _group_normalised(graph, _norm_scores(graph, model, 2, roles=("out",)))
+
+
+# ------------------------------------------------------------------ first-order Taylor
+Loss = Callable[[Any, Any], torch.Tensor]
+
+
+def _default_loss(output: Any, batch: Any) -> torch.Tensor:
+    loss = getattr(output, "loss", None)
+    if loss is None and isinstance(output, Mapping):
+        loss = output.get("loss")
+    if not isinstance(loss, torch.Tensor):
+        raise InvalidArgumentError(
+            f"taylor_importance needs a loss: the model returned {type(output).__name__} without a "
+            f"'loss' (a Hugging Face model computes one when the batch holds labels=...); pass "
+            f"loss=fn(output, batch) -> scalar tensor"
+        )
+    return loss
+
+
+def _call(model: nn.Module, batch: Any) -> Any:
+    if isinstance(batch, Mapping):
+        return model(**batch)
+    if isinstance(batch, (tuple, list)):
+        return model(*batch)
+    return model(batch)
+
+
+def taylor_importance(batches: Iterable[Any], loss: Loss | None = None) -> Callable[..., np.ndarray]:
+    """A data-aware importance for ``plan(importance=...)``: first-order Taylor.
+
+    The gradient of ``loss(model(batch), batch)`` is summed over ``batches`` (a few: each is
+    a tensor, a tuple of positional inputs or a dict of keyword inputs); a unit scores
+    Σ |w · ∂L/∂w| over every weight it owns (its producer rows, consumer columns, norm
+    parameters), divided by its group's mean so that groups compete in one ranking.
+    Without ``loss`` the model's own ``output.loss`` is used (Hugging Face models with
+    ``labels=`` in the batch). The model's parameters, their ``.grad`` and its train/eval
+    flags are left as they were; gradients are computed once, on the first group scored.
+
+    Example:
+        >>> batches = [{"input_ids": ids, "labels": ids} for ids in data[:4]]
+        >>> plan = slimprune.plan(model, 0.3, example_inputs={"input_ids": ids},
+        ...                       importance=slimprune.taylor_importance(batches))
+    """
+    batches = list(batches)
+    if not batches:
+        raise InvalidArgumentError("taylor_importance needs at least one batch to compute gradients on")
+    fn = loss or _default_loss
+    cache: dict[int, np.ndarray] = {}
+
+    def scores(model: nn.Module, graph: ChannelGraph, group: Any) -> np.ndarray:
+        key = id(graph)
+        if key not in cache:
+            cache.clear()
+            cache[key] = _group_normalised(graph, _taylor_units(model, graph, batches, fn))
+        return cache[key][group.units]
+
+    scores.__name__ = "taylor_importance"
+    return scores
+
+
+def _taylor_units(model: nn.Module, graph: ChannelGraph, batches: list[Any], fn: Loss) -> np.ndarray:
+    params = dict(model.named_parameters())
+    saved = {n: (p.grad, p.requires_grad) for n, p in params.items()}
+    acc = np.zeros(graph.num_units, dtype=np.float64)
+    try:
+        for p in params.values():
+            p.grad = None
+            p.requires_grad_(True)
+        with kept_modes(model), torch.enable_grad():
+            for batch in batches:
+                value = fn(_call(model, batch), batch)
+                if not isinstance(value, torch.Tensor) or value.numel() != 1:
+                    raise InvalidArgumentError(
+                        f"the Taylor loss returned {type(value).__name__} "
+                        f"{tuple(getattr(value, 'shape', ()))}; return a scalar tensor")
+                value.backward()
+        with torch.no_grad():
+            for s in graph.slices:
+                name = f"{s.module}.{s.param}" if s.module else s.param
+                p = params.get(name)
+                if p is None or p.grad is None:
+                    continue
+                np.add.at(acc, s.units, _per_index((p * p.grad).abs(), s.dim, 1))
+    finally:
+        for n, p in params.items():
+            p.grad, req = saved[n]
+            p.requires_grad_(req)
+    return acc

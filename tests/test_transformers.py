@@ -269,3 +269,34 @@ def test_measure_takes_keyword_inputs_of_a_transformer() -> None:
     inputs = bert_inputs()
     result = measure(model, inputs, latency=False)
     assert result.flops > 0 and result.input_shapes == ((2, 8), (2, 8))
+
+
+def test_taylor_importance_ranks_by_weight_times_gradient_not_by_magnitude() -> None:
+    """Hidden units 0-3 have big input rows but zero output weights: the loss does not see
+    them, so Taylor removes them first, where magnitude would keep them."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    with torch.no_grad():
+        model[0].weight[:4] *= 100
+        model[2].weight[:, :4] = 0
+    x = torch.randn(16, 4)
+    batches = [(x[:8],), (x[8:],)]
+    importance = slimprune.taylor_importance(batches, loss=lambda out, batch: out.pow(2).mean())
+    model[2].weight.requires_grad_(False)  # a frozen weight: Taylor needs its grad, gives it back
+    taylor = slimprune.plan(model, ratio=0.5, example_inputs=x, importance=importance)
+    magnitude = slimprune.plan(model, ratio=0.5, example_inputs=x, importance="l2")
+    assert taylor.kept("0", "weight", 0) == (4, 5, 6, 7)
+    assert magnitude.kept("0", "weight", 0) != (4, 5, 6, 7)
+    assert not model[2].weight.requires_grad and all(p.grad is None for p in model.parameters())
+    assert_pruned_equals_silenced(model, taylor, x)
+
+
+def test_taylor_importance_uses_a_hugging_face_models_own_loss() -> None:
+    model = tiny_gpt2("eager")
+    batches = [{"input_ids": IDS, "labels": IDS, "use_cache": False}]
+    inputs = {"input_ids": IDS, "use_cache": False}
+    plan, _ = plan_quietly(model, ratio=0.5, example_inputs=inputs, importance=slimprune.taylor_importance(batches))
+    assert plan.params_after < plan.params_before
+    assert_pruned_equals_silenced(model, plan, inputs)
+    with pytest.raises(slimprune.InvalidArgumentError, match="needs a loss"):
+        slimprune.plan(model, ratio=0.5, example_inputs=inputs, importance=slimprune.taylor_importance([inputs]))
