@@ -1,0 +1,187 @@
+"""Hugging Face transformers through slimprune and Torch-Pruning, side by side.
+
+Every model is built from a tiny config with random weights (nothing is downloaded): hidden
+32 (Llama 64), 2 layers, 4 heads (Llama 8 query / 2 key-value heads), vocabulary 100, inputs
+of batch 2 and 8 tokens or 32x32 images. At ratio 0.5:
+
+* slimprune (``plan(ratio=0.5)``, defaults): parameters removed, query heads before -> after,
+  exact against the silenced original (eval mode, rtol 1e-4 / atol 1e-5), whether the
+  model's own head-count attributes match its weights, barrier ops, seconds;
+* Torch-Pruning 1.6.1 as its README shows for transformers (``MetaPruner``, L2 magnitude,
+  ``num_heads`` of every q/k/v projection, ``prune_num_heads=True``, output layer ignored):
+  whether it ran with the output shape kept, parameters removed, heads after, the largest
+  output difference from the unpruned model (it has no silenced reference; 0 would mean
+  nothing that mattered was removed), and whether the head-count attributes match.
+
+    python benchmarks/transformers_zoo.py                 # both tools, every family, sdpa
+    python benchmarks/transformers_zoo.py --impl eager --tools slimprune
+
+Timings are single runs on a shared, loaded 2-core machine: read them as orders of magnitude.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+import warnings
+from typing import Any
+
+import torch
+
+FAMILIES = ["bert", "distilbert", "vit", "clip", "gpt2", "llama-gqa"]
+IDS = torch.randint(0, 100, (2, 8), generator=torch.Generator().manual_seed(0))
+PIXELS = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+def build(family: str, impl: str) -> tuple[torch.nn.Module, dict[str, Any]]:
+    import transformers as T
+
+    torch.manual_seed(0)
+    vision = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                  intermediate_size=64, attn_implementation=impl)
+    text = {"input_ids": IDS}
+    if family == "bert":
+        cfg = T.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                           intermediate_size=64, max_position_embeddings=64, attn_implementation=impl)
+        return T.BertModel(cfg).eval(), {"input_ids": IDS, "token_type_ids": torch.zeros_like(IDS)}
+    if family == "distilbert":
+        cfg = T.DistilBertConfig(vocab_size=100, dim=32, n_layers=2, n_heads=4, hidden_dim=64,
+                                 max_position_embeddings=64, attn_implementation=impl)
+        return T.DistilBertModel(cfg).eval(), text
+    if family == "vit":
+        return T.ViTModel(T.ViTConfig(**vision)).eval(), {"pixel_values": PIXELS}
+    if family == "clip":
+        return T.CLIPVisionModel(T.CLIPVisionConfig(**vision)).eval(), {"pixel_values": PIXELS}
+    if family == "gpt2":
+        cfg = T.GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=4, n_positions=64, attn_implementation=impl,
+                           bos_token_id=0, eos_token_id=0)
+        return T.GPT2LMHeadModel(cfg).eval(), {"input_ids": IDS, "use_cache": False}
+    if family == "llama-gqa":
+        cfg = T.LlamaConfig(vocab_size=100, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                            num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=64,
+                            attn_implementation=impl, tie_word_embeddings=False)
+        return T.LlamaForCausalLM(cfg).eval(), {"input_ids": IDS, "use_cache": False}
+    raise ValueError(family)
+
+
+def projections(m: torch.nn.Module) -> tuple[list[torch.nn.Module], int, str | None]:
+    """(q/k/v projections, head_dim, the attribute counting heads) of an attention module, or ([], 0, None)."""
+    name = type(m).__name__
+    if name == "BertSelfAttention":
+        return [m.query, m.key, m.value], m.attention_head_size, "num_attention_heads"
+    if name == "DistilBertSelfAttention":
+        return [m.q_lin, m.k_lin, m.v_lin], m.attention_head_size, "n_heads"
+    if name == "ViTAttention":
+        return [m.q_proj, m.k_proj, m.v_proj], m.head_dim, "num_attention_heads"
+    if name == "CLIPAttention":
+        return [m.q_proj, m.k_proj, m.v_proj], m.head_dim, "num_heads"
+    if name == "GPT2Attention":
+        return [m.c_attn], m.head_dim, "num_heads"
+    if name == "LlamaAttention":
+        return [m.q_proj, m.k_proj, m.v_proj], m.head_dim, None
+    return [], 0, None
+
+
+def heads(model: torch.nn.Module) -> tuple[list[int], bool]:
+    """Query heads per layer from the weights, and whether every head-count attribute agrees."""
+    counts, agree = [], True
+    for m in model.modules():
+        projs, hd, attr = projections(m)
+        if not projs:
+            continue
+        if type(m).__name__ == "GPT2Attention":
+            n = m.c_proj.weight.shape[0] // hd
+            agree &= m.split_size == n * hd
+        else:
+            n = projs[0].weight.shape[0] // hd
+        if type(m).__name__ == "LlamaAttention":
+            agree &= n == m.num_key_value_groups * (projs[1].weight.shape[0] // hd)
+        if attr is not None:
+            agree &= getattr(m, attr) == n
+        counts.append(n)
+    return counts, bool(agree)
+
+
+def first_tensor(out: Any) -> torch.Tensor:
+    return out[0] if isinstance(out, tuple) else next(v for v in out.values() if isinstance(v, torch.Tensor))
+
+
+def run_slimprune(family: str, impl: str) -> dict[str, Any]:
+    import slimprune
+
+    model, inputs = build(family, impl)
+    n0 = sum(p.numel() for p in model.parameters())
+    h0, _ = heads(model)
+    t0 = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plan = slimprune.plan(model, ratio=0.5, example_inputs=inputs)
+    small = slimprune.apply(model, plan)
+    seconds = time.perf_counter() - t0
+    ref = slimprune.silence(model, plan)
+    with torch.no_grad():
+        a, b = first_tensor(ref(**inputs)), first_tensor(small(**inputs))
+    h1, agree = heads(small)
+    barriers = sum(str(w.message).count("\n  - ") for w in caught if issubclass(w.category, slimprune.UnsupportedOpWarning))
+    return {"ran": True, "removed": 1 - sum(p.numel() for p in small.parameters()) / n0, "heads": f"{sum(h0)}->{sum(h1)}",
+            "exact": bool(torch.allclose(a, b, rtol=1e-4, atol=1e-5)), "counts_agree": agree,
+            "barriers": barriers, "seconds": seconds}
+
+
+def run_torch_pruning(family: str, impl: str) -> dict[str, Any]:
+    import torch_pruning as tp
+
+    model, inputs = build(family, impl)
+    small = copy.deepcopy(model)
+    n0 = sum(p.numel() for p in model.parameters())
+    h0, _ = heads(model)
+    num_heads = {}
+    for m in small.modules():
+        projs, hd, _ = projections(m)
+        for p in projs:
+            num_heads[p] = p.weight.shape[0] // hd // (3 if type(m).__name__ == "GPT2Attention" else 1)
+    ignored = [m for name, m in small.named_modules() if name in ("lm_head", "pooler.dense")]
+    t0 = time.perf_counter()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pruner = tp.pruner.MetaPruner(small, inputs, importance=tp.importance.MagnitudeImportance(p=2),
+                                          pruning_ratio=0.5, ignored_layers=ignored, num_heads=num_heads,
+                                          prune_num_heads=True, prune_head_dims=False, head_pruning_ratio=0.5)
+            pruner.step()
+        seconds = time.perf_counter() - t0
+        with torch.no_grad():
+            a, b = first_tensor(model(**inputs)), first_tensor(small(**inputs))
+    except Exception as exc:  # noqa: BLE001 - reported in the table
+        return {"ran": False, "error": f"{type(exc).__name__}: {str(exc)[:80]}"}
+    if a.shape != b.shape:
+        return {"ran": False, "error": f"output shape {tuple(a.shape)} -> {tuple(b.shape)}"}
+    h1, agree = heads(small)
+    return {"ran": True, "removed": 1 - sum(p.numel() for p in small.parameters()) / n0, "heads": f"{sum(h0)}->{sum(h1)}",
+            "max_diff": float((a - b).abs().max()), "counts_agree": agree, "seconds": seconds}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--families", nargs="*", default=FAMILIES)
+    ap.add_argument("--impl", default="sdpa", choices=["eager", "sdpa"])
+    ap.add_argument("--tools", nargs="*", default=["slimprune", "torch_pruning"])
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    print(f"attn_implementation={args.impl}, ratio 0.5")
+    print("| model | tool | ran | params removed | query heads | exact / max diff | head counts agree | barriers | s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for family in args.families:
+        for tool in args.tools:
+            r = run_slimprune(family, args.impl) if tool == "slimprune" else run_torch_pruning(family, args.impl)
+            if not r["ran"]:
+                print(f"| {family} | {tool} | no: {r['error']} | | | | | | |")
+                continue
+            check = ("exact" if r["exact"] else "NOT exact") if "exact" in r else f"{r['max_diff']:.3g}"
+            print(f"| {family} | {tool} | yes | {r['removed']:.0%} | {r['heads']} | {check} | "
+                  f"{'yes' if r['counts_agree'] else 'no'} | {r.get('barriers', '')} | {r['seconds']:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
