@@ -128,7 +128,7 @@ def counted_heads(model: torch.nn.Module) -> list[int]:
 def test_attention_heads_are_removed_exactly_without_a_barrier(family: str, impl: str) -> None:
     model, inputs = build(family, impl)
     before = heads_per_layer(model)
-    plan, barriers = plan_quietly(model, ratio=0.5, example_inputs=inputs)
+    plan, barriers = plan_quietly(model, ratio=0.5, example_inputs=inputs, allow_inexact=False)
     allowed = ["lm_head.weight is the same tensor"] if family == "gpt2" else []  # tied embeddings: hidden width
     assert all(any(a in b for a in allowed) for b in barriers), barriers
     small = assert_pruned_equals_silenced(model, plan, inputs)
@@ -177,7 +177,7 @@ def test_gpt2_conv1d_mlp_widths_and_fused_qkv_heads_are_removed_exactly(impl: st
 def test_llama_gqa_removes_a_key_value_head_with_its_query_group(impl: str) -> None:
     model = tiny_llama(impl)
     inputs = {"input_ids": IDS, "use_cache": False}
-    plan, barriers = plan_quietly(model, ratio=0.5, example_inputs=inputs)
+    plan, barriers = plan_quietly(model, ratio=0.5, example_inputs=inputs, allow_inexact=False)
     assert not barriers
     small = assert_pruned_equals_silenced(model, plan, inputs)
     kv_before = [layer.self_attn.k_proj.out_features // 8 for layer in model.model.layers]
@@ -197,7 +197,7 @@ def _greedy(model: torch.nn.Module, prompt: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("family", ["gpt2", "llama-gqa"])
 def test_generate_with_a_kv_cache_gives_the_silenced_originals_tokens(family: str) -> None:
     model, inputs = build(family, "sdpa")
-    plan, _ = plan_quietly(model, ratio=0.5, example_inputs=inputs)
+    plan, _ = plan_quietly(model, ratio=0.5, example_inputs=inputs, allow_inexact=False)
     small = slimprune.apply(model, plan)
     ref = slimprune.silence(model, plan)
     prompt = IDS[:, :3]
@@ -300,3 +300,22 @@ def test_taylor_importance_uses_a_hugging_face_models_own_loss() -> None:
     assert_pruned_equals_silenced(model, plan, inputs)
     with pytest.raises(slimprune.InvalidArgumentError, match="needs a loss"):
         slimprune.plan(model, ratio=0.5, example_inputs=inputs, importance=slimprune.taylor_importance([inputs]))
+
+
+def test_llama_hidden_width_goes_through_rmsnorm_only_when_inexact_is_allowed() -> None:
+    model = tiny_llama("sdpa")
+    inputs = {"input_ids": IDS, "use_cache": False}
+    exact, _ = plan_quietly(model, ratio=0.5, example_inputs=inputs, allow_inexact=False)
+    loose, barriers = plan_quietly(model, ratio=0.5, example_inputs=inputs)  # allow_inexact=True: the default
+    assert not barriers
+    def norm_groups(plan: slimprune.PruningPlan) -> list:
+        return [g for g in plan.groups if any(m.startswith("model.norm.weight") for m in g.members)]
+
+    hidden = norm_groups(loose)
+    assert len(hidden) == 1 and not hidden[0].exact and hidden[0].removed  # the plan says it is inexact
+    assert all(not g.removed for g in norm_groups(exact))
+    small = slimprune.apply(model, loose)
+    width = small.model.embed_tokens.embedding_dim
+    assert width == small.model.norm.weight.numel() == small.lm_head.in_features < 64
+    assert loose.params_after < exact.params_after
+    assert _greedy(small, IDS[:, :3]).shape == (2, 11)  # generate() runs at the narrower width

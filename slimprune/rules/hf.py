@@ -70,6 +70,28 @@ _ROTARY: tuple[tuple[str, str], ...] = (
 )
 
 
+# ------------------------------------------------------------------------ RMSNorm
+def rms_norm(ctx, node: fx.Node) -> Any:
+    """Llama-style ``RMSNorm``: ``weight * x / rms(x)`` over the last axis. The rms runs over
+    every channel, so removing one changes the others: inexact (pruned only under
+    ``allow_inexact``), as with LayerNorm; its ``weight`` is sliced with the channels."""
+    x = ctx.passthrough(node, 0, "hidden_states")
+    if x is None:
+        return None
+    if x.axis != len(ctx.shape(node)) - 1:
+        return ctx.barrier(node, f"RMSNorm normalises the last axis, the channels are on axis {x.axis}")
+    ctx.inexact_units(x.labels)
+    ctx.param(node, "weight", 0, x.labels, "scale")
+    return x
+
+
+_RMS: tuple[tuple[str, str], ...] = (
+    ("transformers.models.llama.modeling_llama", "LlamaRMSNorm"),
+    ("transformers.models.mistral.modeling_mistral", "MistralRMSNorm"),
+    ("transformers.models.qwen2.modeling_qwen2", "Qwen2RMSNorm"),
+)
+
+
 # ------------------------------------------------------------------ head resizers
 def _width(m: nn.Module, out: bool = True) -> int:
     """Output (or input) width of a projection: a Linear, or a Conv1D (weight (in, out))."""
@@ -153,6 +175,9 @@ def register_transformers_rules() -> None:
     rotary = [c for c in (_class(path, name) for path, name in _ROTARY) if c is not None]
     if rotary:
         register_rule(*rotary)(rotary_embedding)
+    rms = [c for c in (_class(path, name) for path, name in _RMS) if c is not None]
+    if rms:
+        register_rule(*rms)(rms_norm)
     from .heads import register_head_resizer
 
     for path, names, resizer in _HEAD_RESIZERS:
