@@ -319,3 +319,36 @@ def test_llama_hidden_width_goes_through_rmsnorm_only_when_inexact_is_allowed() 
     assert width == small.model.norm.weight.numel() == small.lm_head.in_features < 64
     assert loose.params_after < exact.params_after
     assert _greedy(small, IDS[:, :3]).shape == (2, 11)  # generate() runs at the narrower width
+
+
+class PlainAttention(torch.nn.Module):
+    """Multi-head attention in plain torch, as HF writes it: ``view(b, n, -1, head_dim)``."""
+
+    def __init__(self, sdpa: bool) -> None:
+        super().__init__()
+        self.sdpa, self.head_dim = sdpa, 8
+        self.inp, self.o, self.out = torch.nn.Linear(6, 16), torch.nn.Linear(32, 16), torch.nn.Linear(16, 3)
+        self.q, self.k, self.v = (torch.nn.Linear(16, 32) for _ in range(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x)
+        b, n, _ = h.shape
+        q, k, v = (p(h).view(b, n, -1, self.head_dim).transpose(1, 2) for p in (self.q, self.k, self.v))
+        if self.sdpa:
+            y = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        else:
+            y = torch.matmul(torch.softmax(torch.matmul(q, k.transpose(2, 3)) * self.head_dim ** -0.5, -1), v)
+        return self.out(self.o(y.transpose(1, 2).reshape(b, n, -1)))
+
+
+@pytest.mark.parametrize("sdpa", [False, True], ids=["matmul", "sdpa"])
+def test_plain_torch_attention_loses_whole_heads_exactly(sdpa: bool) -> None:
+    torch.manual_seed(0)
+    model = PlainAttention(sdpa).eval()
+    x = torch.randn(2, 5, 6)
+    plan, barriers = plan_quietly(model, ratio=0.5, example_inputs=x, protect=["inp"])
+    assert not barriers
+    small = assert_pruned_equals_silenced(model, plan, x)
+    width = small.q.out_features
+    assert width < 32 and width % 8 == 0  # whole heads of 8: the softmax scale is unchanged
+    assert small.k.out_features == small.v.out_features == small.o.in_features == width
