@@ -286,6 +286,9 @@ def scaled_dot_product_attention(ctx, node: fx.Node):
             ctx.tie(group, np.broadcast_to(k.labels[:, None], group.shape))
         else:
             return ctx.barrier(node, f"{hq} query heads against {hk} key/value heads without enable_gqa")
+        mask_shape = ctx.shape(mask)
+        if isinstance(mask_shape, torch.Size) and len(mask_shape) >= 3 and mask_shape[-3] > 1 and _labelled(ctx, mask) is None:
+            return ctx.barrier(node, "a per-head attn_mask (a position bias) whose heads are not labelled")
         out.append((-3, q.labels))
     if rel[2] == -1:
         out.append((-1, v.labels))
