@@ -29,6 +29,12 @@ from .errors import (
     TraceError as TraceError,
     UnsupportedOpWarning as UnsupportedOpWarning,
     ShapeSpecializationWarning as ShapeSpecializationWarning,
+    RuleReplacedWarning as RuleReplacedWarning,
+    ArgumentTypeError as ArgumentTypeError,
+    ExampleInputTypeError as ExampleInputTypeError,
+    RuleError as RuleError,
+    RuleOutputTypeError as RuleOutputTypeError,
+    PlanFormatError as PlanFormatError,
 )
 from .rules import register_rule as register_rule
 from . import io as io  # noqa: E402  save/load of pruned models
@@ -38,7 +44,7 @@ from .io import load as load
 from .io import save as save
 from .sparsity import SparsityRegularizer as SparsityRegularizer
 
-__version__ = "0.1.0"
+from ._version import __version__ as __version__  # noqa: E402
 
 __all__ = [
     "Analysis",
@@ -65,6 +71,12 @@ __all__ = [
     "plan",
     "prune",
     "register_rule",
+    "RuleReplacedWarning",
+    "ArgumentTypeError",
+    "ExampleInputTypeError",
+    "RuleError",
+    "RuleOutputTypeError",
+    "PlanFormatError",
     "save",
     "silence",
     "sparsity",

@@ -24,7 +24,7 @@ from .errors import InvalidArgumentError
 
 __all__ = ["PlanOptions", "TARGETS", "check_opaque", "check_protect", "protected_units", "silence_roles"]
 
-TARGETS = ("channels", "params", "flops")
+TARGETS = ("channels", "params", "flops", "latency")
 
 
 def silence_roles(threshold_mode: bool) -> tuple[str, ...]:
@@ -131,6 +131,9 @@ class PlanOptions:
     allow_inexact: bool = True
     exact_borders: bool = False
     seed: int = 0
+    # target="latency": where to time (slimprune.latency) and an optional ready cost table.
+    device: str = "cpu"
+    latency_table: Any = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         ratio, threshold = self.ratio, self.threshold
@@ -159,7 +162,9 @@ class PlanOptions:
         opaque = check_opaque(self.opaque)
         protect = _protect_entries(self.protect)
         min_channels = _count("min_channels", self.min_channels)
-        round_to = _count("round_to", self.round_to)
+        round_to: int | str = "auto" if self.round_to == "auto" else _count("round_to", self.round_to)
+        if round_to == "auto" and self.target != "latency":
+            raise InvalidArgumentError("round_to='auto' (widths at the kernels' staircase steps) needs target='latency'")
         if isinstance(self.max_ratio, Mapping):
             max_ratio: float | dict[str, float] = {
                 key: _fraction(v, f"max_ratio[{key!r}]") for key, v in self.max_ratio.items()}
@@ -195,7 +200,8 @@ class PlanOptions:
 
     def constraints(self, protected: frozenset[int]) -> Constraints:
         """The solver's constraints for these options and the given protected units."""
-        return Constraints(self.min_channels, self.round_to, self.max_ratio, protected, self.allow_inexact)
+        round_to = 1 if self.round_to == "auto" else int(self.round_to)
+        return Constraints(self.min_channels, round_to, self.max_ratio, protected, self.allow_inexact)
 
     def within(self, path: str, inputs: Any) -> PlanOptions:
         """The options for the submodule at ``path`` (a region), run on ``inputs``."""
@@ -209,7 +215,7 @@ class PlanOptions:
         """The options as a plan stores them (JSON values: names for types and callables)."""
         out: dict[str, Any] = {}
         for f in fields(self):
-            if f.name in ("example_inputs", "opaque"):
+            if f.name in ("example_inputs", "opaque", "latency_table"):
                 continue  # the plan records the inputs' shapes and the opaque modules itself
             value = getattr(self, f.name)
             if f.name == "importance" and not isinstance(value, str):

@@ -55,6 +55,8 @@ def plan(
     allow_inexact: bool = True,
     exact_borders: bool = False,
     seed: int = 0,
+    device: str = "cpu",
+    latency_table: Any = None,
 ) -> PruningPlan:
     """Decide which channels to remove, without touching the model.
 
@@ -66,7 +68,10 @@ def plan(
         threshold: instead of ``ratio``: remove every channel whose scaling factors are all
             at most ``threshold`` and thereby make it constant on every path it takes
             (network slimming after sparsity training). Exactly one of the two.
-        target: ``"channels"`` (default), ``"params"`` or ``"flops"``: what ``ratio`` counts.
+        target: ``"channels"`` (default), ``"params"``, ``"flops"`` or ``"latency"``: what ``ratio``
+            counts. ``"latency"``: the fraction of the measured latency of the deployed model
+            (BatchNorm folded, channels-last) at the example inputs' batch size, the current
+            thread count and ``device`` to remove (0.5 halves it); see :mod:`slimprune.latency`.
         importance: ``"bn_scale"`` (default), ``"l1"``, ``"l2"``, ``"random"`` or a callable
             ``fn(model, graph, group) -> scores``.
         example_inputs: a tensor or tuple of positional inputs (built from the first layer if omitted).
@@ -86,6 +91,9 @@ def plan(
             constant a zero-padded conv would read (their fold is exact only in the interior):
             the pruned model then equals the original everywhere, borders included.
         seed: for ``importance="random"``.
+        device: with ``target="latency"``: ``"cpu"`` or ``"cuda"``, where latency is timed.
+        latency_table: with ``target="latency"``: a :class:`slimprune.latency.CostTable` made
+            by :func:`slimprune.latency.profile` (else the model is profiled here).
 
     Returns:
         A frozen :class:`PruningPlan`.
@@ -105,7 +113,8 @@ def plan(
     options = _options(model, dict(
         ratio=ratio, threshold=threshold, target=target, importance=importance, example_inputs=example_inputs,
         opaque=opaque, protect=protect, min_channels=min_channels, round_to=round_to, max_ratio=max_ratio,
-        fold_bias=fold_bias, allow_inexact=allow_inexact, exact_borders=exact_borders, seed=seed))
+        fold_bias=fold_bias, allow_inexact=allow_inexact, exact_borders=exact_borders, seed=seed,
+        device=device, latency_table=latency_table))
     if isinstance(model, Analysis):
         analysis = model
     else:
@@ -157,7 +166,8 @@ def _plan_graph(analysis: Analysis, options: PlanOptions) -> tuple[PruningPlan, 
         notes = probe_notes + notes
     else:
         removed, folds, notes = _select_ratio(analysis, options, scores, constraints, roles)
-    serious = list(notes)
+    # A latency plan's last note is its predicted latency: information, not a warning.
+    serious = list(notes[:-1] if options.target == "latency" and options.threshold is None else notes)
     if graph.traced.method == "concrete":
         fixed = graph.traced.fixed
         notes.insert(0, f"fx alone cannot follow {type(model).__name__}.forward; traced while running it on the "
@@ -173,9 +183,17 @@ def _select_ratio(analysis: Analysis, options: PlanOptions, scores: np.ndarray, 
     fold_bias, ratio, target = options.fold_bias, float(options.ratio), options.target
     importance = options.importance
     tiebreak = tiebreak_scores(graph, model) if importance == "bn_scale" and _has_ties(graph, scores) else None
-    kind = {"channels": None, "params": "params", "flops": "macs"}[target]
+    kind = {"channels": None, "params": "params", "flops": "macs", "latency": "latency"}[target]
+    latency_notes: list[str] = []
+    if kind == "latency":
+        from ._latency_solver import select_for_graph
+        table = _latency_table(analysis, options)
 
     def select(goal: float, cons: Constraints) -> np.ndarray:
+        if kind == "latency":
+            removed_, note = select_for_graph(graph, scores, goal, cons, table, options.round_to == "auto")
+            latency_notes[:] = [note]
+            return removed_
         if kind is None:
             return select_ranked(graph, scores, goal, cons, tiebreak)
         return select_target(graph, scores, goal, cons, predictor, kind, tiebreak)
@@ -208,7 +226,23 @@ def _select_ratio(analysis: Analysis, options: PlanOptions, scores: np.ndarray, 
         removed, folds, notes = reach_at_least(ratio, (removed, folds, notes), attempt, saved, lambda got: (
             f"target='params' ratio={options.ratio} cannot be reached with fold_bias=True: the biases folding "
             f"adds to bias-less layers leave the saving at {got:.2%}. Lower the ratio or pass fold_bias=False."))
-    return removed, folds, notes
+    return removed, folds, notes + latency_notes
+
+
+def _latency_table(analysis: Analysis, options: PlanOptions) -> Any:
+    """The cost table of ``target="latency"``: given, or profiled on the analysis's inputs."""
+    from .latency import CostTable, check_device, profile
+
+    if options.latency_table is not None:
+        if not isinstance(options.latency_table, CostTable):
+            raise InvalidArgumentError(
+                f"latency_table must be a slimprune.latency.CostTable (from slimprune.latency.profile), got "
+                f"{type(options.latency_table).__name__}")
+        return options.latency_table
+    check_device(options.device)
+    if analysis.example_inputs is None:
+        raise InvalidArgumentError("target='latency' times the model on its real input shapes: pass example_inputs=")
+    return profile(analysis.model, analysis.example_inputs, analysis.graph, device=options.device)
 
 
 def _has_ties(graph: ChannelGraph, scores: np.ndarray) -> bool:

@@ -19,12 +19,13 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from ._copy import copy_model
 from ._dropin import collapse_children, dropin
 from ._edits import apply_edits, encode
 from ._plan import PruningPlan
 from ._trace import concrete_trace, describe_fixed, symbolic_trace
 from .errors import PlanMismatchError, ShapeSpecializationWarning, TraceError
-from .rules import lookup_rule
+from .rules import has_module_rule, lookup_rule
 
 __all__ = ["apply_plan"]
 
@@ -110,7 +111,7 @@ def _retrace(model: nn.Module, plan: PruningPlan) -> tuple[fx.GraphModule, tuple
     Returns the GraphModule and the shape-dependent decisions a concrete trace fixed.
     """
     try:
-        return symbolic_trace(model, plan.opaque)[0], ()
+        return symbolic_trace(model, plan.opaque, has_module_rule)[0], ()
     except TraceError:
         if not plan.input_shapes:
             raise
@@ -119,7 +120,7 @@ def _retrace(model: nn.Module, plan: PruningPlan) -> tuple[fx.GraphModule, tuple
     gen = torch.Generator().manual_seed(0)
     inputs = tuple(torch.randn(s, generator=gen, dtype=dtype).to(p.device if p is not None else "cpu")
                    for s in plan.input_shapes)
-    gm, _, fixed = concrete_trace(model, inputs, plan.opaque)
+    gm, _, fixed = concrete_trace(model, inputs, plan.opaque, has_module_rule)
     return gm, fixed
 
 
@@ -178,7 +179,7 @@ def apply_plan(model: nn.Module, plan: PruningPlan, inplace: bool = False) -> nn
     if plan.regions:
         # Every region is pruned from the original first, so a failure changes nothing.
         pruned = [(path, apply_plan(_owner(model, path), sub)) for path, sub in plan.regions]
-        target = model if inplace else copy.deepcopy(model)
+        target = model if inplace else copy_model(model)
         for path, new in pruned:
             _set_submodule(target, path, new)
         return target
@@ -204,7 +205,7 @@ def apply_plan(model: nn.Module, plan: PruningPlan, inplace: bool = False) -> nn
             old = getattr(_owner(model, module), param, None)
             if isinstance(old, torch.Tensor):
                 memo[id(old)] = t  # replaced below: skip copying the old tensor
-        target = copy.deepcopy(model, memo)
+        target = copy_model(model, memo)
     _assign(target, tensors, originals)
     changed = []
     for e in edits:

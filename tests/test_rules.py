@@ -500,7 +500,7 @@ def test_a_channel_count_used_as_a_value_keeps_its_channels_and_says_so():
 
 # ------------------------------------------------------------------- barriers and custom rules
 class Rolled(nn.Module):
-    """torch.roll along channels has no rule: it is a barrier, the rest still prunes."""
+    """torch.roll along channels cannot be pruned through: it is a barrier, the rest still prunes."""
 
     def __init__(self):
         super().__init__()
@@ -558,7 +558,7 @@ def test_register_rule_makes_a_custom_module_prunable():
         plan, small = prune_check(WithScale(), torch.randn(2, 3, 6, 6))
         assert small.scale.weight.numel() == small.conv[0].out_channels == 4
     finally:
-        from slimprune.rules import _MODULE_RULES
+        from slimprune.rules._registry import _MODULE_RULES
 
         _MODULE_RULES.pop(Scale, None)
 

@@ -1,0 +1,401 @@
+"""Measured latency as a function of width: the profiler and its cost table.
+
+:func:`profile` times every convolution and linear layer of a model at a grid of widths
+(its output width with the input full, its input width with the output full) on the
+shapes the example inputs give it, in the deployed form (BatchNorm folded into the conv,
+so a bias-carrying conv; channels-last memory on the CPU), with
+:mod:`torch.utils.benchmark` at the user's thread count. Layers with the same shapes are
+timed once. A :class:`CostTable` predicts the model's latency for any kept width per
+channel group:
+
+    latency(kept) = rest + sum over layers of full_ms * r_out(kept_out) * r_in(kept_in)
+
+where ``r`` interpolates the measured grid and rounds a width up to the kernel's block
+(``stair``, 8 channels on the CPU): 17 channels cost what 24 cost. ``rest`` is what the
+layers do not account for (activations, pooling, additions), measured once on the whole
+deployed model and held fixed.
+
+Tables are cached on disk under a key of device, torch version, thread count, model
+layer shapes and grid; :func:`load_table` refuses a table whose key differs from the one
+asked for, so a stale table (other torch, other threads) is never reused silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import FileFormatError, InvalidArgumentError, SlimpruneError
+
+__all__ = ["LayerCost", "CostTable", "TableKey", "profile", "table_key", "save_table", "load_table",
+           "stair_width", "deployed", "LatencyDeviceError", "StaleCacheError"]
+
+FORMAT = 1
+
+
+class LatencyDeviceError(SlimpruneError, ValueError):
+    """The device asked for latency cannot be used here."""
+
+
+class StaleCacheError(SlimpruneError):
+    """A cached cost table was made under other conditions than the ones asked for."""
+
+
+def stair_width(width: int, stair: int, full: int) -> int:
+    """The width a kernel really computes for ``width`` channels: rounded up to ``stair``, at most ``full``."""
+    if width <= 0:
+        return 0
+    return min(full, int(math.ceil(width / stair)) * stair)
+
+
+def grid_widths(full: int, stair: int, points: int) -> tuple[int, ...]:
+    """About ``points`` widths on multiples of ``stair`` from ``stair`` to ``full`` (``full`` included)."""
+    steps = max(1, full // stair)
+    picks = {min(full, max(1, round(s)) * stair) for s in np.linspace(1, steps, num=max(2, points))}
+    picks.add(full)
+    return tuple(sorted(w for w in picks if 1 <= w <= full))
+
+
+@dataclass(frozen=True)
+class LayerCost:
+    """One layer's measured time as a function of its kept input and output widths.
+
+    ``out_group``/``in_group`` are channel-group ids (None: that side cannot change);
+    a depthwise conv has its in and out tied to ``out_group`` and ``depthwise=True``.
+    ``out_widths``/``out_ms``: times with the input full; ``in_widths``/``in_ms``: with the
+    output full. Every list is sorted by width and ends at the full width.
+    """
+
+    module: str
+    out_group: int | None
+    in_group: int | None
+    out_width: int
+    in_width: int
+    full_ms: float
+    out_widths: tuple[int, ...] = ()
+    out_ms: tuple[float, ...] = ()
+    in_widths: tuple[int, ...] = ()
+    in_ms: tuple[float, ...] = ()
+    depthwise: bool = False
+
+    def _ratio(self, widths: tuple[int, ...], ms: tuple[float, ...], width: int, full: int, stair: int) -> float:
+        if not widths or width >= full or self.full_ms <= 0:
+            return 1.0
+        if width <= 0:
+            return 0.0
+        w = stair_width(width, stair, full)
+        # Below the first grid point time falls linearly to zero at width 0.
+        xs = (0, *widths)
+        ys = (0.0, *ms)
+        t = float(np.interp(w, xs, ys))
+        # Times measured on a loaded machine can wobble; a layer never gets slower when narrower.
+        return min(1.0, max(t, 0.0) / self.full_ms)
+
+    def ms(self, kept_out: int, kept_in: int, stair: int) -> float:
+        """Predicted milliseconds at these kept widths."""
+        r_out = self._ratio(self.out_widths, self.out_ms, kept_out, self.out_width, stair)
+        r_in = 1.0 if self.depthwise else self._ratio(self.in_widths, self.in_ms, kept_in, self.in_width, stair)
+        return self.full_ms * r_out * r_in
+
+
+@dataclass(frozen=True)
+class TableKey:
+    """What a cost table depends on; a table is reused only under an equal key."""
+
+    device: str
+    torch: str
+    threads: int
+    shapes: str  # digest of every profiled layer's configuration and input shape
+    stair: int
+    points: int
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class CostTable:
+    """Per-layer latency as a function of width, plus the time the layers do not account for."""
+
+    key: TableKey
+    layers: tuple[LayerCost, ...]
+    rest_ms: float
+    stair: int = 8
+    group_widths: Mapping[int, int] = field(default_factory=dict)
+
+    def predict(self, kept: Mapping[int, int]) -> float:
+        """Milliseconds with ``kept[g]`` channels kept in group ``g`` (missing groups full)."""
+        total = self.rest_ms
+        for layer in self.layers:
+            ko = kept.get(layer.out_group, layer.out_width) if layer.out_group is not None else layer.out_width
+            ki = kept.get(layer.in_group, layer.in_width) if layer.in_group is not None else layer.in_width
+            total += layer.ms(ko, ki, self.stair)
+        return total
+
+    def full(self) -> float:
+        return self.predict({})
+
+    def layers_of(self, group: int) -> list[LayerCost]:
+        return [l for l in self.layers if l.out_group == group or l.in_group == group]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT, "key": asdict(self.key), "rest_ms": self.rest_ms, "stair": self.stair,
+                "group_widths": {str(k): v for k, v in self.group_widths.items()},
+                "layers": [asdict(l) for l in self.layers]}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> CostTable:
+        if d.get("format") != FORMAT:
+            raise FileFormatError(f"cost table format {d.get('format')!r} is not {FORMAT}; profile again")
+        layers = tuple(LayerCost(**{k: tuple(v) if isinstance(v, list) else v for k, v in l.items()})
+                       for l in d["layers"])
+        return cls(TableKey(**d["key"]), layers, float(d["rest_ms"]), int(d["stair"]),
+                   {int(k): int(v) for k, v in d["group_widths"].items()})
+
+
+def save_table(table: CostTable, path: str | os.PathLike[str]) -> None:
+    """Write ``table`` as JSON (atomically: a failed write leaves the old file)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_suffix(p.suffix + ".tmp")
+    tmp.write_text(json.dumps(table.to_dict()))
+    os.replace(tmp, p)
+
+
+def load_table(path: str | os.PathLike[str], key: TableKey) -> CostTable:
+    """The table at ``path``; :class:`StaleCacheError` when it was made under another key."""
+    try:
+        table = CostTable.from_dict(json.loads(Path(path).read_text()))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise FileFormatError(f"cannot read cost table {str(path)!r}: {e}; delete it to profile again") from e
+    if table.key != key:
+        diff = {k: (getattr(table.key, k), getattr(key, k)) for k in asdict(key) if getattr(table.key, k) != getattr(key, k)}
+        raise StaleCacheError(
+            f"cost table {str(path)!r} was profiled under other conditions: "
+            + ", ".join(f"{k} {a!r} there, {b!r} now" for k, (a, b) in diff.items())
+            + ". Delete it or pass another cache path to profile again.")
+    return table
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch.device that can time here, or :class:`LatencyDeviceError`."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise LatencyDeviceError(f"device {device!r} is not a device torch knows: {e}; use 'cpu' or 'cuda'") from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise LatencyDeviceError(
+                f"device={str(device)!r} asks for GPU latency, but torch {torch.__version__} sees no CUDA device "
+                f"here (torch.cuda.is_available() is False). Profile on the machine you deploy to, or use device='cpu'.")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise LatencyDeviceError(f"device={str(device)!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif dev.type != "cpu":
+        raise LatencyDeviceError(f"latency is measured on 'cpu' or 'cuda', got device={str(device)!r}")
+    return dev
+
+
+def deployed(model: nn.Module, device: torch.device) -> nn.Module:
+    """A copy of ``model`` as it is deployed: eval, BatchNorm folded into convs, channels-last on the CPU."""
+    import copy
+
+    m = copy.deepcopy(model).eval()
+    try:
+        from torch.fx.experimental.optimization import fuse
+        m = fuse(m)
+    except Exception:  # untraceable models are timed unfused (slower, never wrong)
+        pass
+    m = m.to(device)
+    if device.type == "cpu":
+        m = m.to(memory_format=torch.channels_last)
+    return m
+
+
+def time_ms(fn: Callable[[], Any], device: torch.device, threads: int, min_run_time: float) -> float:
+    """Median milliseconds of ``fn`` (torch.utils.benchmark on the CPU, CUDA events on a GPU)."""
+    if device.type == "cuda":
+        for _ in range(3):
+            fn()
+        torch.cuda.synchronize(device)
+        times = []
+        for _ in range(20):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize(device)
+            times.append(start.elapsed_time(end))
+        return float(np.median(times))
+    from torch.utils import benchmark
+
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
+    return float(timer.blocked_autorange(min_run_time=min_run_time).median * 1e3)
+
+
+def _layer_groups(graph: Any, name: str) -> tuple[int | None, int | None]:
+    """The channel groups of ``name``'s weight rows (out) and columns (in), None where not one group."""
+    out: set[int] = set()
+    inn: set[int] = set()
+    for s in graph.slices:
+        if s.module != name or s.param != "weight":
+            continue
+        groups = {int(g) for g in np.unique(graph.unit_to_group[s.units]) if g >= 0}
+        (out if s.dim == 0 else inn).update(groups)
+    return (next(iter(out)) if len(out) == 1 else None, next(iter(inn)) if len(inn) == 1 else None)
+
+
+def _signature(m: nn.Module, shape: tuple[int, ...]) -> tuple[Any, ...]:
+    if isinstance(m, nn.Conv2d):
+        return ("conv", m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation, m.groups,
+                m.padding_mode, shape)
+    assert isinstance(m, nn.Linear)
+    return ("linear", m.in_features, m.out_features, shape)
+
+
+def _make(m: nn.Module, c_in: int, c_out: int, depthwise: bool) -> nn.Module:
+    if isinstance(m, nn.Conv2d):
+        groups = c_out if depthwise else m.groups
+        return nn.Conv2d(c_in, c_out, m.kernel_size, m.stride, m.padding, m.dilation, groups, True, m.padding_mode)
+    return nn.Linear(c_in, c_out, True)
+
+
+def _input_shapes(model: nn.Module, inputs: tuple[Any, ...]) -> dict[str, tuple[int, ...]]:
+    shapes: dict[str, tuple[int, ...]] = {}
+    hooks = []
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            def hook(mod: nn.Module, args: tuple[Any, ...], out: Any, name: str = name) -> None:
+                shapes.setdefault(name, tuple(args[0].shape))  # returning it would replace the output
+            hooks.append(m.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            model.eval()(*inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    return shapes
+
+
+def table_key(model: nn.Module, example_inputs: Any, device: str | torch.device = "cpu", threads: int | None = None,
+              stair: int = 8, points: int = 5) -> TableKey:
+    """The cache key of ``model``'s cost table under these conditions."""
+    from .measure import _as_input_tuple
+
+    inputs = _as_input_tuple(example_inputs)
+    shapes = _input_shapes(_train_copy_state(model), inputs)
+    mods = dict(model.named_modules())
+    sig = [(n, _signature(mods[n], s)) for n, s in sorted(shapes.items())]
+    digest = hashlib.sha256(repr(sig).encode()).hexdigest()[:16]
+    return TableKey(str(check_device(device)), torch.__version__, int(threads or torch.get_num_threads()), digest,
+                    int(stair), int(points))
+
+
+def _train_copy_state(model: nn.Module) -> nn.Module:
+    import copy
+    return copy.deepcopy(model)
+
+
+def profile(model: nn.Module, example_inputs: Any, graph: Any, *, device: str | torch.device = "cpu",
+            threads: int | None = None, stair: int = 8, points: int = 5, min_run_time: float = 0.05,
+            cache: str | os.PathLike[str] | None = None, progress: bool = True) -> CostTable:
+    """Time ``model``'s conv and linear layers at a grid of widths and build its :class:`CostTable`.
+
+    Args:
+        graph: the model's :class:`~slimprune.ChannelGraph` (which groups each layer's widths follow).
+        device: ``"cpu"`` or ``"cuda"`` (CUDA events); an unusable device raises :class:`LatencyDeviceError`.
+        threads: CPU threads to time with (default: ``torch.get_num_threads()``).
+        stair: the kernel block in channels; grid widths are multiples of it.
+        points: grid widths per axis per layer.
+        cache: a JSON path; an equal-keyed table there is reused, a stale one raises
+            :class:`StaleCacheError`, a missing one is written.
+    """
+    dev = check_device(device)
+    threads = int(threads or torch.get_num_threads())
+    if not isinstance(stair, int) or stair < 1 or not isinstance(points, int) or points < 2:
+        raise InvalidArgumentError(f"stair must be an integer >= 1 and points an integer >= 2, got {stair!r}, {points!r}")
+    from .measure import _as_input_tuple
+
+    inputs = _as_input_tuple(example_inputs)
+    key = table_key(model, inputs, dev, threads, stair, points)
+    if cache is not None and Path(cache).exists():
+        return load_table(cache, key)
+    shapes = _input_shapes(_train_copy_state(model), inputs)
+    mods = dict(model.named_modules())
+    group_widths = {g.id: len(g) for g in graph.groups}
+    memo: dict[tuple[Any, ...], float] = {}
+    prev = torch.get_num_threads()
+
+    def timed(m: nn.Module, shape: tuple[int, ...], c_in: int, c_out: int, dw: bool) -> float:
+        k = (_signature(m, shape), c_in, c_out, dw)
+        if k not in memo:
+            layer = _make(m, c_in, c_out, dw).eval().to(dev)
+            x = torch.randn(*shape[:1], c_in, *shape[2:], device=dev) if len(shape) > 1 else torch.randn(c_in, device=dev)
+            if isinstance(m, nn.Linear):
+                x = torch.randn(*shape[:-1], c_in, device=dev)
+            elif dev.type == "cpu" and x.dim() == 4:
+                layer = layer.to(memory_format=torch.channels_last)
+                x = x.contiguous(memory_format=torch.channels_last)
+
+            def run() -> None:
+                with torch.no_grad():
+                    layer(x)
+            memo[k] = time_ms(run, dev, threads, min_run_time)
+        return memo[k]
+
+    layers: list[LayerCost] = []
+    names = [n for n in shapes if isinstance(mods[n], (nn.Conv2d, nn.Linear))]
+    from rich.progress import Progress
+
+    torch.set_num_threads(threads)
+    try:
+        with Progress(disable=not progress, transient=True) as bar:
+            task = bar.add_task("profiling layer latency", total=len(names))
+            for name in names:
+                m, shape = mods[name], shapes[name]
+                g_out, g_in = _layer_groups(graph, name)
+                c_out = m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
+                c_in = m.in_channels if isinstance(m, nn.Conv2d) else m.in_features
+                dw = isinstance(m, nn.Conv2d) and m.groups == c_in == c_out and c_in > 1
+                if isinstance(m, nn.Conv2d) and m.groups > 1 and not dw:
+                    g_out = g_in = None  # grouped convs: timed at full width only
+                if dw:
+                    g_in = g_out
+                full = timed(m, shape, c_in, c_out, dw)
+                ow = grid_widths(c_out, stair, points) if g_out is not None else ()
+                om = tuple(timed(m, shape, w if dw else c_in, w, dw) for w in ow)
+                iw = grid_widths(c_in, stair, points) if g_in is not None and not dw else ()
+                im = tuple(timed(m, shape, w, c_out, dw) for w in iw)
+                layers.append(LayerCost(name, g_out, g_in, c_out, c_in, full, ow, om, iw, im, dw))
+                bar.advance(task)
+            dep = deployed(model, dev)
+            whole = time_ms(lambda: _no_grad_call(dep, _to(inputs, dev)), dev, threads, max(min_run_time, 0.2))
+    finally:
+        torch.set_num_threads(prev)
+    summed = sum(l.full_ms for l in layers)
+    table = CostTable(key, tuple(layers), max(whole - summed, 0.0), stair, group_widths)
+    if cache is not None:
+        save_table(table, cache)
+    return table
+
+
+def _to(inputs: tuple[Any, ...], dev: torch.device) -> tuple[Any, ...]:
+    out = tuple(x.to(dev) if isinstance(x, torch.Tensor) else x for x in inputs)
+    if dev.type == "cpu":
+        out = tuple(x.contiguous(memory_format=torch.channels_last) if isinstance(x, torch.Tensor) and x.dim() == 4
+                    else x for x in out)
+    return out
+
+
+def _no_grad_call(m: nn.Module, inputs: tuple[Any, ...]) -> None:
+    with torch.no_grad():
+        m(*inputs)

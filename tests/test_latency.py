@@ -1,0 +1,183 @@
+"""Latency as a pruning target: cost tables, their cache, the budgeted solver, one real profile."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import slimprune
+from slimprune._latency_solver import latency_floor, next_width, select_latency
+from slimprune.errors import InfeasiblePlanError
+from slimprune.latency import (CostTable, LatencyDeviceError, LayerCost, StaleCacheError, TableKey, check_device,
+                               grid_widths, load_table, profile, save_table, stair_width, table_key)
+
+KEY = TableKey("cpu", torch.__version__, 1, "abc", 8, 5)
+
+
+def _layer(name: str, out_g: int | None, in_g: int | None, c_out: int, c_in: int, ms: float, stair: int = 8) -> LayerCost:
+    ow = grid_widths(c_out, stair, 4) if out_g is not None else ()
+    iw = grid_widths(c_in, stair, 4) if in_g is not None else ()
+    return LayerCost(name, out_g, in_g, c_out, c_in, ms, ow, tuple(ms * w / c_out for w in ow),
+                     iw, tuple(ms * w / c_in for w in iw))
+
+
+def _chain_table(widths: list[int], ms: list[float], rest: float) -> CostTable:
+    """Layer i maps group i-1 (or the input) to group i."""
+    layers = [_layer(f"l{i}", i, i - 1 if i else None, w, widths[i - 1] if i else 3, t)
+              for i, (w, t) in enumerate(zip(widths, ms))]
+    return CostTable(KEY, tuple(layers), rest, 8, {i: w for i, w in enumerate(widths)})
+
+
+def _groups(widths: list[int]) -> tuple[list[np.ndarray], int]:
+    units, start = [], 0
+    for w in widths:
+        units.append(np.arange(start, start + w))
+        start += w
+    return units, start
+
+
+def test_stair_width_rounds_up_to_the_kernel_block_and_never_past_the_layer() -> None:
+    assert stair_width(17, 8, 64) == 24
+    assert stair_width(16, 8, 64) == 16
+    assert stair_width(60, 8, 62) == 62
+    assert stair_width(0, 8, 64) == 0
+
+
+def test_next_width_steps_to_the_staircase_so_17_channels_become_16() -> None:
+    assert next_width(17, 1, 8, 1) == 16
+    assert next_width(16, 1, 8, 1) == 8
+    assert next_width(8, 3, 8, 1) == 3
+    assert next_width(3, 3, 8, 1) is None
+    assert next_width(64, 1, 8, 3) == 48  # multiples of lcm(8, 3) = 24
+
+
+def test_a_layer_costs_the_same_at_17_and_24_channels_and_less_at_16() -> None:
+    layer = _layer("c", 0, None, 64, 3, 1.0)
+    assert layer.ms(17, 3, 8) == pytest.approx(layer.ms(24, 3, 8))
+    assert layer.ms(16, 3, 8) < layer.ms(17, 3, 8)
+    assert layer.ms(64, 3, 8) == pytest.approx(1.0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(2, 70), min_size=1, max_size=5), st.data())
+def test_solver_meets_any_budget_the_floor_allows_with_a_valid_removal(widths: list[int], data: st.DataObject) -> None:
+    ms = data.draw(st.lists(st.floats(0.01, 5.0), min_size=len(widths), max_size=len(widths)))
+    rest = data.draw(st.floats(0.0, 2.0))
+    caps = [data.draw(st.integers(0, w - 1)) for w in widths]
+    round_to = data.draw(st.sampled_from([1, 2, 8]))
+    table = _chain_table(widths, ms, rest)
+    units, n = _groups(widths)
+    scores = np.asarray(data.draw(st.lists(st.floats(0, 10), min_size=n, max_size=n)))
+    floor, _ = latency_floor(table, dict(enumerate(widths)), dict(enumerate(caps)), round_to)
+    full = table.full()
+    budget = floor + data.draw(st.floats(0.0, 1.0)) * (full - floor)
+    removed = select_latency(units, list(range(len(widths))), scores, caps, table, budget, round_to=round_to)
+    kept = {g: int((~removed[u]).sum()) for g, u in enumerate(units)}
+    assert table.predict(kept) <= budget * (1 + 1e-9) + 1e-12
+    for g, u in enumerate(units):
+        lost = widths[g] - kept[g]
+        assert lost <= caps[g]
+        assert kept[g] >= 1
+        assert kept[g] % round_to == 0 or kept[g] == widths[g] or lost == caps[g] or kept[g] == widths[g] - caps[g] \
+            or kept[g] == -(-(widths[g] - caps[g]) // round_to) * round_to
+        # Within a group the removed units are its lowest-scoring ones.
+        if 0 < lost < widths[g]:
+            assert scores[u][removed[u]].max() <= scores[u][~removed[u]].min()
+
+
+def test_solver_keeps_the_cheaper_staircase_width_not_one_channel_above_it() -> None:
+    table = _chain_table([64], [1.0], 0.0)
+    units, n = _groups([64])
+    removed = select_latency(units, [0], np.arange(n, dtype=float), [63], table, 0.3)
+    kept = int((~removed).sum())
+    assert kept % 8 == 0 and table.predict({0: kept}) <= 0.3
+
+
+def test_budget_below_the_floor_raises_naming_the_floor_and_the_layers_that_set_it() -> None:
+    table = CostTable(KEY, (_layer("stem", None, None, 32, 3, 2.0), _layer("body", 0, None, 64, 32, 1.0)), 0.5, 8, {0: 64})
+    units, n = _groups([64])
+    with pytest.raises(InfeasiblePlanError, match=r"floor of 2\.625 ms.*stem \(2 ms\)") as e:
+        select_latency(units, [0], np.ones(n), [63], table, 1.0)
+    assert "0.5 ms are not in any prunable layer" in str(e.value)
+
+
+def test_cost_table_round_trips_through_its_cache_file_and_refuses_a_stale_one(tmp_path) -> None:
+    table = _chain_table([16, 32], [1.0, 2.0], 0.25)
+    path = tmp_path / "table.json"
+    save_table(table, path)
+    again = load_table(path, KEY)
+    assert again == table and again.predict({0: 8, 1: 16}) == pytest.approx(table.predict({0: 8, 1: 16}))
+    with pytest.raises(StaleCacheError, match=r"threads 1 there, 2 now"):
+        load_table(path, dataclasses.replace(KEY, threads=2))
+    with pytest.raises(StaleCacheError, match=r"torch '0\.1' there"):
+        other = dataclasses.replace(table, key=dataclasses.replace(KEY, torch="0.1"))
+        save_table(other, path)
+        load_table(path, KEY)
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+                         nn.Conv2d(32, 48, 3, padding=1), nn.BatchNorm2d(48), nn.ReLU(), nn.Conv2d(48, 10, 1)).eval()
+
+
+def test_table_key_follows_device_threads_and_input_shapes() -> None:
+    m = _net()
+    a = table_key(m, torch.randn(1, 3, 16, 16), "cpu", 1)
+    assert a == table_key(m, torch.randn(1, 3, 16, 16), "cpu", 1)
+    assert a != table_key(m, torch.randn(2, 3, 16, 16), "cpu", 1)
+    assert a != table_key(m, torch.randn(1, 3, 16, 16), "cpu", 2)
+    assert a.torch == torch.__version__ and a.device == "cpu"
+
+
+def test_unavailable_device_is_a_clear_error() -> None:
+    if torch.cuda.is_available():
+        assert check_device("cuda").type == "cuda"
+    else:
+        with pytest.raises(LatencyDeviceError, match="no CUDA device"):
+            check_device("cuda")
+    with pytest.raises(LatencyDeviceError, match="'cpu' or 'cuda'"):
+        check_device("meta")
+    with pytest.raises(LatencyDeviceError):
+        slimprune.plan(_net(), 0.5, target="latency", example_inputs=torch.randn(1, 3, 8, 8), device="nonsense")
+
+
+def test_real_profile_of_a_small_net_fills_a_usable_table_and_plans_within_budget(tmp_path) -> None:
+    torch.set_num_threads(1)
+    m, x = _net(), torch.randn(1, 3, 16, 16)
+    graph = slimprune.analyze(m, example_inputs=x).graph
+    cache = tmp_path / "t.json"
+    table = profile(m, x, graph, threads=1, points=3, min_run_time=0.01, cache=cache, progress=False)
+    assert [l.module for l in table.layers] == ["0", "3", "6"]
+    assert all(l.full_ms > 0 for l in table.layers)
+    assert table.layers[0].out_group is not None and table.layers[1].in_group == table.layers[0].out_group
+    assert all(len(l.out_widths) == len(l.out_ms) >= 2 for l in table.layers[:2])
+    # Monotone enough to use: narrowing every group never predicts a slower model.
+    half = {g.id: len(g) // 2 for g in graph.groups}
+    assert table.predict(half) <= table.full()
+    assert load_table(cache, table.key) == table  # written, and reused under the same key
+    before = m.state_dict()
+    widths = {g.id: len(g) for g in graph.groups}
+    floor, _ = latency_floor(table, widths, {g: w - 1 for g, w in widths.items()}, table.stair)
+    ratio = 0.5 * (1.0 - floor / table.full())  # halfway to the floor: feasible whatever the timings were
+    p = slimprune.plan(m, ratio, target="latency", example_inputs=x, latency_table=table, round_to="auto")
+    small = slimprune.apply(m, p)
+    kept = {0: small[0].out_channels, 1: small[3].out_channels}
+    assert table.predict(kept) <= (1.0 - ratio) * table.full() * (1 + 1e-9)
+    assert all(k % 8 == 0 or k == widths[g] for g, k in kept.items())  # round_to="auto": staircase widths
+    assert any("predicted latency" in n for n in p.notes)
+    assert all(torch.equal(v, m.state_dict()[k]) for k, v in before.items())
+
+
+def test_round_to_auto_and_latency_tables_are_refused_where_they_mean_nothing() -> None:
+    x = torch.randn(1, 3, 8, 8)
+    with pytest.raises(slimprune.InvalidArgumentError, match="round_to='auto'.*target='latency'"):
+        slimprune.plan(_net(), 0.5, example_inputs=x, round_to="auto")
+    with pytest.raises(slimprune.InvalidArgumentError, match="latency_table must be a slimprune.latency.CostTable"):
+        slimprune.plan(_net(), 0.5, target="latency", example_inputs=x, latency_table={"not": "a table"})
