@@ -10,7 +10,9 @@ import copy
 import io
 import os
 import pickle
+import socket
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,13 +20,16 @@ import pytest
 import torch
 from torch import nn
 
-os.environ.setdefault("YOLO_OFFLINE", "1")
+os.environ.setdefault("YOLO_OFFLINE", "1")  # no online checks (pip update, hub, DNS probe)
+os.environ.setdefault("YOLO_AUTOINSTALL", "False")  # a missing requirement is an error, never a pip install
 ultralytics = pytest.importorskip("ultralytics")  # the optional `yolo` extra (included in `test`)
 from ultralytics import YOLO  # noqa: E402
 from ultralytics.nn.tasks import DetectionModel  # noqa: E402
 from ultralytics.utils import SETTINGS  # noqa: E402
 
 import slimprune  # noqa: E402
+from examples.yolo import data as yolo_data  # noqa: E402
+from examples.yolo.workflow import exportable, trainer_for  # noqa: E402
 from slimprune.measure import _count_flops  # noqa: E402
 
 torch.set_num_threads(1)
@@ -107,8 +112,13 @@ def test_region_plan_reports_whole_model_params_and_flops(yolov8n) -> None:
 
 
 def as_yolo(model: nn.Module) -> YOLO:
+    """A YOLO wrapping a copy of ``model``, with the ``args``/``task`` a YOLO gives the model it builds."""
     y = YOLO("yolov8n.yaml", verbose=False)
+    own = y.model
     y.model = copy.deepcopy(model)
+    for name in ("args", "task"):
+        if not hasattr(y.model, name):
+            setattr(y.model, name, getattr(own, name))
     return y
 
 
@@ -121,3 +131,153 @@ def test_predict_with_pruned_yolov8n_equals_silenced(yolov8n, hw: tuple[int, int
     want = as_yolo(slimprune.silence(model, plan)).predict(image, **kwargs)[0].boxes.data
     assert got.shape == want.shape and got.shape[0] > 0
     torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-2)
+
+
+# ------------------------------------------------------------------ the Ultralytics workflow
+# val, train and export on a pruned one-class yolov8n and a tiny SynthFaces set in YOLO format,
+# with every socket refused and recorded: nothing may try the network.
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple]]:
+    tried: list[tuple] = []
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        tried.append(args[:2])
+        raise OSError("test_ultralytics: network access refused")
+
+    monkeypatch.setattr(socket.socket, "connect", lambda self, *a: refuse(*a))
+    monkeypatch.setattr(socket.socket, "connect_ex", lambda self, *a: refuse(*a))
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    # check_det_dataset fetches Arial.ttf (for plot labels) into the settings directory when it is
+    # not there; any local TTF does: docs/ultralytics.md
+    import matplotlib
+    import ultralytics.data.utils as data_utils
+
+    dejavu = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+    monkeypatch.setattr(data_utils, "check_font", lambda font="Arial.ttf": dejavu)
+    yield tried
+    assert not tried, f"Ultralytics tried the network: {tried}"
+
+
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, nn.Module, nn.Module, slimprune.PruningPlan]:
+    """A one-class data set, a one-class yolov8n and its pruned copy."""
+    data = yolo_data.write(tmp_path_factory.mktemp("synthfaces"), n_train=8, n_val=4, image_size=IMGSZ)
+    torch.manual_seed(0)
+    model = DetectionModel("yolov8n.yaml", nc=1, verbose=False).eval()
+    nn.init.zeros_(model.model[-1].cv3[0][-1].bias)
+    for branch in model.model[-1].cv3:
+        nn.init.zeros_(branch[-1].bias)
+    x = torch.rand(1, 3, IMGSZ, IMGSZ, generator=torch.Generator().manual_seed(1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plan = slimprune.plan(model, 0.5, example_inputs=x)
+        small = slimprune.apply(model, plan)
+    return data, model, small, plan
+
+
+def offline(tmp_path: Path, name: str) -> dict:
+    return dict(imgsz=IMGSZ, batch=4, workers=0, plots=False, device="cpu", verbose=False,
+                project=str(tmp_path / "runs"), name=name, exist_ok=True)
+
+
+def test_yolo_data_labels_are_synthfaces_boxes_normalised(faces) -> None:
+    data, *_ = faces
+    root = data.parent
+    labels = sorted((root / "labels" / "train").glob("*.txt"))
+    images = sorted((root / "images" / "train").glob("*.jpg"))
+    assert [p.stem for p in labels] == [p.stem for p in images] and len(images) == 8
+    rows = np.array([[float(v) for v in line.split()] for p in labels for line in p.read_text().splitlines()])
+    assert len(rows) >= 8 and (rows[:, 0] == 0).all()
+    assert ((rows[:, 1:] > 0) & (rows[:, 1:] <= 1)).all()
+    assert (rows[:, 1:3] - rows[:, 3:5] / 2 >= -1e-6).all() and (rows[:, 1:3] + rows[:, 3:5] / 2 <= 1 + 1e-6).all()
+
+
+def test_val_of_pruned_yolov8n_equals_val_of_silenced(faces, no_network, tmp_path: Path) -> None:
+    data, model, small, plan = faces
+    got = as_yolo(small).val(data=str(data), **offline(tmp_path, "pruned")).results_dict
+    want = as_yolo(slimprune.silence(model, plan)).val(data=str(data), **offline(tmp_path, "silenced")).results_dict
+    assert set(got) >= {"metrics/mAP50(B)", "metrics/mAP50-95(B)", "fitness"}
+    assert got == pytest.approx(want, abs=1e-6)
+
+
+def test_train_fine_tunes_the_pruned_model_and_checkpoints_it(faces, no_network, tmp_path: Path) -> None:
+    data, _, small, plan = faces
+    pruned = as_yolo(small).model.train()
+    before = {k: v.clone() for k, v in pruned.state_dict().items()}
+    yolo = as_yolo(pruned)
+    yolo.model = pruned
+    yolo.train(data=str(data), trainer=trainer_for(yolo, pruned), epochs=1, amp=False, **offline(tmp_path, "ft"))
+    trainer = yolo.trainer
+    assert trainer.model is pruned, "the trainer must train the pruned model, not rebuild one from the yaml"
+    assert sum(p.numel() for p in pruned.parameters()) == plan.params_after
+    assert any(not torch.equal(before[k], v) for k, v in pruned.state_dict().items() if v.is_floating_point())
+    ema = trainer.ema.ema  # ModelEMA deep-copies the model
+    assert [type(m) for m in ema.model] == [type(m) for m in small.model]
+    best = yolo.model  # reloaded from best.pt, which pickles the EMA module
+    assert any(isinstance(m, slimprune.Rewritten) for m in best.model)
+    assert sum(p.numel() for p in best.parameters()) <= plan.params_after
+    x = torch.rand(1, 3, IMGSZ, IMGSZ)
+    assert head(best, x).shape == head(small, x).shape
+
+
+def test_export_onnx_of_pruned_yolov8n_equals_the_torch_model(faces, no_network, tmp_path: Path) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    _, _, small, _ = faces
+    yolo = as_yolo(small)
+    yolo.model = exportable(yolo.model)  # the exporter swaps C2f.forward for forward_split
+    yolo.model.pt_path = str(tmp_path / "pruned.pt")  # export writes pruned.onnx beside it
+    path = yolo.export(format="onnx", imgsz=IMGSZ, simplify=False, device="cpu")
+    assert Path(path) == tmp_path / "pruned.onnx"
+    x = torch.rand(1, 3, IMGSZ, IMGSZ, generator=torch.Generator().manual_seed(2))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    torch.testing.assert_close(torch.from_numpy(got), head(small, x), rtol=1e-4, atol=1e-3)
+
+
+# ------------------------------------------------------------------ other task heads
+VARIANTS = {"seg": "yolov8n-seg.yaml", "pose": "yolov8n-pose.yaml", "cls": "yolov8n-cls.yaml"}
+
+
+def predicted(result: object, task: str) -> list[torch.Tensor]:
+    if task == "cls":
+        return [result.probs.data]
+    out = [result.boxes.data]
+    if task == "seg":
+        out.append(result.masks.data)
+    if task == "pose":
+        out.append(result.keypoints.data)
+    return out
+
+
+@pytest.mark.parametrize("task", list(VARIANTS))
+def test_yolov8n_task_variant_prunes_exactly_and_predicts_as_silenced(task: str) -> None:
+    torch.manual_seed(0)
+    yolo = YOLO(VARIANTS[task], verbose=False)
+    model = yolo.model.eval()
+    if task != "cls":
+        for branch in model.model[-1].cv3:  # random weights: lift the class prior so boxes come out
+            nn.init.zeros_(branch[-1].bias)
+    size = 64 if task == "cls" else IMGSZ
+    x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plan = slimprune.plan(model, 0.5, example_inputs=x)
+        small = slimprune.apply(model, plan)
+    assert plan.params_after < 0.65 * plan.params_before
+    silenced = slimprune.silence(model, plan)
+    with torch.no_grad():
+        got, want = small.eval()(x), silenced.eval()(x)
+    got, want = (got[0], want[0]) if isinstance(got, (tuple, list)) else (got, want)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-3)
+    image = np.random.default_rng(0).integers(0, 255, (96, size, 3), dtype=np.uint8)
+    kwargs = dict(imgsz=size, verbose=False, conf=0.01, max_det=20)
+    yolo.model = small
+    a = predicted(yolo.predict(image, **kwargs)[0], task)
+    yolo.model, yolo.predictor = silenced, None
+    b = predicted(yolo.predict(image, **kwargs)[0], task)
+    assert a[0].numel() > 0
+    for u, v in zip(a, b):
+        torch.testing.assert_close(u, v, rtol=1e-3, atol=1e-2)
