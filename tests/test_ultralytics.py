@@ -224,7 +224,7 @@ def test_train_fine_tunes_the_pruned_model_and_checkpoints_it(faces, no_network,
 
 
 def test_export_onnx_of_pruned_yolov8n_equals_the_torch_model(faces, no_network, tmp_path: Path) -> None:
-    ort = pytest.importorskip("onnxruntime")
+    import onnxruntime as ort  # the `test` extra
     _, _, small, _ = faces
     yolo = as_yolo(small)
     yolo.model = exportable(yolo.model)  # the exporter swaps C2f.forward for forward_split
