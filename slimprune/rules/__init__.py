@@ -7,6 +7,7 @@ must be rewritten after pruning. Rules live by family:
 * ``layers.py``     Conv/ConvTranspose, Linear, torch.nn's norms, PReLU, Embedding
 * ``norms.py``      norm subclasses and fused norm+act (timm's), functional batch/group norm
 * ``attention.py``  MultiheadAttention, Swin and MaxViT attention (whole heads)
+* ``matmul.py``     ``a @ b`` / ``a.matmul(b)`` between activations (attention products)
 * ``pointwise.py``  activations, dropout, pooling, interpolate, add/sub/mul/div, reductions
 * ``indexing.py``   cat, split/chunk, getitem
 * ``reshape.py``    flatten/view/reshape, permute/transpose, pixel (un)shuffle, expand
@@ -35,4 +36,4 @@ from ._registry import (
 __all__ = ["Rule", "register_rule", "register_lazy_rules", "lookup_rule", "has_module_rule", "registered_targets"]
 
 # Import the built-in rule families so they register themselves.
-from . import attention, indexing, layers, norms, pointwise, reshape  # noqa: E402,F401
+from . import attention, indexing, layers, matmul, norms, pointwise, reshape  # noqa: E402,F401
