@@ -281,3 +281,26 @@ def test_yolov8n_task_variant_prunes_exactly_and_predicts_as_silenced(task: str)
     assert a[0].numel() > 0
     for u, v in zip(a, b):
         torch.testing.assert_close(u, v, rtol=1e-3, atol=1e-2)
+
+
+# ------------------------------------------------------------------ attention blocks
+# C2PSA (YOLO11), PSA (YOLOv10) and A2C2f area attention (YOLO12) prune through their matmuls
+# (slimprune/rules/matmul.py); before that rule each was a barrier (1, 1 and 4 matmul ops at
+# 160 px, benchmarks/ultralytics_variants.py).
+
+
+@pytest.mark.parametrize("name", ["yolo11n", "yolov10n", "yolo12n"])
+def test_attention_yolo_has_no_barrier_and_equals_silenced(name: str) -> None:
+    from slimprune.errors import UnsupportedOpWarning
+    from tests.helpers import assert_pruned_equals_silenced
+
+    torch.manual_seed(0)
+    model = YOLO(f"{name}.yaml", verbose=False).model.eval()
+    x = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(1))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plan = slimprune.plan(model, 0.5, example_inputs=x)
+    barriers = [str(w.message) for w in caught if issubclass(w.category, UnsupportedOpWarning)]
+    assert not barriers, barriers
+    assert plan.params_after < 0.6 * plan.params_before
+    assert_pruned_equals_silenced(model, plan, x, rtol=1e-4, atol=1e-3)
