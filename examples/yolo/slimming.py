@@ -125,7 +125,7 @@ def run(cfg: Config, out: Path) -> dict[str, Any]:
                **_args(cfg, out, "finetune"))
     after = {**_val(yolo, data, cfg, out, "val-finetuned"), **_figures(yolo.model.float(), cfg, quick)}
     result = {"config": asdict(cfg), "sparse": before, "pruned": pruned, "finetuned": after,
-              "channels_removed": int(sum(len(s.removed) for s in plan.changed if s.role == "source" and s.dim == 0))}
+              "channels_removed": int(sum(len(s.removed) for s in plan.changed if s.role == "scale"))}  # BN γ
     (out / "result.json").write_text(json.dumps(result, indent=1) + "\n")
     return result
 
