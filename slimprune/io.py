@@ -247,9 +247,14 @@ def build(spec: str | BuildSpec | Mapping[str, Any]) -> nn.Module:
 # ------------------------------------------------------------------------------- writing
 
 
-def _traced_constant(s: SliceDecision) -> bool:
-    """A slice of a tensor fx made while tracing (``_tensor_constant0``) that the plan keeps whole."""
-    return re.fullmatch(r"_tensor_constant\d+", s.param) is not None and len(s.kept) == s.size
+def _unsaved_whole(owner: nn.Module | None, s: SliceDecision) -> bool:
+    """A slice the plan keeps whole of a tensor that is neither a parameter nor a buffer of its
+    module: a constant the tracer captured (``_tensor_constant0``) or a cache the forward
+    fills (Detect's ``anchors``/``strides``). Such a tensor is not saved and needs no check."""
+    if len(s.kept) != s.size or owner is None:
+        return False
+    return s.param not in owner._parameters and s.param not in owner._buffers
+
 
 def _check_pruned(model: nn.Module, plan: PruningPlan) -> None:
     """Every dimension the plan slices has the plan's kept size in ``model``."""
@@ -259,7 +264,7 @@ def _check_pruned(model: nn.Module, plan: PruningPlan) -> None:
         except AttributeError:
             owner = None
         t = getattr(owner, s.param, None) if owner is not None else None
-        if t is None and owner is not None and _traced_constant(s):
+        if _unsaved_whole(owner, s):
             continue  # a constant the tracer captured (Detect's anchors), not a parameter: nothing to save
         if not isinstance(t, torch.Tensor):
             raise PlanMismatchError(
@@ -868,7 +873,10 @@ def _check_fits(model: nn.Module, plan: PruningPlan, table: Mapping[str, Any] | 
     plan.check_model(model)
     kept: dict[int, dict[int, int]] = {}  # id(tensor) -> {dim: kept size}
     for s in plan.slices:
-        t = getattr(_submodule(model, s.module, "slices"), s.param, None)
+        owner = _submodule(model, s.module, "slices")
+        if _unsaved_whole(owner, s):
+            continue  # not saved, kept whole: the rebuilt model makes it again when it runs
+        t = getattr(owner, s.param, None)
         if not isinstance(t, torch.Tensor) or t.dim() <= s.dim or t.shape[s.dim] != s.size:
             got = "no such tensor" if not isinstance(t, torch.Tensor) else f"shape {tuple(t.shape)}"
             raise PlanMismatchError(

@@ -96,8 +96,10 @@ def resize_heads(target: nn.Module, originals: dict[str, nn.Module]) -> None:
 
 
 # ------------------------------------------------------------------------ head split
-def _feeds_attention(node: fx.Node) -> bool:
-    """True if ``node``'s value reaches a matrix product or sdpa through plain ops."""
+def _feeds_attention(node: fx.Node, targets: Any = None) -> bool:
+    """True if ``node``'s value reaches a matrix product or sdpa (or one of ``targets``)
+    through plain ops."""
+    targets = _PRODUCTS if targets is None else targets
     seen: set[fx.Node] = set()
     frontier = [node]
     for _ in range(_SEARCH_DEPTH):
@@ -108,7 +110,7 @@ def _feeds_attention(node: fx.Node) -> bool:
                     continue
                 seen.add(u)
                 try:
-                    if u.target in _PRODUCTS:
+                    if u.target in targets:
                         return True
                 except TypeError:  # unhashable target
                     pass
@@ -189,8 +191,15 @@ def head_axis(ctx, node: fx.Node, arr: np.ndarray, varying: list[int]) -> int | 
         return None
     why = _stale_count(ctx, node, int(arr.shape[last - 1]), int(arr.shape[last]))
     if why is not None:
-        raise _StaleHeads(why)
+        if _feeds_attention(node, _SDPA):
+            raise _StaleHeads(why)  # sdpa cannot take channels inside heads: the heads stay, named
+        # a plain product (Ultralytics' q.transpose(-2, -1) @ k): not whole heads, but the
+        # view's own rule, whose literal the rewritten forward carries, prunes around it
+        return None
     return last - 1
+
+
+_SDPA = frozenset({F.scaled_dot_product_attention})
 
 
 class _StaleHeads(Exception):

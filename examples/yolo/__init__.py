@@ -1,0 +1,1 @@
+"""Pruning Ultralytics YOLO with slimprune: SynthFaces in YOLO format (``data.py``)."""

@@ -1,0 +1,306 @@
+"""Pruned Ultralytics YOLO models work where Ultralytics puts them (random weights, no network).
+
+Models are built from the yaml files the package ships; nothing is downloaded: YOLO_OFFLINE
+is set before Ultralytics is imported and its settings sync is off (docs/ultralytics.md).
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import os
+import pickle
+import socket
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+os.environ.setdefault("YOLO_OFFLINE", "1")  # no online checks (pip update, hub, DNS probe)
+os.environ.setdefault("YOLO_AUTOINSTALL", "False")  # a missing requirement is an error, never a pip install
+ultralytics = pytest.importorskip("ultralytics")  # the optional `yolo` extra (included in `test`)
+from ultralytics import YOLO  # noqa: E402
+from ultralytics.nn.tasks import DetectionModel  # noqa: E402
+from ultralytics.utils import SETTINGS  # noqa: E402
+
+import slimprune  # noqa: E402
+from examples.yolo import data as yolo_data  # noqa: E402
+from examples.yolo.workflow import exportable, trainer_for  # noqa: E402
+from slimprune.measure import _count_flops  # noqa: E402
+
+torch.set_num_threads(1)
+SETTINGS.update(sync=False)
+IMGSZ = 160
+
+
+def build() -> DetectionModel:
+    torch.manual_seed(0)
+    model = DetectionModel("yolov8n.yaml", verbose=False).eval()
+    for branch in model.model[-1].cv3:  # Detect's class prior (~1e-5) leaves random weights no box
+        nn.init.zeros_(branch[-1].bias)
+    return model
+
+
+@pytest.fixture(scope="module")
+def yolov8n() -> tuple[nn.Module, nn.Module, slimprune.PruningPlan, torch.Tensor]:
+    model = build()
+    x = torch.rand(1, 3, IMGSZ, IMGSZ, generator=torch.Generator().manual_seed(1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plan = slimprune.plan(model, 0.5, example_inputs=x)
+        small = slimprune.apply(model, plan)
+    return model, small, plan, x
+
+
+def head(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval()(x)[0]
+
+
+def test_pruned_yolov8n_equals_its_silenced_original(yolov8n) -> None:
+    model, small, plan, x = yolov8n
+    assert plan.params_after < 0.6 * plan.params_before
+    torch.testing.assert_close(head(small, x), head(slimprune.silence(model, plan), x), rtol=1e-4, atol=1e-3)
+
+
+def test_pruned_yolov8n_modules_keep_class_and_ultralytics_attributes(yolov8n) -> None:
+    model, small, _, _ = yolov8n
+    rewritten = [i for i, m in enumerate(small.model) if isinstance(m, slimprune.Rewritten)]
+    assert rewritten, "C2f's chunk sizes are literals: some blocks must have a rewritten forward"
+    for a, b in zip(model.model, small.model):
+        assert type(b).__mro__[1 if isinstance(b, slimprune.Rewritten) else 0] is type(a)
+        assert (b.f, b.i, b.type, b.np) == (a.f, a.i, a.type, a.np) or b.np < a.np  # np counts parameters
+        assert (b.f, b.i, b.type) == (a.f, a.i, a.type)
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle", "torch.save"])
+def test_pruned_yolov8n_survives_round_trip(yolov8n, how: str) -> None:
+    _, small, _, x = yolov8n
+    if how == "deepcopy":
+        again = copy.deepcopy(small)
+    elif how == "pickle":
+        again = pickle.loads(pickle.dumps(small))
+    else:
+        buf = io.BytesIO()
+        torch.save(small, buf)
+        buf.seek(0)
+        again = torch.load(buf, weights_only=False)
+    assert torch.equal(head(again, x), head(small, x))
+    assert [type(m) for m in again.model] == [type(m) for m in small.model]
+
+
+def test_save_accepts_detect_anchor_constant_and_load_rebuilds(yolov8n, tmp_path: Path) -> None:
+    model, small, plan, x = yolov8n
+    assert any(s.param.startswith("_tensor_constant") for _, sub in plan.regions for s in sub.slices)
+    path = slimprune.save(small, tmp_path / "y8.safetensors", plan=plan)
+    loaded = slimprune.load(path, build_fn=build)
+    torch.testing.assert_close(head(loaded, x), head(small, x), rtol=1e-5, atol=1e-4)
+
+
+def test_region_plan_reports_whole_model_params_and_flops(yolov8n) -> None:
+    model, small, plan, x = yolov8n
+    with torch.no_grad():
+        assert plan.flops_before == _count_flops(model.eval(), (x,))[0]
+        assert plan.flops_after == _count_flops(small.eval(), (x,))[0]
+    assert plan.params_before == sum(p.numel() for p in model.parameters())
+    assert plan.params_after == sum(p.numel() for p in small.parameters())
+    assert "whole model's" in plan.notes[0]
+
+
+def as_yolo(model: nn.Module) -> YOLO:
+    """A YOLO wrapping a copy of ``model``, with the ``args``/``task`` a YOLO gives the model it builds."""
+    y = YOLO("yolov8n.yaml", verbose=False)
+    own = y.model
+    y.model = copy.deepcopy(model)
+    for name in ("args", "task"):
+        if not hasattr(y.model, name):
+            setattr(y.model, name, getattr(own, name))
+    return y
+
+
+@pytest.mark.parametrize("hw", [(IMGSZ, IMGSZ), (96, IMGSZ)], ids=["square", "rectangular"])
+def test_predict_with_pruned_yolov8n_equals_silenced(yolov8n, hw: tuple[int, int]) -> None:
+    model, small, plan, _ = yolov8n
+    image = np.random.default_rng(0).integers(0, 255, (*hw, 3), dtype=np.uint8)
+    kwargs = dict(imgsz=IMGSZ, verbose=False, conf=0.01, max_det=50)
+    got = as_yolo(small).predict(image, **kwargs)[0].boxes.data
+    want = as_yolo(slimprune.silence(model, plan)).predict(image, **kwargs)[0].boxes.data
+    assert got.shape == want.shape and got.shape[0] > 0
+    torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-2)
+
+
+# ------------------------------------------------------------------ the Ultralytics workflow
+# val, train and export on a pruned one-class yolov8n and a tiny SynthFaces set in YOLO format,
+# with every socket refused and recorded: nothing may try the network.
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple]]:
+    tried: list[tuple] = []
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        tried.append(args[:2])
+        raise OSError("test_ultralytics: network access refused")
+
+    monkeypatch.setattr(socket.socket, "connect", lambda self, *a: refuse(*a))
+    monkeypatch.setattr(socket.socket, "connect_ex", lambda self, *a: refuse(*a))
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    # check_det_dataset fetches Arial.ttf (for plot labels) into the settings directory when it is
+    # not there; any local TTF does: docs/ultralytics.md
+    import matplotlib
+    import ultralytics.data.utils as data_utils
+
+    dejavu = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+    monkeypatch.setattr(data_utils, "check_font", lambda font="Arial.ttf": dejavu)
+    yield tried
+    assert not tried, f"Ultralytics tried the network: {tried}"
+
+
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, nn.Module, nn.Module, slimprune.PruningPlan]:
+    """A one-class data set, a one-class yolov8n and its pruned copy."""
+    data = yolo_data.write(tmp_path_factory.mktemp("synthfaces"), n_train=8, n_val=4, image_size=IMGSZ)
+    torch.manual_seed(0)
+    model = DetectionModel("yolov8n.yaml", nc=1, verbose=False).eval()
+    nn.init.zeros_(model.model[-1].cv3[0][-1].bias)
+    for branch in model.model[-1].cv3:
+        nn.init.zeros_(branch[-1].bias)
+    x = torch.rand(1, 3, IMGSZ, IMGSZ, generator=torch.Generator().manual_seed(1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plan = slimprune.plan(model, 0.5, example_inputs=x)
+        small = slimprune.apply(model, plan)
+    return data, model, small, plan
+
+
+def offline(tmp_path: Path, name: str) -> dict:
+    return dict(imgsz=IMGSZ, batch=4, workers=0, plots=False, device="cpu", verbose=False,
+                project=str(tmp_path / "runs"), name=name, exist_ok=True)
+
+
+def test_yolo_data_labels_are_synthfaces_boxes_normalised(faces) -> None:
+    data, *_ = faces
+    root = data.parent
+    labels = sorted((root / "labels" / "train").glob("*.txt"))
+    images = sorted((root / "images" / "train").glob("*.jpg"))
+    assert [p.stem for p in labels] == [p.stem for p in images] and len(images) == 8
+    rows = np.array([[float(v) for v in line.split()] for p in labels for line in p.read_text().splitlines()])
+    assert len(rows) >= 8 and (rows[:, 0] == 0).all()
+    assert ((rows[:, 1:] > 0) & (rows[:, 1:] <= 1)).all()
+    assert (rows[:, 1:3] - rows[:, 3:5] / 2 >= -1e-6).all() and (rows[:, 1:3] + rows[:, 3:5] / 2 <= 1 + 1e-6).all()
+
+
+def test_val_of_pruned_yolov8n_equals_val_of_silenced(faces, no_network, tmp_path: Path) -> None:
+    data, model, small, plan = faces
+    got = as_yolo(small).val(data=str(data), **offline(tmp_path, "pruned")).results_dict
+    want = as_yolo(slimprune.silence(model, plan)).val(data=str(data), **offline(tmp_path, "silenced")).results_dict
+    assert set(got) >= {"metrics/mAP50(B)", "metrics/mAP50-95(B)", "fitness"}
+    assert got == pytest.approx(want, abs=1e-6)
+
+
+def test_train_fine_tunes_the_pruned_model_and_checkpoints_it(faces, no_network, tmp_path: Path) -> None:
+    data, _, small, plan = faces
+    pruned = as_yolo(small).model.train()
+    before = {k: v.clone() for k, v in pruned.state_dict().items()}
+    yolo = as_yolo(pruned)
+    yolo.model = pruned
+    yolo.train(data=str(data), trainer=trainer_for(yolo, pruned), epochs=1, amp=False, **offline(tmp_path, "ft"))
+    trainer = yolo.trainer
+    assert trainer.model is pruned, "the trainer must train the pruned model, not rebuild one from the yaml"
+    assert sum(p.numel() for p in pruned.parameters()) == plan.params_after
+    assert any(not torch.equal(before[k], v) for k, v in pruned.state_dict().items() if v.is_floating_point())
+    ema = trainer.ema.ema  # ModelEMA deep-copies the model
+    assert [type(m) for m in ema.model] == [type(m) for m in small.model]
+    best = yolo.model  # reloaded from best.pt, which pickles the EMA module
+    assert any(isinstance(m, slimprune.Rewritten) for m in best.model)
+    assert sum(p.numel() for p in best.parameters()) <= plan.params_after
+    x = torch.rand(1, 3, IMGSZ, IMGSZ)
+    assert head(best, x).shape == head(small, x).shape
+
+
+def test_export_onnx_of_pruned_yolov8n_equals_the_torch_model(faces, no_network, tmp_path: Path) -> None:
+    import onnxruntime as ort  # the `test` extra
+    _, _, small, _ = faces
+    yolo = as_yolo(small)
+    yolo.model = exportable(yolo.model)  # the exporter swaps C2f.forward for forward_split
+    yolo.model.pt_path = str(tmp_path / "pruned.pt")  # export writes pruned.onnx beside it
+    path = yolo.export(format="onnx", imgsz=IMGSZ, simplify=False, device="cpu")
+    assert Path(path) == tmp_path / "pruned.onnx"
+    x = torch.rand(1, 3, IMGSZ, IMGSZ, generator=torch.Generator().manual_seed(2))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    torch.testing.assert_close(torch.from_numpy(got), head(small, x), rtol=1e-4, atol=1e-3)
+
+
+# ------------------------------------------------------------------ other task heads
+VARIANTS = {"seg": "yolov8n-seg.yaml", "pose": "yolov8n-pose.yaml", "cls": "yolov8n-cls.yaml"}
+
+
+def predicted(result: object, task: str) -> list[torch.Tensor]:
+    if task == "cls":
+        return [result.probs.data]
+    out = [result.boxes.data]
+    if task == "seg":
+        out.append(result.masks.data)
+    if task == "pose":
+        out.append(result.keypoints.data)
+    return out
+
+
+@pytest.mark.parametrize("task", list(VARIANTS))
+def test_yolov8n_task_variant_prunes_exactly_and_predicts_as_silenced(task: str) -> None:
+    torch.manual_seed(0)
+    yolo = YOLO(VARIANTS[task], verbose=False)
+    model = yolo.model.eval()
+    if task != "cls":
+        for branch in model.model[-1].cv3:  # random weights: lift the class prior so boxes come out
+            nn.init.zeros_(branch[-1].bias)
+    size = 64 if task == "cls" else IMGSZ
+    x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plan = slimprune.plan(model, 0.5, example_inputs=x)
+        small = slimprune.apply(model, plan)
+    assert plan.params_after < 0.65 * plan.params_before
+    silenced = slimprune.silence(model, plan)
+    with torch.no_grad():
+        got, want = small.eval()(x), silenced.eval()(x)
+    got, want = (got[0], want[0]) if isinstance(got, (tuple, list)) else (got, want)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-3)
+    image = np.random.default_rng(0).integers(0, 255, (96, size, 3), dtype=np.uint8)
+    kwargs = dict(imgsz=size, verbose=False, conf=0.01, max_det=20)
+    yolo.model = small
+    a = predicted(yolo.predict(image, **kwargs)[0], task)
+    yolo.model, yolo.predictor = silenced, None
+    b = predicted(yolo.predict(image, **kwargs)[0], task)
+    assert a[0].numel() > 0
+    for u, v in zip(a, b):
+        torch.testing.assert_close(u, v, rtol=1e-3, atol=1e-2)
+
+
+# ------------------------------------------------------------------ attention blocks
+# C2PSA (YOLO11), PSA (YOLOv10) and A2C2f area attention (YOLO12) prune through their matmuls
+# (slimprune/rules/heads.py); before that rule each was a barrier (1, 1 and 4 matmul ops at
+# 160 px, benchmarks/ultralytics_variants.py).
+
+
+@pytest.mark.parametrize("name", ["yolo11n", "yolov10n", "yolo12n"])
+def test_attention_yolo_has_no_barrier_and_equals_silenced(name: str) -> None:
+    from slimprune.errors import UnsupportedOpWarning
+    from tests.helpers import assert_pruned_equals_silenced
+
+    torch.manual_seed(0)
+    model = YOLO(f"{name}.yaml", verbose=False).model.eval()
+    x = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(1))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plan = slimprune.plan(model, 0.5, example_inputs=x)
+    barriers = [str(w.message) for w in caught if issubclass(w.category, UnsupportedOpWarning)]
+    assert not barriers, barriers
+    assert plan.params_after < 0.6 * plan.params_before
+    assert_pruned_equals_silenced(model, plan, x, rtol=1e-4, atol=1e-3)
