@@ -254,6 +254,10 @@ class PipelineConfig:
             ``target_params`` falls short of it, the channels with the smallest |γ| per FLOP
             go until both targets are met (:func:`slimprune.sparsity.scale_per_cost`).
             None: no FLOPs target.
+        target_latency: instead of ``target_params``/``target_flops``: the fraction of the
+            predicted CPU latency (batch 1, the evaluation size, ``latency_threads``) to remove,
+            with ``slimprune.plan(target="latency")``: every layer is timed at candidate widths
+            and channels go by |γ| lost per millisecond saved. None: plan by parameters/FLOPs.
         dead_threshold: with ``target_params``, also remove every channel whose |γ| are all at
             most this, i.e. every channel sparsity training switched off, even beyond
             ``target_params``. 0 stops exactly at ``target_params``.
@@ -271,6 +275,8 @@ class PipelineConfig:
             interleaved (see :func:`time_models`); the median is kept.
         latency_rounds: the passes are split over this many rounds, each on fresh copies.
         eval_threads: torch threads while evaluating (None: the evaluator's default).
+        floor_repeats: passes of the per-layer timing of the baseline and the fine-tuned
+            model (which layers set the pruned model's latency floor).
         fair_baseline: the baseline trains as long as the pruned model does in all
             (``epochs`` of sparsity training plus the fine-tuning epochs), so that the AP
             change is not the gain of a longer training (docs/eagleeye.md). False: ``epochs``.
@@ -296,6 +302,10 @@ class PipelineConfig:
         _TARGET_FLOPS_PRUNED, metavar="FRACTION", zero_is_none=True,
         help="also remove at least this fraction of the FLOPs, by |γ| per FLOP (0: none)",
     )
+    target_latency: float | None = option(
+        None, metavar="FRACTION", zero_is_none=True,
+        help="remove this fraction of the predicted CPU latency instead (slimprune's target='latency'; 0: off)",
+    )
     dead_threshold: float = option(
         _DEAD, metavar="T", help="with --target-params, also remove every channel with |γ| <= T (0: stop at the target)"
     )
@@ -314,6 +324,7 @@ class PipelineConfig:
     latency_repeats: int = option(300, help="forward passes timed per model and setting")
     latency_rounds: int = option(3, help="rounds the timed passes are split over, each on fresh copies")
     eval_threads: int | None = option(None, help="torch threads while evaluating (none: the evaluator's default)")
+    floor_repeats: int = option(30, metavar="N", help="passes of the per-layer timing (the latency floor)")
     fair_baseline: bool = option(
         True, help="train the baseline --epochs only, not --epochs plus the fine-tuning epochs"
     )
@@ -331,6 +342,8 @@ class PipelineConfig:
             raise ValueError(f"threshold={self.threshold} must be >= 0 (it bounds |γ|).")
         if self.target_flops is not None and not 0 < self.target_flops < 1:
             raise ValueError(f"target_flops={self.target_flops} must be a fraction in (0, 1) of the FLOPs, or None.")
+        if self.target_latency is not None and not 0 < self.target_latency < 1:
+            raise ValueError(f"target_latency={self.target_latency} must be a fraction in (0, 1) of the latency, or None.")
         if not self.dead_threshold >= 0:
             raise ValueError(f"dead_threshold={self.dead_threshold} must be >= 0 (0 disables it).")
         if self.round_to < 1:
@@ -415,6 +428,7 @@ class PipelineConfig:
                 "latency_repeats": 10,
                 "latency_rounds": 1,
                 "curve_every": 10,
+                "floor_repeats": 3,
                 "curve_images": None,
                 **fields,
             }
@@ -446,6 +460,7 @@ class PipelineConfig:
             "finetune": self.finetune.to_dict(),
             "target_params": self.target_params,
             "target_flops": self.target_flops,
+            "target_latency": self.target_latency,
             "dead_threshold": self.dead_threshold,
             "threshold": self.threshold,
             "round_to": self.round_to,
@@ -455,6 +470,7 @@ class PipelineConfig:
             "latency_repeats": self.latency_repeats,
             "latency_rounds": self.latency_rounds,
             "eval_threads": self.eval_threads,
+            "floor_repeats": self.floor_repeats,
             "fair_baseline": self.fair_baseline,
             "curve_every": self.curve_every,
             "curve_images": self.curve_images,

@@ -55,7 +55,7 @@ from .config import PAPER, PipelineConfig
 from .console import Stages, bar, summary_table
 from .data import prepare_data
 from .figures import write_figures
-from .latency import time_models
+from .latency import floor_summary, layer_times, time_models
 from .model_files import build_spec, load_pruned
 from .policy import analyze, apply_plan, effective_threshold, plan_fraction, prune_plan, removed_flops, removed_params
 from .report import LABELS, MODELS, aggregate_reports, build_report, report_markdown, seeds_markdown, targets_met
@@ -145,7 +145,7 @@ def _run_one(config: PipelineConfig, console: Console) -> dict[str, Any]:
     # |γ| statistics read this trace.
     analyses = {"sparse": analyze(sparse, config.sparse)}
     with stage("prune", "plan on the sparse model and apply"):
-        plan = prune_plan(analyses["sparse"], config)
+        plan = prune_plan(analyses["sparse"], config, latency_cache=out / "latency_table.json")
         (out / "plan.json").write_text(plan.to_json(indent=1) + "\n")
         pruned = apply_plan(sparse, plan)
         threshold = config.threshold if config.threshold is not None else effective_threshold(sparse, plan)
@@ -174,11 +174,19 @@ def _run_one(config: PipelineConfig, console: Console) -> dict[str, Any]:
         latencies = time_models(
             models, config.baseline.eval_size, config.latency_threads, config.latency_repeats, config.latency_rounds
         )
+        console.print("per-layer time of the baseline and the pruned + fine-tuned model (the latency floor)")
+        floor = {
+            name: floor_summary(
+                layer_times(models[name], config.baseline.eval_size, config.latency_threads, config.floor_repeats)
+            )
+            for name in ("baseline", "finetuned")
+        }
 
     with stage("report", f"report.json, report.md and figures in {out}"):
         report = build_report(
             config, models, evaluated, latencies, plan, threshold, sweep, stage.seconds, analyses, curve.points
         )
+        report["latency_floor"] = floor
         report["seconds"]["total"] = time.perf_counter() - started
         write_figures(out, models, evaluated, threshold, sweep, report)
         report["seconds"]["report"] = time.perf_counter() - started - sum(

@@ -26,6 +26,7 @@ __all__ = [
     "targets_met",
     "report_markdown",
     "aggregate_reports",
+    "floor_markdown",
     "seeds_markdown",
     "mean_std",
     "human",
@@ -126,6 +127,7 @@ def build_report(
             "mode": _mode(config, plan),
             "target_params": None if config.threshold is not None else config.target_params,
             "target_flops": None if config.threshold is not None else config.target_flops,
+            "target_latency": None if config.threshold is not None else config.target_latency,
             "flops_reduction": removed_flops(plan),
             "dead_threshold": None if config.threshold is not None else config.dead_threshold,
             "threshold": threshold,
@@ -200,6 +202,8 @@ def _mode(config: PipelineConfig, plan: slimprune.PruningPlan) -> str:
     """How stage 3 chose: ``"threshold"``, ``"zeroed"``, ``"target_params"`` or ``"target_flops"``."""
     if config.threshold is not None:
         return "threshold"
+    if plan.option("target") == "latency":
+        return "target_latency"
     if plan.option("threshold") is not None:
         return "zeroed"
     return "target_flops" if plan.option("target") == "flops" else "target_params"
@@ -274,6 +278,8 @@ def report_markdown(report: Mapping[str, Any]) -> str:
         f"which is more than the {pruning['target_params']:.1%} of the parameters asked for",
         "target_params": f"the smallest-|γ| channels until {pruning['target_params']:.1%} of the parameters "
         f"are gone (effective threshold |γ| <= {pruning['threshold']:.3g})",
+        "target_latency": f"slimprune's latency target: {pruning.get('target_latency') or 0:.0%} of the predicted "
+        f"CPU latency at batch 1, channels going by |γ| lost per millisecond saved",
         "target_flops": f"the channels of smallest |γ| per FLOP until {pruning.get('target_flops') or 0:.1%} of "
         f"the FLOPs are gone (largest |γ| removed: {pruning['threshold']:.3g})",
     }[pruning["mode"]]
@@ -299,6 +305,7 @@ def report_markdown(report: Mapping[str, Any]) -> str:
     for target in report["targets"].values():
         lines.append(f"- [{'x' if target['met'] else ' '}] {target['text']}")
     lines += curve_markdown([report["baseline_curve"]])
+    lines += floor_markdown(report.get("latency_floor"))
     gamma = report["gamma"]
     lines += [
         "",
@@ -340,6 +347,39 @@ def report_markdown(report: Mapping[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def floor_markdown(floor: Mapping[str, Any] | None) -> list[str]:
+    """Where the baseline's and the pruned model's time goes, per kind of operation and slowest layers."""
+    if not floor:
+        return []
+    kinds = list(dict.fromkeys(k for f in floor.values() for k in f["by_kind_ms"]))
+    lines = [
+        "",
+        "## Where the time goes (the latency floor)",
+        "",
+        "Each operation of the deployed model (BatchNorm folded, channels-last, batch 1) timed on its own "
+        "(median per operation; the sum is a little above one forward pass). `stem` is the first three "
+        "convolutions; `other` is cat, reshape and permute, which pruning does not shrink.",
+        "",
+        "| model | total (ms) | " + " | ".join(kinds) + " |",
+        "| --- | --- | " + " | ".join("---" for _ in kinds) + " |",
+    ]
+    for name, f in floor.items():
+        total = f["total_ms"]
+        cells = [f"{f['by_kind_ms'].get(k, 0.0):.2f} ({f['by_kind_ms'].get(k, 0.0) / total:.0%})" for k in kinds]
+        lines.append(f"| {LABELS[name]} | {total:.2f} | " + " | ".join(cells) + " |")
+    if "finetuned" in floor:
+        lines += [
+            "",
+            "Slowest operations of the pruned + fine-tuned model: "
+            + ", ".join(
+                f"`{t['name']}` ({t['kind']}, {'x'.join(map(str, t['shape'])) or '-'}) {t['ms']:.2f} ms"
+                for t in floor["finetuned"]["slowest"]
+            )
+            + ".",
+        ]
+    return lines
 
 
 def _baseline_sentence(report: Mapping[str, Any]) -> str:
@@ -536,6 +576,9 @@ def seeds_markdown(report: Mapping[str, Any]) -> str:
             + " |"
         )
     lines += curve_markdown(report["baseline_curves"])
+    if report["latency_floor"] and report["latency_floor"][0]:
+        lines += floor_markdown(report["latency_floor"][0])
+        lines += ["", f"(The per-layer times above are seed {seeds[0]}'s.)"]
     lines += [
         "",
         "## Time",
