@@ -41,7 +41,7 @@ def test_negative_threshold_and_unknown_target_are_rejected(model):
     with pytest.raises(slimprune.InvalidArgumentError, match="threshold must be"):
         slimprune.plan(model, threshold=-1.0)
     with pytest.raises(slimprune.InvalidArgumentError, match="target must be one of"):
-        slimprune.plan(model, 0.5, target="latency")
+        slimprune.plan(model, 0.5, target="energy")
 
 
 def test_unknown_importance_lists_the_valid_names(model):
