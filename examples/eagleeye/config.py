@@ -231,6 +231,13 @@ _TARGET_FLOPS_PRUNED = 0.78
 # floats, so other widths pay for the padding (docs/eagleeye.md, "Measuring latency").
 _ROUND_TO = 8
 _QUICK_EPOCHS = 30
+# The prune-ratio sweep (no fine-tuning): three points, not the five before the fair baseline,
+# to pay for the baseline's 16 extra epochs within the 15-minute default run.
+_SWEEP = (0.4, 0.563, 0.8)
+# The baseline's val-AP curve: a point every 4 epochs on the first 100 val images (each point
+# costs a few seconds; the whole split is for the report's AP).
+_CURVE_EVERY = 4
+_CURVE_IMAGES = 100
 _QUICK_FINETUNE_EPOCHS = 30
 
 
@@ -250,6 +257,10 @@ class PipelineConfig:
             ``target_params`` falls short of it, the channels with the smallest |γ| per FLOP
             go until both targets are met (:func:`slimprune.sparsity.scale_per_cost`).
             None: no FLOPs target.
+        target_latency: instead of ``target_params``/``target_flops``: the fraction of the
+            predicted CPU latency (batch 1, the evaluation size, ``latency_threads``) to remove,
+            with ``slimprune.plan(target="latency")``: every layer is timed at candidate widths
+            and channels go by |γ| lost per millisecond saved. None: plan by parameters/FLOPs.
         dead_threshold: with ``target_params``, also remove every channel whose |γ| are all at
             most this, i.e. every channel sparsity training switched off, even beyond
             ``target_params``. 0 stops exactly at ``target_params``.
@@ -267,6 +278,19 @@ class PipelineConfig:
             interleaved (see :func:`time_models`); the median is kept.
         latency_rounds: the passes are split over this many rounds, each on fresh copies.
         eval_threads: torch threads while evaluating (None: the evaluator's default).
+        floor_repeats: passes of the per-layer timing of the baseline and the fine-tuned
+            model (which layers set the pruned model's latency floor).
+        fair_baseline: the baseline trains as long as the pruned model does in all
+            (``epochs`` of sparsity training plus the fine-tuning epochs), so that the AP
+            change is not the gain of a longer training (docs/eagleeye.md). False: ``epochs``.
+        curve_every: evaluate the baseline on the val split every this many epochs (and
+            after the last) while it trains: its val-AP curve shows whether it had stopped
+            improving. 0: no curve.
+        curve_images: the curve uses the first this-many val images only (None: all), to
+            keep its cost small; the report's AP always uses the whole split.
+        seeds: train (baseline, sparse, fine-tune) with this many seeds, ``seed``,
+            ``seed + 1``, ... (the data stay the same), each run in ``out_dir/seed-<s>``,
+            and report the mean and standard deviation of every number.
         progress: rich progress bars.
     """
 
@@ -281,6 +305,10 @@ class PipelineConfig:
         _TARGET_FLOPS_PRUNED, metavar="FRACTION", zero_is_none=True,
         help="also remove at least this fraction of the FLOPs, by |γ| per FLOP (0: none)",
     )
+    target_latency: float | None = option(
+        None, metavar="FRACTION", zero_is_none=True,
+        help="remove this fraction of the predicted CPU latency instead (slimprune's target='latency'; 0: off)",
+    )
     dead_threshold: float = option(
         _DEAD, metavar="T", help="with --target-params, also remove every channel with |γ| <= T (0: stop at the target)"
     )
@@ -292,13 +320,22 @@ class PipelineConfig:
         help="keep every pruned layer's width a multiple of N, the CPU's vector width in floats (1: any)",
     )
     sweep: tuple[float, ...] = option(
-        (0.2, 0.4, 0.563, 0.7, 0.8), metavar="FRACTION", help="parameter fractions of the prune-ratio sweep"
+        _SWEEP, metavar="FRACTION", help="parameter fractions of the prune-ratio sweep"
     )
     sweep_baseline: bool = option(True, help="do not sweep the baseline model")
     latency_threads: int = option(1, help="torch threads while timing")
     latency_repeats: int = option(300, help="forward passes timed per model and setting")
     latency_rounds: int = option(3, help="rounds the timed passes are split over, each on fresh copies")
     eval_threads: int | None = option(None, help="torch threads while evaluating (none: the evaluator's default)")
+    floor_repeats: int = option(30, metavar="N", help="passes of the per-layer timing (the latency floor)")
+    fair_baseline: bool = option(
+        True, help="train the baseline --epochs only, not --epochs plus the fine-tuning epochs"
+    )
+    curve_every: int = option(_CURVE_EVERY, metavar="N", help="evaluate the baseline every N epochs (0: no curve)")
+    curve_images: int | None = option(
+        _CURVE_IMAGES, metavar="N", help="val images the baseline's AP curve uses (none: all)"
+    )
+    seeds: int = option(1, metavar="N", help="runs with seeds --seed, --seed + 1, ...: mean and spread")
     progress: bool = option(True, help="no progress bars")
 
     def __post_init__(self) -> None:
@@ -308,12 +345,21 @@ class PipelineConfig:
             raise ValueError(f"threshold={self.threshold} must be >= 0 (it bounds |γ|).")
         if self.target_flops is not None and not 0 < self.target_flops < 1:
             raise ValueError(f"target_flops={self.target_flops} must be a fraction in (0, 1) of the FLOPs, or None.")
+        if self.target_latency is not None and not 0 < self.target_latency < 1:
+            raise ValueError(f"target_latency={self.target_latency} must be a fraction in (0, 1) of the latency, or None.")
         if not self.dead_threshold >= 0:
             raise ValueError(f"dead_threshold={self.dead_threshold} must be >= 0 (0 disables it).")
         if self.round_to < 1:
             raise ValueError(f"round_to={self.round_to} must be >= 1 (1 keeps any width).")
         if any(not 0 < r < 1 for r in self.sweep):
             raise ValueError(f"sweep={self.sweep}: every entry is a parameter fraction in (0, 1).")
+        if self.curve_every < 0 or (self.curve_images is not None and self.curve_images < 1):
+            raise ValueError(
+                f"curve_every={self.curve_every} must be >= 0 (0: no curve) and curve_images={self.curve_images} "
+                ">= 1 or None (all)."
+            )
+        if self.seeds < 1:
+            raise ValueError(f"seeds={self.seeds} must be >= 1 (the number of training seeds to run).")
         if self.sparse.sparsity <= 0:
             raise ValueError(f"sparse.sparsity={self.sparse.sparsity}: sparsity training needs λ > 0.")
 
@@ -351,15 +397,16 @@ class PipelineConfig:
         """
         overrides = dict(train_overrides or {})
         out = Path(out_dir)
+        fair = fields.get("fair_baseline", True)
         base = TrainConfig.quick() if quick else TrainConfig()
         if quick:
             # TrainConfig.quick's two epochs of 6 steps leave every score at the 0.01 prior;
             # 30 epochs (180 steps, ~15 s) find some faces (AP ~0.1).
             base = replace(base, epochs=_QUICK_EPOCHS)
         ft_overrides = {k: v for k, v in overrides.items() if k != "epochs"}
-        baseline = replace(base, out_dir=str(out / "baseline"), resume=resume, **overrides)
+        sparse_run = replace(base, out_dir=str(out / "baseline"), resume=resume, **overrides)
         sparse = replace(
-            baseline,
+            sparse_run,
             out_dir=str(out / "sparse"),
             sparsity=_SPARSITY if sparsity is None else sparsity,
             sparsity_cost=_SPARSITY_COST if sparsity_cost is None else sparsity_cost,
@@ -373,6 +420,8 @@ class PipelineConfig:
             epochs=finetune_epochs or (_QUICK_FINETUNE_EPOCHS if quick else _FINETUNE_EPOCHS),
             **{**_FINETUNE, **({"lr": base.lr} if quick else {}), **ft_overrides},
         )
+        # The fair baseline trains for the pruned model's whole budget: sparse + fine-tuning epochs.
+        baseline = replace(sparse_run, epochs=sparse_run.epochs + finetune.epochs) if fair else sparse_run
         if quick:
             # A quick sparse run zeroes almost nothing, so a FLOPs target would cut live channels.
             fields = {
@@ -381,9 +430,29 @@ class PipelineConfig:
                 "sweep_baseline": False,
                 "latency_repeats": 10,
                 "latency_rounds": 1,
+                "curve_every": 10,
+                "floor_repeats": 3,
+                "curve_images": None,
                 **fields,
             }
         return cls(out_dir=str(out), baseline=baseline, sparse=sparse, finetune=finetune, **fields)
+
+    def with_seed(self, seed: int) -> PipelineConfig:
+        """One run of a ``seeds`` run: every training run seeded with ``seed``, everything written
+        under ``out_dir/seed-<seed>`` (the data and everything else unchanged)."""
+        out = Path(self.out_dir) / f"seed-{seed}"
+
+        def moved(run: TrainConfig, stage: str) -> TrainConfig:
+            return replace(run, seed=seed, out_dir=str(out / stage))
+
+        return replace(
+            self,
+            out_dir=str(out),
+            seeds=1,
+            baseline=moved(self.baseline, "baseline"),
+            sparse=moved(self.sparse, "sparse"),
+            finetune=moved(self.finetune, "finetune"),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values for report.json."""
@@ -394,6 +463,7 @@ class PipelineConfig:
             "finetune": self.finetune.to_dict(),
             "target_params": self.target_params,
             "target_flops": self.target_flops,
+            "target_latency": self.target_latency,
             "dead_threshold": self.dead_threshold,
             "threshold": self.threshold,
             "round_to": self.round_to,
@@ -403,4 +473,9 @@ class PipelineConfig:
             "latency_repeats": self.latency_repeats,
             "latency_rounds": self.latency_rounds,
             "eval_threads": self.eval_threads,
+            "floor_repeats": self.floor_repeats,
+            "fair_baseline": self.fair_baseline,
+            "curve_every": self.curve_every,
+            "curve_images": self.curve_images,
+            "seeds": self.seeds,
         }

@@ -38,7 +38,8 @@ def write_figures(
     sweep: Sequence[Mapping[str, Any]],
     report: Mapping[str, Any],
 ) -> None:
-    """``gamma_hist.png``, ``channels.png``, ``pr_curves.png`` and ``ap_vs_pruned.png`` in ``out``."""
+    """``gamma_hist.png``, ``channels.png``, ``pr_curves.png``, ``ap_vs_pruned.png`` and
+    ``baseline_curve.png`` in ``out``."""
     # A log axis has no zero: mark the smallest positive |γ| when nothing above 0 was removed.
     scales = bn_scales(models["sparse"])
     positive = scales[scales > 0]
@@ -47,6 +48,7 @@ def write_figures(
     plot_channels(models["sparse"], models["finetuned"], out / "channels.png", max_layers=_CHANNEL_ROWS)
     _plot_pr(out / "pr_curves.png", evaluated)
     _plot_sweep(out / "ap_vs_pruned.png", sweep, report)
+    _plot_curve(out / "baseline_curve.png", report)
 
 
 def _plot_pr(path: Path, evaluated: Mapping[str, Evaluated]) -> None:
@@ -108,4 +110,33 @@ def _plot_sweep(path: Path, sweep: Sequence[Mapping[str, Any]], report: Mapping[
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower left", ncol=2)
     ax.set_title("AP against pruned fraction")
+    figure.savefig(path)
+
+
+def _plot_curve(path: Path, report: Mapping[str, Any]) -> None:
+    """The baseline's val AP per epoch, with the final models' AP (whole split) as markers."""
+    figure = _figure((7.5, 4.8))
+    ax = figure.add_subplot()
+    colors = {"easy": "tab:blue", "medium": "tab:orange", "hard": "tab:red"}
+    curve = report["baseline_curve"]
+    points = curve["points"]
+    images = "all" if curve["images"] is None else f"first {curve['images']}"
+    for subset in SUBSETS:
+        if points:
+            ax.plot(
+                [p["epoch"] for p in points], [p["ap"][subset] for p in points], "o-",
+                color=colors[subset], label=f"{subset}, baseline ({images} val images)",
+            )
+        ax.axhline(
+            report["models"]["finetuned"]["ap"][subset], color=colors[subset], linestyle=":",
+            label=f"{subset}, pruned + fine-tuned (all val images)",
+        )
+    budget = curve["budget"]
+    ax.axvline(budget["sparse"], color="grey", linestyle="--", label=f"{budget['sparse']} epochs (sparse run)")
+    ax.set_xlabel("baseline epoch")
+    ax.set_ylabel("AP")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title("The baseline's val AP while it trains")
     figure.savefig(path)

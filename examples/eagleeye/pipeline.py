@@ -55,11 +55,11 @@ from .config import PAPER, PipelineConfig
 from .console import Stages, bar, summary_table
 from .data import prepare_data
 from .figures import write_figures
-from .latency import time_models
+from .latency import floor_summary, layer_times, time_models
 from .model_files import build_spec, load_pruned
 from .policy import analyze, apply_plan, effective_threshold, plan_fraction, prune_plan, removed_flops, removed_params
-from .report import LABELS, MODELS, build_report, report_markdown, targets_met
-from .scoring import evaluate_val
+from .report import LABELS, MODELS, aggregate_reports, build_report, report_markdown, seeds_markdown, targets_met
+from .scoring import ValCurve, evaluate_val
 from .train import train
 
 __all__ = [
@@ -77,27 +77,67 @@ __all__ = [
 def run(config: PipelineConfig, console: Console | None = None) -> dict[str, Any]:
     """Run every stage and write the report; returns the report (as in ``report.json``).
 
+    With ``config.seeds > 1`` the whole pipeline runs once per seed (``seed``, ``seed + 1``,
+    ...; the data stay the same) under ``out_dir/seed-<s>``, each with its own report, and
+    ``out_dir``'s report holds the mean and standard deviation of every number
+    (:func:`aggregate_reports`).
+
     Args:
         config: the run (see :meth:`PipelineConfig.create`).
         console: where progress and tables go (default: a new rich Console).
 
     Returns:
         The report: ``config``, ``paper``, ``models`` (params, FLOPs, latency, AP per model),
-        ``pruning``, ``gamma``, ``sweep``, ``targets``, ``seconds`` and ``files``.
+        ``baseline_curve``, ``pruning``, ``gamma``, ``sweep``, ``targets``, ``seconds`` and
+        ``files``; with seeds, ``seeds``, ``runs`` and ``models`` of mean/std/values instead.
 
     Raises:
         CheckpointError: with ``resume``, a stage checkpoint does not fit its stage.
         slimprune.InfeasiblePlanError: the pruning target cannot be reached.
     """
     console = console or Console()
+    if config.seeds > 1:
+        return _run_seeds(config, console)
+    return _run_one(config, console)
+
+
+def _run_seeds(config: PipelineConfig, console: Console) -> dict[str, Any]:
+    """:func:`_run_one` for every seed, then the mean ± standard deviation report in ``out_dir``."""
+    out = Path(config.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    seeds = [config.baseline.seed + i for i in range(config.seeds)]
+    reports = []
+    for i, seed in enumerate(seeds):
+        console.rule(f"seed {seed} ({i + 1} of {len(seeds)})")
+        reports.append(_run_one(config.with_seed(seed), console))
+    report = aggregate_reports(config, seeds, reports, [f"seed-{s}/report.json" for s in seeds])
+    report["seconds"] = {"total": time.perf_counter() - started}
+    (out / "report.json").write_text(json.dumps(report, indent=1, allow_nan=True) + "\n")
+    (out / "report.md").write_text(seeds_markdown(report))
+    for name, target in report["targets"].items():
+        mark = "[green]met[/green]" if target["met"] else "[red]missed[/red]"
+        console.print(f"target {name} ({len(seeds)}-seed mean): {target['text']}: {mark}")
+    console.print(f"total {report['seconds']['total'] / 60:.1f} min; report in {out / 'report.md'}")
+    return report
+
+
+def _run_one(config: PipelineConfig, console: Console) -> dict[str, Any]:
+    """The six stages of one seed (see :func:`run`)."""
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     stage = Stages(console, 6)
     train_kw = {"console": console}
 
-    with stage("baseline", f"train from scratch, λ = 0, {config.baseline.epochs} epochs"):
-        baseline = train(replace(config.baseline, progress=config.progress), **train_kw).cpu().eval()
+    root = prepare_data(config.baseline)
+    fair = " (the pruned model's sparse + fine-tuning budget)" if config.fair_baseline else ""
+    with stage("baseline", f"train from scratch, λ = 0, {config.baseline.epochs} epochs{fair}"):
+        curve = ValCurve(
+            Path(config.baseline.out_dir) / "curve.json", root, config, config.baseline.epochs, config.baseline.resume
+        )
+        baseline = train(replace(config.baseline, progress=config.progress), after_epoch=curve, **train_kw)
+        baseline = baseline.cpu().eval()
     with stage("sparse", f"train from scratch, λ = {config.sparse.sparsity:g}, {config.sparse.epochs} epochs"):
         sparse = train(replace(config.sparse, progress=config.progress), **train_kw).cpu().eval()
 
@@ -105,7 +145,7 @@ def run(config: PipelineConfig, console: Console | None = None) -> dict[str, Any
     # |γ| statistics read this trace.
     analyses = {"sparse": analyze(sparse, config.sparse)}
     with stage("prune", "plan on the sparse model and apply"):
-        plan = prune_plan(analyses["sparse"], config)
+        plan = prune_plan(analyses["sparse"], config, latency_cache=out / "latency_table.json")
         (out / "plan.json").write_text(plan.to_json(indent=1) + "\n")
         pruned = apply_plan(sparse, plan)
         threshold = config.threshold if config.threshold is not None else effective_threshold(sparse, plan)
@@ -123,7 +163,6 @@ def run(config: PipelineConfig, console: Console | None = None) -> dict[str, Any
         slimprune.io.save(finetuned, out / "finetuned.safetensors", plan=plan, build=build_spec(config.sparse))
 
     models = {"baseline": baseline, "sparse": sparse, "pruned": pruned, "finetuned": finetuned}
-    root = prepare_data(config.baseline)
     with stage("evaluate", "AP, parameters, FLOPs, latency; prune-ratio sweep"):
         evaluated = {}
         for name, model in models.items():
@@ -135,9 +174,19 @@ def run(config: PipelineConfig, console: Console | None = None) -> dict[str, Any
         latencies = time_models(
             models, config.baseline.eval_size, config.latency_threads, config.latency_repeats, config.latency_rounds
         )
+        console.print("per-layer time of the baseline and the pruned + fine-tuned model (the latency floor)")
+        floor = {
+            name: floor_summary(
+                layer_times(models[name], config.baseline.eval_size, config.latency_threads, config.floor_repeats)
+            )
+            for name in ("baseline", "finetuned")
+        }
 
     with stage("report", f"report.json, report.md and figures in {out}"):
-        report = build_report(config, models, evaluated, latencies, plan, threshold, sweep, stage.seconds, analyses)
+        report = build_report(
+            config, models, evaluated, latencies, plan, threshold, sweep, stage.seconds, analyses, curve.points
+        )
+        report["latency_floor"] = floor
         report["seconds"]["total"] = time.perf_counter() - started
         write_figures(out, models, evaluated, threshold, sweep, report)
         report["seconds"]["report"] = time.perf_counter() - started - sum(

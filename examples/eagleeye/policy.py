@@ -10,6 +10,7 @@ counted (the engine asks for a little more itself), so nothing here retries for 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,8 @@ from .config import PipelineConfig, TrainConfig
 
 __all__ = [
     "analyze",
+    "analyze_for_latency",
+    "latency_plan",
     "example_batch",
     "plan_fraction",
     "prune_plan",
@@ -56,6 +59,44 @@ def analyze(model: nn.Module, config: TrainConfig) -> slimprune.Analysis:
     return slimprune.analyze(model, example_inputs=example_batch(config))
 
 
+def analyze_for_latency(model: nn.Module, size: int) -> slimprune.Analysis:
+    """The analysis a latency plan is made on: one image of ``size`` x ``size``, the batch and size
+    the latency is measured at (``target="latency"`` profiles the layers on these shapes)."""
+    x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    return slimprune.analyze(model, example_inputs=(x,))
+
+
+def latency_plan(
+    analysis: slimprune.Analysis,
+    fraction: float,
+    threads: int,
+    round_to: int,
+    cache: Path | None,
+    *,
+    points: int = 5,
+    min_run_time: float = 0.05,
+) -> slimprune.PruningPlan:
+    """Remove ``fraction`` of the predicted CPU latency at batch 1 (``slimprune.plan(target="latency")``):
+    each layer is timed at a grid of widths (``slimprune.latency.profile``, on ``threads`` threads,
+    the table cached in ``cache``), and the channel groups go in the order of |γ| lost per
+    millisecond saved. The engine holds the time outside convolutions fixed, so it predicts
+    less saving than the pruned model shows, and measures it once on the whole model, so on a
+    busy machine its prediction is noisy (docs/eagleeye.md). ``points`` widths per layer axis are
+    timed for ``min_run_time`` seconds each (``slimprune.latency.profile``)."""
+    from slimprune.latency import profile
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        table = profile(
+            analysis.model, analysis.example_inputs, analysis.graph, device="cpu", threads=threads,
+            points=points, min_run_time=min_run_time, cache=cache, progress=False,
+        )
+        return slimprune.plan(analysis, fraction, target="latency", round_to=round_to, latency_table=table)
+    finally:
+        torch.set_num_threads(previous)
+
+
 def plan_fraction(
     analysis: slimprune.Analysis, fraction: float, *, target: str = "params", round_to: int = 1
 ) -> slimprune.PruningPlan:
@@ -77,11 +118,18 @@ def removed_params(plan: slimprune.PruningPlan) -> float:
     return 1 - plan.params_after / plan.params_before
 
 
-def prune_plan(analysis: slimprune.Analysis, config: PipelineConfig) -> slimprune.PruningPlan:
-    """The plan of stage 3: by ``threshold``; or every zeroed channel and at least ``target_params``;
-    or, when that misses ``target_flops``, the smallest |γ| per FLOP until both targets are met.
+def prune_plan(
+    analysis: slimprune.Analysis, config: PipelineConfig, latency_cache: Path | None = None
+) -> slimprune.PruningPlan:
+    """The plan of stage 3: by ``threshold``; or by ``target_latency`` (:func:`latency_plan` on a
+    batch-1 analysis at the evaluation size); or every zeroed channel and at least
+    ``target_params``; or, when that misses ``target_flops``, the smallest |γ| per FLOP until
+    both targets are met.
     """
     rounding = config.round_to
+    if config.target_latency is not None and config.threshold is None:
+        at_size = analyze_for_latency(analysis.model, config.baseline.eval_size)
+        return latency_plan(at_size, config.target_latency, config.latency_threads, rounding, latency_cache)
     if config.threshold is not None:
         return slimprune.plan(analysis, threshold=config.threshold, round_to=rounding)
     plan = None

@@ -31,6 +31,7 @@ import copy
 import os
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -75,7 +76,12 @@ __all__ = [
     "load_model",
     "prepare_data",
     "CHECKPOINT_NAME",
+    "AfterEpoch",
 ]
+
+#: Called as ``after_epoch(epoch, model)`` (``epoch`` counted from 1) at the end of every epoch,
+#: after its checkpoint is written, on the main process only, with the unwrapped model.
+AfterEpoch = Callable[[int, nn.Module], None]
 
 
 def train(
@@ -86,6 +92,7 @@ def train(
     dataset: Dataset | None = None,
     console: Console | None = None,
     teacher: nn.Module | None = None,
+    after_epoch: AfterEpoch | None = None,
 ) -> nn.Module:
     """Train EagleEye (or continue ``model``) as ``config`` says; return it in eval mode.
 
@@ -104,6 +111,9 @@ def train(
         teacher: with ``config.distill > 0``, a detector with the same outputs (e.g. the
             unpruned model) whose scores and boxes the model is also pulled towards; it is run
             in eval mode without gradients and is not changed.
+        after_epoch: called as ``after_epoch(epoch, model)`` after every epoch's checkpoint
+            (main process only), e.g. to evaluate the model; it must leave the model's
+            weights and the global random generators as it found them (evaluation does).
 
     Returns:
         the trained model (unwrapped from DDP), in eval mode, on ``config.device``.
@@ -128,7 +138,9 @@ def train(
     threads = config.threads or max(1, (os.cpu_count() or 1) // ctx.world_size - config.num_workers)
     torch.set_num_threads(threads)
     try:
-        return _train(config, ctx, model, after_backward, dataset, console, teacher if config.distill > 0 else None)
+        return _train(
+            config, ctx, model, after_backward, dataset, console, teacher if config.distill > 0 else None, after_epoch
+        )
     finally:
         torch.set_num_threads(previous_threads)
         if ctx.created_group:
@@ -143,6 +155,7 @@ def _train(
     dataset: Dataset | None,
     console: Console,
     teacher: nn.Module | None,
+    after_epoch: AfterEpoch | None = None,
 ) -> nn.Module:
     device = ctx.device
     torch.manual_seed(config.seed)
@@ -305,6 +318,8 @@ def _train(
                     f"epoch {epoch + 1}/{config.epochs}: loss {means[0]:.4f} (cls {means[1]:.4f}, box {means[2]:.4f}), "
                     f"{record['images_per_s']:.1f} img/s, {seconds:.1f} s, lr {record['lr']:.2e}"
                 )
+                if after_epoch is not None:
+                    after_epoch(epoch + 1, model)
             if ctx.world_size > 1:
                 dist.barrier()
     return model.eval()
