@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
+import importlib.util
 import operator
 import warnings
 from collections.abc import Callable, Iterator
@@ -537,8 +539,6 @@ _torchvision_attention()
 
 # ------------------------------------------------------------ timm's norms and activations
 def _timm_cases() -> None:
-    import importlib
-
     found: dict[str, type] = {}
     for path in ("timm.layers.norm_act", "timm.layers.norm", "timm.layers.activations", "timm.layers.activations_me",
                  "timm.layers.linear"):
@@ -568,7 +568,8 @@ def _timm_cases() -> None:
     add("Linear", lambda c: c(8, 8), last_axis=True)
 
 
-_timm_cases()
+if importlib.util.find_spec("timm") is not None:  # (without timm its rules are never registered)
+    _timm_cases()
 
 
 # ------------------------------------------------------------------------------ running
