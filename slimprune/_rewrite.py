@@ -23,8 +23,8 @@ from ._copy import copy_model
 from ._dropin import collapse_children, dropin
 from ._edits import apply_edits, encode
 from ._plan import PruningPlan
-from ._trace import concrete_trace, describe_fixed, symbolic_trace
-from .errors import PlanMismatchError, ShapeSpecializationWarning, TraceError
+from ._trace import describe_fixed, symbolic_else_concrete
+from .errors import PlanMismatchError, ShapeSpecializationWarning
 from .rules import has_module_rule, lookup_rule
 from .rules.heads import resize_heads, snapshot_heads
 
@@ -111,18 +111,17 @@ def _retrace(model: nn.Module, plan: PruningPlan) -> tuple[fx.GraphModule, tuple
 
     Returns the GraphModule and the shape-dependent decisions a concrete trace fixed.
     """
-    try:
-        return symbolic_trace(model, plan.opaque, has_module_rule)[0], ()
-    except TraceError:
+    def inputs() -> list[tuple[torch.Tensor, ...]]:
         if not plan.input_shapes:
-            raise
-    p = next(model.parameters(), None)
-    dtype = p.dtype if p is not None and p.dtype.is_floating_point else torch.float32
-    gen = torch.Generator().manual_seed(0)
-    inputs = tuple(torch.randn(s, generator=gen, dtype=dtype).to(p.device if p is not None else "cpu")
-                   for s in plan.input_shapes)
-    gm, _, fixed = concrete_trace(model, inputs, plan.opaque, has_module_rule)
-    return gm, fixed
+            return []  # no shapes to run it on: the symbolic error stands
+        p = next(model.parameters(), None)
+        dtype = p.dtype if p is not None and p.dtype.is_floating_point else torch.float32
+        gen = torch.Generator().manual_seed(0)
+        return [tuple(torch.randn(s, generator=gen, dtype=dtype).to(p.device if p is not None else "cpu")
+                      for s in plan.input_shapes)]
+
+    return symbolic_else_concrete(model, inputs, lambda gm, _: (gm, ()), lambda gm, _, fixed, __: (gm, fixed),
+                                  plan.opaque, has_module_rule)
 
 
 def _attributes_took_effect(target: nn.Module, plan: PruningPlan, edits: list[dict]) -> bool:

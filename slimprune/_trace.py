@@ -18,7 +18,7 @@ import inspect
 import operator
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.fx as fx
@@ -28,7 +28,8 @@ from ._augmented import InplaceProxy
 from ._modes import kept_modes
 from .errors import ExampleInputError, TraceError
 
-__all__ = ["Traced", "KeywordInputs", "trace", "trace_module", "concrete_trace", "default_example_inputs",
+__all__ = ["Traced", "KeywordInputs", "trace", "trace_module", "symbolic_else_concrete", "concrete_trace",
+           "default_example_inputs",
            "normalize_inputs", "call_model"]
 
 SHAPE = "slimprune.shape"
@@ -535,6 +536,57 @@ def concrete_trace(model: nn.Module, inputs: tuple[Any, ...],
     return gm, tuple(sorted(names)), tuple(tracer.fixed)
 
 
+R = TypeVar("R")
+
+
+def symbolic_else_concrete(
+    model: nn.Module,
+    candidates: Callable[[], Iterable[tuple[Any, ...]]] | None,
+    symbolic: Callable[[fx.GraphModule, tuple[str, ...]], R],
+    concrete: Callable[[fx.GraphModule, tuple[str, ...], tuple[str, ...], tuple[Any, ...]], R],
+    opaque: Iterable[str | type] = (),
+    leaf: LeafPredicate = no_extra_leaves,
+    keywords: tuple[str, ...] | None = None,
+) -> R:
+    """Trace symbolically, else concretely: the one place slimprune falls back.
+
+    A symbolic fx trace first; its result goes to ``symbolic(gm, opaque_names)``. When fx
+    rejects forward's Python, a concrete trace (:func:`concrete_trace`) on each input tuple of
+    ``candidates()`` in turn (built only then), whose result goes to ``concrete(gm,
+    opaque_names, fixed, inputs)``; a candidate whose trace or ``concrete`` raises
+    :class:`TraceError` or :class:`ExampleInputError` gives way to the next. Returns what the
+    callback returned. ``keywords``: as for :func:`symbolic_trace`.
+
+    Raises:
+        TraceError: the symbolic one (cause kept), when there are no candidates
+            (``candidates`` None, empty, or raising ExampleInputError), or with the first
+            concrete attempt's reason added, when every candidate fails.
+    """
+    opaque = list(opaque)
+    try:
+        gm, names = symbolic_trace(model, opaque, leaf, keywords)
+    except TraceError as exc:
+        symbolic_error = exc
+    else:
+        return symbolic(gm, names)
+    try:
+        tries = list(candidates()) if candidates is not None else []
+    except ExampleInputError:
+        tries = []
+    if not tries:
+        raise symbolic_error from symbolic_error.__cause__
+    failures: list[str] = []
+    for inputs in tries:
+        try:
+            gm, names, fixed = concrete_trace(model, inputs, opaque, leaf)
+            return concrete(gm, names, fixed, inputs)
+        except (TraceError, ExampleInputError) as exc:
+            failures.append(str(exc))
+    raise TraceError(
+        f"{symbolic_error} (Tracing while running it on the example inputs failed too: {failures[0][:400]})"
+    ) from symbolic_error.__cause__
+
+
 def trace_module(model: nn.Module, inputs: tuple[Any, ...], opaque: Iterable[str | type] = (),
                  leaf: LeafPredicate = no_extra_leaves) -> tuple[fx.GraphModule, tuple[str, ...], tuple[str, ...], str]:
     """Symbolic trace, or a concrete one on ``inputs`` when fx alone cannot follow forward.
@@ -543,17 +595,11 @@ def trace_module(model: nn.Module, inputs: tuple[Any, ...], opaque: Iterable[str
     (with the concrete attempt's reason added) when both fail.
     """
     check_keywords(model, inputs)
-    try:
-        gm, names = symbolic_trace(model, opaque, leaf, keywords_of(inputs))
-        return gm, names, (), "symbolic"
-    except TraceError as exc:
-        symbolic_error = exc
-    try:
-        gm, names, fixed = concrete_trace(model, inputs, opaque, leaf)
-    except TraceError as exc:
-        raise TraceError(f"{symbolic_error} (Tracing while running it on the example inputs failed "
-                         f"too: {exc})") from symbolic_error.__cause__
-    return gm, names, fixed, "concrete"
+    return symbolic_else_concrete(
+        model, lambda: [inputs],
+        lambda gm, names: (gm, names, (), "symbolic"),
+        lambda gm, names, fixed, _: (gm, names, fixed, "concrete"),
+        opaque, leaf, keywords_of(inputs))
 
 
 @contextlib.contextmanager
@@ -709,17 +755,40 @@ def trace(model: nn.Module, example_inputs: Any = None, opaque: Iterable[str | t
         example_inputs = normalize_inputs(example_inputs)
         check_keywords(model, example_inputs)
     keywords = keywords_of(example_inputs)
-    try:
-        gm, opaque_names = symbolic_trace(model, opaque, leaf, keywords)
-    except TraceError as exc:
-        return _trace_concretely(model, example_inputs, opaque, exc, leaf)
-    other = _other_mode_graph(model, gm, lambda: symbolic_trace(model, opaque, leaf, keywords)[0])
-    if example_inputs is not None:
-        inputs = example_inputs
+    opaque = list(opaque)
+
+    def symbolic(gm: fx.GraphModule, opaque_names: tuple[str, ...]) -> Traced:
+        other = _other_mode_graph(model, gm, lambda: symbolic_trace(model, opaque, leaf, keywords)[0])
+        return _with_shapes(model, gm, other, example_inputs, opaque_names)
+
+    def concrete(gm: fx.GraphModule, names: tuple[str, ...], fixed: tuple[str, ...], inputs: tuple[Any, ...]) -> Traced:
+        fixed_other: list[str] = []
+
+        def retrace() -> fx.GraphModule:
+            g, _, f = concrete_trace(model, inputs, opaque, leaf)
+            fixed_other.extend(f)
+            return g
+
+        other = _other_mode_graph(model, gm, retrace)
         propagate_shapes(gm, inputs)
         if other is not None:
             propagate_shapes(other, inputs)
-        return Traced(gm, inputs, opaque_names, other)
+        return Traced(gm, inputs, names, other, "concrete", tuple(dict.fromkeys(fixed + tuple(fixed_other))))
+
+    def candidates() -> Iterable[tuple[Any, ...]]:
+        return [example_inputs] if example_inputs is not None else default_example_inputs(model)
+
+    return symbolic_else_concrete(model, candidates, symbolic, concrete, opaque, leaf, keywords)
+
+
+def _with_shapes(model: nn.Module, gm: fx.GraphModule, other: fx.GraphModule | None, example_inputs: Any,
+                 opaque_names: tuple[str, ...]) -> Traced:
+    """A symbolic trace with shapes from ``example_inputs``, or from the first default input that fits."""
+    if example_inputs is not None:
+        propagate_shapes(gm, example_inputs)
+        if other is not None:
+            propagate_shapes(other, example_inputs)
+        return Traced(gm, example_inputs, opaque_names, other)
     errors: list[str] = []
     for candidate in default_example_inputs(model):
         try:
@@ -735,38 +804,3 @@ def trace(model: nn.Module, example_inputs: Any = None, opaque: Iterable[str | t
         + "; ".join(errors[:3])
         + "). Pass example_inputs= (a tensor or a tuple of positional inputs)."
     )
-
-
-def _trace_concretely(model: nn.Module, example_inputs: Any, opaque: Iterable[str | type],
-                      symbolic_error: TraceError, leaf: LeafPredicate = no_extra_leaves) -> Traced:
-    """The concrete fallback of :func:`trace`: the given inputs, or each default in turn."""
-    opaque = list(opaque)
-    if example_inputs is not None:
-        candidates: Iterable[tuple[Any, ...]] = [normalize_inputs(example_inputs)]
-    else:
-        try:
-            candidates = list(default_example_inputs(model))
-        except ExampleInputError:
-            raise symbolic_error from symbolic_error.__cause__
-    failures: list[str] = []
-    for inputs in candidates:
-        try:
-            gm, names, fixed = concrete_trace(model, inputs, opaque, leaf)
-            fixed_other: list[str] = []
-
-            def retrace() -> fx.GraphModule:
-                g, _, f = concrete_trace(model, inputs, opaque, leaf)
-                fixed_other.extend(f)
-                return g
-
-            other = _other_mode_graph(model, gm, retrace)
-            propagate_shapes(gm, inputs)
-            if other is not None:
-                propagate_shapes(other, inputs)
-        except (TraceError, ExampleInputError) as exc:
-            failures.append(str(exc))
-            continue
-        return Traced(gm, inputs, names, other, "concrete", tuple(dict.fromkeys(fixed + tuple(fixed_other))))
-    raise TraceError(
-        f"{symbolic_error} (Tracing while running it on the example inputs failed too: {failures[0][:400]})"
-    ) from symbolic_error.__cause__

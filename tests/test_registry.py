@@ -70,3 +70,26 @@ def test_a_bad_target_registers_nothing(scale_cls) -> None:
     with pytest.raises(TypeError, match="nn.Module classes"):
         slimprune.register_rule(scale_cls, 3)(_first)
     assert scale_cls not in _MODULE_RULES
+
+
+def test_lookups_recorded_notes_only_the_rules_handed_out_inside_its_block() -> None:
+    from slimprune.rules._registry import lookups_recorded
+
+    with lookups_recorded() as seen:
+        assert lookup_rule("call_method", "relu") is not None
+        assert lookup_rule("call_method", "no_such_method") is None
+    lookup_rule("call_method", "sigmoid")
+    assert seen == {("method", "relu")}
+
+
+def test_load_lazy_rules_registers_timm_rules_once_without_replacing_any() -> None:
+    import timm.layers
+
+    from slimprune.rules._registry import _LAZY, load_lazy_rules
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", slimprune.RuleReplacedWarning)
+        load_lazy_rules()
+        assert not _LAZY
+        assert lookup_rule("call_module", None, timm.layers.BatchNormAct2d(4)) is not None
+        load_lazy_rules()  # nothing left to load

@@ -6,9 +6,10 @@ not from the :mod:`slimprune.rules` package, which imports them.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +51,13 @@ def register_lazy_rules(package: str, loader: Callable[[], None]) -> None:
     """Call ``loader`` (which registers rules) the first time a module class defined in the
     top-level package ``package`` is looked up."""
     _LAZY[package] = loader
+
+
+def load_lazy_rules() -> None:
+    """Register every lazily loaded family now (those whose package is not importable
+    register nothing), e.g. before listing :func:`rule_targets`."""
+    while _LAZY:
+        _LAZY.pop(next(iter(_LAZY)))()
 
 
 def register_rule(
@@ -119,6 +127,20 @@ def record_lookups() -> set[tuple[str, Any]]:
     if _looked_up is None:
         _looked_up = set()
     return _looked_up
+
+
+@contextlib.contextmanager
+def lookups_recorded() -> Iterator[set[tuple[str, Any]]]:
+    """Note, in a fresh set, the ``(kind, target)`` of every rule :func:`lookup_rule` hands out
+    inside the ``with`` block (added to an enclosing :func:`record_lookups` set too)."""
+    global _looked_up
+    outer, _looked_up = _looked_up, set()
+    try:
+        yield _looked_up
+    finally:
+        if outer is not None:
+            outer |= _looked_up
+        _looked_up = outer
 
 
 def rule_targets() -> list[tuple[str, Any]]:

@@ -30,14 +30,14 @@ _MODULES = (
 )
 _FUNCTIONS = (
     F.relu, F.relu_, F.relu6, F.elu, F.elu_, F.selu, F.celu, F.leaky_relu, F.leaky_relu_, F.gelu,
-    F.silu, F.mish, F.hardswish, F.hardsigmoid, F.hardtanh, F.hardtanh_, F.sigmoid, F.tanh,
+    F.silu, F.mish, F.hardswish, F.hardsigmoid, F.hardtanh, F.hardtanh_,
     F.softplus, F.softsign, F.logsigmoid, F.hardshrink, F.softshrink, F.tanhshrink, F.rrelu,
     F.threshold,
     F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout,
     F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
     F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
     F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d, F.lp_pool1d, F.lp_pool2d,
-    F.interpolate, F.upsample, F.upsample_nearest, F.upsample_bilinear, F.pad,
+    F.interpolate, F.pad,
     torch.relu, torch.relu_, torch.sigmoid, torch.tanh, torch.exp, torch.abs, torch.neg,
     torch.sqrt, torch.rsqrt, torch.square, torch.clamp, torch.clip, torch.erf, torch.sin, torch.cos,
     torch.max_pool1d, torch.max_pool2d, torch.avg_pool1d, torch.adaptive_avg_pool1d,
@@ -136,8 +136,7 @@ def broadcast(ctx, node, operands):
 # ``torch.lerp(a, b, w)``, ``torch.addcmul(a, t1, t2)``, ``a ** b``, ``torch.maximum(a, b)``.
 _ELEMENTWISE_FUNCTIONS = (
     operator.add, operator.sub, operator.mul, operator.truediv, operator.floordiv, operator.mod,
-    operator.pow, operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ifloordiv,
-    operator.imod, operator.ipow,
+    operator.pow,
     torch.add, torch.sub, torch.mul, torch.div, torch.true_divide, torch.multiply, torch.subtract,
     torch.floor_divide, torch.remainder, torch.fmod, torch.pow, torch.maximum, torch.minimum,
     torch.fmax, torch.fmin, torch.clamp_min, torch.clamp_max, torch.lerp, torch.addcmul, torch.addcdiv,
@@ -234,9 +233,14 @@ def size(ctx, node):
 
 @register_rule("dim", "numel", "type", "get_device", "nelement")
 def shape_query(ctx, node):
-    """``x.dim()``, ``x.numel()``, ``x.type()``: not tensors. ``x.type(dtype)`` is a cast."""
-    if node.target == "type" and (len(node.args) > 1 or "dtype" in node.kwargs):
+    """A value about a tensor, not its data. ``x.type(dtype)`` is a cast (its channels pass);
+    an element count (``numel``) follows the pruned width, so it keeps the tensor's channels."""
+    if node.target == "type" and (len(node.args) > 1 or node.kwargs):
         return ctx.passthrough(node)
+    if node.target in ("numel", "nelement"):
+        x = ctx.input(node, 0)
+        if x is not None:
+            ctx.keep(x.labels)
     return None
 
 

@@ -259,7 +259,7 @@ def movedim(ctx, node):
 
 
 # ------------------------------------------------------------- shuffles (index permutations)
-@register_rule(nn.ChannelShuffle, torch.channel_shuffle, F.channel_shuffle, "channel_shuffle")
+@register_rule(nn.ChannelShuffle, torch.channel_shuffle, F.channel_shuffle)
 def channel_shuffle(ctx, node):
     """Shuffle of g groups: position j of every group is one unit (g channels)."""
     x = ctx.input(node, 0, "input")
