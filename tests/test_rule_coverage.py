@@ -572,6 +572,51 @@ if importlib.util.find_spec("timm") is not None:  # (without timm its rules are 
     _timm_cases()
 
 
+# ------------------------------------------------- attention products (rules/heads.py)
+# Channels on a batch axis (heads) of both operands: a @ bᵀ ties them and keeps them there.
+case("operator.matmul", lambda a, b: a @ b.transpose(-2, -1), second=True)
+case("torch.matmul", lambda a, b: torch.matmul(a, b.transpose(-2, -1)), second=True)
+case("Tensor.matmul", lambda a, b: a.matmul(b.transpose(-2, -1)), second=True)
+# (B, C, L) @ (B, L, C): a's channels stay on axis 1, b's (contracted away) are kept
+case("torch.bmm", lambda a, b: torch.bmm(a, b.transpose(1, 2)), 1, second=True)
+case("Tensor.bmm", lambda a, b: a.bmm(b.transpose(1, 2)), 1, second=True)
+# (B, heads, N, D) with the channels as heads: q, k, v heads tied, the output keeps them
+case("F.scaled_dot_product_attention", lambda a, b: F.scaled_dot_product_attention(a, b, b), second=True)
+
+
+# ------------------------------------------------- Hugging Face transformers (rules/hf.py)
+class _Rotary(nn.Module):
+    """A rotary embedding module (a leaf: its cos/sin carry no channels) beside the channels."""
+
+    def __init__(self, cls: type[nn.Module], config: Any) -> None:
+        super().__init__()
+        self.rot = cls(config=config)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        pos = torch.arange(y.shape[1]).unsqueeze(0)
+        cos, sin = self.rot(y, pos)
+        return y * (cos.mean() + sin.mean())
+
+
+def _transformers_cases() -> None:
+    from transformers.pytorch_utils import Conv1D
+
+    case("transformers Conv1D", lambda: Conv1D(8, 8), module=True, last_axis=True)
+    for family in ("llama", "mistral", "qwen2"):
+        mod = importlib.import_module(f"transformers.models.{family}.modeling_{family}")
+        prefix = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2"}[family]
+        config_cls = getattr(importlib.import_module(f"transformers.models.{family}"), f"{prefix}Config")
+        config = config_cls(hidden_size=16, num_attention_heads=2, num_key_value_heads=1, head_dim=8)
+        norm, rotary = getattr(mod, f"{prefix}RMSNorm"), getattr(mod, f"{prefix}RotaryEmbedding")
+        case(f"transformers {prefix}RMSNorm", lambda norm=norm: norm(8), module=True, last_axis=True, inexact=True)
+        case(f"transformers {prefix}RotaryEmbedding", lambda r=rotary, c=config: _Rotary(r, c), module=True,
+             last_axis=True)
+
+
+if importlib.util.find_spec("transformers") is not None:  # (a test dependency, as timm)
+    _transformers_cases()
+
+
 # ------------------------------------------------------------------------------ running
 def _plan(model: nn.Module, x: Any, **kw: Any) -> slimprune.PruningPlan:
     with warnings.catch_warnings():

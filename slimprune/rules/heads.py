@@ -249,7 +249,7 @@ def _product(ctx, node: fx.Node, a_node: Any, b_node: Any):
     return ctx.info_of(len(so) + r, labels)
 
 
-@register_rule(torch.matmul, operator.matmul, torch.bmm, "matmul", "bmm", "__matmul__")
+@register_rule(torch.matmul, operator.matmul, torch.bmm, "matmul", "bmm")  # (fx records `a @ b` as operator.matmul)
 def matmul(ctx, node: fx.Node):
     """``a @ b``, ``torch.matmul``, ``torch.bmm``: heads tied across the operands."""
     a_node = ctx.arg(node, 0, "input")
