@@ -21,7 +21,10 @@ knows only a few ops; any other op proves nothing, so the probe runs:
 * ``a + b``: zero where both are; ``a * b``: zero where either is (the other finite).
 
 Which position holds which unit comes from the channel graph's labels
-(:attr:`ChannelGraph.node_units`). A graph with another mode's branch is not proved.
+(:attr:`ChannelGraph.node_units`); each node gets one flag per channel position (zero
+for every input, or not known), and an op whose output positions are not its input's
+carries a unit over only when every position of that unit was zero. A graph with
+another mode's branch is not proved. Activations are assumed finite (``0·x = 0``).
 """
 
 from __future__ import annotations
@@ -51,7 +54,122 @@ _MUL = {operator.mul, operator.imul, torch.mul}
 _PRODUCERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm)
 
-_NONE = np.zeros(0, np.int64)
+class _Proof:
+    """Per node of the traced graph: which of its channel positions are provably zero."""
+
+    def __init__(self, graph: ChannelGraph, model: nn.Module, removed: np.ndarray, zeroed: tuple[str, ...]) -> None:
+        self.graph, self.removed, self.zeroed = graph, removed, zeroed
+        self.slices = {(s.module, s.param, s.dim): s for s in graph.slices}
+        self.modules = dict(model.named_modules())
+        self.zero: dict[str, np.ndarray] = {}  # node -> bool per channel position
+        self._scratch = np.zeros(graph.num_units, dtype=bool)
+
+    def at(self, arg: Any, units: np.ndarray) -> np.ndarray | None:
+        """``arg``'s zero flags moved onto positions holding ``units``; None if ``arg`` is no node."""
+        if not isinstance(arg, fx.Node):
+            return None
+        src_units = self.graph.node_units.get(arg.name)
+        flags = self.zero.get(arg.name)
+        if src_units is None or flags is None:
+            return np.zeros(units.shape, dtype=bool)
+        if src_units is units or (src_units.shape == units.shape and np.array_equal(src_units, units)):
+            return flags
+        # Positions moved (view, permute, flatten): a unit is zero only where all its positions were.
+        sc = self._scratch
+        sc[src_units[flags]] = True
+        sc[src_units[~flags]] = False
+        out = sc[units].copy()
+        sc[src_units] = False
+        return out
+
+    def run(self) -> None:
+        for node in self.graph.gm.graph.nodes:
+            units = self.graph.node_units.get(node.name)
+            if units is not None:
+                z = self.node(node, units)
+                if z is not None and z.any():
+                    self.zero[node.name] = z
+
+    def node(self, node: fx.Node, units: np.ndarray) -> np.ndarray | None:
+        if node.op == "call_module":
+            m = self.modules.get(str(node.target))
+            if m is None:
+                return None
+            if type(m) in _ZERO_MODULES:
+                return self.first(node, units, strict=True)
+            if type(m) in _PRODUCERS:
+                return self.producer(str(node.target), m, units)
+            if type(m) in _NORMS:
+                return self.norm(str(node.target), m, units)
+            return None
+        if node.op == "call_function" and node.target in _ZERO_FUNCTIONS:
+            return self.first(node, units, strict=True)
+        if node.op == "call_method" and node.target in _ZERO_METHODS:
+            # Extra arguments are sizes or dims (x.view(x.size(0), -1)): they move values only.
+            return self.first(node, units, strict=False)
+        if (node.op == "call_function" and node.target in _ADD) or (node.op == "call_method" and node.target in ("add", "add_")):
+            return self.combine(node, units, add=True)
+        if (node.op == "call_function" and node.target in _MUL) or (node.op == "call_method" and node.target in ("mul", "mul_")):
+            return self.combine(node, units, add=False)
+        return None
+
+    def first(self, node: fx.Node, units: np.ndarray, strict: bool) -> np.ndarray | None:
+        """Zeros of the first argument (with ``strict``, only when no other argument is a tensor)."""
+        if not node.args:
+            return None
+        if strict and any(isinstance(a, fx.Node) for a in (*node.args[1:], *node.kwargs.values())):
+            return None
+        return self.at(node.args[0], units)
+
+    def combine(self, node: fx.Node, units: np.ndarray, add: bool) -> np.ndarray | None:
+        args = list(node.args[:2])
+        if len(args) != 2:
+            return None
+        if add and any(k != "alpha" or not _finite_number(v) for k, v in node.kwargs.items()):
+            return None
+        if not add and node.kwargs:
+            return None
+        flags = []
+        for a in args:
+            if isinstance(a, fx.Node):
+                flags.append(self.at(a, units))
+            elif not _finite_number(a) or (add and a != 0):
+                return None  # a tensor constant, a non-zero addend or a non-finite factor: unknown
+        if not flags:
+            return None
+        out = flags[0].copy()
+        for f in flags[1:]:
+            out = out & f if add else out | f
+        return out
+
+    def _zeroed(self, key: tuple[str, str, int], role: str, units: np.ndarray) -> np.ndarray | None:
+        """Per position: does silencing zero this slice's entry? None: no such slice for these positions."""
+        s = self.slices.get(key)
+        if s is None or s.role != role or s.units.shape != units.shape or not np.array_equal(s.units, units):
+            return None
+        return self.removed[units] if role in self.zeroed else np.zeros(units.shape, dtype=bool)
+
+    def producer(self, name: str, m: nn.Module, units: np.ndarray) -> np.ndarray | None:
+        rows = self._zeroed((name, "weight", 0), "out", units)
+        if rows is None or getattr(m, "bias", None) is None:
+            return rows
+        bias = self._zeroed((name, "bias", 0), "out", units)
+        return None if bias is None else rows & bias
+
+    def norm(self, name: str, m: nn.Module, units: np.ndarray) -> np.ndarray | None:
+        if isinstance(m, nn.LayerNorm) and len(m.normalized_shape) != 1:
+            return None
+        if getattr(m, "weight", None) is None:
+            return None  # no affine scale: the output is x̂, not a constant
+        scaled = self._zeroed((name, "weight", 0), "scale", units)
+        if scaled is None or getattr(m, "bias", None) is None:
+            return scaled
+        shift = self._zeroed((name, "bias", 0), "shift", units)
+        if shift is None:
+            return None
+        # β kept: zero only where it is exactly 0.
+        kept_zero = (m.bias.detach() == 0).cpu().numpy()
+        return scaled & (shift | kept_zero)
 
 
 def zero_at_consumers(graph: ChannelGraph, model: nn.Module, removed: np.ndarray, keep_shift: bool,
@@ -60,139 +178,21 @@ def zero_at_consumers(graph: ChannelGraph, model: nn.Module, removed: np.ndarray
     them, every consumer sees exact zeros in every removed input channel."""
     if graph.traced.other_mode is not None or not graph.node_units:
         return False
-    zeroed = tuple(roles) + (() if keep_shift else ("shift",))
-    slices = {(s.module, s.param, s.dim): s for s in graph.slices}
-    modules = dict(model.named_modules())
-    zero: dict[str, np.ndarray] = {}  # node -> units provably zero at every position they hold
-    for node in graph.gm.graph.nodes:
-        units = graph.node_units.get(node.name)
-        if units is None:
-            continue
-        z = _node_zeros(node, units, zero, removed, zeroed, slices, modules)
-        if z.size:
-            zero[node.name] = np.intersect1d(z, units)
+    proof = _Proof(graph, model, removed, tuple(roles) + (() if keep_shift else ("shift",)))
+    proof.run()
     nodes = {n.name: n for n in graph.gm.graph.nodes}
     for c in graph.consumers:
-        need = c.units[removed[c.units]]
-        if not need.size:
+        need = removed[c.units]
+        if not need.any():
             continue
         node = nodes.get(c.node)
         if c.graph != 0 or node is None or not node.args or not isinstance(node.args[0], fx.Node):
             return False
-        if not np.isin(need, zero.get(node.args[0].name, _NONE)).all():
+        flags = proof.at(node.args[0], c.units)
+        if flags is None or not flags[need].all():
             return False
     return True
 
 
-def _arg_zeros(arg: Any, zero: dict[str, np.ndarray]) -> np.ndarray | None:
-    """Zero units of a node argument; None for a non-tensor argument."""
-    if isinstance(arg, fx.Node):
-        return zero.get(arg.name, _NONE)
-    return None
-
-
 def _finite_number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _node_zeros(node: fx.Node, units: np.ndarray, zero: dict[str, np.ndarray], removed: np.ndarray,
-                zeroed: tuple[str, ...], slices: dict[tuple[str, str, int], ParamSlice],
-                modules: dict[str, nn.Module]) -> np.ndarray:
-    if node.op == "call_module":
-        m = modules.get(str(node.target))
-        if m is None:
-            return _NONE
-        if type(m) in _ZERO_MODULES:
-            return _first(node, zero)
-        if type(m) in _PRODUCERS:
-            return _silenced_producer(str(node.target), m, units, removed, zeroed, slices)
-        if type(m) in _NORMS:
-            return _silenced_norm(str(node.target), m, units, removed, zeroed, slices)
-        return _NONE
-    if node.op == "call_function" and node.target in _ZERO_FUNCTIONS:
-        return _first(node, zero)
-    if node.op == "call_method" and node.target in _ZERO_METHODS:
-        # Extra arguments are sizes or dims (x.view(x.size(0), -1)): they move values only.
-        z = _arg_zeros(node.args[0], zero) if node.args else None
-        return _NONE if z is None else z
-    if (node.op == "call_function" and node.target in _ADD) or (node.op == "call_method" and node.target in ("add", "add_")):
-        return _combine(node, zero, add=True)
-    if (node.op == "call_function" and node.target in _MUL) or (node.op == "call_method" and node.target in ("mul", "mul_")):
-        return _combine(node, zero, add=False)
-    return _NONE
-
-
-def _first(node: fx.Node, zero: dict[str, np.ndarray]) -> np.ndarray:
-    """Zeros of the first argument, when no other argument is a tensor."""
-    if not node.args or any(isinstance(a, fx.Node) for a in (*node.args[1:], *node.kwargs.values())):
-        return _NONE
-    z = _arg_zeros(node.args[0], zero)
-    return _NONE if z is None else z
-
-
-def _combine(node: fx.Node, zero: dict[str, np.ndarray], add: bool) -> np.ndarray:
-    args = list(node.args[:2])
-    if len(args) != 2 or any(isinstance(v, fx.Node) for k, v in node.kwargs.items()):
-        return _NONE
-    if add and any(k != "alpha" or not _finite_number(v) for k, v in node.kwargs.items()):
-        return _NONE
-    if not add and node.kwargs:
-        return _NONE
-    zs = [_arg_zeros(a, zero) for a in args]
-    for a, z in zip(args, zs):
-        if z is None and not _finite_number(a):
-            return _NONE  # a tensor constant or anything else: unknown
-    tensors = [z for z in zs if z is not None]
-    if add:  # zero where every tensor is zero and any number added is 0
-        if any(z is None and a != 0 for a, z in zip(args, zs)) or not tensors:
-            return _NONE
-        out = tensors[0]
-        for z in tensors[1:]:
-            out = np.intersect1d(out, z)
-        return out
-    return np.unique(np.concatenate(tensors)) if tensors else _NONE
-
-
-def _zeroed_units(key: tuple[str, str, int], role: str, units: np.ndarray, removed: np.ndarray,
-                  zeroed: tuple[str, ...], slices: dict[tuple[str, str, int], ParamSlice]) -> np.ndarray | None:
-    """Units whose entries of this slice silencing zeroes (None: no such slice of this role)."""
-    s = slices.get(key)
-    if s is None or s.role != role or s.units.shape != units.shape or not np.array_equal(s.units, units):
-        return None
-    return np.unique(units[removed[units]]) if role in zeroed else _NONE
-
-
-def _silenced_producer(name: str, m: nn.Module, units: np.ndarray, removed: np.ndarray, zeroed: tuple[str, ...],
-                       slices: dict[tuple[str, str, int], ParamSlice]) -> np.ndarray:
-    rows = _zeroed_units((name, "weight", 0), "out", units, removed, zeroed, slices)
-    if rows is None:
-        return _NONE
-    if getattr(m, "bias", None) is not None:
-        bias = _zeroed_units((name, "bias", 0), "out", units, removed, zeroed, slices)
-        if bias is None:
-            return _NONE
-        rows = np.intersect1d(rows, bias)
-    return rows
-
-
-def _silenced_norm(name: str, m: nn.Module, units: np.ndarray, removed: np.ndarray, zeroed: tuple[str, ...],
-                   slices: dict[tuple[str, str, int], ParamSlice]) -> np.ndarray:
-    if isinstance(m, nn.LayerNorm) and len(m.normalized_shape) != 1:
-        return _NONE
-    if getattr(m, "weight", None) is None:
-        return _NONE  # no affine scale: the output is x̂, not a constant
-    scaled = _zeroed_units((name, "weight", 0), "scale", units, removed, zeroed, slices)
-    if scaled is None or not scaled.size:
-        return _NONE
-    if getattr(m, "bias", None) is None:
-        return scaled
-    s = slices.get((name, "bias", 0))
-    if s is None or s.role != "shift" or not np.array_equal(s.units, units):
-        return _NONE
-    if "shift" in zeroed:
-        return scaled
-    # β kept: the unit is zero only where β is exactly 0 at each of its positions.
-    beta = m.bias.detach()
-    pos = np.flatnonzero(np.isin(units, scaled))
-    nonzero = beta[torch.as_tensor(pos, dtype=torch.long, device=beta.device)].cpu().numpy() != 0
-    return np.setdiff1d(scaled, units[pos[nonzero]])
