@@ -1,7 +1,8 @@
 """Wall time of plan + apply, slimprune against Torch-Pruning, measured in the same run.
 
 Each measurement runs in its own subprocess (fresh interpreter, time limit) and reports
-the median of ``--repeats`` runs. Torch-Pruning is measured with its standard recipe
+the median of ``--repeats`` runs. Both rank channels by L2 magnitude (slimprune:
+``importance="l2"``). Torch-Pruning is measured with its standard recipe
 (DependencyGraph + MetaPruner, L2 magnitude, ratio 0.5, classifier ignored) when
 ``torch_pruning`` is importable; it is not a dependency of slimprune.
 
@@ -65,7 +66,7 @@ def child(tool: str, spec: str, repeats: int, threads: int) -> None:
             import slimprune
 
             t0 = time.perf_counter()
-            small = slimprune.prune(model, 0.5, example_inputs=x)
+            small = slimprune.prune(model, 0.5, importance="l2", example_inputs=x)
             times.append(time.perf_counter() - t0)
         else:
             import torch_pruning as tp
@@ -92,20 +93,20 @@ def reuse_child(spec: str, repeats: int, threads: int) -> None:
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model, x = build(spec)
-    slimprune.plan(model, 0.5, example_inputs=x)  # warm-up: imports, first-call caches
+    slimprune.plan(model, 0.5, importance="l2", example_inputs=x)  # warm-up: imports, first-call caches
 
     def timed(fn) -> float:
         t0 = time.perf_counter()
         fn()
         return time.perf_counter() - t0
 
-    first = statistics.median(timed(lambda: slimprune.plan(model, 0.5, example_inputs=x)) for _ in range(repeats))
+    first = statistics.median(timed(lambda: slimprune.plan(model, 0.5, importance="l2", example_inputs=x)) for _ in range(repeats))
     analyse = statistics.median(timed(lambda: slimprune.analyze(model, x)) for _ in range(repeats))
     analysis = slimprune.analyze(model, x)
-    slimprune.plan(analysis, 0.5)
-    same = statistics.median(timed(lambda: slimprune.plan(analysis, 0.5)) for _ in range(repeats))
-    other = statistics.median(timed(lambda: slimprune.plan(analysis, r)) for r in REUSE_RATIOS)
-    assert slimprune.plan(analysis, 0.5).to_dict() == slimprune.plan(model, 0.5, example_inputs=x).to_dict()
+    slimprune.plan(analysis, 0.5, importance="l2")
+    same = statistics.median(timed(lambda: slimprune.plan(analysis, 0.5, importance="l2")) for _ in range(repeats))
+    other = statistics.median(timed(lambda: slimprune.plan(analysis, r, importance="l2")) for r in REUSE_RATIOS)
+    assert slimprune.plan(analysis, 0.5, importance="l2").to_dict() == slimprune.plan(model, 0.5, importance="l2", example_inputs=x).to_dict()
     print(json.dumps({"model": spec, "first_s": first, "analyze_s": analyse, "same_s": same, "other_s": other}))
 
 

@@ -26,6 +26,7 @@ from ._graph import ChannelGraph
 from ._plan import Fold
 from ._silence import merge_stats, probe_consumers, silenced, zero_list
 from ._solver import Constraints, apply_rounding, group_caps
+from ._zero_proof import zero_at_consumers
 from .rules import lookup_rule
 
 __all__ = ["ProbeCache", "probe", "threshold_removed", "folds", "warn_inexact"]
@@ -285,6 +286,8 @@ def folds(graph: ChannelGraph, model: nn.Module, removed: np.ndarray, keep_shift
     none = np.zeros(graph.num_units, bool)
     if not any(removed[c.units].any() for c in graph.consumers):
         return [], [], none
+    if zero_at_consumers(graph, model, removed, keep_shift, roles):
+        return [], [], none  # the probe could only measure zeros: nothing to fold or warn about
     stats, notes = probe(graph, model, removed, keep_shift=keep_shift, roles=roles, cache=cache)
     conflicts = _site_conflicts(graph, stats, removed)
     found: dict[str, Fold] = {}

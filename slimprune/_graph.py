@@ -142,6 +142,9 @@ class ChannelGraph:
     num_units: int
     root: np.ndarray = field(repr=False)  # unit id of every raw label
     unit_to_group: np.ndarray = field(repr=False)
+    # Units along the channel axis of every node of the traced graph that carries one
+    # (what :mod:`._zero_proof` follows); empty for graphs built without it.
+    node_units: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     def kept_fn(self, removed: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
         """``kept(labels)``: which raw labels survive when the units in ``removed`` go."""
@@ -262,6 +265,7 @@ class _Builder:
         self.site_keys: dict[str, list[frozenset[tuple[str, str, int]]]] = {}
         self._seen: set[tuple[str, str, int]] | None = None
         self.pieces: list[np.ndarray] = []
+        self.node_labels: dict[str, np.ndarray] = {}  # the traced graph's nodes with a channel axis
 
     # ----------------------------------------------------------------- reading the graph
     def arg(self, node: fx.Node, index: int, name: str | None = None, default: Any = None) -> Any:
@@ -528,6 +532,8 @@ class _Builder:
                 self.site_keys.setdefault(str(node.target), []).append(frozenset(self._seen or ()))
             self._seen = None
             self.values[node] = self._sizes_used(node, value)
+            if index == 0 and isinstance(self.values[node], ChannelInfo):
+                self.node_labels[node.name] = self.values[node].labels
 
     def keep_partly_sliced(self) -> None:
         """A module called at several sites keeps every slice that not all of its calls label.
@@ -700,6 +706,7 @@ def build_channel_graph(traced: Traced, warn: bool = True) -> ChannelGraph:
         num_units=b.next_id,
         root=root,
         unit_to_group=unit_to_group,
+        node_units={name: root[labels] for name, labels in b.node_labels.items()},
     )
     if warn:
         _warn_barriers(graph.barriers)

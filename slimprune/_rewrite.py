@@ -68,7 +68,9 @@ def _new_tensors(model: nn.Module, plan: PruningPlan) -> dict[tuple[str, str], t
             if t.shape[s.dim] != s.size:
                 raise PlanMismatchError(f"{s.name} has size {t.shape[s.dim]}, the plan expects {s.size}")
             t = t.index_select(s.dim, torch.as_tensor(s.kept, dtype=torch.long, device=t.device))
-        out[(module, param)] = t.clone() if layout is None else t.contiguous(memory_format=layout)
+        # index_select allocates: t is a fresh tensor already (a changed slice always selects),
+        # so only a channels-last original needs another copy, into its layout.
+        out[(module, param)] = t if layout is None else t.contiguous(memory_format=layout)
 
     deltas: dict[str, torch.Tensor] = {}
     for f in plan.folds:

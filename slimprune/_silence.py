@@ -57,7 +57,7 @@ def silenced(model: nn.Module, zeros: Sequence[_Zero]) -> Iterator[nn.Module]:
                 owner = model.get_submodule(z.module) if z.module else model
                 t = getattr(owner, z.param)
                 idx = z.index.to(t.device)
-                saved.append((t, z.dim, idx, t.index_select(z.dim, idx).clone()))
+                saved.append((t, z.dim, idx, t.index_select(z.dim, idx)))  # index_select copies
                 t.index_fill_(z.dim, idx, 0)
         yield model
     finally:

@@ -98,3 +98,24 @@ def test_module_with_its_own_deepcopy_falls_back_to_deepcopy() -> None:
     model = nn.Sequential(_Custom(), nn.ReLU())
     fast = copy_model(model)
     assert fast[0].copied and torch.equal(fast[0].lin.weight, model[0].lin.weight)
+
+
+@settings(max_examples=8, deadline=None, derandomize=True)
+@given(programs(max_ops=5))
+def test_pruned_tensors_share_no_storage_with_the_original_and_planning_restores_it_bit_for_bit(program) -> None:
+    # apply() keeps index_select's fresh tensors without another clone, and the probe's
+    # silencing saves index_select's copy: neither may alias the user's parameters.
+    import slimprune
+
+    torch.manual_seed(0)
+    model = randomize_bn(SpecNet(program)).eval()
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    plan = slimprune.plan(model, 0.5, importance="l2", example_inputs=x)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    small = slimprune.apply(model, plan)
+    originals = {t.untyped_storage().data_ptr() for t in model.state_dict().values() if t.numel()}
+    assert not any(t.numel() and t.untyped_storage().data_ptr() in originals for t in small.state_dict().values())
+    for p in small.parameters():
+        p.data.add_(1.0)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -1,0 +1,198 @@
+"""Proving, from the graph alone, that every removed channel reaches its consumers as zero.
+
+The constant probe (:mod:`._folding`) runs the silenced model to measure what removed
+channels still carry, so that non-zero constants can be folded into the next layer's bias.
+When every removed channel is *provably* zero at every consumer, for every finite input,
+in eval mode and with batch statistics, the probe could only report zeros: there is
+nothing to fold, nothing inexact and no site conflict, so :func:`zero_at_consumers` lets
+``folds`` skip it. (A freshly initialised network is the common case: every BatchNorm's
+β is 0. A trained one has non-zero β, so the proof fails and the probe runs.)
+
+The proof follows the units (removed channels) along the traced graph, node by node, and
+knows only a few ops; any other op proves nothing, so the probe runs:
+
+* a silenced producer: a Conv1d/2d/3d or Linear whose weight rows and bias (if any) of
+  the unit are zeroed outputs ``0·x + 0 = 0``; a BatchNorm1d/2d/3d or LayerNorm (over one
+  dim) whose scale γ of the unit is zeroed and whose shift β is zeroed or already exactly
+  0 outputs ``0·x̂ + 0 = 0`` in both modes (x̂ is finite since ε > 0);
+* ops that map zero to zero position by position: ReLU, ReLU6, LeakyReLU, Hardswish,
+  SiLU, GELU, Tanh, Identity, Dropout, average and max pooling, flatten, view, reshape,
+  permute, transpose, contiguous;
+* ``a + b``: zero where both are; ``a * b``: zero where either is (the other finite).
+
+Which position holds which unit comes from the channel graph's labels
+(:attr:`ChannelGraph.node_units`); each node gets one flag per channel position (zero
+for every input, or not known), and an op whose output positions are not its input's
+carries a unit over only when every position of that unit was zero. A graph with
+another mode's branch is not proved. Activations are assumed finite (``0·x = 0``).
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from typing import Any
+
+import numpy as np
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+from ._graph import ChannelGraph, ParamSlice
+
+__all__ = ["zero_at_consumers"]
+
+_ZERO_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Hardswish, nn.SiLU, nn.GELU, nn.Tanh, nn.Identity, nn.Dropout,
+                 nn.Flatten, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AvgPool1d,
+                 nn.AvgPool2d, nn.AvgPool3d, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
+_ZERO_FUNCTIONS = {torch.relu, F.relu, F.relu6, F.leaky_relu, F.hardswish, F.silu, F.gelu, torch.tanh, F.dropout,
+                   torch.flatten, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.avg_pool2d, F.max_pool2d}
+_ZERO_METHODS = {"relu", "relu_", "flatten", "view", "reshape", "permute", "transpose", "contiguous"}
+_ADD = {operator.add, operator.iadd, torch.add}
+_MUL = {operator.mul, operator.imul, torch.mul}
+_PRODUCERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm)
+
+class _Proof:
+    """Per node of the traced graph: which of its channel positions are provably zero."""
+
+    def __init__(self, graph: ChannelGraph, model: nn.Module, removed: np.ndarray, zeroed: tuple[str, ...]) -> None:
+        self.graph, self.removed, self.zeroed = graph, removed, zeroed
+        self.slices = {(s.module, s.param, s.dim): s for s in graph.slices}
+        self.modules = dict(model.named_modules())
+        self.zero: dict[str, np.ndarray] = {}  # node -> bool per channel position
+        self._scratch = np.zeros(graph.num_units, dtype=bool)
+
+    def at(self, arg: Any, units: np.ndarray) -> np.ndarray | None:
+        """``arg``'s zero flags moved onto positions holding ``units``; None if ``arg`` is no node."""
+        if not isinstance(arg, fx.Node):
+            return None
+        src_units = self.graph.node_units.get(arg.name)
+        flags = self.zero.get(arg.name)
+        if src_units is None or flags is None:
+            return np.zeros(units.shape, dtype=bool)
+        if src_units is units or (src_units.shape == units.shape and np.array_equal(src_units, units)):
+            return flags
+        # Positions moved (view, permute, flatten): a unit is zero only where all its positions were.
+        sc = self._scratch
+        sc[src_units[flags]] = True
+        sc[src_units[~flags]] = False
+        out = sc[units].copy()
+        sc[src_units] = False
+        return out
+
+    def run(self) -> None:
+        for node in self.graph.gm.graph.nodes:
+            units = self.graph.node_units.get(node.name)
+            if units is not None:
+                z = self.node(node, units)
+                if z is not None and z.any():
+                    self.zero[node.name] = z
+
+    def node(self, node: fx.Node, units: np.ndarray) -> np.ndarray | None:
+        if node.op == "call_module":
+            m = self.modules.get(str(node.target))
+            if m is None:
+                return None
+            if type(m) in _ZERO_MODULES:
+                return self.first(node, units, strict=True)
+            if type(m) in _PRODUCERS:
+                return self.producer(str(node.target), m, units)
+            if type(m) in _NORMS:
+                return self.norm(str(node.target), m, units)
+            return None
+        if node.op == "call_function" and node.target in _ZERO_FUNCTIONS:
+            return self.first(node, units, strict=True)
+        if node.op == "call_method" and node.target in _ZERO_METHODS:
+            # Extra arguments are sizes or dims (x.view(x.size(0), -1)): they move values only.
+            return self.first(node, units, strict=False)
+        if (node.op == "call_function" and node.target in _ADD) or (node.op == "call_method" and node.target in ("add", "add_")):
+            return self.combine(node, units, add=True)
+        if (node.op == "call_function" and node.target in _MUL) or (node.op == "call_method" and node.target in ("mul", "mul_")):
+            return self.combine(node, units, add=False)
+        return None
+
+    def first(self, node: fx.Node, units: np.ndarray, strict: bool) -> np.ndarray | None:
+        """Zeros of the first argument (with ``strict``, only when no other argument is a tensor)."""
+        if not node.args:
+            return None
+        if strict and any(isinstance(a, fx.Node) for a in (*node.args[1:], *node.kwargs.values())):
+            return None
+        return self.at(node.args[0], units)
+
+    def combine(self, node: fx.Node, units: np.ndarray, add: bool) -> np.ndarray | None:
+        args = list(node.args[:2])
+        if len(args) != 2:
+            return None
+        if add and any(k != "alpha" or not _finite_number(v) for k, v in node.kwargs.items()):
+            return None
+        if not add and node.kwargs:
+            return None
+        flags = []
+        for a in args:
+            if isinstance(a, fx.Node):
+                flags.append(self.at(a, units))
+            elif not _finite_number(a) or (add and a != 0):
+                return None  # a tensor constant, a non-zero addend or a non-finite factor: unknown
+        if not flags:
+            return None
+        out = flags[0].copy()
+        for f in flags[1:]:
+            out = out & f if add else out | f
+        return out
+
+    def _zeroed(self, key: tuple[str, str, int], role: str, units: np.ndarray) -> np.ndarray | None:
+        """Per position: does silencing zero this slice's entry? None: no such slice for these positions."""
+        s = self.slices.get(key)
+        if s is None or s.role != role or s.units.shape != units.shape or not np.array_equal(s.units, units):
+            return None
+        return self.removed[units] if role in self.zeroed else np.zeros(units.shape, dtype=bool)
+
+    def producer(self, name: str, m: nn.Module, units: np.ndarray) -> np.ndarray | None:
+        rows = self._zeroed((name, "weight", 0), "out", units)
+        if rows is None or getattr(m, "bias", None) is None:
+            return rows
+        bias = self._zeroed((name, "bias", 0), "out", units)
+        return None if bias is None else rows & bias
+
+    def norm(self, name: str, m: nn.Module, units: np.ndarray) -> np.ndarray | None:
+        if isinstance(m, nn.LayerNorm) and len(m.normalized_shape) != 1:
+            return None
+        if getattr(m, "weight", None) is None:
+            return None  # no affine scale: the output is x̂, not a constant
+        scaled = self._zeroed((name, "weight", 0), "scale", units)
+        if scaled is None or getattr(m, "bias", None) is None:
+            return scaled
+        shift = self._zeroed((name, "bias", 0), "shift", units)
+        if shift is None:
+            return None
+        # β kept: zero only where it is exactly 0.
+        kept_zero = (m.bias.detach() == 0).cpu().numpy()
+        return scaled & (shift | kept_zero)
+
+
+def zero_at_consumers(graph: ChannelGraph, model: nn.Module, removed: np.ndarray, keep_shift: bool,
+                      roles: tuple[str, ...]) -> bool:
+    """True only if, with ``removed`` silenced as ``zero_list(…, keep_shift, roles)`` silences
+    them, every consumer sees exact zeros in every removed input channel."""
+    if graph.traced.other_mode is not None or not graph.node_units:
+        return False
+    proof = _Proof(graph, model, removed, tuple(roles) + (() if keep_shift else ("shift",)))
+    proof.run()
+    nodes = {n.name: n for n in graph.gm.graph.nodes}
+    for c in graph.consumers:
+        need = removed[c.units]
+        if not need.any():
+            continue
+        node = nodes.get(c.node)
+        if c.graph != 0 or node is None or not node.args or not isinstance(node.args[0], fx.Node):
+            return False
+        flags = proof.at(node.args[0], c.units)
+        if flags is None or not flags[need].all():
+            return False
+    return True
+
+
+def _finite_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
