@@ -151,3 +151,19 @@ def test_failed_export_leaves_an_existing_file_untouched(files: dict, tmp_path: 
     path.write_bytes(b"previous")
     assert main(["export", "--onnx", str(path), "--model", str(tmp_path / "missing.safetensors")]) == 2
     assert path.read_bytes() == b"previous"
+
+
+def test_eval_command_takes_the_pruned_model_file(files: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``eval --model pruned.safetensors --data DIR``: evaluated, AP per subset printed, a
+    submission written for every val image; the same through the pruned checkpoint."""
+    from examples.eagleeye import synthfaces
+    from examples.eagleeye.config import QUICK_SYNTH
+
+    data = synthfaces.ensure(tmp_path / "data", **dict(QUICK_SYNTH))
+    sub = tmp_path / "sub"
+    for model in (files["out"] / "pruned.safetensors", files["out"] / "finetune" / "last.pt"):
+        args = ["eval", "--model", str(model), "--data", str(data), "--size", "96", "--threads", "1", "--no-progress"]
+        assert main([*args, "--submission", str(sub)]) == 0
+        printed = capsys.readouterr().out
+        assert "easy" in printed and "hard" in printed
+    assert len(list(sub.glob("*/*.txt"))) == len(list((data / "WIDER_val" / "images").glob("*/*.jpg"))) > 0
