@@ -35,8 +35,8 @@ Shuo Yang's Dec 2015 eval_tools, and peiyunh/tiny ``eval_tools/boxoverlap.m`` at
    otherwise a not yet recalled subset face becomes recalled. Anything else (a low
    overlap, a second hit of a recalled face) stays a proposal: a false positive.
    The face attributes, *including the invalid flag*, are never looked at: only the
-   subset lists decide which faces count (the official subset lists hold no invalid
-   face; an invalid face that a subset lists counts like any other).
+   subset lists decide which faces count (an invalid face that a subset lists counts
+   like any other; the former version of this module dropped such faces).
 4. ``image_pr_info`` uses the 1000 thresholds ``thresh = 1 - t/1000``, t = 1..1000,
    and ``r_index = find(score >= thresh, 1, 'last')``; with the rows sorted this is
    "every prediction scoring >= thresh", so the number of proposals and of recalled
