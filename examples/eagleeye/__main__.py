@@ -1,7 +1,9 @@
 """Command line for the EagleEye example: one function per subcommand.
 
     python -m examples.eagleeye train [--quick] [--data DIR] [--out DIR] [--epochs N] ... [--eval]
-    python -m examples.eagleeye eval --checkpoint runs/eagleeye/last.pt [--submission DIR]
+    python -m examples.eagleeye eval --model runs/eagleeye/finetuned.safetensors [--submission DIR]
+    python -m examples.eagleeye detect photos/ --model runs/eagleeye/finetuned.safetensors --out faces/ [--score 0.5]
+    python -m examples.eagleeye export --onnx eagleeye.onnx --model runs/eagleeye/finetuned.safetensors
     python -m examples.eagleeye pipeline [--quick] [--out DIR] [--data DIR] [--target-params 0.563 | --threshold T]
 
 Under torchrun, ``train`` runs DistributedDataParallel:
@@ -39,6 +41,8 @@ __all__ = [
     "pipeline_config_from_args",
     "cmd_train",
     "cmd_eval",
+    "cmd_detect",
+    "cmd_export",
     "cmd_pipeline",
     "ap_table",
 ]
@@ -144,18 +148,32 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    """``eval``: evaluate a checkpoint on a split and optionally write a WIDER submission."""
-    from .detect import evaluate_model
-    from .evaluate import write_submission
-    from .checkpoints import CheckpointError, load_model
-    from .data import prepare_data
+def _load(args: argparse.Namespace) -> tuple[object, TrainConfig | None] | None:
+    """The detector ``--model`` names (None after printing why it cannot be loaded)."""
+    from slimprune import SlimpruneError
+
+    from .checkpoints import CheckpointError
+    from .model_files import load_detector
 
     try:
-        model, config = load_model(args.checkpoint, map_location=args.device)
-    except CheckpointError as e:
+        return load_detector(args.model, architecture=args.architecture, map_location=getattr(args, "device", "cpu"))
+    except (CheckpointError, SlimpruneError, ValueError, OSError) as e:
         console.print(f"[red]error:[/red] {e}")
+        return None
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """``eval``: evaluate a detector (checkpoint or pruned model file) on a split; optionally write a WIDER submission."""
+    from .detect import evaluate_model
+    from .evaluate import write_submission
+    from .data import prepare_data
+
+    loaded = _load(args)
+    if loaded is None:
         return 2
+    model, config = loaded
+    if config is None:  # a .safetensors file holds no training config: the defaults, or --data
+        config = TrainConfig()
     if args.data is not None:
         config = replace(config, data_root=args.data, synthesize=None)
     root = prepare_data(config)
@@ -178,6 +196,46 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_detect(args: argparse.Namespace) -> int:
+    """``detect``: faces in image files; a JSON of boxes and an annotated PNG per image."""
+    import torch
+
+    from .infer import run_detect
+
+    loaded = _load(args)
+    if loaded is None:
+        return 2
+    model, config = loaded
+    size = args.size or (config or TrainConfig()).eval_size
+    torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // 2))
+    try:
+        results = run_detect(model, args.images, args.out, score=args.score, size=size)
+    except (FileNotFoundError, ValueError) as e:
+        console.print(f"[red]error:[/red] {e}")
+        return 2
+    faces = sum(len(b) for b in results.values())
+    console.print(f"{faces} face(s) in {len(results)} image(s) at score >= {args.score}; JSON and PNG in {args.out}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """``export``: the detector as ONNX with dynamic batch and image size."""
+    from .export import export_onnx
+
+    loaded = _load(args)
+    if loaded is None:
+        return 2
+    model, config = loaded
+    size = args.size or (config or TrainConfig()).eval_size
+    try:
+        path = export_onnx(model, args.onnx, sample_size=size, dynamo=args.dynamo)
+    except Exception as e:  # the exporters raise many types; the message is what matters
+        console.print(f"[red]error:[/red] ONNX export of {args.model} failed ({type(e).__name__}: {e})")
+        return 2
+    console.print(f"ONNX model written to {path} (input 'images' [N, 3, H, W] in [0, 1]; outputs cls_logits, box_deltas)")
+    return 0
+
+
 def cmd_pipeline(args: argparse.Namespace) -> int:
     """``pipeline``: baseline, sparsity training, pruning, fine-tuning, evaluation and report."""
     from slimprune import SlimpruneError
@@ -194,6 +252,19 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--model`` (with ``--checkpoint`` as its old name) and ``--architecture``."""
+    parser.add_argument(
+        "--model", "--checkpoint", dest="model", required=True, metavar="PATH",
+        help="a pruned model file (pruned.safetensors, finetuned.safetensors) or a training checkpoint (last.pt)",
+    )
+    parser.add_argument(
+        "--architecture", metavar="PATH",
+        help="for a checkpoint of a pruned model: the pruned .safetensors that gives its shape "
+        "(default: the pipeline's, beside the checkpoint's folder)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="python -m examples.eagleeye", description=__doc__.split("\n")[0])
@@ -204,9 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_train.add_argument("--eval", action="store_true", help="evaluate on the val split after training")
     p_train.set_defaults(func=cmd_train)
 
-    p_eval = sub.add_parser("eval", help="evaluate a checkpoint with the WIDER FACE protocol")
-    p_eval.add_argument("--checkpoint", required=True, help="a last.pt written by train")
-    p_eval.add_argument("--data", help="WIDER FACE layout directory (default: the one the checkpoint trained on)")
+    p_eval = sub.add_parser("eval", help="evaluate a detector with the official WIDER FACE protocol")
+    _add_model_arguments(p_eval)
+    p_eval.add_argument("--data", help="WIDER FACE layout directory (default: the checkpoint's, or SynthFaces' default)")
     p_eval.add_argument("--split", default="val", choices=("train", "val"))
     p_eval.add_argument("--size", type=int, help="letterbox side (default: the training config's eval_size)")
     p_eval.add_argument("--batch-size", type=int, default=16)
@@ -215,6 +286,22 @@ def build_parser() -> argparse.ArgumentParser:
     p_eval.add_argument("--submission", metavar="DIR", help="also write WIDER FACE submission files here")
     p_eval.add_argument("--no-progress", action="store_true")
     p_eval.set_defaults(func=cmd_eval)
+
+    p_detect = sub.add_parser("detect", help="detect faces in image files: JSON boxes and annotated PNGs")
+    p_detect.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders of images")
+    _add_model_arguments(p_detect)
+    p_detect.add_argument("--out", required=True, metavar="DIR", help="where <stem>.json and <stem>.png go")
+    p_detect.add_argument("--score", type=float, default=0.5, help="keep faces scoring at least this (default 0.5)")
+    p_detect.add_argument("--size", type=int, help="letterbox side (default: the training config's eval_size)")
+    p_detect.add_argument("--threads", type=int, help="torch threads (default: half the cores)")
+    p_detect.set_defaults(func=cmd_detect)
+
+    p_export = sub.add_parser("export", help="export a detector as ONNX with dynamic image size")
+    p_export.add_argument("--onnx", required=True, metavar="PATH", help="the .onnx file to write")
+    _add_model_arguments(p_export)
+    p_export.add_argument("--size", type=int, help="side of the sample input traced (default: eval_size)")
+    p_export.add_argument("--dynamo", action="store_true", help="use the torch.export-based exporter (slower)")
+    p_export.set_defaults(func=cmd_export)
 
     p_pipe = sub.add_parser(
         "pipeline", help="network slimming end to end: baseline, sparse, pruned, fine-tuned, report"

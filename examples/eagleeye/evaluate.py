@@ -1,26 +1,67 @@
-"""The WIDER FACE evaluation protocol (the official eval_tools, vectorised) and the
-submission format.
+"""The WIDER FACE evaluation protocol, as the official MATLAB eval_tools compute it
+(vectorised), and the submission format.
 
-Protocol, per subset:
+Everything below follows the official code (``wider_eval.m`` -> ``read_pred.m``,
+``norm_score.m``, ``evaluation.m`` with ``image_evaluation``, ``image_pr_info`` and
+``dataset_pr_info``, ``boxoverlap.m``, ``plot/VOCap.m``), detail by detail. What each
+step does and where it was checked (the files as stored in the public repositories
+DetectionTeamUCAS/SSH_Tensorflow ``eval_tools/`` at 590105b, an unmodified copy of
+Shuo Yang's Dec 2015 eval_tools, and peiyunh/tiny ``eval_tools/boxoverlap.m`` at
+146a483, Ross Girshick's voc-release function the tools ship):
 
-1. Scores are min-max normalised over all predictions of all images.
-2. Per image, predictions are taken in descending score; each takes the ground-truth
-   box of highest IoU. If that IoU is >= ``iou_threshold`` and the face is not in the
-   subset (or is marked invalid), the prediction is ignored: neither true nor false
-   positive. Otherwise a not yet recalled subset face becomes recalled (true
-   positive); anything else is a false positive (IoU too low, or a second match of a
-   recalled face).
-3. At each of 1,000 thresholds ``t = 1 - k/1000`` (k = 1..1000) precision and recall
-   are summed over images: precision = recalled faces / non-ignored predictions with
-   score >= t, recall = recalled faces / subset faces.
-4. AP is the VOC all-point AP: the precision envelope integrated over recall.
+1. ``read_pred.m`` sorts each image's boxes by score, descending, with MATLAB's
+   ``sort(..., 'descend')``, which keeps the file order of equal scores (stable). Here
+   each image's rows are ordered the same way (``np.argsort(-score, kind="stable")``).
+   The widely used Python port (wondervictor/WiderFace-Evaluation ``evaluation.py``)
+   does *not* sort; on a file not already in descending order it scores differently.
+2. ``norm_score.m`` min-max normalises the scores over every prediction of every
+   image, with ``max_score`` initialised to ``realmin('single')`` and ``min_score`` to
+   ``realmax('single')`` (not 0 and 1 as in the Python port: there, scores all above 1
+   or all below 0 normalise differently). MATLAB's ``max(single, double)`` is single,
+   so the bounds and the normalised scores are single precision (stored back into the
+   double matrix); reproduced here with float32 arithmetic. All scores equal gives
+   ``0/0`` = NaN scores, which pass no threshold (the official result; nothing is
+   special-cased). Non-finite raw scores are refused (ValueError) instead of being
+   carried through as NaN.
+3. ``image_evaluation`` turns ``x, y, w, h`` into ``x2 = x + w``, ``y2 = y + h`` for
+   predictions and ground truth, then per prediction in that order computes
+   ``boxoverlap`` against every ground-truth box of the image: ``iw = min(x2) - max(x1)
+   + 1``, ``ih`` likewise, areas ``(x2 - x1 + 1) * (y2 - y1 + 1)``, ``IoU = iw * ih /
+   (area_a + area_b - iw * ih)``, set to 0 where ``iw <= 0`` or ``ih <= 0`` (the +1
+   pixel convention: a 4 x 4 face is 5 x 5 pixels). ``[max_overlap, idx] = max(...)``
+   takes the first box on ties. If ``max_overlap >= 0.5``: a face not in the subset
+   (``ignore(idx) == 0``; the subset's ``gt_list`` indices set ``ignore = 1``) makes the
+   prediction ignored (``proposal_list = -1``) and the face ``recall_list = -1``;
+   otherwise a not yet recalled subset face becomes recalled. Anything else (a low
+   overlap, a second hit of a recalled face) stays a proposal: a false positive.
+   The face attributes, *including the invalid flag*, are never looked at: only the
+   subset lists decide which faces count (an invalid face that a subset lists counts
+   like any other; the former version of this module dropped such faces).
+4. ``image_pr_info`` uses the 1000 thresholds ``thresh = 1 - t/1000``, t = 1..1000,
+   and ``r_index = find(score >= thresh, 1, 'last')``; with the rows sorted this is
+   "every prediction scoring >= thresh", so the number of proposals and of recalled
+   faces at each threshold are counted here with one cumulative sum.
+5. ``evaluation.m`` adds ``length(keep_index)`` to ``count_face`` for *every* image of
+   the ground truth, then skips images with no ground-truth box or no prediction:
+   their listed faces still count in the recall denominator, and predictions on an
+   image without ground truth are neither true nor false positives (their scores did
+   take part in step 2).
+6. ``dataset_pr_info``: precision = recalled / proposals (``0/0`` = NaN at thresholds
+   no proposal passes: kept as NaN in :attr:`EvalResult.pr`), recall = recalled /
+   count_face (NaN everywhere for a subset without faces, whose AP is then NaN).
+7. ``VOCap``: ``mrec = [0; rec; 1]``, ``mpre = [0; prec; 0]``, the backward running
+   maximum with MATLAB's ``max``, which ignores NaN (``np.fmax`` here), then
+   ``sum((mrec(i) - mrec(i-1)) .* mpre(i))`` over the indices where recall changes.
 
-Two details follow the official code rather than common sense, so that numbers stay
-comparable with published ones: subset faces of an image without predictions count in
-the denominator, and predictions on an image without any ground-truth face are not
-evaluated at all (they are not false positives). IoU here uses continuous coordinates
-(``x2 = x1 + w``), not the official ``+1`` pixel convention; the difference is
-negligible except for faces a few pixels tall.
+tests/test_evaluate_official.py checks hand-computed cases where the official rules
+and the common ones differ, and compares this module on random cases with a literal,
+loop-by-loop transcription of the MATLAB functions (identical AP to 1e-12).
+
+Two inputs differ from the official ones by construction, not by rule: predictions
+are held as ``x1, y1, x2, y2`` (the official ``x + w`` happens when a submission is
+read back, :func:`read_submission`), and the ground truth is what
+:func:`wider.read_annotations` keeps: it skips zero-size boxes and boxes outside the
+image, which the official ``face_bbx_list`` still holds as match candidates.
 """
 
 from __future__ import annotations
@@ -34,13 +75,21 @@ import numpy as np
 from .wider import ImageRecord, xywh_to_xyxy
 
 THRESHOLD_COUNT = 1000
-# The official loop computes 1 - (k + 1) / 1000 for k = 0..999; same floats here.
+# image_pr_info: thresh = 1 - t/thresh_num for t = 1..1000; the same doubles here.
 THRESHOLDS = 1.0 - (np.arange(THRESHOLD_COUNT) + 1) / THRESHOLD_COUNT
+
+# norm_score.m's initial bounds.
+_MAX_INIT = np.float32(np.finfo(np.float32).tiny)  # realmin('single')
+_MIN_INIT = np.float32(np.finfo(np.float32).max)  # realmax('single')
 
 
 @dataclass(frozen=True, eq=False)
 class EvalResult:
-    """AP and the precision-recall curve (over :data:`THRESHOLDS`) of each subset."""
+    """AP and the precision-recall curve (over :data:`THRESHOLDS`) of each subset.
+
+    ``pr[subset]`` is ``(precision, recall)``; precision is NaN at thresholds that no
+    evaluated prediction passes, as in the official ``dataset_pr_info``.
+    """
 
     ap: dict[str, float]
     pr: dict[str, tuple[np.ndarray, np.ndarray]]
@@ -50,27 +99,35 @@ class EvalResult:
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU matrix ``[len(a), len(b)]`` of ``x1, y1, x2, y2`` boxes (0 for empty boxes)."""
-    iw = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
-    ih = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
-    inter = iw.clip(min=0) * ih.clip(min=0)
-    area_a = (a[:, 2] - a[:, 0]).clip(min=0) * (a[:, 3] - a[:, 1]).clip(min=0)
-    area_b = (b[:, 2] - b[:, 0]).clip(min=0) * (b[:, 3] - b[:, 1]).clip(min=0)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.divide(inter, union, out=np.zeros_like(inter, dtype=np.float64), where=union > 0)
+    """The official ``boxoverlap`` as a matrix ``[len(a), len(b)]`` of ``x1, y1, x2, y2`` boxes.
+
+    Pixel-inclusive (+1) widths, heights and areas; 0 where the boxes do not overlap
+    (``iw <= 0`` or ``ih <= 0``).
+    """
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    iw = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]) + 1
+    ih = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]) + 1
+    inter = iw * ih
+    area_a = (a[:, 2] - a[:, 0] + 1) * (a[:, 3] - a[:, 1] + 1)
+    area_b = (b[:, 2] - b[:, 0] + 1) * (b[:, 3] - b[:, 1] + 1)
+    overlap = (iw > 0) & (ih > 0)
+    # Where both extents are positive both areas are too and the union is >= either.
+    union = np.where(overlap, area_a[:, None] + area_b[None, :] - inter, 1.0)
+    return np.where(overlap, inter / union, 0.0)
 
 
 def voc_ap(recall: np.ndarray, precision: np.ndarray) -> float:
-    """VOC all-point AP: sum of recall steps times the precision envelope."""
+    """``VOCap``: the backward precision envelope (NaN ignored, as MATLAB's ``max``) over recall steps."""
     mrec = np.concatenate([[0.0], recall, [1.0]])
     mpre = np.concatenate([[0.0], precision, [0.0]])
-    mpre = np.maximum.accumulate(mpre[::-1])[::-1]
+    mpre = np.fmax.accumulate(mpre[::-1])[::-1]
     step = np.flatnonzero(mrec[1:] != mrec[:-1])
     return float(np.sum((mrec[step + 1] - mrec[step]) * mpre[step + 1]))
 
 
-def _normalised(predictions: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Predictions as float64 ``[K, 5]`` with min-max normalised scores."""
+def _checked(predictions: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Predictions as float64 ``[K, 5]`` copies, each image's rows in ``read_pred`` order."""
     arrays = {}
     for name, p in predictions.items():
         p = np.asarray(p, dtype=np.float64)
@@ -80,25 +137,50 @@ def _normalised(predictions: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
             raise ValueError(
                 f"predictions for {name!r} have shape {p.shape}; expected [K, 5] rows of x1, y1, x2, y2, score"
             )
-        arrays[name] = p
-    scores = [p[:, 4] for p in arrays.values() if len(p)]
-    if not scores:
-        return arrays
-    lo = min(s.min() for s in scores)
-    hi = max(s.max() for s in scores)
-    for p in arrays.values():
-        # All scores equal: every prediction sits at the top threshold.
-        p[:, 4] = (p[:, 4] - lo) / (hi - lo) if hi > lo else 1.0
+        if not np.isfinite(p[:, 4]).all():
+            raise ValueError(
+                f"predictions for {name!r} have a non-finite score; scores must be finite numbers "
+                "(drop or replace NaN/inf scores before evaluating)"
+            )
+        arrays[name] = p[np.argsort(-p[:, 4], kind="stable")]
     return arrays
+
+
+def norm_scores(predictions: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``norm_score.m``: min-max normalised scores, over all images, in single precision.
+
+    Args:
+        predictions: image name -> ``[K, 5]`` float64 rows (not modified).
+
+    Returns:
+        Copies whose score column is ``(s - min) / (max - min)`` computed in float32
+        with the official initial bounds (``realmin('single')``, ``realmax('single')``);
+        NaN when every score is equal.
+    """
+    hi, lo = _MAX_INIT, _MIN_INIT
+    for p in predictions.values():
+        if len(p):
+            # max(single, double) is single in MATLAB: round the image's extreme to float32.
+            hi = max(hi, np.float32(p[:, 4].max()))
+            lo = min(lo, np.float32(p[:, 4].min()))
+    out = {}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for name, p in predictions.items():
+            p = p.copy()
+            if len(p):
+                p[:, 4] = ((p[:, 4].astype(np.float32) - lo) / (hi - lo)).astype(np.float64)
+            out[name] = p
+    return out
 
 
 @dataclass(frozen=True)
 class _Matches:
-    """Every evaluated prediction of every image, in per-image descending score order.
+    """Every evaluated prediction of every image, in per-image ``read_pred`` order.
 
-    ``face`` indexes the concatenated ground truth of all records (its best-IoU box),
-    ``matched`` says whether that IoU reaches the threshold, ``first_threshold`` is
-    the index of the first (highest) threshold the score passes.
+    ``face`` indexes the concatenated ground truth of all records (its best-overlap
+    box), ``matched`` says whether that overlap reaches the threshold,
+    ``first_threshold`` is the index of the first (highest) threshold the score passes
+    (:data:`THRESHOLD_COUNT` for none).
     """
 
     face: np.ndarray
@@ -113,9 +195,10 @@ def _match(preds: Mapping[str, np.ndarray], records: Sequence[ImageRecord], iou_
     for r in records:
         pred = preds.get(r.name)
         if pred is not None and len(pred) and len(r.boxes):
-            pred = pred[np.argsort(-pred[:, 4], kind="stable")]
-            iou = box_iou(pred[:, :4], xywh_to_xyxy(r.boxes).astype(np.float64))
-            best = iou.argmax(axis=1)
+            gt = np.asarray(r.boxes, dtype=np.float64).reshape(-1, 4).copy()
+            gt[:, 2:4] += gt[:, 0:2]  # x2 = x + w in double, as image_evaluation
+            iou = box_iou(pred[:, :4], gt)
+            best = iou.argmax(axis=1)  # the first box on ties, as MATLAB's max
             faces.append(offset + best)
             matched.append(iou[np.arange(len(pred)), best] >= iou_threshold)
             scores.append(pred[:, 4])
@@ -124,9 +207,10 @@ def _match(preds: Mapping[str, np.ndarray], records: Sequence[ImageRecord], iou_
         empty = np.zeros(0, np.int64)
         return _Matches(empty, empty.astype(bool), empty)
     score = np.concatenate(scores)
-    # A score passes the thresholds t_k <= score, i.e. k >= first_threshold.
+    # A score passes the thresholds t_k <= score, i.e. k >= first_threshold; NaN passes none.
     passed = np.searchsorted(THRESHOLDS[::-1], score, side="right")
-    return _Matches(np.concatenate(faces), np.concatenate(matched), THRESHOLD_COUNT - passed)
+    first = np.where(np.isnan(score), THRESHOLD_COUNT, THRESHOLD_COUNT - passed)
+    return _Matches(np.concatenate(faces), np.concatenate(matched), first)
 
 
 def _counts_at_thresholds(first_threshold: np.ndarray) -> np.ndarray:
@@ -135,17 +219,17 @@ def _counts_at_thresholds(first_threshold: np.ndarray) -> np.ndarray:
 
 
 def _subset_faces(records: Sequence[ImageRecord], members: Mapping[str, np.ndarray]) -> tuple[np.ndarray, int]:
-    """Mask over the concatenated ground truth of the faces that count, and their number.
+    """Mask over the concatenated ground truth of the faces the subset lists, and ``count_face``.
 
-    Invalid faces never count, even if listed; listed faces whose boxes were skipped
-    on reading cannot be found but still count in the denominator, as officially.
+    As ``evaluation.m``: ``count_face`` adds every image's list length; attributes
+    (the invalid flag included) are not looked at. Listed faces whose boxes were
+    skipped on reading cannot be matched but still count.
     """
     keep, n_faces = [], 0
     for r in records:
-        wanted = np.asarray(members.get(r.name, ()), dtype=np.int64)
-        ids, valid = r.ids(), r.valid()
-        n_faces += len(wanted) - int(np.isin(wanted, ids[~valid]).sum())
-        keep.append(np.isin(ids, wanted) & valid)
+        wanted = np.asarray(members.get(r.name, ()), dtype=np.int64).reshape(-1)
+        n_faces += len(wanted)
+        keep.append(np.isin(r.ids(), wanted))
     return (np.concatenate(keep) if keep else np.zeros(0, bool)), n_faces
 
 
@@ -155,23 +239,25 @@ def evaluate(
     subsets: Mapping[str, Mapping[str, np.ndarray]],
     iou_threshold: float = 0.5,
 ) -> EvalResult:
-    """Evaluate face detections with the WIDER FACE protocol (see the module docstring).
+    """Evaluate face detections with the official WIDER FACE protocol (see the module docstring).
 
     Args:
         predictions: image name -> ``[K, 5]`` array ``x1, y1, x2, y2, score`` in
-            ORIGINAL image pixels. Images without an entry have no predictions.
+            ORIGINAL image pixels, rows in any order. Images without an entry have no
+            predictions.
         records: the ground truth (``wider.load_split(root, "val")``).
         subsets: ``{subset: {image name: 1-based face indices}}``
             (``wider.load_subsets(root)``), indices in annotation numbering
             (``ImageRecord.ids()``). Every subset given is evaluated.
-        iou_threshold: IoU for a match.
+        iou_threshold: overlap for a match (the official 0.5 by default).
 
     Returns:
         AP per subset (NaN for a subset without faces) and the (precision, recall)
-        curves over :data:`THRESHOLDS`.
+        curves over :data:`THRESHOLDS` (precision NaN where nothing is predicted).
 
     Raises:
-        ValueError: a prediction names an image not in ``records``, or has the wrong shape.
+        ValueError: a prediction names an image not in ``records``, has the wrong
+            shape or a non-finite score.
 
     Example:
         >>> result = evaluate(preds, wider.load_split(root, "val"), wider.load_subsets(root))  # doctest: +SKIP
@@ -184,7 +270,7 @@ def evaluate(
             f"predictions for {len(unknown)} image(s) not in the ground truth, e.g. {unknown[:3]}; "
             "keys must be image names like '<event>/<file>.jpg' as in ImageRecord.name"
         )
-    matches = _match(_normalised(predictions), records, iou_threshold)
+    matches = _match(norm_scores(_checked(predictions)), records, iou_threshold)
     ap: dict[str, float] = {}
     pr: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for subset, members in subsets.items():
@@ -194,12 +280,13 @@ def evaluate(
         candidates = np.flatnonzero(matches.matched & counts)
         # A face's first match in score order recalls it; later ones are false positives.
         _, first = np.unique(matches.face[candidates], return_index=True)
-        n_kept = _counts_at_thresholds(matches.first_threshold[~ignored])
-        n_tp = _counts_at_thresholds(matches.first_threshold[candidates[first]])
-        precision = np.divide(n_tp, n_kept, out=np.zeros(THRESHOLD_COUNT), where=n_kept > 0)
-        recall = n_tp / n_faces if n_faces else np.zeros(THRESHOLD_COUNT)
+        n_kept = _counts_at_thresholds(matches.first_threshold[~ignored]).astype(np.float64)
+        n_tp = _counts_at_thresholds(matches.first_threshold[candidates[first]]).astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            precision = n_tp / n_kept
+            recall = n_tp / np.float64(n_faces)
         pr[subset] = (precision, recall)
-        ap[subset] = voc_ap(recall, precision) if n_faces else float("nan")
+        ap[subset] = voc_ap(recall, precision)
     return EvalResult(ap=ap, pr=pr)
 
 
