@@ -38,7 +38,7 @@ from torch import nn
 from .errors import FileFormatError, InvalidArgumentError, SlimpruneError
 
 __all__ = ["LayerCost", "CostTable", "TableKey", "profile", "table_key", "save_table", "load_table",
-           "stair_width", "deployed", "LatencyDeviceError", "StaleCacheError"]
+           "stair_width", "deployed", "onnxruntime_latency", "check_device", "LatencyDeviceError", "StaleCacheError"]
 
 FORMAT = 1
 
@@ -399,3 +399,44 @@ def _to(inputs: tuple[Any, ...], dev: torch.device) -> tuple[Any, ...]:
 def _no_grad_call(m: nn.Module, inputs: tuple[Any, ...]) -> None:
     with torch.no_grad():
         m(*inputs)
+
+
+def onnxruntime_latency(model: nn.Module, example_inputs: Any, *, threads: int | None = None,
+                        min_run_time: float = 0.5, path: str | os.PathLike[str] | None = None) -> float:
+    """Median milliseconds of ``model`` exported with :func:`torch.onnx.export` and run by onnxruntime on the CPU.
+
+    Needs the ``onnx`` extra (``pip install slimprune[onnx]``). ``path``: where to write the
+    ``.onnx`` file (default: a temporary directory, removed afterwards).
+    """
+    import tempfile
+    import time
+
+    try:
+        import onnxruntime as ort
+    except ImportError as e:
+        raise InvalidArgumentError(
+            "the onnxruntime latency backend needs onnxruntime: pip install 'slimprune[onnx]'") from e
+    from .measure import _as_input_tuple
+
+    inputs = _as_input_tuple(example_inputs)
+    threads = int(threads or torch.get_num_threads())
+    with tempfile.TemporaryDirectory() as tmp:
+        target = Path(path) if path is not None else Path(tmp) / "model.onnx"
+        m = deployed(model, torch.device("cpu"))
+        with torch.no_grad():
+            torch.onnx.export(m, inputs, str(target), dynamo=False)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        sess = ort.InferenceSession(str(target), opts, providers=["CPUExecutionProvider"])
+        feed = {i.name: x.detach().cpu().numpy() for i, x in zip(sess.get_inputs(),
+                                                                  [t for t in inputs if isinstance(t, torch.Tensor)])}
+        for _ in range(3):
+            sess.run(None, feed)
+        times: list[float] = []
+        end = time.perf_counter() + min_run_time
+        while time.perf_counter() < end or len(times) < 5:
+            t0 = time.perf_counter()
+            sess.run(None, feed)
+            times.append((time.perf_counter() - t0) * 1e3)
+    return float(np.median(times))
