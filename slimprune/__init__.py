@@ -10,6 +10,7 @@
 
 from ._analysis import Analysis as Analysis
 from ._analysis import analyze as analyze
+from ._dropin import Rewritten as Rewritten
 from ._graph import ChannelGraph as ChannelGraph
 from ._graph import ChannelGroup as ChannelGroup
 from ._graph import ChannelInfo as ChannelInfo
@@ -28,6 +29,12 @@ from .errors import (
     TraceError as TraceError,
     UnsupportedOpWarning as UnsupportedOpWarning,
     ShapeSpecializationWarning as ShapeSpecializationWarning,
+    RuleReplacedWarning as RuleReplacedWarning,
+    ArgumentTypeError as ArgumentTypeError,
+    ExampleInputTypeError as ExampleInputTypeError,
+    RuleError as RuleError,
+    RuleOutputTypeError as RuleOutputTypeError,
+    PlanFormatError as PlanFormatError,
 )
 from .rules import register_rule as register_rule
 from . import io as io  # noqa: E402  save/load of pruned models
@@ -37,7 +44,7 @@ from .io import load as load
 from .io import save as save
 from .sparsity import SparsityRegularizer as SparsityRegularizer
 
-__version__ = "0.1.0"
+from ._version import __version__ as __version__  # noqa: E402
 
 __all__ = [
     "Analysis",
@@ -50,6 +57,7 @@ __all__ = [
     "InvalidArgumentError",
     "PlanMismatchError",
     "PruningPlan",
+    "Rewritten",
     "SlimpruneError",
     "TraceError",
     "UnsupportedOpWarning",
@@ -63,6 +71,12 @@ __all__ = [
     "plan",
     "prune",
     "register_rule",
+    "RuleReplacedWarning",
+    "ArgumentTypeError",
+    "ExampleInputTypeError",
+    "RuleError",
+    "RuleOutputTypeError",
+    "PlanFormatError",
     "save",
     "silence",
     "sparsity",

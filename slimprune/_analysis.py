@@ -132,7 +132,7 @@ class Analysis:
 
 
 def _whole(model: nn.Module, example_inputs: Any, opaque: tuple[str | type, ...], warn: bool) -> Analysis:
-    graph = build_channel_graph(trace(model, example_inputs, opaque), warn=warn)
+    graph = build_channel_graph(trace(model, example_inputs, opaque, has_module_rule), warn=warn)
     return Analysis(model, graph, Predictor(graph, model), opaque, graph.traced.example_inputs,
                     training=model.training, structure=fingerprint(model), probes=ProbeCache(model), warn=warn)
 

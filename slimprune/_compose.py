@@ -61,10 +61,14 @@ def _compose(analysis: Analysis, subplans: list[tuple[str, PruningPlan]], option
         flops_before += sp.flops_before
         flops_after += sp.flops_after
     reached = ", ".join(p for p, _ in subplans) or "none"
+    whole = _whole_flops(model, example_inputs)
+    scope = ("params and FLOPs are the whole model's (one forward each; each region's own in plan.regions)"
+             if whole is not None
+             else "params are the whole model's, FLOPs those of the pruned regions (the whole model did not run)")
     cause = error.__cause__ if error.__cause__ is not None else error
     notes.insert(0, f"fx cannot trace {type(model).__name__} whole ({type(cause).__name__}: {str(cause)[:100]}); "
                     f"pruned inside the traceable regions [{reached}] with their boundary channels kept; "
-                    f"FLOPs are those of the pruned regions")
+                    f"{scope}")
     idle = [r.path for r in regions if r.path not in dict(subplans)]
     if idle:
         notes.append(f"regions with nothing prunable inside (all channels on their boundary): {', '.join(idle)}")
@@ -76,9 +80,41 @@ def _compose(analysis: Analysis, subplans: list[tuple[str, PruningPlan]], option
                     protect=[], regions=True)
     shapes = tuple(tuple(x.shape) for x in (example_inputs if isinstance(example_inputs, tuple) else (example_inputs,))
                    if isinstance(x, torch.Tensor))
-    return PruningPlan(
+    plan = PruningPlan(
         model=type(model).__name__, fingerprint=fingerprint(model), input_shapes=shapes,
         options=tuple(sorted(recorded.items())), groups=tuple(groups), slices=tuple(slices), folds=tuple(folds),
         edits=(), opaque=(), params_before=before, params_after=after, flops_before=flops_before,
         flops_after=flops_after, barriers=tuple(barriers), notes=tuple(notes), regions=tuple(subplans),
     )
+    if whole is None:
+        return plan
+    # The regions' predicted FLOPs stay in plan.regions; the plan reports the whole model's,
+    # counted on one forward of the model and of the pruned model it gives.
+    from ._rewrite import apply_plan
+
+    try:
+        pruned = _whole_flops(apply_plan(model, plan), example_inputs)
+    except Exception:  # noqa: BLE001 - apply() reports its own error; the plan keeps the regions' figures
+        return plan
+    if pruned is None:
+        return plan
+    return replace(plan, flops_before=whole, flops_after=pruned)
+
+
+def _whole_flops(model: torch.nn.Module, example_inputs: object) -> int | None:
+    """FLOPs of one eval-mode forward of the whole model (None when it does not run on the inputs).
+
+    Every module's training flag is restored afterwards, and nothing else changes (no_grad, eval).
+    """
+    from .measure import _as_input_tuple, _count_flops
+
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        with torch.no_grad():
+            return int(_count_flops(model, _as_input_tuple(example_inputs))[0])
+    except Exception:  # noqa: BLE001 - then the regions' figures are reported, and said to be
+        return None
+    finally:
+        for m, training in modes:
+            m.training = training

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
-from .errors import PlanMismatchError
+from .errors import PlanFormatError, PlanMismatchError, RuleOutputTypeError
 
 __all__ = ["encode", "decode", "apply_edits"]
 
@@ -37,7 +37,10 @@ def encode(value: Any) -> Any:
         return {"__ellipsis__": True}
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
-    raise TypeError(f"cannot record argument {value!r} of type {type(value).__name__} in a plan")
+    raise RuleOutputTypeError(
+        f"a channel rule asked to record the argument {value!r} (a {type(value).__name__}) as a graph "
+        f"edit in a plan; plans hold only None, bool, int, float, str, slices, tuples, lists and fx "
+        f"nodes. Fix the rule to record the size as one of those (an int), or mark the module opaque.")
 
 
 def decode(value: Any, nodes: dict[str, fx.Node]) -> Any:
@@ -51,7 +54,10 @@ def decode(value: Any, nodes: dict[str, fx.Node]) -> Any:
             return tuple(decode(v, nodes) for v in value["__tuple__"])
         if "__ellipsis__" in value:
             return Ellipsis
-        raise ValueError(f"unknown encoded value {value!r}")
+        raise PlanFormatError(
+            f"the plan's graph edits hold {value!r}, an encoded value this version cannot read (it "
+            f"reads __node__, __slice__, __tuple__ and __ellipsis__); the plan was written by another "
+            f"slimprune version or edited by hand. Make the plan again with this version.")
     if isinstance(value, list):
         return [decode(v, nodes) for v in value]
     return value
@@ -80,5 +86,8 @@ def apply_edits(graph: fx.Graph, edits: Sequence[dict[str, Any]]) -> None:
             node.args = (src, list(e["sizes"]), e["dim"])
             node.kwargs = {}
         else:
-            raise ValueError(f"unknown graph edit kind {e['kind']!r}")
+            raise PlanFormatError(
+                f"the plan's edit of node {e['node']!r} is of kind {e['kind']!r}; this version applies "
+                f"'set_arg' and 'split_sizes' edits only. The plan was written by another slimprune "
+                f"version or edited by hand: make the plan again with this version.")
     graph.lint()

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._gamma import unit_gamma_max
 from ._graph import ChannelGraph
 from ._plan import Fold
 from ._silence import merge_stats, probe_consumers, silenced, zero_list
@@ -119,11 +120,7 @@ def threshold_removed(graph: ChannelGraph, model: nn.Module, threshold: float, c
     constant is non-zero where a zero-padded conv reads it stays too, so folding its constant
     is exact everywhere, borders included. Returns the units and the probe's notes.
     """
-    gmax = np.full(graph.num_units, -np.inf)
-    for s in graph.slices:
-        if s.role == "scale":
-            owner = model.get_submodule(s.module) if s.module else model
-            np.maximum.at(gmax, s.units, getattr(owner, s.param).detach().abs().float().cpu().numpy())
+    gmax = unit_gamma_max(graph, model)
     in_group = graph.unit_to_group >= 0
     # Compare in the parameters' precision: a γ stored as float32(1e-3) is not above 1e-3.
     cand = in_group & np.isfinite(gmax) & (gmax <= np.float32(threshold))
@@ -197,6 +194,7 @@ def _probe_all(graph: ChannelGraph, removed: np.ndarray) -> tuple[dict, list[str
     attempts = [b for b in (_pair_batch(inputs, shrink=True), _pair_batch(inputs, shrink=False)) if b is not None]
     attempts.append((inputs, _perturbed(inputs)))
     for i, batches in enumerate(attempts):
+        versions = _buffer_versions(graph)
         try:
             runs = [_probe_run(graph, b, removed, batch_stats=False) for b in batches]
         except Exception:
@@ -205,7 +203,8 @@ def _probe_all(graph: ChannelGraph, removed: np.ndarray) -> tuple[dict, list[str
             continue
         notes = []
         try:
-            runs += [_probe_run(graph, b, removed, batch_stats=True) for b in batches]
+            if _mode_matters(graph) or _buffer_versions(graph) != versions:
+                runs += [_probe_run(graph, b, removed, batch_stats=True) for b in batches]
         except Exception as exc:  # e.g. a norm over one value per channel at batch 1
             notes.append(f"constants were verified in eval mode only (with batch statistics the model "
                          f"failed: {type(exc).__name__}: {str(exc)[:80]}); check the pruned model in training mode")
@@ -214,6 +213,22 @@ def _probe_all(graph: ChannelGraph, removed: np.ndarray) -> tuple[dict, list[str
                          "norms computing batch statistics may make them differ at other batch sizes")
         return merge_stats(runs), notes
     raise AssertionError("unreachable")
+
+
+def _buffer_versions(graph: ChannelGraph) -> list[int]:
+    return [b._version for gm in graph.graphs() for b in gm.buffers()]
+
+
+def _mode_matters(graph: ChannelGraph) -> bool:
+    """Can the probe's batch-statistics run differ from its eval-mode run?
+
+    ``batch_statistics`` differs from ``evaluation_mode`` only in putting norms
+    (``_NormBase``: batch and instance norms) in training mode and restoring buffers
+    afterwards; every other module stays in eval mode. Without such a norm, the second
+    run computes the same function on the same inputs, so it is skipped, unless the first
+    run changed a buffer in place (checked by the caller through version counters).
+    """
+    return any(isinstance(m, nn.modules.batchnorm._NormBase) for gm in graph.graphs() for m in gm.modules())
 
 
 def _probe_run(graph: ChannelGraph, inputs: tuple, removed: np.ndarray, batch_stats: bool) -> dict:

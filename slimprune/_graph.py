@@ -23,8 +23,10 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from ._channels import ChannelInfo as ChannelInfo
+from ._channels import SizeOf as SizeOf
 from ._trace import SHAPE, Traced
-from .errors import UnsupportedOpWarning
+from .errors import RuleError, UnsupportedOpWarning
 from .rules import lookup_rule
 
 __all__ = [
@@ -51,31 +53,6 @@ KEEP = 0
 #          would otherwise output -mean/std in eval and 0 in training)
 #   aux    sliced only (running variances, PReLU slopes, buffers)
 ROLES = ("out", "in", "scale", "shift", "source", "mean", "aux")
-
-
-@dataclass(frozen=True)
-class ChannelInfo:
-    """The channel axis of a tensor and one label per channel along it."""
-
-    axis: int
-    labels: np.ndarray
-
-
-@dataclass(frozen=True)
-class SizeOf:
-    """Sizes read from a tensor (``x.shape``, ``x.size(1)``): the labels behind each one.
-
-    A size read from a channel axis follows the pruned width at run time, so wherever it
-    is used as a reshape size, that axis must keep the same channels (or stay whole).
-    """
-
-    dims: tuple[np.ndarray | None, ...]
-    single: bool = False
-    # Computed from such sizes (``c // 2``, ``c ** -0.5``): no longer one axis's width.
-    derived: bool = False
-
-    def labels(self) -> list[np.ndarray]:
-        return [d for d in self.dims if d is not None]
 
 
 @dataclass(frozen=True)
@@ -198,6 +175,24 @@ class ChannelGraph:
         """Layers coupled through shared channels, as connected components (networkx)."""
         comps = nx.connected_components(self.to_networkx())
         return [{n for n in c if isinstance(n, str)} for c in comps]
+
+
+_METADATA_ATTRIBUTES = frozenset({"dtype", "device", "is_cuda", "requires_grad", "ndim", "layout"})
+_METADATA_METHODS = frozenset({"dim", "get_device", "numel", "nelement"})
+
+
+def _metadata_only(node: fx.Node) -> bool:
+    """Is a parameter read only for its dtype or device (``self.conv.weight.device`` in
+    timm's EdgeNeXt positional encoding)? Then none of its channels is used there, and it
+    must not become a slice of its own (whose free channels would be removed from it)."""
+    import builtins
+
+    def metadata(user: fx.Node) -> bool:
+        if user.op == "call_function" and user.target is builtins.getattr:
+            return len(user.args) > 1 and user.args[1] in _METADATA_ATTRIBUTES
+        return user.op == "call_method" and user.target in _METADATA_METHODS and user.args[0] is node
+
+    return bool(node.users) and all(metadata(u) for u in node.users)
 
 
 def _iter_nodes(value: Any) -> Iterator[fx.Node]:
@@ -345,7 +340,9 @@ class _Builder:
 
     def slice_of(self, module: str, name: str, dim: int, labels: np.ndarray, role: str) -> None:
         if role not in ROLES:
-            raise ValueError(f"unknown slice role {role!r}; roles are {ROLES}")
+            raise RuleError(
+                f"a channel rule sliced {module or 'the model'}.{name} (dim {dim}) with role {role!r}; "
+                f"the roles are {', '.join(ROLES)}. Fix the rule's ctx.param(...) call to pass one of them.")
         key = (module, name, dim)
         labels = np.asarray(labels, dtype=np.int64)
         # One tensor under two names (tied weights): slicing one name would untie them, so
@@ -445,7 +442,7 @@ class _Builder:
         obj: Any = self.current
         for part in str(node.target).split("."):
             obj = getattr(obj, part)
-        if not isinstance(obj, torch.Tensor) or obj.dim() == 0:
+        if not isinstance(obj, torch.Tensor) or obj.dim() == 0 or _metadata_only(node):
             return None
         big = [d for d in range(obj.dim()) if obj.shape[d] > 1]
         if not big:
@@ -470,16 +467,22 @@ class _Builder:
         shape = self.shape(node)
         if isinstance(value, ChannelInfo):
             if not isinstance(shape, torch.Size) or value.axis >= len(shape) or shape[value.axis] != value.labels.size:
-                raise ValueError(f"rule returned {value.labels.size} labels on axis {value.axis} for shape {shape}")
+                raise RuleError(self._bad_output(node, f"{value.labels.size} labels on axis {value.axis}", shape))
             return value
         if isinstance(value, tuple):
             if not isinstance(shape, tuple) or len(shape) != len(value):
-                raise ValueError(f"rule returned {len(value)} outputs for {shape}")
+                raise RuleError(self._bad_output(node, f"{len(value)} outputs", shape))
             for v, s in zip(value, shape):
                 if isinstance(v, ChannelInfo) and (not isinstance(s, torch.Size) or s[v.axis] != v.labels.size):
-                    raise ValueError(f"rule returned {v.labels.size} labels on axis {v.axis} for shape {s}")
+                    raise RuleError(self._bad_output(node, f"{v.labels.size} labels on axis {v.axis}", s))
             return value
         return None
+
+    @staticmethod
+    def _bad_output(node: fx.Node, got: str, shape: Any) -> str:
+        return (f"the channel rule for {describe_target(node)} (node {node.name}) returned {got}, but the "
+                f"traced output has shape {shape}; a rule must return one label per channel along an "
+                f"existing axis (or one per output of a tuple). Fix the rule, or mark the module opaque.")
 
     def walk(self, gm: fx.GraphModule, index: int = 0) -> None:
         self.current, self.graph_index = gm, index

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._gamma import unit_gamma_max
 from ._graph import ChannelGraph
 from .errors import InvalidArgumentError
 
@@ -121,10 +122,7 @@ def unit_scores(
     if importance in ("l1", "l2"):
         return _group_normalised(graph, _norm_scores(graph, model, 1 if importance == "l1" else 2))
     if importance == "bn_scale":
-        gamma = np.full(graph.num_units, -np.inf)
-        for s in graph.slices:
-            if s.role == "scale":
-                np.maximum.at(gamma, s.units, _tensor(model, s.module, s.param).abs().float().cpu().numpy())
+        gamma = unit_gamma_max(graph, model)
         has = np.isfinite(gamma)
         out = np.where(has, gamma, np.nan)
         in_groups = np.zeros(graph.num_units, bool)

@@ -257,7 +257,8 @@ def apply(model: nn.Module, plan: PruningPlan, *, inplace: bool = False) -> nn.M
         model: the model the plan was made for (checked by fingerprint).
         plan: from :func:`plan`.
         inplace: modify ``model`` itself instead of a copy. (When the plan rewrites literal
-            sizes in ``forward``, a ``GraphModule`` wrapping the modified model is returned.)
+            sizes in ``forward``, the returned module keeps its class and attributes and its forward is the
+            rewritten code: an instance of :class:`slimprune.Rewritten`.)
 
     Returns:
         A physically smaller module computing what ``silence(model, plan)`` computes.

@@ -16,8 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._trace import default_example_inputs, evaluation_mode, normalize_inputs, propagate_shapes, trace_module
+from ._trace import call_model, default_example_inputs, evaluation_mode, normalize_inputs, propagate_shapes, trace_module
 from .errors import ExampleInputError, TraceError
+from .rules import has_module_rule
 
 __all__ = ["Region", "find_regions"]
 
@@ -45,7 +46,7 @@ def _record_inputs(model: nn.Module, inputs: tuple[Any, ...], wanted: set[str]) 
         hooks.append(m.register_forward_pre_hook(hook, with_kwargs=True))
     try:
         with evaluation_mode(model):
-            model(*inputs)
+            call_model(model, inputs)
     finally:
         for h in hooks:
             h.remove()
@@ -105,7 +106,7 @@ def _traces(module: nn.Module, path: str, inputs: tuple[Any, ...], opaque: list[
     rel = [o[len(path) + 1:] if isinstance(o, str) and o.startswith(path + ".") else o
            for o in opaque if not isinstance(o, str) or o.startswith(path + ".")]
     try:
-        gm, *_ = trace_module(module, inputs, rel)
+        gm, *_ = trace_module(module, inputs, rel, has_module_rule)
         propagate_shapes(gm, inputs)
     except (TraceError, ExampleInputError):
         return False

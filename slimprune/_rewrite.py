@@ -3,7 +3,8 @@
 Slices every recorded parameter and buffer, folds the constants of removed channels into
 the consumers' biases, updates module attributes through each rule's ``resize``, and,
 when ``forward`` hard-codes a channel count, rewrites those literals in the traced graph
-and returns a ``GraphModule`` (module hierarchy and state_dict keys unchanged).
+and gives the pruned module that graph as its ``forward`` (:mod:`slimprune._dropin`: same
+class, attributes, module hierarchy and state_dict keys).
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from ._copy import copy_model
+from ._dropin import collapse_children, dropin
 from ._edits import apply_edits, encode
 from ._plan import PruningPlan
 from ._trace import concrete_trace, describe_fixed, symbolic_trace
 from .errors import PlanMismatchError, ShapeSpecializationWarning, TraceError
-from .rules import lookup_rule
+from .rules import has_module_rule, lookup_rule
 
 __all__ = ["apply_plan"]
 
@@ -108,7 +111,7 @@ def _retrace(model: nn.Module, plan: PruningPlan) -> tuple[fx.GraphModule, tuple
     Returns the GraphModule and the shape-dependent decisions a concrete trace fixed.
     """
     try:
-        return symbolic_trace(model, plan.opaque)[0], ()
+        return symbolic_trace(model, plan.opaque, has_module_rule)[0], ()
     except TraceError:
         if not plan.input_shapes:
             raise
@@ -117,7 +120,7 @@ def _retrace(model: nn.Module, plan: PruningPlan) -> tuple[fx.GraphModule, tuple
     gen = torch.Generator().manual_seed(0)
     inputs = tuple(torch.randn(s, generator=gen, dtype=dtype).to(p.device if p is not None else "cpu")
                    for s in plan.input_shapes)
-    gm, _, fixed = concrete_trace(model, inputs, plan.opaque)
+    gm, _, fixed = concrete_trace(model, inputs, plan.opaque, has_module_rule)
     return gm, fixed
 
 
@@ -176,7 +179,7 @@ def apply_plan(model: nn.Module, plan: PruningPlan, inplace: bool = False) -> nn
     if plan.regions:
         # Every region is pruned from the original first, so a failure changes nothing.
         pruned = [(path, apply_plan(_owner(model, path), sub)) for path, sub in plan.regions]
-        target = model if inplace else copy.deepcopy(model)
+        target = model if inplace else copy_model(model)
         for path, new in pruned:
             _set_submodule(target, path, new)
         return target
@@ -202,7 +205,7 @@ def apply_plan(model: nn.Module, plan: PruningPlan, inplace: bool = False) -> nn
             old = getattr(_owner(model, module), param, None)
             if isinstance(old, torch.Tensor):
                 memo[id(old)] = t  # replaced below: skip copying the old tensor
-        target = copy.deepcopy(model, memo)
+        target = copy_model(model, memo)
     _assign(target, tensors, originals)
     changed = []
     for e in edits:
@@ -221,7 +224,7 @@ def apply_plan(model: nn.Module, plan: PruningPlan, inplace: bool = False) -> nn
         return target
     if fixed:
         warnings.warn(
-            f"the pruned {type(model).__name__} is a GraphModule replaying forward as traced on inputs of "
+            f"the pruned {type(model).__name__}'s forward replays the graph as traced on inputs of "
             f"shape {list(plan.input_shapes)}: Python decisions on shapes were fixed there "
             f"({describe_fixed(fixed)}). Run it on inputs of those shapes, or "
             f"make the plan with example_inputs= of the shape you will use.",
@@ -231,17 +234,7 @@ def apply_plan(model: nn.Module, plan: PruningPlan, inplace: bool = False) -> nn
         if node.op == "get_attr" and traced is not None and not _has_path(target, str(node.target)):
             owner_path, _, name = str(node.target).rpartition(".")
             setattr(_owner(target, owner_path), name, operator.attrgetter(str(node.target))(traced))
-    gm = fx.GraphModule(target, graph, type(model).__name__)
-    # GraphModule copies only what forward uses; keep every submodule, parameter and buffer
-    # so the module hierarchy and the state_dict keys stay those of the original model.
-    for name, child in target.named_children():
-        setattr(gm, name, child)
-    for name, p in target.named_parameters(recurse=False):
-        gm.register_parameter(name, p)
-    for name, b in target.named_buffers(recurse=False):
-        gm.register_buffer(name, b)
-    for name, value in vars(target).items():  # plain settings such as num_classes
-        if not name.startswith("_") and name != "training" and isinstance(value, (bool, int, float, str, tuple)):
-            setattr(gm, name, value)
-    gm.train(target.training)
-    return gm
+    # The pruned module keeps its class and attributes; only its forward is the edited graph,
+    # calling its children as modules again where nothing inside them was edited.
+    collapse_children(graph, target, {str(e["node"]) for e in edits if "node" in e})
+    return dropin(target, graph)

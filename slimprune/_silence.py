@@ -19,6 +19,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from ._modes import kept_modes
 from ._plan import PruningPlan
 from ._trace import GraphRunner, evaluation_mode
 
@@ -133,18 +134,16 @@ def batch_statistics(model: nn.Module) -> Iterator[None]:
     training). Dropout, stochastic depth and other training-only randomness stay off. Running
     statistics and every other buffer are restored bit for bit afterwards.
     """
-    flags = [(m, m.training) for m in model.modules()]
     saved = [(b, b.detach().clone()) for b in model.buffers()]
     try:
-        model.eval()
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._NormBase):
-                m.train()
-        with torch.no_grad():
-            yield
+        with kept_modes(model):
+            model.eval()
+            for m in model.modules():
+                if isinstance(m, nn.modules.batchnorm._NormBase):
+                    m.train()
+            with torch.no_grad():
+                yield
     finally:
-        for m, flag in flags:
-            m.training = flag
         with torch.no_grad():
             for b, value in saved:
                 b.copy_(value)
@@ -156,8 +155,12 @@ def probe_consumers(gm: fx.GraphModule, inputs: tuple, consumers: dict[str, int]
 
     In eval mode, or with ``batch_stats`` with the norms computing batch statistics.
     """
+    from ._trace import _preserved
+
     probe = _Probe(gm, consumers)
-    with batch_statistics(gm) if batch_stats else evaluation_mode(gm):
+    # (_preserved: the graph shares the model's buffers, and a graph traced in train mode
+    # updates running statistics even in eval mode: training=True is a literal there)
+    with batch_statistics(gm) if batch_stats else evaluation_mode(gm), _preserved(gm):
         probe.run(*inputs)
     return probe.stats
 

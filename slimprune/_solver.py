@@ -24,6 +24,7 @@ from typing import TypeVar
 import numpy as np
 from torch import nn
 
+from ._bisect import first_true
 from ._graph import ChannelGraph
 from .errors import InfeasiblePlanError, InvalidArgumentError
 
@@ -161,14 +162,7 @@ def select_target(graph: ChannelGraph, scores: np.ndarray, fraction: float, c: C
             f"{'parameters' if kind == 'params' else 'FLOPs'}. Lower the ratio or relax "
             f"min_channels/max_ratio/round_to/protect."
         )
-    lo, hi = 0, order.size
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if saved(mid) + 1e-12 >= fraction:
-            hi = mid
-        else:
-            lo = mid + 1
-    return removed_for(lo)
+    return removed_for(first_true(0, order.size, lambda k: saved(k) + 1e-12 >= fraction))
 
 
 def reach_at_least(fraction: float, first: T, attempt: Callable[[float], T], achieved: Callable[[T], float],

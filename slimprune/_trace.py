@@ -25,9 +25,11 @@ import torch.fx as fx
 from torch import nn
 
 from ._augmented import InplaceProxy
+from ._modes import kept_modes
 from .errors import ExampleInputError, TraceError
 
-__all__ = ["Traced", "trace", "trace_module", "concrete_trace", "default_example_inputs", "normalize_inputs"]
+__all__ = ["Traced", "KeywordInputs", "trace", "trace_module", "concrete_trace", "default_example_inputs",
+           "normalize_inputs", "call_model"]
 
 SHAPE = "slimprune.shape"
 
@@ -52,24 +54,41 @@ class Traced:
     fixed: tuple[str, ...] = ()
 
 
-class _Tracer(fx.Tracer):
-    """An fx tracer that keeps user-declared opaque modules and rule-carrying modules whole."""
+LeafPredicate = Callable[[type], bool]
+"""``(module class) -> bool``: trace modules of this class as one call (the channel rules'
+:func:`~slimprune.rules.has_module_rule`); the tracer takes it as an argument so that it
+does not import the rules."""
 
-    def __init__(self, opaque_names: frozenset[str], opaque_types: tuple[type, ...]) -> None:
+
+def no_extra_leaves(cls: type) -> bool:
+    """The default leaf predicate: only fx's own leaves (``torch.nn`` modules) and opaque ones."""
+    return False
+
+
+class _Tracer(fx.Tracer):
+    """An fx tracer that keeps user-declared opaque modules and ``leaf`` modules whole."""
+
+    def __init__(self, opaque_names: frozenset[str], opaque_types: tuple[type, ...],
+                 leaf: LeafPredicate = no_extra_leaves, keywords: tuple[str, ...] | None = None) -> None:
         super().__init__()
         self._opaque_names = opaque_names
         self._opaque_types = opaque_types
+        self._leaf = leaf
+        self._keywords = keywords
+
+    def create_args_for_root(self, root_fn: Any, is_module: bool, concrete_args: Any = None) -> tuple[Any, list[Any]]:
+        if self._keywords is not None and is_module:
+            return _keyword_args_for_root(self, root_fn, self._keywords)
+        return super().create_args_for_root(root_fn, is_module, concrete_args)
 
     def proxy(self, node: fx.Node) -> fx.Proxy:
         # ``v += w`` is recorded as a write into v (a view's base sees it), not as ``v = v + w``
         return InplaceProxy(node, self)
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        from .rules import has_module_rule
-
         if module_qualified_name in self._opaque_names or isinstance(m, self._opaque_types):
             return True
-        if has_module_rule(type(m)):
+        if self._leaf(type(m)):
             return True
         return super().is_leaf_module(m, module_qualified_name)
 
@@ -94,16 +113,96 @@ def split_opaque(model: nn.Module, opaque: Iterable[str | type]) -> tuple[frozen
     return frozenset(names), tuple(types)
 
 
+class KeywordInputs(tuple):
+    """Example inputs given as keywords (``{"input_ids": ids, "attention_mask": mask}``).
+
+    A tuple of the values, in the order given, that also remembers their names: the traced
+    graph takes them positionally in that order (one placeholder per name), and the user's
+    model is called with them as keywords (:func:`call_model`). Forward arguments not named
+    keep their defaults.
+    """
+
+    names: tuple[str, ...]
+
+    def __new__(cls, items: dict[str, Any]) -> "KeywordInputs":
+        made = super().__new__(cls, tuple(items.values()))
+        made.names = tuple(items)
+        return made
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(zip(self.names, self))
+
+    def __reduce__(self) -> Any:
+        return (KeywordInputs, (self.as_dict(),))
+
+
+def keywords_of(inputs: Any) -> tuple[str, ...] | None:
+    """The keyword names of ``inputs`` (a :class:`KeywordInputs`), or None for positional ones."""
+    return inputs.names if isinstance(inputs, KeywordInputs) else None
+
+
+def call_model(model: Any, inputs: tuple[Any, ...]) -> Any:
+    """Call the user's model on normalised inputs: keywords by name, others positionally."""
+    if isinstance(inputs, KeywordInputs):
+        return model(**inputs.as_dict())
+    return model(*inputs)
+
+
 def normalize_inputs(example_inputs: Any) -> tuple[Any, ...]:
-    """Accept a tensor or a tuple/list of positional inputs; return a tuple."""
+    """Accept a tensor, a tuple/list of positional inputs, or a dict of keyword inputs."""
+    if isinstance(example_inputs, KeywordInputs):
+        return example_inputs
     if isinstance(example_inputs, torch.Tensor):
         return (example_inputs,)
     if isinstance(example_inputs, (tuple, list)):
         return tuple(example_inputs)
+    if isinstance(example_inputs, dict):
+        bad = [k for k in example_inputs if not isinstance(k, str) or not k.isidentifier()]
+        if bad or not example_inputs:
+            raise ExampleInputError(
+                f"example_inputs as a dict maps forward's keyword names to values, got "
+                f"{'no entries' if not bad else f'keys {bad!r}'}. Pass e.g. "
+                f"example_inputs={{'input_ids': ids, 'attention_mask': mask}}."
+            )
+        return KeywordInputs(example_inputs)
     raise ExampleInputError(
-        f"example_inputs must be a tensor or a tuple of positional inputs, got "
-        f"{type(example_inputs).__name__}. Pass e.g. example_inputs=torch.randn(1, 3, 224, 224)."
+        f"example_inputs must be a tensor, a tuple of positional inputs or a dict of keyword inputs, "
+        f"got {type(example_inputs).__name__}. Pass e.g. example_inputs=torch.randn(1, 3, 224, 224) "
+        f"or example_inputs={{'input_ids': ids}}."
     )
+
+
+def check_keywords(model: nn.Module, inputs: Any) -> None:
+    """Refuse keyword inputs that ``model.forward`` does not take (before any tracing)."""
+    names = keywords_of(inputs)
+    if names is None:
+        return
+    params = inspect.signature(inspect.unwrap(type(model).forward)).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    unknown = [n for n in names if n not in params or params[n].kind is inspect.Parameter.VAR_POSITIONAL]
+    if unknown and not takes_any:
+        raise ExampleInputError(
+            f"example_inputs names {unknown}, which {type(model).__name__}.forward does not take; it takes "
+            f"{[n for n in params if n != 'self']}. Fix the keys of the example_inputs dict."
+        )
+
+
+def _keyword_root(root_fn: Callable[..., Any], names: tuple[str, ...]) -> Callable[..., Any]:
+    """A root function for fx taking ``names`` positionally and calling forward by keyword."""
+
+    def call(self: nn.Module, *values: Any) -> Any:
+        return root_fn(self, **dict(zip(names, values)))
+
+    return call
+
+
+def _keyword_args_for_root(tracer: fx.Tracer, root_fn: Callable[..., Any],
+                           names: tuple[str, ...]) -> tuple[Callable[..., Any], list[Any]]:
+    """Placeholders for keyword inputs: one per name, in the order given, so the graph is
+    called positionally with the inputs' values (forward's other arguments keep their
+    defaults, and ``**kwargs`` stays empty, as when the user calls the model so)."""
+    placeholders = [tracer.create_proxy("placeholder", n, (), {}) for n in names]
+    return _keyword_root(root_fn, names), [tracer.root, *placeholders]
 
 
 def _failing_module(tracer: _Tracer) -> str | None:
@@ -118,10 +217,18 @@ def _failing_module(tracer: _Tracer) -> str | None:
 
 @contextlib.contextmanager
 def _preserved(model: nn.Module) -> Iterator[None]:
-    """Undo what tracing a forward does to the model: attributes it assigns (torchvision's
-    AnchorGenerator caches ``self.cell_anchors``, which would keep proxies), and buffers a
+    """Undo what tracing a forward does to the model, so the user's model comes back as it
+    was: attributes it assigns (torchvision's AnchorGenerator caches ``self.cell_anchors``,
+    which would keep proxies), the contents of containers it fills (timm's EfficientViT and
+    EfficientFormer cache attention biases in a dict attribute in eval mode), and buffers a
     concrete run updates (BatchNorm statistics in train mode)."""
     saved = [(m, dict(vars(m)), dict(m._parameters), dict(m._buffers), dict(m._modules)) for m in model.modules()]
+    # Containers keep their identity (other code may hold them); their contents are restored.
+    containers: dict[int, tuple[Any, Any]] = {}
+    for _, attrs, _, _, _ in saved:
+        for value in attrs.values():
+            if type(value) in (dict, list, set) and id(value) not in containers:
+                containers[id(value)] = (value, value.copy())
     values = [(b, b.detach().clone()) for b in model.buffers()]
     try:
         yield
@@ -132,15 +239,22 @@ def _preserved(model: nn.Module) -> Iterator[None]:
             for live, old in ((m._parameters, params), (m._buffers, buffers), (m._modules, modules)):
                 live.clear()
                 live.update(old)
+        for live, old in containers.values():
+            live.clear()
+            live.update(old) if not isinstance(live, list) else live.extend(old)
         with torch.no_grad():
             for b, v in values:
                 b.copy_(v)
 
 
-def symbolic_trace(model: nn.Module, opaque: Iterable[str | type] = ()) -> tuple[fx.GraphModule, tuple[str, ...]]:
-    """Trace ``model`` with fx; raise :class:`TraceError` naming the module that failed."""
+def symbolic_trace(model: nn.Module, opaque: Iterable[str | type] = (),
+                   leaf: LeafPredicate = no_extra_leaves,
+                   keywords: tuple[str, ...] | None = None) -> tuple[fx.GraphModule, tuple[str, ...]]:
+    """Trace ``model`` with fx; raise :class:`TraceError` naming the module that failed.
+
+    ``keywords``: forward is called with these keyword arguments (see :class:`KeywordInputs`)."""
     names, types = split_opaque(model, opaque)
-    tracer = _Tracer(names, types)
+    tracer = _Tracer(names, types, leaf, keywords)
     try:
         with _preserved(model):  # the GraphModule copies fx's constants before they are undone
             graph = tracer.trace(model)
@@ -161,6 +275,11 @@ def symbolic_trace(model: nn.Module, opaque: Iterable[str | type] = ()) -> tuple
     return gm, tuple(sorted(names))
 
 
+# Tensor attributes a concrete trace answers with the example's value: they are fixed by the
+# model's parameters (``torch.finfo(x.dtype)`` in transformers' masks), never by input sizes.
+_CONSTANT_ATTRIBUTES = frozenset({"dtype", "device", "is_cuda", "layout"})
+
+
 class _Valued:
     """Proxy behaviour that needs a value: answered from the value the tracer computed."""
 
@@ -171,6 +290,10 @@ class _Valued:
             # protocol probes (torch.tensor([h, w]) asks for __cuda_array_interface__) are
             # not tensor attributes: answer as a plain object does
             raise AttributeError(k)
+        if k in _CONSTANT_ATTRIBUTES:
+            value = self.tracer.value(self)  # type: ignore[arg-type]
+            if isinstance(value, torch.Tensor):  # dtype and device do not vary with the input
+                return getattr(value, k)
         return _ValuedAttribute(self, k)  # type: ignore[arg-type]
 
     def __iter__(self) -> Iterator[Any]:
@@ -223,8 +346,9 @@ class _ConcreteTracer(_Tracer):
     into the graph.
     """
 
-    def __init__(self, opaque_names: frozenset[str], opaque_types: tuple[type, ...], inputs: tuple[Any, ...]) -> None:
-        super().__init__(opaque_names, opaque_types)
+    def __init__(self, opaque_names: frozenset[str], opaque_types: tuple[type, ...], inputs: tuple[Any, ...],
+                 leaf: LeafPredicate = no_extra_leaves) -> None:
+        super().__init__(opaque_names, opaque_types, leaf, keywords_of(inputs))
         self._inputs = [x.clone() if isinstance(x, torch.Tensor) else x for x in inputs]
         self._placeholders = 0
         self._computing = False
@@ -261,10 +385,10 @@ class _ConcreteTracer(_Tracer):
             if i < len(self._inputs):
                 return self._inputs[i]
             return args[0] if args else None  # a defaulted forward argument
-        if kind == "get_attr":
-            return operator.attrgetter(str(target))(self.root)
-        self._computing = True
+        self._computing = True  # (a parameter read while computing is the real one, not a proxy)
         try:
+            if kind == "get_attr":
+                return operator.attrgetter(str(target))(self.root)
             with torch.no_grad():  # values are only looked at; no autograd graph to keep
                 return self._call(kind, target, args, kwargs)
         finally:
@@ -298,6 +422,9 @@ class _ConcreteTracer(_Tracer):
 
     def create_args_for_root(self, root_fn: Any, is_module: bool, concrete_args: Any = None) -> tuple[Any, list[Any]]:
         fn, args = super().create_args_for_root(root_fn, is_module, concrete_args)
+        if self._keywords is not None and is_module:
+            # a keyword input that is no tensor (use_cache=False) is a constant of the trace
+            return fn, [a if not isinstance(a, fx.Proxy) or self.holds_tensor(a) else self.value(a) for a in args]
         if fn is not root_fn:  # pytree-flattened inputs: leave them alone
             return fn, args
         # A forward argument the example inputs leave at its default (targets=None) is that
@@ -386,14 +513,15 @@ def describe_fixed(fixed: Sequence[str], limit: int = 3) -> str:
 
 
 def concrete_trace(model: nn.Module, inputs: tuple[Any, ...],
-                   opaque: Iterable[str | type] = ()) -> tuple[fx.GraphModule, tuple[str, ...], tuple[str, ...]]:
+                   opaque: Iterable[str | type] = (),
+                   leaf: LeafPredicate = no_extra_leaves) -> tuple[fx.GraphModule, tuple[str, ...], tuple[str, ...]]:
     """Trace ``model`` with fx while running it on ``inputs`` (see :class:`_ConcreteTracer`).
 
     Returns the GraphModule, the opaque module names, and the shape-dependent Python
     decisions fixed at trace time (empty when the graph holds for every input size).
     """
     names, types = split_opaque(model, opaque)
-    tracer = _ConcreteTracer(names, types, inputs)
+    tracer = _ConcreteTracer(names, types, inputs, leaf)
     try:
         with _preserved(model), _recording_tensor(tracer):
             graph = tracer.trace(model)
@@ -407,19 +535,21 @@ def concrete_trace(model: nn.Module, inputs: tuple[Any, ...],
     return gm, tuple(sorted(names)), tuple(tracer.fixed)
 
 
-def trace_module(model: nn.Module, inputs: tuple[Any, ...], opaque: Iterable[str | type] = ()) -> tuple[fx.GraphModule, tuple[str, ...], tuple[str, ...], str]:
+def trace_module(model: nn.Module, inputs: tuple[Any, ...], opaque: Iterable[str | type] = (),
+                 leaf: LeafPredicate = no_extra_leaves) -> tuple[fx.GraphModule, tuple[str, ...], tuple[str, ...], str]:
     """Symbolic trace, or a concrete one on ``inputs`` when fx alone cannot follow forward.
 
     Returns ``(gm, opaque_names, fixed, method)``. Raises the symbolic :class:`TraceError`
     (with the concrete attempt's reason added) when both fail.
     """
+    check_keywords(model, inputs)
     try:
-        gm, names = symbolic_trace(model, opaque)
+        gm, names = symbolic_trace(model, opaque, leaf, keywords_of(inputs))
         return gm, names, (), "symbolic"
     except TraceError as exc:
         symbolic_error = exc
     try:
-        gm, names, fixed = concrete_trace(model, inputs, opaque)
+        gm, names, fixed = concrete_trace(model, inputs, opaque, leaf)
     except TraceError as exc:
         raise TraceError(f"{symbolic_error} (Tracing while running it on the example inputs failed "
                          f"too: {exc})") from symbolic_error.__cause__
@@ -429,14 +559,9 @@ def trace_module(model: nn.Module, inputs: tuple[Any, ...], opaque: Iterable[str
 @contextlib.contextmanager
 def evaluation_mode(model: nn.Module) -> Iterator[None]:
     """Run in eval mode under no_grad and restore every module's training flag afterwards."""
-    flags = [(m, m.training) for m in model.modules()]
-    try:
+    with kept_modes(model), torch.no_grad():
         model.eval()
-        with torch.no_grad():
-            yield
-    finally:
-        for m, flag in flags:
-            m.training = flag
+        yield
 
 
 def _shape_of(value: Any) -> Any:
@@ -493,7 +618,9 @@ def propagate_shapes(gm: fx.GraphModule, example_inputs: tuple[Any, ...]) -> Non
             f"inputs ({', '.join(n.name for n in placeholders)}), but {len(example_inputs)} example "
             f"inputs were given. Pass example_inputs=(x, ...) with one entry per forward argument."
         )
-    with evaluation_mode(gm):
+    # The graph shares the model's buffers; a graph traced in train mode updates running
+    # statistics even in eval mode (F.batch_norm(..., training=True) is a literal there).
+    with evaluation_mode(gm), _preserved(gm):
         _ShapeRecorder(gm).run(*example_inputs)
 
 
@@ -548,13 +675,9 @@ def _other_mode_graph(model: nn.Module, gm: fx.GraphModule,
         _reads_training(type(m)) for m in model.modules() if not type(m).__module__.startswith("torch.nn")
     ):
         return None
-    flags = [(m, m.training) for m in model.modules()]
-    try:
+    with kept_modes(model):
         model.train(not model.training)
         other = retrace()
-    finally:
-        for m, flag in flags:
-            m.training = flag
 
     def structure(g: fx.GraphModule) -> list[tuple[str, str]]:
         return [(n.op, str(n.target)) for n in g.graph.nodes]
@@ -564,7 +687,8 @@ def _other_mode_graph(model: nn.Module, gm: fx.GraphModule,
     return None if structure(other) == structure(gm) else other
 
 
-def trace(model: nn.Module, example_inputs: Any = None, opaque: Iterable[str | type] = ()) -> Traced:
+def trace(model: nn.Module, example_inputs: Any = None, opaque: Iterable[str | type] = (),
+          leaf: LeafPredicate = no_extra_leaves) -> Traced:
     """Trace ``model`` and propagate shapes.
 
     Symbolic fx tracing first; when fx rejects forward's Python, a concrete trace on the
@@ -572,21 +696,26 @@ def trace(model: nn.Module, example_inputs: Any = None, opaque: Iterable[str | t
 
     Args:
         model: the model to trace (not modified).
-        example_inputs: a tensor or a tuple of positional inputs; built from the first layer
-            when omitted.
+        example_inputs: a tensor, a tuple of positional inputs, or a dict of keyword inputs
+            (``{"input_ids": ids}``); built from the first layer when omitted.
         opaque: module names or types fx must not trace into (their channels are kept).
+        leaf: module classes traced as one call (those with a channel rule).
 
     Raises:
         TraceError: neither kind of trace can capture the model.
         ExampleInputError: the example inputs do not fit, or no default input works.
     """
-    try:
-        gm, opaque_names = symbolic_trace(model, opaque)
-    except TraceError as exc:
-        return _trace_concretely(model, example_inputs, opaque, exc)
-    other = _other_mode_graph(model, gm, lambda: symbolic_trace(model, opaque)[0])
     if example_inputs is not None:
-        inputs = normalize_inputs(example_inputs)
+        example_inputs = normalize_inputs(example_inputs)
+        check_keywords(model, example_inputs)
+    keywords = keywords_of(example_inputs)
+    try:
+        gm, opaque_names = symbolic_trace(model, opaque, leaf, keywords)
+    except TraceError as exc:
+        return _trace_concretely(model, example_inputs, opaque, exc, leaf)
+    other = _other_mode_graph(model, gm, lambda: symbolic_trace(model, opaque, leaf, keywords)[0])
+    if example_inputs is not None:
+        inputs = example_inputs
         propagate_shapes(gm, inputs)
         if other is not None:
             propagate_shapes(other, inputs)
@@ -609,7 +738,7 @@ def trace(model: nn.Module, example_inputs: Any = None, opaque: Iterable[str | t
 
 
 def _trace_concretely(model: nn.Module, example_inputs: Any, opaque: Iterable[str | type],
-                      symbolic_error: TraceError) -> Traced:
+                      symbolic_error: TraceError, leaf: LeafPredicate = no_extra_leaves) -> Traced:
     """The concrete fallback of :func:`trace`: the given inputs, or each default in turn."""
     opaque = list(opaque)
     if example_inputs is not None:
@@ -622,11 +751,11 @@ def _trace_concretely(model: nn.Module, example_inputs: Any, opaque: Iterable[st
     failures: list[str] = []
     for inputs in candidates:
         try:
-            gm, names, fixed = concrete_trace(model, inputs, opaque)
+            gm, names, fixed = concrete_trace(model, inputs, opaque, leaf)
             fixed_other: list[str] = []
 
             def retrace() -> fx.GraphModule:
-                g, _, f = concrete_trace(model, inputs, opaque)
+                g, _, f = concrete_trace(model, inputs, opaque, leaf)
                 fixed_other.extend(f)
                 return g
 

@@ -32,6 +32,7 @@ from rich.tree import Tree
 from torch import nn
 
 from . import io
+from ._version import __version__
 from ._prune import analyze, apply, plan
 from .errors import ExampleInputError, InvalidArgumentError, SlimpruneError
 
@@ -73,8 +74,6 @@ def _positive(text: str) -> int:
 
 
 def _parser() -> _Parser:
-    from . import __version__
-
     parser = _Parser(prog="slimprune", description="Structural channel pruning for PyTorch.", epilog=_EPILOG)
     parser.add_argument("--version", action="version", version=f"slimprune {__version__}")
     parser.add_argument("--json", action="store_true", help="print one JSON document on stdout")

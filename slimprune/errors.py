@@ -17,6 +17,12 @@ __all__ = [
     "PlanMismatchError",
     "ExampleInputError",
     "FileFormatError",
+    "ArgumentTypeError",
+    "ExampleInputTypeError",
+    "RuleError",
+    "RuleOutputTypeError",
+    "PlanFormatError",
+    "RuleReplacedWarning",
 ]
 
 
@@ -48,6 +54,27 @@ class FileFormatError(SlimpruneError):
     """A slimprune file is truncated, tampered with, or from a newer format version."""
 
 
+class ArgumentTypeError(InvalidArgumentError, TypeError):
+    """An argument has a type slimprune cannot use (also a ``TypeError``)."""
+
+
+class ExampleInputTypeError(ExampleInputError, TypeError):
+    """The example inputs are of a kind slimprune cannot pass to forward (also a ``TypeError``)."""
+
+
+class RuleError(SlimpruneError, ValueError):
+    """A channel rule (built-in or registered) returned or recorded something that does not fit
+    the traced graph: a bug in that rule."""
+
+
+class RuleOutputTypeError(RuleError, TypeError):
+    """A channel rule asked to record a value a plan cannot hold (also a ``TypeError``)."""
+
+
+class PlanFormatError(FileFormatError, ValueError):
+    """A plan holds a recorded graph edit this version of slimprune cannot read."""
+
+
 class UnsupportedOpWarning(UserWarning):
     """Channels flow through an op slimprune has no rule for; they are kept (a barrier)."""
 
@@ -56,3 +83,8 @@ class ShapeSpecializationWarning(UserWarning):
     """A pruned model is a graph traced by running forward, with Python decisions on shapes
     fixed to the example inputs' (only when forward both needs a rewritten graph and
     branches on shapes in Python)."""
+
+
+class RuleReplacedWarning(UserWarning):
+    """:func:`slimprune.register_rule` replaced the rule a target already had (pass
+    ``replace=True`` to say that is intended)."""

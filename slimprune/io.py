@@ -34,7 +34,6 @@ the weights) are refused: save them again.
 from __future__ import annotations
 
 import ast
-import contextlib
 import difflib
 import hashlib
 import importlib
@@ -43,7 +42,6 @@ import json
 import math
 import os
 import re
-import secrets
 import struct
 import sys
 import warnings
@@ -52,10 +50,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import safetensors.torch
 import torch
 from torch import nn
 
-from ._plan import PLAN_VERSION, PruningPlan
+from ._atomic import atomic_write
+from ._parallel import unwrap_parallel
+from ._plan import PLAN_VERSION, PruningPlan, SliceDecision
+from ._version import __version__
 from ._prune import _method_source, apply
 from .errors import FileFormatError, InvalidArgumentError, PlanMismatchError, SlimpruneError
 
@@ -245,11 +247,9 @@ def build(spec: str | BuildSpec | Mapping[str, Any]) -> nn.Module:
 # ------------------------------------------------------------------------------- writing
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-        return model.module
-    return model
-
+def _traced_constant(s: SliceDecision) -> bool:
+    """A slice of a tensor fx made while tracing (``_tensor_constant0``) that the plan keeps whole."""
+    return re.fullmatch(r"_tensor_constant\d+", s.param) is not None and len(s.kept) == s.size
 
 def _check_pruned(model: nn.Module, plan: PruningPlan) -> None:
     """Every dimension the plan slices has the plan's kept size in ``model``."""
@@ -259,6 +259,8 @@ def _check_pruned(model: nn.Module, plan: PruningPlan) -> None:
         except AttributeError:
             owner = None
         t = getattr(owner, s.param, None) if owner is not None else None
+        if t is None and owner is not None and _traced_constant(s):
+            continue  # a constant the tracer captured (Detect's anchors), not a parameter: nothing to save
         if not isinstance(t, torch.Tensor):
             raise PlanMismatchError(
                 f"the model has no {s.module + '.' if s.module else ''}{s.param}, which the plan prunes; "
@@ -272,13 +274,9 @@ def _check_pruned(model: nn.Module, plan: PruningPlan) -> None:
             )
 
 
-def _tensor_bytes(t: torch.Tensor) -> bytes:
-    """The tensor's elements as little-endian row-major bytes."""
-    return t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-
-
-def _table(state: Mapping[str, torch.Tensor]) -> tuple[list[str], dict[str, Any]]:
-    """File order (widest dtype first, so every tensor starts aligned) and the tensor table."""
+def _checked_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The state's tensors as the safetensors library writes them: on the CPU, contiguous, and
+    each its own copy (the library refuses tensors sharing memory; tied weights are saved twice)."""
     for key, t in state.items():
         if not isinstance(t, torch.Tensor):
             raise InvalidArgumentError(f"state_dict entry {key!r} is a {type(t).__name__}; only tensors can be saved")
@@ -287,15 +285,23 @@ def _table(state: Mapping[str, torch.Tensor]) -> tuple[list[str], dict[str, Any]
                 f"state_dict entry {key!r} has dtype {t.dtype}, which the file format cannot hold "
                 f"(supported: {', '.join(map(str, _DTYPES))})"
             )
-    order = sorted(state, key=lambda k: (-state[k].element_size(), k))
-    table: dict[str, Any] = {}
-    offset = 0
-    for key in order:
-        t = state[key]
-        end = offset + t.numel() * t.element_size()
-        table[key] = {"dtype": _DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, end]}
-        offset = end
-    return order, table
+    return {key: t.detach().to("cpu").contiguous().clone() for key, t in state.items()}
+
+
+def _container(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None) -> tuple[bytes, dict[str, Any], memoryview]:
+    """The safetensors file the library writes, its tensor table and its data section."""
+    blob = safetensors.torch.save(dict(tensors), metadata=None if metadata is None else dict(metadata))
+    (n,) = struct.unpack("<Q", blob[:8])
+    table = json.loads(blob[8 : 8 + n])
+    table.pop("__metadata__", None)
+    return blob, table, memoryview(blob)[8 + n :]
+
+
+def _pieces(blob: bytes, size: int = 1 << 22) -> Iterator[memoryview]:
+    """The file in pieces of ``size`` bytes, for the atomic write."""
+    view = memoryview(blob)
+    for start in range(0, len(view), size):
+        yield view[start : start + size]
 
 
 def _canonical(table: Mapping[str, Any]) -> bytes:
@@ -311,24 +317,6 @@ def _digest(header: bytes, table: Mapping[str, Any]) -> Any:
     digest.update(struct.pack("<Q", len(canonical)))
     digest.update(canonical)
     return digest
-
-
-def _atomic_write(path: Path, chunks: Iterator[bytes]) -> None:
-    """Write to a temporary file beside ``path``, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for chunk in chunks:
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def save(
@@ -367,11 +355,13 @@ def save(
         raise InvalidArgumentError(f"plan must be the PruningPlan that pruned the model, got {type(plan).__name__}")
     if not isinstance(model, nn.Module):
         raise InvalidArgumentError(f"model must be an nn.Module, got {type(model).__name__}")
-    model = _unwrap(model)
+    model = unwrap_parallel(model)
     spec = None if build is None else BuildSpec.of(build)
     _check_pruned(model, plan)
-    state = model.state_dict()
-    order, table = _table(state)
+    tensors = _checked_state(model.state_dict())
+    # The library lays the tensors out; their table and bytes are known once it has, and the
+    # checksum that covers them goes into the metadata of the file the library then writes.
+    _, table, data = _container(tensors, None)
 
     header = json.dumps({
         "format": FORMAT,
@@ -382,26 +372,19 @@ def save(
         "plan": plan.to_dict(),
     })
     digest = _digest(header.encode("utf-8"), table)
-    for key in order:
-        digest.update(_tensor_bytes(state[key]))
+    digest.update(data)
     metadata = {"format": "pt", _METADATA_KEY: header, _CHECKSUM_KEY: digest.hexdigest()}
-    text = json.dumps({"__metadata__": metadata, **table}).encode()
-    text += b" " * (-(8 + len(text)) % 8)
-
-    def chunks() -> Iterator[bytes]:
-        yield struct.pack("<Q", len(text))
-        yield text
-        for key in order:
-            yield _tensor_bytes(state[key])
-
+    blob, final_table, final_data = _container(tensors, metadata)
+    if final_table != table or final_data != data:  # the layout does not depend on the metadata
+        raise SlimpruneError("the safetensors library laid the tensors out differently when given the "
+                             "metadata; nothing was written. Report this with your safetensors version.")
+    del data, final_data
     out = Path(path)
-    _atomic_write(out, chunks())
+    atomic_write(out, _pieces(blob))
     return out
 
 
 def _version() -> str:
-    from . import __version__
-
     return __version__
 
 
@@ -813,16 +796,11 @@ def read_header(path: str | os.PathLike[str]) -> ModelFile:
 
 
 def _tensors(table: Mapping[str, Any], data: bytearray) -> dict[str, torch.Tensor]:
-    out = {}
-    for key, entry in table.items():
-        dtype = _BY_NAME[entry["dtype"]]
-        shape = entry["shape"]
-        begin, end = entry["data_offsets"]
-        if end == begin:
-            out[key] = torch.empty(shape, dtype=dtype)
-        else:
-            out[key] = torch.frombuffer(data, dtype=dtype, count=(end - begin) // dtype.itemsize, offset=begin).reshape(shape)
-    return out
+    """The tensors of a checked file, decoded by the safetensors library (the table is the file's
+    own, so files of every layout written in this format version read alike)."""
+    text = json.dumps(dict(table), separators=(",", ":")).encode()
+    text += b" " * (-(8 + len(text)) % 8)
+    return safetensors.torch.load(struct.pack("<Q", len(text)) + text + bytes(data))
 
 
 # ------------------------------------------------------------------ rebuilding, checked
@@ -978,7 +956,7 @@ def load(
             it names (which the file's weights then replace).
 
     Returns:
-        The pruned model in eval mode (a ``GraphModule`` when the plan rewrote literals in
+        The pruned model in eval mode (a :class:`slimprune.Rewritten` when the plan rewrote literals in
         ``forward``), on the CPU.
 
     Raises:

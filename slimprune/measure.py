@@ -30,6 +30,10 @@ from rich.table import Table
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from ._modes import kept_modes
+from ._trace import KeywordInputs, call_model, check_keywords, normalize_inputs
+from .errors import ArgumentTypeError, ExampleInputError, ExampleInputTypeError, InvalidArgumentError
+
 __all__ = [
     "Comparison",
     "LayerStats",
@@ -251,7 +255,8 @@ def measure(
 
     Args:
         model: the model to measure.
-        example_inputs: one tensor, or a tuple of positional inputs for ``model(*inputs)``.
+        example_inputs: one tensor, a tuple of positional inputs for ``model(*inputs)``, or a
+            dict of keyword inputs for ``model(**inputs)`` (``{"input_ids": ids}``).
             The batch size reported with the latency is the first dimension of the first tensor.
         latency: also time the forward pass (takes about ``min_run_time`` seconds).
         device: where to time the model, ``"cpu"`` or ``"cuda"`` (or ``"cuda:N"``).
@@ -262,9 +267,9 @@ def measure(
         A :class:`Measurement`.
 
     Raises:
-        TypeError: ``model`` is not an ``nn.Module`` or ``example_inputs`` is neither a tensor
+        ArgumentTypeError, ExampleInputTypeError (TypeErrors): ``model`` is not an ``nn.Module`` or ``example_inputs`` is neither a tensor
             nor a tuple holding at least one tensor.
-        ValueError: ``example_inputs`` is empty, ``device`` is not a CPU/CUDA device or CUDA
+        ExampleInputError, InvalidArgumentError (ValueErrors): ``example_inputs`` is empty, ``device`` is not a CPU/CUDA device or CUDA
             is not available, or ``threads``/``min_run_time`` is not positive.
 
     Example:
@@ -272,24 +277,22 @@ def measure(
         >>> rich.print(result.table())
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"measure() needs an nn.Module as model, got {type(model).__name__}.")
+        raise ArgumentTypeError(f"measure() needs an nn.Module as model, got {type(model).__name__}; "
+                                f"pass the model itself (a torch.nn.Module).")
     inputs = _as_input_tuple(example_inputs)
+    check_keywords(model, inputs)
     target = _resolve_device(device)
     threads = torch.get_num_threads() if threads is None else threads
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"threads must be a positive int, got {threads!r}; leave it None to use torch.get_num_threads().")
+        raise InvalidArgumentError(f"measure(threads=...) must be a positive int, got {threads!r}; leave it None to use torch.get_num_threads().")
     if not min_run_time > 0:
-        raise ValueError(f"min_run_time must be a positive number of seconds, got {min_run_time!r}.")
+        raise InvalidArgumentError(f"measure(min_run_time=...) must be a positive number of seconds, got {min_run_time!r}; "
+                                   f"for example min_run_time=0.5.")
 
-    flags = {module: module.training for module in model.modules()}
-    model.eval()
-    try:
-        with torch.no_grad():
-            total_flops, self_flops = _count_flops(model, _to_device(inputs, _device_of(model)))
-            timing = _time(model, inputs, target, threads, min_run_time) if latency else None
-    finally:
-        for module, training in flags.items():
-            module.training = training
+    with kept_modes(model), torch.no_grad():
+        model.eval()
+        total_flops, self_flops = _count_flops(model, _to_device(inputs, _device_of(model)))
+        timing = _time(model, inputs, target, threads, min_run_time) if latency else None
 
     layers = tuple(_layer_stats(model, self_flops))
     return Measurement(
@@ -344,28 +347,27 @@ def _unique_parameters(model: nn.Module) -> Iterator[nn.Parameter]:
 
 
 def _as_input_tuple(example_inputs: Any) -> tuple[Any, ...]:
-    """Return the positional inputs as a tuple, or explain what to pass instead."""
+    """Return the positional inputs as a tuple, or explain what to pass instead.
+
+    The forms :func:`slimprune.plan` accepts: a tensor, or a tuple or list of positional inputs
+    (a list is several inputs; wrap it, ``(inputs,)``, if forward takes the list as one).
+    """
     if isinstance(example_inputs, torch.Tensor):
         return (example_inputs,)
     if isinstance(example_inputs, list):
-        raise TypeError(
-            "example_inputs is a list; pass a tuple instead: tuple(inputs) for several "
-            "positional inputs, or (inputs,) if the model takes the list as one argument."
-        )
-    if isinstance(example_inputs, dict):
-        raise TypeError(
-            "example_inputs is a dict, but only positional inputs are supported; pass a tuple "
-            "of tensors in the order forward() takes them."
-        )
+        example_inputs = tuple(example_inputs)
+    if isinstance(example_inputs, dict):  # keyword inputs: model(**example_inputs)
+        example_inputs = normalize_inputs(example_inputs)
     if not isinstance(example_inputs, tuple):
-        raise TypeError(
-            f"example_inputs must be a tensor or a tuple of positional inputs, got "
+        raise ExampleInputTypeError(
+            f"example_inputs must be a tensor or a tuple/list of positional inputs, got "
             f"{type(example_inputs).__name__}; for example torch.randn(1, 3, 224, 224)."
         )
     if not example_inputs:
-        raise ValueError("example_inputs is an empty tuple; pass at least one input tensor.")
+        raise ExampleInputError("example_inputs is empty; pass at least one input tensor, "
+                                "for example torch.randn(1, 3, 224, 224).")
     if not any(isinstance(x, torch.Tensor) for x in example_inputs):
-        raise TypeError(
+        raise ExampleInputTypeError(
             "example_inputs holds no tensor; pass at least one tensor so the model can run "
             "and the batch size can be read from it."
         )
@@ -377,19 +379,19 @@ def _resolve_device(device: str | torch.device) -> torch.device:
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError) as e:
-        raise ValueError(f"device={device!r} is not a device name torch knows; use 'cpu' or 'cuda'.") from e
+        raise InvalidArgumentError(f"measure(device={device!r}) is not a device name torch knows; use 'cpu' or 'cuda'.") from e
     if resolved.type == "cpu":
         return resolved
     if resolved.type != "cuda":
-        raise ValueError(f"device={device!r} is not supported for measuring; use 'cpu' or 'cuda'.")
+        raise InvalidArgumentError(f"measure(device={device!r}) is not supported for measuring; use 'cpu' or 'cuda'.")
     if not torch.cuda.is_available():
-        raise ValueError(
+        raise InvalidArgumentError(
             f"device={device!r} was requested but CUDA is not available here "
             "(torch.cuda.is_available() is False); pass device='cpu' or run on a machine with a CUDA GPU."
         )
     index = torch.cuda.current_device() if resolved.index is None else resolved.index
     if index >= torch.cuda.device_count():
-        raise ValueError(
+        raise InvalidArgumentError(
             f"device={device!r} names GPU {index}, but only {torch.cuda.device_count()} "
             f"GPU(s) are visible; use 'cuda:0' to 'cuda:{torch.cuda.device_count() - 1}'."
         )
@@ -406,14 +408,15 @@ def _device_of(model: nn.Module) -> torch.device:
 
 
 def _to_device(inputs: tuple[Any, ...], device: torch.device) -> tuple[Any, ...]:
-    """Move the tensor inputs to ``device``; leave the others as they are."""
-    return tuple(x.to(device) if isinstance(x, torch.Tensor) else x for x in inputs)
+    """Move the tensor inputs to ``device``; leave the others as they are (and keyword inputs keywords)."""
+    moved = tuple(x.to(device) if isinstance(x, torch.Tensor) else x for x in inputs)
+    return KeywordInputs(dict(zip(inputs.names, moved))) if isinstance(inputs, KeywordInputs) else moved
 
 
 def _run(model: nn.Module, inputs: tuple[Any, ...]) -> None:
     """Call the model once; if it fails, say which inputs it was given."""
     try:
-        model(*inputs)
+        call_model(model, inputs)
     except Exception as e:
         shapes = [tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__ for x in inputs]
         e.add_note(f"slimprune.measure: the model failed on example_inputs {shapes}.")
@@ -518,8 +521,8 @@ def _time(model: nn.Module, inputs: tuple[Any, ...], device: torch.device, threa
 
     runner = model if _device_of(model) == device else _copy_to(model, device)
     timer = benchmark.Timer(
-        stmt="model(*inputs)",
-        globals={"model": runner, "inputs": _to_device(inputs, device)},
+        stmt="call_model(model, inputs)",
+        globals={"model": runner, "inputs": _to_device(inputs, device), "call_model": call_model},
         num_threads=threads,
     )
     timer.timeit(_WARMUP_CALLS)

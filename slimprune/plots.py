@@ -7,6 +7,7 @@ caller's backend and open figures are left alone and no figure outlives the call
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,6 +15,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from torch import nn
+
+from ._atomic import atomic_write
+from ._gamma import abs_gamma
+from .errors import InvalidArgumentError
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -45,7 +50,7 @@ def bn_scales(model: nn.Module) -> np.ndarray:
         >>> print(f"{(scales < 1e-2).mean():.0%} of the channels have |γ| < 0.01")
     """
     scales = [
-        module.weight.detach().abs().flatten().float().cpu()
+        abs_gamma(module.weight).flatten()
         for module in model.modules()
         if isinstance(module, _BATCH_NORMS) and module.weight is not None
     ]
@@ -82,7 +87,7 @@ def plot_gamma_histogram(
 
     Raises:
         ImportError: matplotlib is not installed.
-        ValueError: a model has no affine BatchNorm, an array is empty or not finite,
+        InvalidArgumentError (a ValueError): a model has no affine BatchNorm, an array is empty or not finite,
             ``threshold`` is negative (or zero with ``log=True``), or ``path`` does not end
             in ``.png``.
 
@@ -95,7 +100,8 @@ def plot_gamma_histogram(
         series.append(("after", _as_scales(after, "after")))
     if threshold is not None and (not np.isfinite(threshold) or threshold < 0 or (log and threshold == 0)):
         need = "positive (a log axis has no 0)" if log else "zero or more"
-        raise ValueError(f"threshold must be finite and {need}, got {threshold!r}.")
+        raise InvalidArgumentError(f"plot_gamma_histogram(threshold=...) must be finite and {need}, got {threshold!r}; "
+                                   f"pass e.g. threshold=1e-2, or None for no threshold line.")
     return _save(_gamma_figure(series, threshold, log), out)
 
 
@@ -153,7 +159,7 @@ def plot_channels(
 
     Raises:
         ImportError: matplotlib is not installed.
-        ValueError: no such layer name is present in both models, ``max_layers`` is not
+        InvalidArgumentError (a ValueError): no such layer name is present in both models, ``max_layers`` is not
             positive, or ``path`` does not end in ``.png``.
 
     Example:
@@ -161,10 +167,11 @@ def plot_channels(
     """
     out = _png_path(path)
     if isinstance(max_layers, bool) or not isinstance(max_layers, int) or max_layers < 1:
-        raise ValueError(f"max_layers must be a positive int, got {max_layers!r}.")
+        raise InvalidArgumentError(f"plot_channels(max_layers=...) must be a positive int, got {max_layers!r}; "
+                                   f"for example max_layers=40.")
     rows = _matched_widths(original, pruned)
     if not rows:
-        raise ValueError(
+        raise InvalidArgumentError(
             "No Conv, Linear or BatchNorm layer name is present in both models; plot_channels "
             "matches layers by module name, so pass the model and its pruned copy."
         )
@@ -210,7 +217,7 @@ def _as_scales(scales: Any, name: str) -> np.ndarray:
     if isinstance(scales, nn.Module):
         values = bn_scales(scales)
         if not values.size:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"{name}: the model has no BatchNorm layer with affine weights, so there is no "
                 "|γ| to plot; pass an array of scales instead."
             )
@@ -219,9 +226,11 @@ def _as_scales(scales: Any, name: str) -> np.ndarray:
         scales = scales.detach().float().cpu().numpy()
     values = np.abs(np.asarray(scales, dtype=np.float64)).ravel()
     if not values.size:
-        raise ValueError(f"{name}: the array of scales is empty.")
+        raise InvalidArgumentError(f"{name}: the array of scales is empty; pass a model with BatchNorm "
+                                   f"layers or a non-empty array of |γ| values.")
     if not np.isfinite(values).all():
-        raise ValueError(f"{name}: the scales contain NaN or infinity; the model is likely diverged.")
+        raise InvalidArgumentError(f"{name}: the scales contain NaN or infinity; the model is likely diverged. "
+                                   f"Plot a checkpoint from before the divergence, or lower the learning rate.")
     return values
 
 
@@ -282,7 +291,8 @@ def _png_path(path: str | os.PathLike[str]) -> Path:
     """Return ``path`` as a Path after checking it names a PNG file."""
     out = Path(path)
     if out.suffix.lower() != ".png":
-        raise ValueError(f"path={str(path)!r} must end in .png; the plots are written as PNG images.")
+        raise InvalidArgumentError(f"path={str(path)!r} must end in .png; the plots are written as PNG images. "
+                                   f"Pass e.g. path=\"runs/plot.png\".")
     return out
 
 
@@ -300,6 +310,7 @@ def _figure(size: tuple[float, float]) -> Figure:
 
 def _save(figure: Figure, out: Path) -> Path:
     """Write the figure as a PNG, creating parent folders, and return the path."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out, format="png", dpi=_DPI)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=_DPI)
+    atomic_write(out, [buffer.getvalue()])  # a failed write leaves an older plot whole
     return out

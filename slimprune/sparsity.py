@@ -32,8 +32,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._bisect import first_true
 from ._checks import check_eager, is_real
+from ._gamma import abs_gamma, unit_gamma_max
 from ._graph import ChannelGraph
+from ._parallel import unwrap_parallel
 from ._analysis import Analysis, analyze
 from ._options import protected_units
 from ._prune import plan as make_plan
@@ -128,13 +131,6 @@ class _Scale:
     param: nn.Parameter
     mask: torch.Tensor | None
     units: np.ndarray | None = None
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The module inside a DistributedDataParallel or DataParallel wrapper."""
-    if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-        return model.module
-    return model
 
 
 def _prunable_scales(
@@ -288,7 +284,7 @@ class SparsityRegularizer:
         bn_modules: Iterable[str | nn.Module] | None = None,
         cost: str = "uniform",
     ) -> None:
-        check_eager(_unwrap(model) if isinstance(model, nn.Module) else model)
+        check_eager(unwrap_parallel(model) if isinstance(model, nn.Module) else model)
         if cost not in COSTS:
             raise InvalidArgumentError(
                 f"cost={cost!r} is not one of {', '.join(map(repr, COSTS))}; "
@@ -306,7 +302,7 @@ class SparsityRegularizer:
                 f"schedule must be a callable step -> multiplier (constant, warmup(n), linear_decay(n) "
                 f"or your own), got {schedule!r}"
             )
-        inner = _unwrap(model)
+        inner = unwrap_parallel(model)
         self._weights: list[torch.Tensor] | None = None
         if bn_modules is not None:
             self._scales = _named_scales(inner, bn_modules)
@@ -453,7 +449,7 @@ def default_lambda(model: nn.Module, example_inputs: Any = None) -> float:
         >>> default_lambda(torchvision.models.vgg11_bn())
         0.0001
     """
-    return _LAMBDA_RESIDUAL if _is_residual(_unwrap(model), example_inputs) else _LAMBDA_PLAIN
+    return _LAMBDA_RESIDUAL if _is_residual(unwrap_parallel(model), example_inputs) else _LAMBDA_PLAIN
 
 
 # --------------------------------------------------------------------------- insight
@@ -462,8 +458,8 @@ def default_lambda(model: nn.Module, example_inputs: Any = None) -> float:
 def _prunable_gammas(model: nn.Module, example_inputs: Any, protect: Iterable[str | type],
                      graph: ChannelGraph | None = None) -> np.ndarray:
     values = []
-    for scale in _prunable_scales(_unwrap(model), example_inputs, protect, graph):
-        g = scale.param.detach().abs().float().cpu()
+    for scale in _prunable_scales(unwrap_parallel(model), example_inputs, protect, graph):
+        g = abs_gamma(scale.param)
         if scale.mask is not None:
             g = g[scale.mask]
         values.append(g.numpy().astype(np.float64))
@@ -520,14 +516,8 @@ def _smallest(candidates: Sequence[float], removes: Callable[[float], float], ta
             f"no {what} removes {target:.1%} of the parameters: the largest ({candidates[-1]:.4g}) "
             f"removes {best:.1%}. Lower target_params or relax min_channels/max_ratio/protect."
         )
-    lo, hi = 0, len(candidates) - 1
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if removes(candidates[mid]) + 1e-12 >= target:
-            hi = mid
-        else:
-            lo = mid + 1
-    return float(candidates[lo])
+    last = len(candidates) - 1  # known to reach the target
+    return float(candidates[first_true(0, last, lambda i: removes(candidates[i]) + 1e-12 >= target)])
 
 
 def _analysis_of(model: nn.Module, example_inputs: Any, plan_kwargs: dict[str, Any],
@@ -561,7 +551,7 @@ def suggest_threshold(model: nn.Module, target_params: float, example_inputs: An
         >>> small = slimprune.prune(model, threshold=t)
     """
     target = _check_fraction(target_params)
-    model = _unwrap(model)
+    model = unwrap_parallel(model)
     analysis, plan_kwargs = _analysis_of(model, example_inputs, plan_kwargs, regions=False)
     protect = plan_kwargs.get("protect", ())
     # The candidates are the |γ| of the channels prunable without opaque modules, as always.
@@ -592,7 +582,7 @@ def suggest_ratio(model: nn.Module, target_params: float, example_inputs: Any = 
         A ratio ``k / n`` for n the number of prunable channels.
     """
     target = _check_fraction(target_params)
-    model = _unwrap(model)
+    model = unwrap_parallel(model)
     analysis, plan_kwargs = _analysis_of(model, example_inputs, plan_kwargs, regions=True)
     n = make_plan(analysis, 0.0, **plan_kwargs).prunable_channels
     if n == 0:
@@ -605,10 +595,8 @@ def suggest_ratio(model: nn.Module, target_params: float, example_inputs: Any = 
             return False
         return True
 
-    lo, hi = 0, n - 1  # the largest k the constraints allow: feasibility is monotone in k
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if feasible(mid) else (lo, mid - 1)
+    # the largest k the constraints allow (0 always is): feasibility is monotone in k
+    lo = first_true(1, n, lambda k: not feasible(k)) - 1
     cache: dict[float, float] = {}
 
     def removes(r: float) -> float:
@@ -644,12 +632,7 @@ def scale_per_cost(resource: str = "flops") -> Callable[[nn.Module, ChannelGraph
 
     def importance(model: nn.Module, graph: ChannelGraph, group: Any) -> np.ndarray:
         if id(graph) not in cache or cache[id(graph)][0] is not graph:
-            gamma = np.zeros(graph.num_units)
-            for s in graph.slices:
-                if s.role == "scale":
-                    owner = model.get_submodule(s.module) if s.module else model
-                    values = getattr(owner, s.param).detach().abs().float().cpu().numpy().astype(np.float64)
-                    np.maximum.at(gamma, s.units, values)
+            gamma = np.maximum(unit_gamma_max(graph, model), 0.0)  # 0 where no scale slices a unit
             costs = _unit_costs(graph, model, resource)
             cache.clear()
             cache[id(graph)] = (graph, gamma / np.maximum(costs, 1.0))

@@ -32,12 +32,12 @@ def assert_unchanged(model: nn.Module, snap: dict[str, torch.Tensor]) -> None:
         assert now[k].shape == v.shape and torch.equal(now[k], v), f"the input model's {k} changed"
 
 
-def run(model: nn.Module, inputs: tuple, train: bool = False) -> list[torch.Tensor]:
+def run(model: nn.Module, inputs: tuple | dict[str, Any], train: bool = False) -> list[torch.Tensor]:
     was = model.training
     model.train(train)
     try:
         with torch.no_grad():
-            return outputs(model(*inputs))
+            return outputs(model(**inputs) if isinstance(inputs, dict) else model(*inputs))
     finally:
         model.train(was)
 
@@ -57,7 +57,7 @@ def assert_pruned_equals_silenced(model: nn.Module, plan: slimprune.PruningPlan,
     count equals the plan's prediction, and the input model is unchanged. Returns the
     pruned model.
     """
-    inputs = inputs if isinstance(inputs, tuple) else (inputs,)
+    inputs = inputs if isinstance(inputs, (tuple, dict)) else (inputs,)
     snap = snapshot(model)
     small = slimprune.apply(model, plan)
     assert_unchanged(model, snap)

@@ -10,8 +10,10 @@ import torch
 
 import slimprune
 from examples.eagleeye.model import EagleEye
-from examples.eagleeye.pipeline import FORMS, LAYOUTS, PipelineConfig, _deployed, _prune_plan, _time_models
-from slimprune.sparsity import scale_per_cost
+from examples.eagleeye.config import PipelineConfig
+from examples.eagleeye.latency import FORMS, LAYOUTS, deployed, time_models
+from examples.eagleeye.policy import analyze, example_batch, plan_fraction, prunable_gamma_stats, prune_plan
+from slimprune.sparsity import gamma_stats, scale_per_cost
 from tests.models import randomize_bn
 
 torch.set_num_threads(1)
@@ -33,6 +35,11 @@ def sparse() -> EagleEye:
             if isinstance(m, torch.nn.BatchNorm2d) and name.startswith(("stages.2", "stages.3", "heads.3")):
                 m.weight[: m.num_features // 3] = 0.0
     return model
+
+
+def _prune_plan(model: EagleEye, config: PipelineConfig) -> slimprune.PruningPlan:
+    """Stage 3's plan of ``model``, on its one analysis."""
+    return prune_plan(analyze(model, config.sparse), config)
 
 
 def _removed(plan: slimprune.PruningPlan) -> tuple[float, float]:
@@ -90,7 +97,7 @@ def test_folded_model_computes_what_the_eager_model_does(sparse: EagleEye, layou
     plan = _prune_plan(sparse, _config(target_flops=0.5, target_params=0.3))
     pruned = slimprune.apply(copy.deepcopy(sparse), plan).eval()
     x = torch.rand(1, 3, 96, 96)
-    folded = _deployed(pruned, "folded", layout)
+    folded = deployed(pruned, "folded", layout)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
     with torch.no_grad():
         for got, want in zip(folded(x), pruned(x)):
@@ -100,10 +107,43 @@ def test_folded_model_computes_what_the_eager_model_does(sparse: EagleEye, layou
 def test_timing_reports_every_setting_and_the_faster_folded_layout(sparse: EagleEye) -> None:
     """Every model gets a median per (form, layout); the one the targets use is the faster folded one."""
     models = {"a": sparse, "b": EagleEye(width_mult=0.5).eval()}
-    timings = _time_models(models, 64, threads=1, repeats=4, rounds=2)
+    timings = time_models(models, 64, threads=1, repeats=4, rounds=2)
     assert set(timings) == {"a", "b"}
     for t in timings.values():
         assert set(t.by_setting) == {f"{f}/{lay}" for f in FORMS for lay in LAYOUTS}
         assert all(v > 0 for v in t.by_setting.values())
         assert t.median_ms == min(t.by_setting[f"folded/{lay}"] for lay in LAYOUTS)
         assert t.median_ms == t.by_setting[f"folded/{t.layout}"] and t.repeats == 4
+
+
+def test_stage_three_and_the_sweep_plan_on_one_analysis_without_tracing_again(
+    sparse: EagleEye, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After analyze(), stage 3 (its FLOPs tries included), sweep plans and the |γ| statistics
+    trace nothing, and give the plans a fresh trace of the model gives."""
+    config = _config(target_flops=0.5, target_params=0.3)
+    analysis = analyze(sparse, config.sparse)
+    traces = []
+    original = torch.fx.Tracer.trace
+    monkeypatch.setattr(torch.fx.Tracer, "trace", lambda self, *a, **k: traces.append(1) or original(self, *a, **k))
+    plan = prune_plan(analysis, config)
+    swept = [plan_fraction(analysis, f) for f in (0.2, 0.563)]
+    prunable_gamma_stats(analysis, (1e-3,))
+    assert traces == []
+    assert plan.to_json() == _prune_plan(copy.deepcopy(sparse), config).to_json()
+    assert traces, "the counter sees the trace of a fresh analysis"
+    for f, p in zip((0.2, 0.563), swept):
+        assert _removed(p)[0] >= f
+        fresh = slimprune.plan(copy.deepcopy(sparse), f, target="params", example_inputs=example_batch(config.sparse))
+        assert p.to_json() == fresh.to_json()
+
+
+def test_gamma_statistics_from_the_analysis_equal_slimprunes(sparse: EagleEye) -> None:
+    """prunable_gamma_stats(analysis) is what slimprune.sparsity.gamma_stats computes by tracing again."""
+    config = _config()
+    thresholds = (1e-3, 1e-2, 1e-1)
+    ours = prunable_gamma_stats(analyze(sparse, config.sparse), thresholds)
+    theirs = gamma_stats(sparse, thresholds, example_inputs=example_batch(config.sparse))
+    assert ours["count"] == theirs["count"] > 0 and ours["below"] == theirs["below"]
+    assert ours["below"][1e-3] > 0  # the zeroed third is counted
+    assert ours["percentiles"] == pytest.approx(theirs["percentiles"])

@@ -41,7 +41,7 @@ def test_negative_threshold_and_unknown_target_are_rejected(model):
     with pytest.raises(slimprune.InvalidArgumentError, match="threshold must be"):
         slimprune.plan(model, threshold=-1.0)
     with pytest.raises(slimprune.InvalidArgumentError, match="target must be one of"):
-        slimprune.plan(model, 0.5, target="latency")
+        slimprune.plan(model, 0.5, target="energy")
 
 
 def test_unknown_importance_lists_the_valid_names(model):
@@ -91,8 +91,10 @@ def test_untraceable_model_names_the_module_and_the_fix():
 def test_example_inputs_of_the_wrong_shape_name_the_node(model):
     with pytest.raises(slimprune.ExampleInputError, match=r"failed on the example inputs at node .*example_inputs="):
         slimprune.plan(model, 0.5, example_inputs=torch.randn(2, 5, 32, 32))
-    with pytest.raises(slimprune.ExampleInputError, match="example_inputs must be a tensor or a tuple"):
-        slimprune.plan(model, 0.5, example_inputs={"x": X})
+    with pytest.raises(slimprune.ExampleInputError, match="example_inputs must be a tensor, a tuple"):
+        slimprune.plan(model, 0.5, example_inputs={X})
+    with pytest.raises(slimprune.ExampleInputError, match=r"names \['image'\], which TinyResNet.forward does not take"):
+        slimprune.plan(model, 0.5, example_inputs={"image": X})
     with pytest.raises(slimprune.ExampleInputError, match="positional inputs"):
         slimprune.plan(model, 0.5, example_inputs=(X, X))
 

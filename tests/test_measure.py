@@ -248,18 +248,26 @@ def test_tuple_inputs_are_passed_positionally_and_their_shapes_recorded() -> Non
 @pytest.mark.parametrize(
     "bad, error, words",
     [
-        ([torch.randn(1, 4)], TypeError, "tuple"),
-        ({"x": torch.randn(1, 4)}, TypeError, "positional"),
+        ({"x": torch.randn(1, 4)}, ValueError, r"names \['x'\], which Linear.forward does not take"),
         (3, TypeError, "got int"),
         ((), ValueError, "empty"),
         ((1.0, 2.0), TypeError, "no tensor"),
     ],
-    ids=["list", "dict", "int", "empty-tuple", "no-tensor"],
+    ids=["dict", "int", "empty-tuple", "no-tensor"],
 )
 def test_wrong_example_inputs_are_refused_with_a_fix(bad: object, error: type[Exception], words: str) -> None:
     """Each wrong kind of example_inputs raises before the model runs, saying what to pass."""
     with pytest.raises(error, match=words):
         measure(nn.Linear(4, 4), bad, latency=False)
+
+
+def test_keyword_inputs_are_measured_as_the_positional_call() -> None:
+    """A dict of keyword inputs calls model(**inputs): the same FLOPs and shapes as positionally."""
+    x = torch.randn(2, 4)
+    by_name = measure(nn.Linear(4, 3), {"input": x}, latency=False)
+    by_position = measure(nn.Linear(4, 3), x, latency=False)
+    assert by_name.flops == by_position.flops == 2 * 2 * 4 * 3
+    assert by_name.input_shapes == ((2, 4),)
 
 
 def test_cuda_without_cuda_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,7 +9,9 @@ Under torchrun, ``train`` runs DistributedDataParallel:
 
 A new subcommand adds a ``cmd_<name>(args) -> int`` function and registers it in
 :func:`build_parser` with ``set_defaults(func=cmd_<name>)``; :func:`add_train_arguments`
-and :func:`config_from_args` are there to be shared.
+and :func:`config_from_args` are there to be shared. The training and pipeline options are
+built from the config dataclasses' fields (:mod:`examples.eagleeye.flags`): a new field
+declared with ``flags.option(..., help=...)`` gets its flag without any change here.
 """
 
 from __future__ import annotations
@@ -17,21 +19,24 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from .config import PipelineConfig, TrainConfig
 from .evaluate import EvalResult
+from .flags import add_fields, given, replace_nested
 
 __all__ = [
     "main",
     "build_parser",
     "add_train_arguments",
     "config_from_args",
+    "add_pipeline_arguments",
+    "pipeline_config_from_args",
     "cmd_train",
     "cmd_eval",
     "cmd_pipeline",
@@ -42,73 +47,63 @@ console = Console()
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options that build a :class:`~examples.eagleeye.train.TrainConfig`."""
+    """The options that build a :class:`~examples.eagleeye.config.TrainConfig`: one per field."""
     g = parser.add_argument_group("training")
     g.add_argument("--quick", action="store_true", help="tiny data, 2 epochs, 128 px: a smoke run in seconds")
-    g.add_argument("--data", help="WIDER FACE layout directory (default: SynthFaces under data/synthfaces)")
-    g.add_argument(
-        "--no-synthesize", action="store_true", help="fail if --data is missing instead of generating SynthFaces there"
-    )
-    g.add_argument("--out", help="directory for the checkpoint last.pt (default runs/eagleeye)")
-    g.add_argument("--epochs", type=int)
-    g.add_argument("--batch-size", type=int, help="images per step (per process under torchrun)")
-    g.add_argument("--image-size", type=int, help="side of the square training crops")
-    g.add_argument("--optimizer", choices=("sgd", "adamw"))
-    g.add_argument("--lr", type=float, help="peak learning rate")
-    g.add_argument("--weight-decay", type=float)
-    g.add_argument("--warmup-epochs", type=float)
-    g.add_argument("--width-mult", type=float)
-    g.add_argument("--activation", choices=("prelu", "relu", "leaky_relu"))
-    g.add_argument("--box-loss", choices=("smooth_l1", "giou"))
-    g.add_argument("--gamma-init", type=float, help="starting value of every BatchNorm γ")
-    g.add_argument("--sparsity", type=float, metavar="λ", help="L1 penalty on BatchNorm γ (network slimming)")
-    g.add_argument("--seed", type=int)
-    g.add_argument("--device", choices=("cpu", "cuda"))
-    g.add_argument("--no-amp", action="store_true", help="no float16 autocast on CUDA")
-    g.add_argument("--workers", type=int, help="DataLoader worker processes")
-    g.add_argument("--threads", type=int, help="torch threads (default: cores left after the workers)")
-    g.add_argument("--max-images", type=int, help="train on the first N images only")
-    g.add_argument("--resume", action="store_true", help="continue from <out>/last.pt if it exists")
-    g.add_argument("--no-progress", action="store_true", help="no progress bars (epoch summaries only)")
+    add_fields(g, TrainConfig)
 
 
-def config_from_args(args: argparse.Namespace) -> Any:
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The TrainConfig the training options describe (defaults, or ``--quick``'s, then flags)."""
-    from .train import TrainConfig
-
     base = TrainConfig.quick() if args.quick else TrainConfig()
-    flags: dict[str, Any] = {
-        "data_root": args.data,
-        "out_dir": args.out,
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "image_size": args.image_size,
-        "optimizer": args.optimizer,
-        "lr": args.lr,
-        "weight_decay": args.weight_decay,
-        "warmup_epochs": args.warmup_epochs,
-        "width_mult": args.width_mult,
-        "activation": args.activation,
-        "gamma_init": args.gamma_init,
-        "sparsity": args.sparsity,
-        "seed": args.seed,
-        "device": args.device,
-        "num_workers": args.workers,
-        "threads": args.threads,
-        "max_images": args.max_images,
+    return replace_nested(base, given(args, TrainConfig))
+
+
+# The pipeline's training options apply to all three runs, except these (PipelineConfig.create).
+_PIPELINE_OWN = ("out_dir", "progress")  # the pipeline's --out (one folder per stage) and --no-progress
+_PIPELINE_HELP = {
+    "epochs": "epochs of the baseline and of the sparse run",
+    "sparsity": "L1 weight of the sparse run",
+    "sparsity_cost": "share the sparse run's λ among channels uniformly or by the FLOPs/params each one costs",
+    "resume": "continue each training stage from its checkpoint",
+}
+
+
+def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that build a :class:`~examples.eagleeye.config.PipelineConfig`: one per field,
+    and the training options (one per :class:`TrainConfig` field) shared by its three runs."""
+    g = parser.add_argument_group("pipeline")
+    g.add_argument("--quick", action="store_true", help="tiny data and few epochs: a smoke run of about a minute")
+    g.add_argument("--finetune-epochs", type=int, help="epochs of fine-tuning the pruned model (default 16)")
+    add_fields(g, PipelineConfig, skip=("baseline", "sparse", "finetune"))
+    t = parser.add_argument_group(
+        "training (all three runs; --epochs: baseline and sparse; --sparsity, --sparsity-cost: the sparse run)"
+    )
+    add_fields(t, TrainConfig, skip=_PIPELINE_OWN, extra_flags={"image_size": ("--img-size",)}, help_overrides=_PIPELINE_HELP)
+
+
+def pipeline_config_from_args(args: argparse.Namespace) -> PipelineConfig:
+    """The PipelineConfig the pipeline options describe (:meth:`PipelineConfig.create` with the flags given)."""
+    fields = given(args, PipelineConfig)
+    # --out and --no-progress are the pipeline's own (they share the dests of TrainConfig's);
+    # nested fields (loss, anchors) change the default run's.
+    default = TrainConfig()
+    training = {
+        k: replace_nested(getattr(default, k), v) if isinstance(v, Mapping) else v
+        for k, v in given(args, TrainConfig).items()
+        if k not in _PIPELINE_OWN
     }
-    overrides = {k: v for k, v in flags.items() if v is not None}
-    if args.no_synthesize:
-        overrides["synthesize"] = None
-    if args.no_amp:
-        overrides["amp"] = False
-    if args.resume:
-        overrides["resume"] = True
-    if args.no_progress:
-        overrides["progress"] = False
-    if args.box_loss is not None:
-        overrides["loss"] = replace(base.loss, box_loss=args.box_loss)
-    return replace(base, **overrides)
+    out_dir = fields.pop("out_dir", "runs/eagleeye")
+    return PipelineConfig.create(
+        out_dir,
+        quick=args.quick,
+        train_overrides=training,
+        sparsity=training.pop("sparsity", None),
+        sparsity_cost=training.pop("sparsity_cost", None),
+        finetune_epochs=args.finetune_epochs,
+        resume=training.pop("resume", False),
+        **fields,
+    )
 
 
 def ap_table(result: EvalResult, title: str = "WIDER FACE AP") -> Table:
@@ -128,7 +123,9 @@ def _is_main_process() -> bool:
 def cmd_train(args: argparse.Namespace) -> int:
     """``train``: train EagleEye; with ``--eval``, evaluate it on the val split afterwards."""
     from .detect import evaluate_model
-    from .train import CheckpointError, prepare_data, train
+    from .checkpoints import CheckpointError
+    from .data import prepare_data
+    from .train import train
 
     config = config_from_args(args)
     try:
@@ -151,7 +148,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """``eval``: evaluate a checkpoint on a split and optionally write a WIDER submission."""
     from .detect import evaluate_model
     from .evaluate import write_submission
-    from .train import CheckpointError, load_model, prepare_data
+    from .checkpoints import CheckpointError, load_model
+    from .data import prepare_data
 
     try:
         model, config = load_model(args.checkpoint, map_location=args.device)
@@ -184,40 +182,11 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     """``pipeline``: baseline, sparsity training, pruning, fine-tuning, evaluation and report."""
     from slimprune import SlimpruneError
 
-    from .pipeline import PipelineConfig, run
-    from .train import CheckpointError
+    from .checkpoints import CheckpointError
+    from .pipeline import run
 
-    train_overrides: dict[str, Any] = {
-        "data_root": args.data,
-        "epochs": args.epochs,
-        "image_size": args.img_size,
-        "eval_size": args.eval_size,
-        "device": args.device,
-        "seed": args.seed,
-        "threads": args.threads,
-    }
-    fields: dict[str, Any] = {"threshold": args.threshold, "latency_threads": args.latency_threads}
-    if args.target_params is not None:
-        fields["target_params"] = args.target_params
-    if args.dead_threshold is not None:
-        fields["dead_threshold"] = args.dead_threshold
-    if args.target_flops is not None:
-        fields["target_flops"] = args.target_flops or None
-    if args.round_to is not None:
-        fields["round_to"] = args.round_to
-    if args.no_progress:
-        fields["progress"] = False
     try:
-        config = PipelineConfig.create(
-            args.out,
-            quick=args.quick,
-            train_overrides={k: v for k, v in train_overrides.items() if v is not None},
-            sparsity=args.sparsity,
-            sparsity_cost=args.sparsity_cost,
-            finetune_epochs=args.finetune_epochs,
-            resume=args.resume,
-            **fields,
-        )
+        config = pipeline_config_from_args(args)
         run(config, console=console)
     except (CheckpointError, SlimpruneError, ValueError) as e:
         console.print(f"[red]error:[/red] {e}")
@@ -250,48 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_pipe = sub.add_parser(
         "pipeline", help="network slimming end to end: baseline, sparse, pruned, fine-tuned, report"
     )
-    p_pipe.add_argument("--out", default="runs/eagleeye", help="output directory (default runs/eagleeye)")
-    p_pipe.add_argument("--quick", action="store_true", help="tiny data and few epochs: a smoke run of about a minute")
-    p_pipe.add_argument("--data", help="WIDER FACE layout directory (default: SynthFaces under data/)")
-    p_pipe.add_argument("--epochs", type=int, help="epochs of the baseline and of the sparse run")
-    p_pipe.add_argument("--finetune-epochs", type=int, help="epochs of fine-tuning the pruned model")
-    p_pipe.add_argument("--img-size", "--image-size", dest="img_size", type=int, help="side of the training crops")
-    p_pipe.add_argument("--eval-size", type=int, help="letterbox side for evaluation and latency")
-    how = p_pipe.add_mutually_exclusive_group()
-    how.add_argument(
-        "--target-params", type=float, metavar="FRACTION", help="least fraction of parameters to remove (default 0.563)"
-    )
-    how.add_argument("--threshold", type=float, metavar="T", help="remove exactly the channels whose |γ| are all <= T")
-    p_pipe.add_argument(
-        "--target-flops",
-        type=float,
-        metavar="FRACTION",
-        help="also remove at least this fraction of the FLOPs, by |γ| per FLOP (default 0.78; 0: none)",
-    )
-    p_pipe.add_argument(
-        "--dead-threshold",
-        type=float,
-        metavar="T",
-        help="with --target-params, also remove every channel with |γ| <= T (default 1e-3; 0: stop at the target)",
-    )
-    p_pipe.add_argument(
-        "--round-to",
-        type=int,
-        metavar="N",
-        help="keep every pruned layer's width a multiple of N, the CPU's vector width in floats (default 8; 1: any)",
-    )
-    p_pipe.add_argument("--sparsity", type=float, metavar="λ", help="L1 weight of the sparse run")
-    p_pipe.add_argument(
-        "--sparsity-cost",
-        choices=("uniform", "flops", "params"),
-        help="share λ among channels uniformly or by the FLOPs/params each one costs",
-    )
-    p_pipe.add_argument("--device", choices=("cpu", "cuda"), help="training and evaluation device (latency: CPU)")
-    p_pipe.add_argument("--seed", type=int)
-    p_pipe.add_argument("--threads", type=int, help="torch threads for training")
-    p_pipe.add_argument("--latency-threads", type=int, default=1, help="torch threads while timing (default 1)")
-    p_pipe.add_argument("--resume", action="store_true", help="continue each training stage from its checkpoint")
-    p_pipe.add_argument("--no-progress", action="store_true")
+    add_pipeline_arguments(p_pipe)
     p_pipe.set_defaults(func=cmd_pipeline)
     return parser
 

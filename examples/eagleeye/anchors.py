@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import box_iou
 
+from .flags import option
 from .model import STRIDES, feature_sizes
 
 __all__ = [
@@ -44,8 +45,13 @@ class AnchorSpec:
         sizes: for each stride, the side lengths of the square anchors at one location.
     """
 
-    strides: tuple[int, ...] = STRIDES
-    sizes: tuple[tuple[float, ...], ...] = ((16, 24), (32, 48), (64, 96), (128, 192))
+    strides: tuple[int, ...] = option(STRIDES, flag="--anchor-strides", help="the predicting layers' strides")
+    sizes: tuple[tuple[float, ...], ...] = option(
+        ((16, 24), (32, 48), (64, 96), (128, 192)),
+        flag="--anchor-sizes",
+        metavar="S,S",
+        help="anchor sides per stride, comma-separated, one argument per stride",
+    )
 
     def __post_init__(self) -> None:
         if len(self.strides) != len(self.sizes):

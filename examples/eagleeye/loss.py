@@ -16,6 +16,7 @@ from torch import Tensor
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
 from .anchors import decode, encode, match
+from .flags import option
 
 __all__ = ["LossConfig", "LossTerms", "detection_loss", "distillation_loss", "BOX_LOSSES"]
 
@@ -34,13 +35,13 @@ class LossConfig:
         pos_iou, neg_iou: the matching thresholds (see ``anchors.match``).
     """
 
-    alpha: float = 0.25
-    gamma: float = 2.0
-    box_loss: str = "smooth_l1"
-    box_weight: float = 1.0
-    smooth_l1_beta: float = 0.11
-    pos_iou: float = 0.45
-    neg_iou: float = 0.35
+    alpha: float = option(0.25, flag="--focal-alpha", help="focal loss α")
+    gamma: float = option(2.0, flag="--focal-gamma", help="focal loss γ")
+    box_loss: str = option("smooth_l1", choices=BOX_LOSSES, help="box loss")
+    box_weight: float = option(1.0, help="weight of the box term relative to the focal term")
+    smooth_l1_beta: float = option(0.11, help="where smooth L1 turns from quadratic to linear")
+    pos_iou: float = option(0.45, help="anchors matching a face at IoU >= this are positives")
+    neg_iou: float = option(0.35, help="anchors below this IoU with every face are negatives")
 
     def __post_init__(self) -> None:
         if self.box_loss not in BOX_LOSSES:

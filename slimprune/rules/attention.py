@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import register_rule
+from ._registry import register_rule
 
 try:  # torchvision is optional: its attention blocks get rules only when it is there
     from torchvision.models.maxvit import RelativePositionalMultiHeadAttention

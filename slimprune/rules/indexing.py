@@ -8,14 +8,9 @@ import numpy as np
 import torch
 import torch.fx as fx
 
+from .._channels import ChannelInfo, SizeOf
 from .._edits import encode
-from . import register_rule
-
-
-def _ChannelInfo():
-    from .._graph import ChannelInfo
-
-    return ChannelInfo
+from ._registry import register_rule
 
 
 def _norm(dim: int, ndim: int) -> int:
@@ -25,23 +20,21 @@ def _norm(dim: int, ndim: int) -> int:
 # ------------------------------------------------------------------------------ cat/stack
 def _joined(ctx, node):
     """(input tensors, normalised dim, their infos, the set of their channel axes) of cat/stack."""
-    CI = _ChannelInfo()
     tensors = ctx.arg(node, 0, "tensors")
     dim = _norm(ctx.arg(node, 1, "dim", 0), len(ctx.shape(node)))
     infos = [ctx.info(t) for t in tensors]
-    return tensors, dim, infos, {i.axis for i in infos if isinstance(i, CI)}
+    return tensors, dim, infos, {i.axis for i in infos if isinstance(i, ChannelInfo)}
 
 
 @register_rule(torch.cat, torch.concat, torch.concatenate)
 def cat(ctx, node):
     """Concatenation along the channel axis maps input k to offsets [off_k, off_k + C_k)."""
-    CI = _ChannelInfo()
     tensors, dim, infos, axes = _joined(ctx, node)
     if not axes:
         return None
     if axes == {dim}:
         parts = [
-            i.labels if isinstance(i, CI) else np.zeros(ctx.shape(t)[dim], np.int64)  # 0 = KEEP
+            i.labels if isinstance(i, ChannelInfo) else np.zeros(ctx.shape(t)[dim], np.int64)  # 0 = KEEP
             for i, t in zip(infos, tensors)
         ]
         return ctx.info_of(dim, np.concatenate(parts))
@@ -50,9 +43,8 @@ def cat(ctx, node):
 
 def _same_channels(ctx, node, tensors, infos, axes, shift):
     """Inputs joined along a non-channel axis share their channels position by position."""
-    CI = _ChannelInfo()
-    labelled = [i for i in infos if isinstance(i, CI)]
-    if len(axes) > 1 or any(not isinstance(i, CI) for i in infos):
+    labelled = [i for i in infos if isinstance(i, ChannelInfo)]
+    if len(axes) > 1 or any(not isinstance(i, ChannelInfo) for i in infos):
         for i in labelled:
             ctx.keep(i.labels)
         return None
@@ -114,11 +106,8 @@ def _kept_before(kept, labels: np.ndarray, stop: int) -> int:
 
 @register_rule(operator.getitem)
 def getitem(ctx, node):
-    CI = _ChannelInfo()
     src, idx = node.args[0], node.args[1]
     info = ctx.info(src)
-    from .._graph import SizeOf
-
     if isinstance(info, SizeOf):  # x.shape[1]: a size that follows the channel count
         if isinstance(idx, int):
             return SizeOf((info.dims[idx],), single=True)
@@ -130,7 +119,7 @@ def getitem(ctx, node):
             return tuple(info[idx])
         ctx.keep_all(src)
         return None
-    if not isinstance(info, CI):
+    if not isinstance(info, ChannelInfo):
         return None
     shape = ctx.shape(src)
     if not isinstance(shape, torch.Size):

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
+import torch.fx as fx
 from torch import nn
 
-from . import register_rule
+from ._registry import register_rule
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CONVT = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -49,6 +51,29 @@ def _fold_conv(m: nn.Module, consts: torch.Tensor) -> torch.Tensor:
     cout, ci = wsum.shape
     c = consts.to(w.dtype).reshape(g, ci)
     return torch.einsum("goi,gi->go", wsum.reshape(g, cout // g, ci), c).reshape(-1)
+
+
+def claim_norm_param(ctx, value: Any, labels: np.ndarray, role: str) -> None:
+    """A per-channel tensor argument of a functional norm (``weight``, ``running_mean``):
+    tie its labels to the channels it scales and, when it is a parameter or buffer read from
+    the model, give its slice the role it has in a norm module (γ: ``scale``)."""
+    if value is None or not isinstance(ctx.shape(value), torch.Size):
+        return
+    shape = ctx.shape(value)
+    if len(shape) != 1 or shape[0] != labels.size:
+        ctx.keep(labels)  # a broadcast or oddly shaped statistic: keep the channels
+        return
+    info = ctx.info(value)
+    if info is None or isinstance(info, tuple):
+        if labels.size > 1:
+            ctx.keep(labels)  # a constant the rewriter cannot slice
+        return
+    ctx.tie(info.labels, labels)
+    if isinstance(value, fx.Node) and value.op == "get_attr":
+        module, _, name = str(value.target).rpartition(".")
+        entry = ctx.slices.get((module, name, 0))
+        if entry is not None and entry[1] in ("source", "aux"):
+            entry[1] = role
 
 
 @register_rule(*_CONV, resize=_resize_conv, fold=_fold_conv)
@@ -259,10 +284,8 @@ def functional_layer_norm(ctx, node):
     norm_shape = ctx.arg(node, 1, "normalized_shape")
     if x.axis != len(shape) - 1 or not isinstance(norm_shape, (tuple, list)) or len(norm_shape) != 1:
         return ctx.barrier(node, "layer_norm over more than the channel axis")
-    for index, name in ((2, "weight"), (3, "bias")):
-        p = ctx.info(ctx.arg(node, index, name))
-        if p is not None:
-            ctx.tie(p.labels, x.labels)
+    for index, name, role in ((2, "weight", "scale"), (3, "bias", "shift")):
+        claim_norm_param(ctx, ctx.arg(node, index, name), x.labels, role)
     ctx.inexact_units(x.labels)
     encode(tuple(norm_shape))
 

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import register_rule
+from .._channels import SizeOf
+from ._registry import register_rule
 
 # ------------------------------------------------------------------- one channel in, one out
 _MODULES = (
@@ -215,8 +216,6 @@ def softmax(ctx, node):
 
 # --------------------------------------------------------------- shape queries (no data)
 def _shape_of(ctx, node):
-    from .._graph import SizeOf
-
     x = ctx.input(node, 0)
     shape = ctx.shape(node.args[0])
     if not isinstance(shape, torch.Size):
@@ -226,8 +225,6 @@ def _shape_of(ctx, node):
 
 @register_rule("size")
 def size(ctx, node):
-    from .._graph import SizeOf
-
     full = _shape_of(ctx, node)
     dim = ctx.arg(node, 1, "dim")
     if full is None or dim is None:
@@ -247,3 +244,44 @@ def get_attribute(ctx, node):
     if node.args[1] in ("dtype", "device", "ndim", "is_cuda", "requires_grad"):
         return None
     return ctx.barrier(node, f"attribute {node.args[1]!r} of a tensor")
+
+
+@register_rule(torch.norm, torch.linalg.vector_norm, "norm")
+def norm(ctx, node):
+    """``x.norm(p, dim, keepdim)``: a reduction; over the channel axis it mixes channels."""
+    return _reduce(ctx, node, dim_index=2)
+
+
+@register_rule("new_empty", "new_zeros", "new_ones", "new_full",
+               torch.empty_like, torch.zeros_like, torch.ones_like, torch.full_like)
+def new_tensor(ctx, node):
+    """A new tensor that reads nothing of its source's values (``x.new_zeros(x.shape)``,
+    ``torch.zeros_like(x)``). ``*_like`` has its source's shape, hence its channels; a size
+    read from a tensor's channel axis gives the new tensor that axis's channels (its width
+    follows the pruned width at run time); literal sizes give it none."""
+    from .._channels import SizeOf
+
+    if node.op == "call_function":
+        return ctx.passthrough(node)
+    ctx.sizes_rewritten(node)  # sizes read from a shape are sizes here, not values
+    sizes = list(node.args[1:2] if node.target == "new_full" else node.args[1:])
+    if not sizes and "size" in node.kwargs:
+        sizes = [node.kwargs["size"]]
+    if len(sizes) == 1 and not isinstance(ctx.info(sizes[0]), SizeOf):
+        sizes = list(sizes[0]) if isinstance(sizes[0], (tuple, list)) else sizes
+    dims: list = []
+    for v in sizes:
+        info = ctx.info(v)
+        if isinstance(info, SizeOf) and not info.single:
+            dims.extend(info.dims)
+        elif isinstance(info, SizeOf) and not info.derived:
+            dims.append(info.dims[0])
+        else:
+            dims.append(None)
+    shape = ctx.shape(node)
+    labelled = [(k, d) for k, d in enumerate(dims) if d is not None]
+    if len(labelled) != 1 or len(dims) != len(shape) or shape[labelled[0][0]] != labelled[0][1].size:
+        for _, d in labelled:
+            ctx.keep(d)
+        return None
+    return ctx.info_of(*labelled[0])

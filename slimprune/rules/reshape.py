@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._edits import encode
-from . import register_rule
+from ._registry import register_rule
 
 
 def _map_reshape(ctx, node, x, in_shape, out_shape, size_args=None):
@@ -142,12 +142,34 @@ def view(ctx, node):
     _, sizes, _ = _shape_args(node)
     if x is None:
         ctx.sizes_from(sizes, None, None)
+        _keep_foreign_derived_sizes(ctx, sizes, None, None)
         return None
     info, axis = _map_reshape(ctx, node, x, ctx.shape(node.args[0]), ctx.shape(node), sizes)
     ctx.sizes_from(sizes, info, axis)
     if info is not None:
         _literal_edit(ctx, node, axis, info.labels)
+        _keep_foreign_derived_sizes(ctx, sizes, x, info)
     return info
+
+
+def _keep_foreign_derived_sizes(ctx, sizes, x, info) -> None:
+    """A size computed from *another* tensor's channel count (``qkv.view(B, N, 3, heads,
+    C // heads)`` with C the block input's width, SwinV2-CR, VOLO) would follow that
+    tensor's pruned width, not this one's: both keep their channels. A size computed from
+    the reshaped tensor's own width (a channel shuffle's ``c // g``) follows it and is fine.
+    Reshaping a tensor without channel labels (behind a barrier), such a size keeps its
+    source's channels."""
+    from .._channels import SizeOf
+
+    for v in sizes:
+        src = ctx.info(v) if isinstance(v, fx.Node) else None
+        if not isinstance(src, SizeOf) or not src.derived:
+            continue
+        foreign = [lab for lab in src.labels() if x is None or not np.array_equal(lab, x.labels)]
+        for lab in foreign:
+            ctx.keep(lab)
+        if foreign and info is not None:
+            ctx.keep(info.labels)
 
 
 def _broadcast_out(ctx, node):
@@ -276,3 +298,24 @@ def pixel_unshuffle(ctx, node):
     return ctx.info_of(1, np.repeat(x.labels, r * r))
 
 
+
+
+# ------------------------------------------------------------------------------ roll
+@register_rule(torch.roll, "roll")
+def roll(ctx, node):
+    """``torch.roll(x, shifts, dims)`` (Swin's shifted windows): a roll along other axes keeps
+    every channel where it is; a roll along the channel axis (or of the flattened tensor)
+    moves channels by a count that would change after pruning, so they are kept."""
+    x = ctx.input(node, 0, "input")
+    if x is None:
+        return None
+    dims = ctx.arg(node, 2, "dims")
+    nd = len(ctx.shape(node.args[0]))
+    if dims is None or dims == ():
+        return ctx.barrier(node, "a roll of the flattened tensor moves channels into each other")
+    dims = [dims] if isinstance(dims, int) else list(dims)
+    if not all(isinstance(d, int) for d in dims):
+        return ctx.barrier(node, "roll dims are not constants")
+    if x.axis in [d % nd for d in dims]:
+        return ctx.barrier(node, "a roll along the channel axis moves channels by a fixed count")
+    return ctx.passthrough(node)

@@ -1,0 +1,100 @@
+"""The rewriter's model copy (slimprune/_copy.py) is what copy.deepcopy makes."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torchvision
+from hypothesis import given, settings
+from torch import nn
+
+from slimprune._copy import copy_model
+from tests.models import SpecNet, TinyResNet, randomize_bn
+from tests.strategies import programs
+
+
+def _same_copy(a: nn.Module, b: nn.Module) -> bool:
+    """Same tree, classes, attributes and tensor values, sharing no tensor storage."""
+    ma, mb = dict(a.named_modules(remove_duplicate=False)), dict(b.named_modules(remove_duplicate=False))
+    if list(ma) != list(mb) or any(type(ma[k]) is not type(mb[k]) or ma[k] is mb[k] for k in ma):
+        return False
+    for k in ma:
+        plain = {n: v for n, v in vars(ma[k]).items() if isinstance(v, (int, float, str, bool, tuple))}
+        if plain != {n: vars(mb[k])[n] for n in plain}:
+            return False
+    sa, sb = a.state_dict(keep_vars=True), b.state_dict(keep_vars=True)
+    if list(sa) != list(sb):
+        return False
+    for k, x in sa.items():
+        y = sb[k]
+        if type(x) is not type(y) or x.dtype != y.dtype or not torch.equal(x, y) or x.requires_grad != y.requires_grad:
+            return False
+        if x.numel() and x.untyped_storage().data_ptr() == y.untyped_storage().data_ptr():
+            return False
+    return True
+
+
+def test_copy_of_torchvision_model_equals_deepcopy_and_computes_the_same() -> None:
+    model = randomize_bn(torchvision.models.mobilenet_v3_small(num_classes=10)).eval()
+    fast, ref = copy_model(model), copy.deepcopy(model)
+    assert _same_copy(model, fast) and _same_copy(ref, fast)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(fast(x), model(x))
+    with torch.no_grad():  # independent: changing the copy leaves the original alone
+        fast.features[0][0].weight.zero_()
+    assert not torch.equal(fast.features[0][0].weight, model.features[0][0].weight)
+
+
+@settings(max_examples=15, deadline=None)
+@given(programs())
+def test_copy_of_random_net_equals_deepcopy(program) -> None:
+    model = randomize_bn(SpecNet(program)).eval()
+    fast = copy_model(model)
+    assert _same_copy(model, fast)
+    assert _same_copy(copy.deepcopy(model), fast)
+
+
+def test_shared_modules_and_tensors_stay_shared_and_hooks_are_copied() -> None:
+    model = TinyResNet()
+    shared = nn.Conv2d(3, 3, 1)
+    model.a, model.b = shared, shared  # one module under two names
+    model.tied = nn.Linear(3, 3)
+    model.tied.weight = shared.weight.__class__(torch.randn(3, 3))
+    model.alias = [model.tied]  # a plain attribute pointing into the tree
+    calls = []
+    model.tied.register_forward_hook(lambda m, i, o: calls.append(1))
+    fast = copy_model(model)
+    assert fast.a is fast.b and fast.a is not shared
+    assert fast.alias[0] is fast.tied
+    fast.tied(torch.randn(1, 3))
+    assert calls == [1]
+
+
+def test_replacement_memo_is_used_instead_of_copying() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4))
+    new = torch.zeros(2, 3, 1, 1)
+    fast = copy_model(model, {id(model[0].weight): new})
+    assert fast[0]._parameters["weight"] is new
+
+
+class _Custom(nn.Module):
+    """Copies itself its own way: copy_model must defer to deepcopy."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(2, 2)
+        self.copied = False
+
+    def __deepcopy__(self, memo):
+        out = _Custom()
+        out.lin.load_state_dict(self.lin.state_dict())
+        out.copied = True
+        return out
+
+
+def test_module_with_its_own_deepcopy_falls_back_to_deepcopy() -> None:
+    model = nn.Sequential(_Custom(), nn.ReLU())
+    fast = copy_model(model)
+    assert fast[0].copied and torch.equal(fast[0].lin.weight, model[0].lin.weight)
