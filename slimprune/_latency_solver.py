@@ -142,8 +142,9 @@ def select_latency(units: Sequence[np.ndarray], group_ids: Sequence[int], scores
 
 
 def select_for_graph(graph: "ChannelGraph", scores: np.ndarray, fraction: float, constraints: "Constraints",
-                     table: CostTable, auto_round: bool) -> tuple[np.ndarray, str]:
-    """Units of ``graph`` to remove so the predicted latency drops by ``fraction``, and a note saying so.
+                     table: CostTable, auto_round: bool) -> tuple[np.ndarray, str, tuple[float, float]]:
+    """Units of ``graph`` to remove so the predicted latency drops by ``fraction``, a note saying so,
+    and the predicted milliseconds before and after.
 
     ``auto_round`` (``round_to="auto"``) keeps every group at a multiple of the table's
     staircase step (or whole).
@@ -168,4 +169,4 @@ def select_for_graph(graph: "ChannelGraph", scores: np.ndarray, fraction: float,
     after = table.predict(kept)
     note = (f"predicted latency {before:.3f} ms -> {after:.3f} ms ({after / before:.1%}; {table.key.device}, "
             f"{table.key.threads} thread(s), deployed form); slimprune.measure gives the measured one")
-    return removed, note
+    return removed, note, (before, after)

@@ -72,6 +72,10 @@ class Fold:
     value: tuple[float, ...]
 
 
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
 @dataclass(frozen=True)
 class PruningPlan:
     """What a pruning removes, and what it is predicted to save.
@@ -99,6 +103,9 @@ class PruningPlan:
     # For models fx cannot trace whole: (submodule path, that submodule's own plan). The
     # fields above then list every region's slices and groups under their full names.
     regions: tuple[tuple[str, "PruningPlan"], ...] = ()
+    # target="latency": the cost table's predicted milliseconds of the deployed model (else None).
+    latency_before_ms: float | None = None
+    latency_after_ms: float | None = None
 
     # ------------------------------------------------------------------- reading it
     @property
@@ -136,6 +143,10 @@ class PruningPlan:
             f"  params:   {self.params_before:,} -> {self.params_after:,} (-{pct(self.params_after, self.params_before)})",
             f"  FLOPs:    {self.flops_before:,} -> {self.flops_after:,} (-{pct(self.flops_after, self.flops_before)})",
         ]
+        if self.latency_before_ms is not None and self.latency_after_ms is not None:
+            lines.append(f"  latency:  {self.latency_before_ms:.3f} ms -> {self.latency_after_ms:.3f} ms "
+                         f"(-{100.0 * (1 - self.latency_after_ms / self.latency_before_ms):.1f}%, predicted; "
+                         f"slimprune.measure gives the measured one)")
         shown = [g for g in self.groups if g.removed][:12]
         for g in shown:
             head = ", ".join(g.members[:3]) + (" ..." if len(g.members) > 3 else "")
@@ -156,6 +167,9 @@ class PruningPlan:
         d["format"] = "slimprune.plan"
         d["options"] = dict(self.options)
         d["edits"] = [json.loads(e) for e in self.edits]
+        for name in ("latency_before_ms", "latency_after_ms"):  # only latency plans carry them
+            if d[name] is None:
+                del d[name]
         return d
 
     def to_json(self, indent: int | None = None) -> str:
@@ -202,6 +216,8 @@ class PruningPlan:
                 notes=tuple(d.get("notes", ())),
                 version=version,
                 regions=tuple((str(r["path"]), cls.from_dict(r["plan"])) for r in d.get("regions", ())),
+                latency_before_ms=_optional_float(d.get("latency_before_ms")),
+                latency_after_ms=_optional_float(d.get("latency_after_ms")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise FileFormatError(f"the plan is malformed: {type(exc).__name__}: {exc}") from exc

@@ -165,7 +165,7 @@ def _plan_graph(analysis: Analysis, options: PlanOptions) -> tuple[PruningPlan, 
         folds, notes, _ = find_folds(graph, model, removed, keep_shift=fold_bias, roles=roles, cache=cache)
         notes = probe_notes + notes
     else:
-        removed, folds, notes = _select_ratio(analysis, options, scores, constraints, roles)
+        removed, folds, notes, predicted = _select_ratio(analysis, options, scores, constraints, roles)
     # A latency plan's last note is its predicted latency: information, not a warning.
     serious = list(notes[:-1] if options.target == "latency" and options.threshold is None else notes)
     if graph.traced.method == "concrete":
@@ -173,26 +173,31 @@ def _plan_graph(analysis: Analysis, options: PlanOptions) -> tuple[PruningPlan, 
         notes.insert(0, f"fx alone cannot follow {type(model).__name__}.forward; traced while running it on the "
                         f"example inputs" + (f", with Python decisions on shapes fixed there ({describe_fixed(fixed)})"
                                              if fixed else ""))
-    return make_plan(graph, model, removed, folds, notes, options.record(), predictor, protected), serious
+    plan_ = make_plan(graph, model, removed, folds, notes, options.record(), predictor, protected)
+    if options.threshold is None and predicted is not None:
+        plan_ = replace(plan_, latency_before_ms=predicted[0], latency_after_ms=predicted[1])
+    return plan_, serious
 
 
 def _select_ratio(analysis: Analysis, options: PlanOptions, scores: np.ndarray, constraints: Constraints,
-                  roles: tuple[str, ...]) -> tuple[np.ndarray, list, list[str]]:
-    """The removed units, folds and notes of a ratio plan (channels, params or FLOPs)."""
+                  roles: tuple[str, ...]) -> tuple[np.ndarray, list, list[str], tuple[float, float] | None]:
+    """The removed units, folds and notes of a ratio plan, and its predicted latency (ms before, after) if
+    the target is latency."""
     graph, model, predictor, cache = analysis.graph, analysis.model, analysis.predictor, analysis.probes
     fold_bias, ratio, target = options.fold_bias, float(options.ratio), options.target
     importance = options.importance
     tiebreak = tiebreak_scores(graph, model) if importance == "bn_scale" and _has_ties(graph, scores) else None
     kind = {"channels": None, "params": "params", "flops": "macs", "latency": "latency"}[target]
     latency_notes: list[str] = []
+    predicted: list[tuple[float, float]] = []
     if kind == "latency":
         from ._latency_solver import select_for_graph
         table = _latency_table(analysis, options)
 
     def select(goal: float, cons: Constraints) -> np.ndarray:
         if kind == "latency":
-            removed_, note = select_for_graph(graph, scores, goal, cons, table, options.round_to == "auto")
-            latency_notes[:] = [note]
+            removed_, note, ms = select_for_graph(graph, scores, goal, cons, table, options.round_to == "auto")
+            latency_notes[:], predicted[:] = [note], [ms]
             return removed_
         if kind is None:
             return select_ranked(graph, scores, goal, cons, tiebreak)
@@ -226,7 +231,7 @@ def _select_ratio(analysis: Analysis, options: PlanOptions, scores: np.ndarray, 
         removed, folds, notes = reach_at_least(ratio, (removed, folds, notes), attempt, saved, lambda got: (
             f"target='params' ratio={options.ratio} cannot be reached with fold_bias=True: the biases folding "
             f"adds to bias-less layers leave the saving at {got:.2%}. Lower the ratio or pass fold_bias=False."))
-    return removed, folds, notes + latency_notes
+    return removed, folds, notes + latency_notes, (predicted[0] if predicted else None)
 
 
 def _latency_table(analysis: Analysis, options: PlanOptions) -> Any:

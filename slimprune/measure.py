@@ -25,6 +25,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
 import torch
 from rich.table import Table
 from torch import nn
@@ -47,6 +48,7 @@ __all__ = [
 # Calls run before timing starts, so lazy initialisation, allocator growth and cuDNN
 # autotuning stay out of the measured blocks.
 _WARMUP_CALLS = 3
+BACKENDS = ("torch", "onnxruntime")
 
 # Attributes that hold a layer's output width, in the order they are looked up.
 _WIDTH_ATTRIBUTES = ("out_channels", "out_features", "num_features", "num_channels")
@@ -86,6 +88,7 @@ class Latency:
     median_ms: float
     iqr_ms: float
     repeats: int
+    backend: str = "torch"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,6 +244,7 @@ def measure(
     device: str | torch.device = "cpu",
     threads: int | None = None,
     min_run_time: float = 1.0,
+    backend: str = "torch",
 ) -> Measurement:
     """Measure parameters, MACs/FLOPs per layer and (optionally) latency of ``model``.
 
@@ -262,6 +266,10 @@ def measure(
         device: where to time the model, ``"cpu"`` or ``"cuda"`` (or ``"cuda:N"``).
         threads: CPU threads torch may use while timing; defaults to ``torch.get_num_threads()``.
         min_run_time: seconds spent timing, after the warm-up.
+        backend: what runs the timed forward pass: ``"torch"`` (eager PyTorch, the model as
+            it is) or ``"onnxruntime"`` (the model in its deployed form, BatchNorm folded,
+            exported with ``torch.onnx.export`` and run by onnxruntime's CPU provider with
+            ``threads`` intra-op threads; needs ``pip install 'slimprune[onnx]'``, CPU only).
 
     Returns:
         A :class:`Measurement`.
@@ -281,6 +289,11 @@ def measure(
                                 f"pass the model itself (a torch.nn.Module).")
     inputs = _as_input_tuple(example_inputs)
     check_keywords(model, inputs)
+    if backend not in BACKENDS:
+        raise InvalidArgumentError(f"measure(backend={backend!r}) is not a latency backend; use one of {', '.join(map(repr, BACKENDS))}.")
+    if backend == "onnxruntime" and latency and str(device).split(":")[0] != "cpu":
+        raise InvalidArgumentError(f"measure(backend='onnxruntime') times on the CPU only, got device={device!r}; "
+                                   f"pass device='cpu' or backend='torch' for GPU latency.")
     target = _resolve_device(device)
     threads = torch.get_num_threads() if threads is None else threads
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
@@ -292,7 +305,10 @@ def measure(
     with kept_modes(model), torch.no_grad():
         model.eval()
         total_flops, self_flops = _count_flops(model, _to_device(inputs, _device_of(model)))
-        timing = _time(model, inputs, target, threads, min_run_time) if latency else None
+        timing = None
+        if latency:
+            timing = (_time_onnxruntime(model, inputs, threads, min_run_time) if backend == "onnxruntime"
+                      else _time(model, inputs, target, threads, min_run_time))
 
     layers = tuple(_layer_stats(model, self_flops))
     return Measurement(
@@ -318,7 +334,7 @@ def compare(
         pruned: the model after pruning.
         example_inputs: as for :func:`measure`.
         **kw: keyword arguments of :func:`measure` (``latency``, ``device``, ``threads``,
-            ``min_run_time``), used for both models.
+            ``min_run_time``, ``backend``), used for both models.
 
     Returns:
         A :class:`Comparison`.
@@ -538,6 +554,24 @@ def _time(model: nn.Module, inputs: tuple[Any, ...], device: torch.device, threa
     )
 
 
+def _time_onnxruntime(model: nn.Module, inputs: tuple[Any, ...], threads: int, min_run_time: float) -> Latency:
+    """Time the deployed ``model`` exported to ONNX and run by onnxruntime (see :mod:`slimprune.latency`)."""
+    from .latency import onnxruntime_times
+
+    times = np.asarray(onnxruntime_times(model, inputs, threads=threads, min_run_time=min_run_time))
+    first = next(x for x in inputs if isinstance(x, torch.Tensor))
+    q1, median, q3 = np.percentile(times, [25, 50, 75])
+    return Latency(
+        device="cpu",
+        threads=threads,
+        batch=int(first.shape[0]) if first.dim() else 1,
+        median_ms=float(median),
+        iqr_ms=float(q3 - q1),
+        repeats=int(times.size),
+        backend="onnxruntime",
+    )
+
+
 def _copy_to(model: nn.Module, device: torch.device) -> nn.Module:
     """Return a copy of ``model`` on ``device``, leaving the original where it is."""
     try:
@@ -597,6 +631,6 @@ def _caption(measurement: Measurement) -> str:
     if latency is None:
         return f"inputs {shapes}; latency not measured"
     return (
-        f"inputs {shapes}; latency: median of {latency.repeats} blocks on {latency.device}, "
+        f"inputs {shapes}; latency ({latency.backend}): median of {latency.repeats} blocks on {latency.device}, "
         f"{latency.threads} thread(s), batch {latency.batch}"
     )

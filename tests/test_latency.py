@@ -12,10 +12,12 @@ from hypothesis import strategies as st
 from torch import nn
 
 import slimprune
+from tests.helpers import assert_pruned_equals_silenced
 from slimprune._latency_solver import latency_floor, next_width, select_latency
 from slimprune.errors import InfeasiblePlanError
-from slimprune.latency import (CostTable, LatencyDeviceError, LayerCost, StaleCacheError, TableKey, check_device,
-                               grid_widths, load_table, profile, save_table, stair_width, table_key)
+from slimprune.latency import (BackendError, CostTable, LatencyDeviceError, LayerCost, StaleCacheError, TableKey, check_device,
+                               grid_widths, load_table, onnxruntime_session, profile, save_table, stair_width,
+                               table_key)
 
 KEY = TableKey("cpu", torch.__version__, 1, "abc", 8, 5)
 
@@ -181,3 +183,69 @@ def test_round_to_auto_and_latency_tables_are_refused_where_they_mean_nothing() 
         slimprune.plan(_net(), 0.5, example_inputs=x, round_to="auto")
     with pytest.raises(slimprune.InvalidArgumentError, match="latency_table must be a slimprune.latency.CostTable"):
         slimprune.plan(_net(), 0.5, target="latency", example_inputs=x, latency_table={"not": "a table"})
+
+
+def test_onnxruntime_backend_times_a_tiny_conv_net_and_computes_what_torch_computes() -> None:
+    torch.set_num_threads(1)
+    m, x = _net().eval(), torch.randn(1, 3, 16, 16)
+    sess, feed = onnxruntime_session(m, x, threads=1)
+    (out,) = sess.run(None, feed)
+    with torch.no_grad():
+        assert torch.allclose(torch.from_numpy(out), m(x), rtol=1e-4, atol=1e-5)
+    result = slimprune.measure.measure(m, x, backend="onnxruntime", threads=1, min_run_time=0.05)
+    assert result.latency is not None and result.latency.backend == "onnxruntime" and result.latency.median_ms > 0
+    assert result.latency.threads == 1 and result.latency.repeats >= 5
+    assert "latency (onnxruntime)" in result.table().caption
+    both = slimprune.measure.compare(m, m, x, backend="onnxruntime", threads=1, min_run_time=0.05)
+    assert both.speedup is not None and both.speedup > 0 and "onnxruntime" in both.table().caption
+    assert slimprune.measure.measure(m, x, min_run_time=0.05).latency.backend == "torch"
+
+
+def test_onnxruntime_backend_names_the_operator_it_cannot_export_and_refuses_what_it_cannot_run(monkeypatch) -> None:
+    class Histogram(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.histc(x)
+
+    with pytest.raises(BackendError, match="aten::histc.*backend='torch'"):
+        slimprune.measure.measure(Histogram(), torch.randn(8), backend="onnxruntime", min_run_time=0.05)
+    with pytest.raises(slimprune.InvalidArgumentError, match="backend='tvm'.*'torch', 'onnxruntime'"):
+        slimprune.measure.measure(_net(), torch.randn(1, 3, 8, 8), backend="tvm")
+    with pytest.raises(slimprune.InvalidArgumentError, match="CPU only.*device='cpu'"):
+        slimprune.measure.measure(_net(), torch.randn(1, 3, 8, 8), backend="onnxruntime", device="cuda")
+    monkeypatch.setitem(__import__("sys").modules, "onnxruntime", None)  # as if it were not installed
+    with pytest.raises(BackendError, match=r"needs onnxruntime.*slimprune\[onnx\]"):
+        slimprune.measure.measure(_net(), torch.randn(1, 3, 8, 8), backend="onnxruntime")
+
+
+def test_cuda_latency_without_cuda_names_the_device_and_the_fix() -> None:
+    x = torch.randn(1, 3, 8, 8)
+    if torch.cuda.is_available():  # the same calls time with CUDA events there
+        assert check_device("cuda:0").type == "cuda"
+        return
+    with pytest.raises(LatencyDeviceError, match=r"device='cuda:0'.*no CUDA device.*device='cpu'"):
+        slimprune.plan(_net(), 0.3, target="latency", example_inputs=x, device="cuda:0")
+    with pytest.raises(LatencyDeviceError, match=r"device='cuda'.*no CUDA device.*device='cpu'"):
+        profile(_net(), x, slimprune.analyze(_net(), example_inputs=x).graph, device="cuda")
+    with pytest.raises(slimprune.InvalidArgumentError, match=r"device='cuda'.*CUDA is not available.*device='cpu'"):
+        slimprune.measure.measure(_net(), x, device="cuda")
+
+
+def test_latency_plan_of_an_analysis_equals_the_plan_of_the_model_and_prints_its_prediction() -> None:
+    torch.set_num_threads(1)
+    m, x = _net(), torch.randn(1, 3, 16, 16)
+    analysis = slimprune.analyze(m, example_inputs=x)
+    table = profile(m, x, analysis.graph, threads=1, points=3, min_run_time=0.01, progress=False)
+    widths = {g.id: len(g) for g in analysis.graph.groups}
+    floor, _ = latency_floor(table, widths, {g: w - 1 for g, w in widths.items()}, table.stair)
+    ratio = 0.5 * (1.0 - floor / table.full())
+    from_analysis = slimprune.plan(analysis, ratio, target="latency", latency_table=table)
+    from_model = slimprune.plan(m, ratio, target="latency", example_inputs=x, latency_table=table)
+    assert from_analysis.slices == from_model.slices
+    p = from_analysis
+    assert p.latency_before_ms == pytest.approx(table.full())
+    assert p.latency_after_ms is not None and p.latency_after_ms <= (1.0 - ratio) * table.full() * (1 + 1e-9)
+    assert f"latency:  {table.full():.3f} ms -> {p.latency_after_ms:.3f} ms" in str(p)
+    again = slimprune.PruningPlan.from_json(p.to_json())
+    assert (again.latency_before_ms, again.latency_after_ms) == (p.latency_before_ms, p.latency_after_ms)
+    assert slimprune.plan(m, 0.3, example_inputs=x).latency_before_ms is None  # only latency plans predict it
+    assert_pruned_equals_silenced(m, p, x)  # exact: the pruned net computes what the silenced original computes
