@@ -12,7 +12,6 @@ of the ``transformers`` package is looked up (slimprune never imports transforme
 from __future__ import annotations
 
 import importlib
-import math
 from typing import Any
 
 import torch
@@ -20,6 +19,7 @@ import torch.fx as fx
 from torch import nn
 
 from ._registry import register_lazy_rules, register_rule
+from .layers import linear_over_last_axis
 
 __all__ = ["register_transformers_rules"]
 
@@ -36,22 +36,7 @@ def _fold_conv1d(m: nn.Module, consts: torch.Tensor) -> torch.Tensor:
 
 def conv1d(ctx, node: fx.Node) -> Any:
     """``transformers`` ``Conv1D``: a Linear whose weight is (in_features, out_features)."""
-    m = ctx.module(node)
-    x = ctx.input(node, 0, "x")
-    shape = ctx.shape(node)
-    last = len(shape) - 1
-    if x is not None and x.axis != last:
-        ctx.keep(x.labels)
-        x = None
-    ctx.cost(node, math.prod(shape[1:-1]) if len(shape) > 1 else 1)
-    if x is not None:
-        ctx.param(node, "weight", 0, x.labels, "in")
-        ctx.consumer(node, x.labels, last)
-    out = ctx.fresh(int(m.weight.shape[1]))
-    ctx.param(node, "weight", 1, out, "out")
-    if isinstance(getattr(m, "bias", None), torch.Tensor):
-        ctx.param(node, "bias", 0, out, "out")
-    return ctx.info_of(last, out)
+    return linear_over_last_axis(ctx, node, "x", in_dim=0, out_dim=1)
 
 
 # --------------------------------------------------------------- rotary embeddings

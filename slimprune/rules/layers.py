@@ -147,8 +147,15 @@ def _fold_linear(m: nn.Module, consts: torch.Tensor) -> torch.Tensor:
 
 @register_rule(nn.Linear, resize=_resize_linear, fold=_fold_linear)
 def linear(ctx, node):
+    return linear_over_last_axis(ctx, node, "input", in_dim=1, out_dim=0)
+
+
+def linear_over_last_axis(ctx, node, input_name: str, in_dim: int, out_dim: int):
+    """A layer mapping the last axis through ``weight`` (input channels along ``in_dim``,
+    outputs along ``out_dim``) plus an optional ``bias``: ``nn.Linear`` (in 1, out 0) and
+    Hugging Face's ``Conv1D`` (in 0, out 1). Channels on another axis are kept."""
     m = ctx.module(node)
-    x = ctx.input(node, 0, "input")
+    x = ctx.input(node, 0, input_name)
     shape = ctx.shape(node)
     last = len(shape) - 1
     if x is not None and x.axis != last:
@@ -156,11 +163,11 @@ def linear(ctx, node):
         x = None
     ctx.cost(node, math.prod(shape[1:-1]) if len(shape) > 1 else 1)
     if x is not None:
-        ctx.param(node, "weight", 1, x.labels, "in")
+        ctx.param(node, "weight", in_dim, x.labels, "in")
         ctx.consumer(node, x.labels, last)
-    out = ctx.fresh(m.out_features)
-    ctx.param(node, "weight", 0, out, "out")
-    if m.bias is not None:
+    out = ctx.fresh(int(m.weight.shape[out_dim]))
+    ctx.param(node, "weight", out_dim, out, "out")
+    if isinstance(getattr(m, "bias", None), torch.Tensor):
         ctx.param(node, "bias", 0, out, "out")
     return ctx.info_of(last, out)
 
