@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import slimprune
+from slimprune.rules import pointwise as pointwise_rules
 from slimprune.rules import registered_targets
 from slimprune.rules._registry import load_lazy_rules, lookups_recorded, rule_targets, target_name
 from tests.helpers import assert_pruned_equals_silenced
@@ -128,19 +129,7 @@ _MODULE_ARGS: dict[str, tuple[Any, ...]] = {
 _MODULE_KWARGS: dict[str, dict[str, Any]] = {
     "Upsample": {"scale_factor": 2}, "UpsamplingNearest": {"scale_factor": 2}, "UpsamplingBilinear": {"scale_factor": 2},
 }
-_POINTWISE_MODULES = (
-    nn.Identity, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
-    nn.Mish, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Sigmoid, nn.Tanh, nn.Softplus,
-    nn.Softsign, nn.Tanhshrink, nn.Threshold, nn.LogSigmoid, nn.Hardshrink, nn.Softshrink, nn.RReLU,
-    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout,
-    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.LPPool1d, nn.LPPool2d,
-    nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d,
-    nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d,
-    nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReflectionPad3d,
-    nn.ReplicationPad1d, nn.ReplicationPad2d, nn.ReplicationPad3d, nn.CircularPad2d,
-)
+_POINTWISE_MODULES = pointwise_rules._MODULES  # every class the pointwise rule covers gets a snippet
 
 
 def _construct(cls: type[nn.Module]) -> Callable[[], nn.Module]:
