@@ -26,10 +26,10 @@ import argparse
 import csv
 import json
 import os
-import resource
-import subprocess
 import sys
 import time
+
+from zoo import run_in_child  # (benchmarks/ is on the path: this script's folder)
 
 FIELDS = ["family", "tool", "model", "input", "planned", "applied", "ran", "exact", "params_before",
           "params_after", "removed", "barriers", "seconds", "error"]
@@ -178,18 +178,7 @@ def _child_body(tool: str, model, x, row: dict) -> None:
 
 
 def run_one(tool: str, name: str, timeout: float, mem_gb: float) -> dict:
-    limit = f"import resource; resource.setrlimit(resource.RLIMIT_AS, ({int(mem_gb * 2**30)}, {int(mem_gb * 2**30)}))"
-    code = (f"{limit}; import sys, json; sys.argv=['timm_zoo']; sys.path.insert(0, 'benchmarks'); import timm_zoo; "
-            f"print(json.dumps(timm_zoo.child({tool!r}, {name!r})))")
-    try:
-        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"tool": tool, "model": name, "ran": False, "error": f"over {timeout:.0f} s"}
-    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
-    if p.returncode != 0 or not lines:
-        err = (p.stderr.strip().splitlines() or ["killed (memory guard?)"])[-1]
-        return {"tool": tool, "model": name, "ran": False, "error": err[:200]}
-    return json.loads(lines[-1])
+    return run_in_child("timm_zoo", tool, name, timeout, mem_gb, failed="ran", error_chars=200)
 
 
 def main() -> None:

@@ -109,18 +109,27 @@ def child(tool: str, name: str) -> dict:
     return row
 
 
-def run_one(tool: str, name: str, timeout: float, mem_gb: float) -> dict:
+def run_in_child(script: str, tool: str, name: str, timeout: float, mem_gb: float, *,
+                 failed: str = "ok", error_chars: int = 160) -> dict:
+    """``benchmarks/<script>.py``'s ``child(tool, name)`` in a fresh interpreter, under an
+    address-space limit of ``mem_gb`` and a wall-clock ``timeout``: its JSON row, or a row
+    with ``failed`` set to False and the error (the last stderr line) when it did not finish."""
     limit = f"import resource; resource.setrlimit(resource.RLIMIT_AS, ({int(mem_gb * 2**30)}, {int(mem_gb * 2**30)}))"
-    code = f"{limit}; import sys, json; sys.argv=['zoo']; sys.path.insert(0, 'benchmarks'); import zoo; print(json.dumps(zoo.child({tool!r}, {name!r})))"
+    code = (f"{limit}; import sys, json; sys.argv=[{script!r}]; sys.path.insert(0, 'benchmarks'); import {script}; "
+            f"print(json.dumps({script}.child({tool!r}, {name!r})))")
     try:
         p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return {"tool": tool, "model": name, "ok": False, "error": f"over {timeout:.0f} s"}
+        return {"tool": tool, "model": name, failed: False, "error": f"over {timeout:.0f} s"}
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
     if p.returncode != 0 or not lines:
         err = (p.stderr.strip().splitlines() or ["killed (memory guard?)"])[-1]
-        return {"tool": tool, "model": name, "ok": False, "error": err[:160]}
+        return {"tool": tool, "model": name, failed: False, "error": err[:error_chars]}
     return json.loads(lines[-1])
+
+
+def run_one(tool: str, name: str, timeout: float, mem_gb: float) -> dict:
+    return run_in_child("zoo", tool, name, timeout, mem_gb)
 
 
 def main() -> None:
