@@ -29,7 +29,20 @@ import os
 import sys
 import time
 
-from zoo import run_in_child  # (benchmarks/ is on the path: this script's folder)
+
+
+def _sibling(name: str):
+    """``benchmarks/<name>.py``, loaded by its path (the folder is not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+run_in_child = _sibling("zoo").run_in_child
 
 FIELDS = ["family", "tool", "model", "input", "planned", "applied", "ran", "exact", "params_before",
           "params_after", "removed", "barriers", "seconds", "error"]
