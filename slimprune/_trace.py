@@ -86,6 +86,16 @@ class _Tracer(fx.Tracer):
         # ``v += w`` is recorded as a write into v (a view's base sees it), not as ``v = v + w``
         return InplaceProxy(node, self)
 
+    def call_module(self, m: nn.Module, forward: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        try:
+            self.path_of_module(m)
+        except NameError:
+            # A module called but not installed in the model (transformers' hub-kernel function
+            # wrappers such as ``apply_rotary_pos_emb``, or a module kept in a plain dict): it has
+            # no name to call, so its forward is traced through as plain code.
+            return forward(*args, **kwargs)
+        return super().call_module(m, forward, args, kwargs)
+
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if module_qualified_name in self._opaque_names or isinstance(m, self._opaque_types):
             return True

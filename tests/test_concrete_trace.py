@@ -286,3 +286,36 @@ def test_raft_optical_flow_traces_whole_and_prunes_exactly():
     assert not plan.regions and plan.params_after < plan.params_before / 2
     with pytest.warns(slimprune.ShapeSpecializationWarning):
         assert_pruned_equals_silenced(model, plan, x)
+
+
+_GLOBAL_ACT = nn.Hardswish()  # a module instance called from forward but installed in no model
+
+
+class CallsUninstalledModules(nn.Module):
+    """Calls modules it does not own: a global one (transformers' hub-kernel wrappers are these)
+    and one hidden in a plain dict, around prunable convs, on both tracing paths."""
+
+    def __init__(self, shape_branch: bool) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.c = nn.Conv2d(8, 4, 1)
+        self.__dict__["_hidden"] = {"act": nn.SiLU()}
+        self.shape_branch = shape_branch
+
+    def forward(self, x):
+        y = _GLOBAL_ACT(self.a(x))
+        if self.shape_branch and y.shape[-1] > 4:  # fx alone rejects this: the concrete tracer runs
+            y = y * 2
+        return self.c(self._hidden["act"](self.bn(self.b(y))))
+
+
+@pytest.mark.parametrize("shape_branch", [False, True], ids=["symbolic", "concrete"])
+def test_modules_called_but_not_installed_are_traced_through_and_pruned_exactly(shape_branch: bool) -> None:
+    model = randomize_bn(CallsUninstalledModules(shape_branch)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no barrier: the uninstalled modules are plain code
+        plan = slimprune.plan(model, 0.5, example_inputs=x)
+    assert {g.members[0].split(".")[0] for g in plan.groups if g.removed} >= {"a", "b"}
+    assert_pruned_equals_silenced(model, plan, x)
