@@ -7,6 +7,7 @@ then merged into one plan whose names are those of the whole model.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -15,6 +16,7 @@ import torch
 from ._analysis import Analysis
 from ._options import PlanOptions
 from ._plan import PruningPlan, fingerprint
+from .errors import RegionFallbackWarning
 
 __all__ = ["plan_regions"]
 
@@ -73,6 +75,11 @@ def _compose(analysis: Analysis, subplans: list[tuple[str, PruningPlan]], option
     if idle:
         notes.append(f"regions with nothing prunable inside (all channels on their boundary): {', '.join(idle)}")
     notes += [f"not reached: {u}" for u in unreached]
+    if analysis.warn:
+        warnings.warn(
+            f"slimprune: {notes[0]}. Channels at those boundaries and outside the regions are not pruned. "
+            f"Fix: make the failing module traceable, or mark it opaque=[...] so the rest traces whole "
+            f"(plan.notes lists the regions and what was not reached).", RegionFallbackWarning, stacklevel=5)
     before = sum(p.numel() for p in model.parameters())
     after = before - sum(sp.params_before - sp.params_after for _, sp in subplans)
     recorded = options.record()

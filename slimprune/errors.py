@@ -79,6 +79,11 @@ class UnsupportedOpWarning(UserWarning):
     """Channels flow through an op slimprune has no rule for; they are kept (a barrier)."""
 
 
+class RegionFallbackWarning(UserWarning):
+    """The model could not be traced whole, so only its traceable regions were pruned, with the
+    channels on their boundaries kept (the warning names the trace error and the regions)."""
+
+
 class ShapeSpecializationWarning(UserWarning):
     """A pruned model is a graph traced by running forward, with Python decisions on shapes
     fixed to the example inputs' (only when forward both needs a rewritten graph and

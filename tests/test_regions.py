@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torchvision
@@ -59,3 +61,32 @@ def test_region_plan_survives_json(detector, detector_plan):
     again = slimprune.PruningPlan.from_json(detector_plan.to_json())
     assert again == detector_plan
     assert sum(p.numel() for p in slimprune.apply(detector, again).parameters()) == detector_plan.params_after
+
+
+class _BranchesOnValues(torch.nn.Module):
+    """A root fx cannot trace (it branches on a tensor's value) around a traceable body."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8),
+                                        torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1))
+
+    def forward(self, x):
+        y = self.body(x)
+        return y * 2 if y.mean() > 0 else y
+
+
+def test_falling_back_to_regions_warns_with_the_trace_error_and_the_regions():
+    model = randomize_bn(_BranchesOnValues()).eval()
+    x = torch.randn(1, 3, 8, 8)
+    with pytest.warns(slimprune.RegionFallbackWarning, match=r"_BranchesOnValues whole .*\[body\]"):
+        plan = slimprune.plan(model, 0.5, example_inputs=x)
+    assert [p for p, _ in plan.regions] == ["body"] and plan.removed_channels > 0
+
+
+def test_a_model_traced_whole_gives_no_region_warning():
+    model = randomize_bn(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.Conv2d(8, 4, 1)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", slimprune.RegionFallbackWarning)
+        plan = slimprune.plan(model.eval(), 0.5, example_inputs=torch.randn(1, 3, 8, 8))
+    assert not plan.regions
