@@ -30,7 +30,6 @@ import sys
 import time
 
 
-
 def _sibling(name: str):
     """``benchmarks/<name>.py``, loaded by its path (the folder is not a package)."""
     import importlib.util
