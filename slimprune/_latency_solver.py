@@ -83,21 +83,18 @@ def select_latency(units: Sequence[np.ndarray], group_ids: Sequence[int], scores
                           for l in setters)
         raise InfeasiblePlanError(
             f"a latency budget of {budget_ms:.4g} ms is below the floor of {floor:.4g} ms (of {table.full():.4g} ms) "
-            f"that removing every channel the constraints allow reaches; {table.rest_ms:.3g} ms are not in any "
-            f"prunable layer and the slowest layers at the floor are {names}. Ask for a larger fraction of the "
+            f"that removing every channel the constraints allow reaches; {table.fixed_ms():.3g} ms are in no "
+            f"prunable channel group and the slowest layers at the floor are {names}. Ask for a larger fraction of the "
             f"latency or relax min_channels/max_ratio/protect.")
     order = {gid: u[np.lexsort((u, scores[u]))] for gid, u in zip(group_ids, units)}
     kept = dict(widths)
     lowest = {gid: _lowest(widths[gid], capmap[gid], round_to) for gid in widths}
     layers_of = {gid: table.layers_of(gid) for gid in widths}
 
+    ops_of = {gid: table.ops_of(gid) for gid in widths}
+
     def local(gid: int, kept_map: Mapping[int, int]) -> float:
-        t = 0.0
-        for l in layers_of[gid]:
-            ko = kept_map.get(l.out_group, l.out_width) if l.out_group is not None else l.out_width
-            ki = kept_map.get(l.in_group, l.in_width) if l.in_group is not None else l.in_width
-            t += l.ms(ko, ki, table.stair)
-        return t
+        return table.parts_ms(layers_of[gid], ops_of[gid], kept_map)
 
     def candidate(gid: int) -> tuple[float, float, int] | None:
         w = next_width(kept[gid], lowest[gid], step, round_to)
@@ -133,6 +130,8 @@ def select_latency(units: Sequence[np.ndarray], group_ids: Sequence[int], scores
         touched = {best}
         for l in layers_of[best]:
             touched.update(g for g in (l.out_group, l.in_group) if g is not None and g in widths)
+        for o in ops_of[best]:
+            touched.update(g for g in o.groups if g in widths)
         for gid in touched:
             cands[gid] = candidate(gid)
     removed = np.zeros(n, dtype=bool)

@@ -9,11 +9,19 @@ timed once. A :class:`CostTable` predicts the model's latency for any kept width
 channel group:
 
     latency(kept) = rest + sum over layers of full_ms * r_out(kept_out) * r_in(kept_in)
+                         + sum over other ops of overhead + (full_ms - overhead) * kept fraction
 
 where ``r`` interpolates the measured grid and rounds a width up to the kernel's block
-(``stair``, 8 channels on the CPU): 17 channels cost what 24 cost. ``rest`` is what the
-layers do not account for (activations, pooling, additions), measured once on the whole
-deployed model and held fixed.
+(``stair``, 8 channels on the CPU): 17 channels cost what 24 cost. The other ops
+(activations, additions, pooling, norms that are not folded) are each timed once on the
+tensors the example inputs give them; an op's time beyond its call overhead scales with
+the fraction of its channels kept (they are memory-bound: time follows the number of
+elements), channel by channel through the groups its channel axis belongs to. On
+mobilenet_v2 these ops are more than half of the model's time, so holding them fixed
+overstated a pruned model's latency by up to 60%. ``rest`` is the forward's call overhead
+(one module call per layer and op, timed on a one-element tensor), held fixed; the layers'
+and ops' times are scaled so that rest and parts add up to the whole deployed model's
+measured time (in the model their inputs come from memory, not from cache).
 
 Tables are cached on disk under a key of device, torch version, thread count, model
 layer shapes and grid; :func:`load_table` refuses a table whose key differs from the one
@@ -37,11 +45,11 @@ from torch import nn
 
 from .errors import ExampleInputError, FileFormatError, InvalidArgumentError, SlimpruneError
 
-__all__ = ["LayerCost", "CostTable", "TableKey", "profile", "table_key", "save_table", "load_table",
+__all__ = ["LayerCost", "OpCost", "CostTable", "TableKey", "profile", "table_key", "save_table", "load_table",
            "stair_width", "deployed", "onnxruntime_session", "onnxruntime_times", "onnxruntime_latency", "check_device",
            "LatencyDeviceError", "StaleCacheError", "BackendError"]
 
-FORMAT = 1
+FORMAT = 2
 
 
 class LatencyDeviceError(SlimpruneError, ValueError):
@@ -88,6 +96,7 @@ class LayerCost:
     in_widths: tuple[int, ...] = ()
     in_ms: tuple[float, ...] = ()
     depthwise: bool = False
+    floor_ms: float = 0.0  # the time with both widths at one staircase step (0: not measured)
 
     def _ratio(self, widths: tuple[int, ...], ms: tuple[float, ...], width: int, full: int, stair: int) -> float:
         if not widths or width >= full or self.full_ms <= 0:
@@ -103,10 +112,44 @@ class LayerCost:
         return min(1.0, max(t, 0.0) / self.full_ms)
 
     def ms(self, kept_out: int, kept_in: int, stair: int) -> float:
-        """Predicted milliseconds at these kept widths."""
+        """Predicted milliseconds at these kept widths.
+
+        With one side full the measured curve of the other gives the time. With both
+        narrower, the times above the layer's floor (its time at one staircase step each
+        way: what a kernel costs however narrow) multiply: ``c + (t_out - c)(t_in - c)/(T - c)``.
+        """
         r_out = self._ratio(self.out_widths, self.out_ms, kept_out, self.out_width, stair)
         r_in = 1.0 if self.depthwise else self._ratio(self.in_widths, self.in_ms, kept_in, self.in_width, stair)
-        return self.full_ms * r_out * r_in
+        full = self.full_ms
+        t_out, t_in = full * r_out, full * r_in
+        c = min(self.floor_ms, t_out, t_in)
+        if c <= 0 or full <= c:
+            return full * r_out * r_in
+        return c + (t_out - c) * (t_in - c) / (full - c)
+
+
+@dataclass(frozen=True)
+class OpCost:
+    """A non-layer op's measured time, scaling with the kept fraction of its channels.
+
+    ``groups``/``counts``: the channel groups its channel axis holds and how many of its
+    channels lie in each; ``fixed``: channels in no group (always kept).
+    """
+
+    node: str
+    full_ms: float
+    groups: tuple[int, ...] = ()
+    counts: tuple[int, ...] = ()
+    fixed: int = 0
+
+    def ms(self, kept: Mapping[int, int], widths: Mapping[int, int], overhead: float) -> float:
+        total = self.fixed + sum(self.counts)
+        if total <= 0 or not self.groups:
+            return self.full_ms
+        got = self.fixed + sum(c * kept.get(g, widths.get(g, 1)) / max(widths.get(g, 1), 1)
+                               for g, c in zip(self.groups, self.counts))
+        base = min(overhead, self.full_ms)
+        return base + (self.full_ms - base) * got / total
 
 
 @dataclass(frozen=True)
@@ -133,15 +176,26 @@ class CostTable:
     rest_ms: float
     stair: int = 8
     group_widths: Mapping[int, int] = field(default_factory=dict)
+    ops: tuple[OpCost, ...] = ()
+    op_overhead_ms: float = 0.0  # the time of an op on a tensor of one element: what no pruning removes
+    # Layers and ops run slower or faster in the model than alone (their inputs come from
+    # memory, not cache): their times are scaled by this so that rest + parts is the whole.
+    scale: float = 1.0
 
     def predict(self, kept: Mapping[int, int]) -> float:
         """Milliseconds with ``kept[g]`` channels kept in group ``g`` (missing groups full)."""
-        total = self.rest_ms
-        for layer in self.layers:
+        return self.rest_ms + self.parts_ms(self.layers, self.ops, kept)
+
+    def parts_ms(self, layers: Iterable[LayerCost], ops: Iterable[OpCost], kept: Mapping[int, int]) -> float:
+        """The predicted milliseconds of just these layers and ops."""
+        total = 0.0
+        for layer in layers:
             ko = kept.get(layer.out_group, layer.out_width) if layer.out_group is not None else layer.out_width
             ki = kept.get(layer.in_group, layer.in_width) if layer.in_group is not None else layer.in_width
             total += layer.ms(ko, ki, self.stair)
-        return total
+        for op in ops:
+            total += op.ms(kept, self.group_widths, self.op_overhead_ms)
+        return total * self.scale
 
     def full(self) -> float:
         return self.predict({})
@@ -149,10 +203,19 @@ class CostTable:
     def layers_of(self, group: int) -> list[LayerCost]:
         return [l for l in self.layers if l.out_group == group or l.in_group == group]
 
+    def ops_of(self, group: int) -> list[OpCost]:
+        return [o for o in self.ops if group in o.groups]
+
+    def fixed_ms(self) -> float:
+        """What no width changes: ``rest_ms`` (the forward's per-call overhead) and the ungrouped layers and ops."""
+        return self.rest_ms + self.parts_ms([l for l in self.layers if l.out_group is None and l.in_group is None],
+                                            [o for o in self.ops if not o.groups], {})
+
     def to_dict(self) -> dict[str, Any]:
         return {"format": FORMAT, "key": asdict(self.key), "rest_ms": self.rest_ms, "stair": self.stair,
                 "group_widths": {str(k): v for k, v in self.group_widths.items()},
-                "layers": [asdict(l) for l in self.layers]}
+                "layers": [asdict(l) for l in self.layers], "ops": [asdict(o) for o in self.ops],
+                "op_overhead_ms": self.op_overhead_ms, "scale": self.scale}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> CostTable:
@@ -160,8 +223,10 @@ class CostTable:
             raise FileFormatError(f"cost table format {d.get('format')!r} is not {FORMAT}; profile again")
         layers = tuple(LayerCost(**{k: tuple(v) if isinstance(v, list) else v for k, v in l.items()})
                        for l in d["layers"])
+        ops = tuple(OpCost(**{k: tuple(v) if isinstance(v, list) else v for k, v in o.items()}) for o in d["ops"])
         return cls(TableKey(**d["key"]), layers, float(d["rest_ms"]), int(d["stair"]),
-                   {int(k): int(v) for k, v in d["group_widths"].items()})
+                   {int(k): int(v) for k, v in d["group_widths"].items()}, ops, float(d["op_overhead_ms"]),
+                   float(d["scale"]))
 
 
 def save_table(table: CostTable, path: str | os.PathLike[str]) -> None:
@@ -355,6 +420,13 @@ def profile(model: nn.Module, example_inputs: Any, graph: Any, *, device: str | 
 
     torch.set_num_threads(threads)
     try:
+        # The whole deployed model is timed before the layers and twice after them; their median
+        # is what the parts must add up to (a load change during profiling moves it less).
+        dep, dev_inputs = deployed(model, dev), _to(inputs, dev)
+
+        def whole_fn() -> None:
+            _no_grad_call(dep, dev_inputs)
+        wholes_ms = [time_ms(whole_fn, dev, threads, max(min_run_time, 0.1))]
         with Progress(disable=not progress, transient=True) as bar:
             task = bar.add_task("profiling layer latency", total=len(names))
             for name in names:
@@ -372,17 +444,123 @@ def profile(model: nn.Module, example_inputs: Any, graph: Any, *, device: str | 
                 om = tuple(timed(m, shape, w if dw else c_in, w, dw) for w in ow)
                 iw = grid_widths(c_in, stair, points) if g_in is not None and not dw else ()
                 im = tuple(timed(m, shape, w, c_out, dw) for w in iw)
-                layers.append(LayerCost(name, g_out, g_in, c_out, c_in, full, ow, om, iw, im, dw))
+                floor = timed(m, shape, min(stair, c_in), min(stair, c_out), dw) if ow and iw else 0.0
+                layers.append(LayerCost(name, g_out, g_in, c_out, c_in, full, ow, om, iw, im, dw, floor))
                 bar.advance(task)
-            dep = deployed(model, dev)
-            whole = time_ms(lambda: _no_grad_call(dep, _to(inputs, dev)), dev, threads, max(min_run_time, 0.2))
+            ops, overhead = _op_costs(graph, inputs, dev, threads, min_run_time, bar)
+            call_ms = _call_overhead_ms(dev, threads, min_run_time)
+            wholes_ms += [time_ms(whole_fn, dev, threads, max(min_run_time, 0.1)) for _ in range(2)]
+            whole = float(np.median(wholes_ms))
     finally:
         torch.set_num_threads(prev)
-    summed = sum(l.full_ms for l in layers)
-    table = CostTable(key, tuple(layers), max(whole - summed, 0.0), stair, group_widths)
+    summed = sum(l.full_ms for l in layers) + sum(o.full_ms for o in ops)
+    # The whole model = the Python of its forward (one call's overhead per layer and op: no
+    # pruning removes it) + its layers and ops, which run slower or faster in the model than
+    # alone (their inputs come from memory, not cache): the scale makes the parts add up.
+    fixed = min(call_ms * (len(layers) + len(ops)), 0.5 * whole)
+    scale = (whole - fixed) / summed if summed > 0 else 1.0
+    table = CostTable(key, tuple(layers), fixed, stair, group_widths, ops, overhead, scale)
     if cache is not None:
         save_table(table, cache)
     return table
+
+
+def _call_overhead_ms(dev: torch.device, threads: int, min_run_time: float) -> float:
+    """What calling one layer costs besides its arithmetic: a module called on a one-element tensor."""
+    layer, one = nn.ReLU().to(dev), torch.ones(1, device=dev)
+
+    def fn() -> None:
+        with torch.no_grad():
+            layer(one)
+    return time_ms(fn, dev, threads, min_run_time)
+
+
+def _folded(node: Any, mods: Mapping[str, nn.Module]) -> bool:
+    """Is ``node`` a BatchNorm that the deployed form folds into the conv or linear layer feeding it?"""
+    if node.op != "call_module" or not isinstance(mods.get(node.target), nn.modules.batchnorm._BatchNorm):
+        return False
+    src = node.args[0] if node.args else None
+    return getattr(src, "op", None) == "call_module" and isinstance(mods.get(src.target), (nn.Conv2d, nn.Linear)) \
+        and len(src.users) == 1
+
+
+def _op_costs(graph: Any, inputs: tuple[Any, ...], dev: torch.device, threads: int, min_run_time: float,
+              bar: Any = None) -> tuple[tuple[OpCost, ...], float]:
+    """Every op of ``graph``'s traced module that is not a conv or linear layer (nor a BatchNorm the
+    deployed form folds), timed alone on the tensors the example inputs give it, and the time of an
+    op on a one-element tensor. Ops of equal type and input shapes are timed once. A graph that
+    cannot be run this way gives no ops (their time then stays in the table's fixed rest)."""
+    import copy
+
+    from torch import fx
+    from torch.utils._pytree import tree_map
+
+    try:
+        gm = copy.deepcopy(graph.gm).eval().to(dev)
+    except Exception:
+        return (), 0.0
+    if dev.type == "cpu":
+        gm = gm.to(memory_format=torch.channels_last)
+    mods = dict(gm.named_modules())
+    heavy = {n for n, m in mods.items() if any(isinstance(s, (nn.Conv2d, nn.Linear)) for s in m.modules())}
+    node_units, u2g = graph.node_units, graph.unit_to_group
+    memo: dict[Any, float] = {}
+    costs: list[OpCost] = []
+
+    def signature(n: fx.Node, args: Any, kwargs: Any) -> Any:
+        def sig(v: Any) -> Any:
+            return (tuple(v.shape), v.stride(), str(v.dtype)) if isinstance(v, torch.Tensor) else repr(v)
+        what = repr(mods[n.target]) if n.op == "call_module" else (n.op, str(n.target))
+        return what, tuple(sig(a) for a in args), tuple((k, sig(v)) for k, v in sorted(kwargs.items()))
+
+    def channel_units(n: fx.Node) -> np.ndarray | None:
+        u = node_units.get(n.name)
+        if u is None:
+            for a in n.all_input_nodes:
+                if a.name in node_units:
+                    return node_units[a.name]
+        return u
+
+    class Timing(fx.Interpreter):
+        def run_node(self, n: fx.Node) -> Any:
+            args, kwargs = self.fetch_args_kwargs_from_env(n) if n.op.startswith("call") else ((), {})
+            result = super().run_node(n)
+            if not n.op.startswith("call") or not isinstance(result, torch.Tensor) or result.numel() == 0:
+                return result
+            if n.op == "call_module" and (n.target in heavy or _folded(n, mods)):
+                return result
+            key = signature(n, args, kwargs)
+            if key not in memo:
+                clone = (lambda v: v.clone() if isinstance(v, torch.Tensor) else v)
+                cargs, ckwargs = tree_map(clone, args), tree_map(clone, kwargs)
+                run = getattr(self, n.op)
+
+                def fn() -> None:
+                    with torch.no_grad():
+                        run(n.target, cargs, ckwargs)
+                memo[key] = time_ms(fn, dev, threads, min_run_time)
+            u = channel_units(n)
+            if u is None or u.size == 0:
+                costs.append(OpCost(n.name, memo[key]))
+            else:
+                g = u2g[np.asarray(u, dtype=np.int64)] if u2g.size else np.full(u.size, -1)
+                ids, counts = np.unique(g[g >= 0], return_counts=True)
+                costs.append(OpCost(n.name, memo[key], tuple(int(i) for i in ids), tuple(int(c) for c in counts),
+                                    int((g < 0).sum())))
+            return result
+
+    task = bar.add_task("profiling other ops", total=None) if bar is not None else None
+    try:
+        with torch.no_grad():
+            Timing(gm).run(*_to(inputs, dev))
+    except Exception:
+        return (), 0.0
+    finally:
+        if task is not None:
+            bar.remove_task(task)
+    one = torch.ones(1, device=dev)
+    overhead = time_ms(lambda: torch.relu(one), dev, threads, min_run_time)
+    return tuple(costs), overhead
 
 
 def _inputs(example_inputs: Any) -> tuple[Any, ...]:

@@ -15,7 +15,7 @@ import slimprune
 from tests.helpers import assert_pruned_equals_silenced
 from slimprune._latency_solver import latency_floor, next_width, select_latency
 from slimprune.errors import InfeasiblePlanError
-from slimprune.latency import (BackendError, CostTable, LatencyDeviceError, LayerCost, StaleCacheError, TableKey, check_device,
+from slimprune.latency import (BackendError, CostTable, LatencyDeviceError, LayerCost, OpCost, StaleCacheError, TableKey, check_device,
                                grid_widths, load_table, onnxruntime_session, profile, save_table, stair_width,
                                table_key)
 
@@ -106,7 +106,7 @@ def test_budget_below_the_floor_raises_naming_the_floor_and_the_layers_that_set_
     units, n = _groups([64])
     with pytest.raises(InfeasiblePlanError, match=r"floor of 2\.625 ms.*stem \(2 ms\)") as e:
         select_latency(units, [0], np.ones(n), [63], table, 1.0)
-    assert "0.5 ms are not in any prunable layer" in str(e.value)
+    assert "2.5 ms are in no prunable channel group" in str(e.value)  # rest 0.5 + the stem 2.0
 
 
 def test_cost_table_round_trips_through_its_cache_file_and_refuses_a_stale_one(tmp_path) -> None:
@@ -249,3 +249,55 @@ def test_latency_plan_of_an_analysis_equals_the_plan_of_the_model_and_prints_its
     assert (again.latency_before_ms, again.latency_after_ms) == (p.latency_before_ms, p.latency_after_ms)
     assert slimprune.plan(m, 0.3, example_inputs=x).latency_before_ms is None  # only latency plans predict it
     assert_pruned_equals_silenced(m, p, x)  # exact: the pruned net computes what the silenced original computes
+
+
+def test_an_op_costs_its_call_overhead_plus_its_kept_fraction_of_the_rest() -> None:
+    op = OpCost("relu", 1.0, groups=(0, 1), counts=(32, 32), fixed=0)
+    widths = {0: 32, 1: 64}
+    assert op.ms({}, widths, 0.1) == pytest.approx(1.0)
+    # group 0 halved: a quarter of the op's channels gone; group 1's 32 channels lie in a group of 64
+    assert op.ms({0: 16}, widths, 0.1) == pytest.approx(0.1 + 0.9 * 0.75)
+    assert op.ms({0: 0, 1: 0}, widths, 0.1) == pytest.approx(0.1)
+    assert OpCost("size", 0.05).ms({0: 1}, widths, 0.1) == pytest.approx(0.05)  # no channels: fixed
+
+
+def test_the_solver_counts_what_narrowing_saves_in_the_ops_on_a_group() -> None:
+    # Group 0's only layer is cheap; an op on its channels is what costs: the solver must see it.
+    layer = _layer("conv", 0, None, 64, 3, 0.1)
+    op = OpCost("act", 2.0, groups=(0,), counts=(64,))
+    table = CostTable(KEY, (layer,), 0.0, 8, {0: 64}, (op,), 0.0)
+    units, n = _groups([64])
+    removed = select_latency(units, [0], np.arange(n, dtype=float), [63], table, 0.5 * table.full())
+    kept = int((~removed).sum())
+    assert table.predict({0: kept}) <= 0.5 * table.full() and kept <= 40
+    assert table.fixed_ms() == 0.0
+
+
+def test_a_layer_narrowed_on_both_sides_costs_at_least_its_floor() -> None:
+    lc = dataclasses.replace(_layer("conv", 0, 1, 64, 64, 1.0), floor_ms=0.1)
+    assert lc.ms(64, 64, 8) == pytest.approx(1.0)
+    assert lc.ms(32, 64, 8) == pytest.approx(0.5)  # one side full: the measured curve
+    assert lc.ms(64, 16, 8) == pytest.approx(0.25)
+    assert lc.ms(8, 8, 8) >= 0.1 and lc.ms(32, 32, 8) == pytest.approx(0.1 + 0.4 * 0.4 / 0.9)
+    assert lc.ms(32, 32, 8) > 0.5 * 0.5  # the product of the two curves would say 0.25
+    assert dataclasses.replace(lc, floor_ms=0.0).ms(32, 32, 8) == pytest.approx(0.25)  # unmeasured: the product
+
+
+def test_profile_times_the_ops_on_their_groups_and_leaves_out_folded_batchnorms(tmp_path) -> None:
+    torch.set_num_threads(1)
+    m, x = _net(), torch.randn(1, 3, 16, 16)
+    graph = slimprune.analyze(m, example_inputs=x).graph
+    table = profile(m, x, graph, threads=1, points=3, min_run_time=0.01, progress=False)
+    by_module = {s.module: graph.unit_to_group[s.units[0]] for s in graph.slices if s.param == "weight" and s.dim == 0}
+    kinds = {n.name: type(graph.gm.get_submodule(n.target)).__name__ for n in graph.gm.graph.nodes if n.op == "call_module"}
+    assert sorted(kinds[o.node] for o in table.ops) == ["ReLU", "ReLU"]  # the BatchNorms fold into the convs
+    relus = [o for o in table.ops if o.groups]
+    assert {o.groups for o in relus} == {(int(by_module["0"]),), (int(by_module["3"]),)}
+    assert all(o.full_ms > 0 and o.fixed == 0 for o in table.ops)
+    assert table.op_overhead_ms > 0 and table.scale > 0 and table.rest_ms >= 0
+    assert table.full() == pytest.approx(table.rest_ms + table.scale * (
+        sum(l.full_ms for l in table.layers) + sum(o.full_ms for o in table.ops)))
+    assert all(l.floor_ms > 0 for l in table.layers if l.out_widths and l.in_widths)
+    path = tmp_path / "t.json"
+    save_table(table, path)
+    assert load_table(path, table.key) == table
