@@ -93,7 +93,10 @@ def plan(
         seed: for ``importance="random"``.
         device: with ``target="latency"``: ``"cpu"`` or ``"cuda"``, where latency is timed.
         latency_table: with ``target="latency"``: a :class:`slimprune.latency.CostTable` made
-            by :func:`slimprune.latency.profile` (else the model is profiled here).
+            by :func:`slimprune.latency.profile`, used as it is (the plan is then a pure function
+            of it). Without one the model is profiled here, and the table is refined up to three
+            times at the widths the plan chose (:func:`slimprune.latency.refine`), so the
+            predicted latency is made of times measured at the kept widths.
 
     Returns:
         A frozen :class:`PruningPlan`.
@@ -192,11 +195,23 @@ def _select_ratio(analysis: Analysis, options: PlanOptions, scores: np.ndarray, 
     predicted: list[tuple[float, float]] = []
     if kind == "latency":
         from ._latency_solver import select_for_graph
-        table = _latency_table(analysis, options)
+        from .latency import refine
+        tables = [_latency_table(analysis, options)]
 
     def select(goal: float, cons: Constraints) -> np.ndarray:
         if kind == "latency":
-            removed_, note, ms = select_for_graph(graph, scores, goal, cons, table, options.round_to == "auto")
+            # A table profiled here is refined: the layers are timed again at the widths chosen
+            # and the choice made again (kernels change algorithm at some widths; see
+            # slimprune.latency.refine). A table the user passes is used as it is.
+            for rounds in range(_REFINE_ROUNDS + 1):
+                removed_, note, ms = select_for_graph(graph, scores, goal, cons, tables[0], options.round_to == "auto")
+                if options.latency_table is not None or rounds == _REFINE_ROUNDS:
+                    break
+                kept = {g.id: int((~removed_[g.units]).sum()) for g in graph.groups}
+                better = refine(tables[0], model, analysis.example_inputs, kept)
+                if better == tables[0]:
+                    break
+                tables[0] = better
             latency_notes[:], predicted[:] = [note], [ms]
             return removed_
         if kind is None:
@@ -232,6 +247,9 @@ def _select_ratio(analysis: Analysis, options: PlanOptions, scores: np.ndarray, 
             f"target='params' ratio={options.ratio} cannot be reached with fold_bias=True: the biases folding "
             f"adds to bias-less layers leave the saving at {got:.2%}. Lower the ratio or pass fold_bias=False."))
     return removed, folds, notes + latency_notes, (predicted[0] if predicted else None)
+
+
+_REFINE_ROUNDS = 3  # re-timings of a profiled latency table at the chosen widths
 
 
 def _latency_table(analysis: Analysis, options: PlanOptions) -> Any:

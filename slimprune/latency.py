@@ -35,7 +35,7 @@ import json
 import math
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ from torch import nn
 from .errors import ExampleInputError, FileFormatError, InvalidArgumentError, SlimpruneError
 
 __all__ = ["LayerCost", "OpCost", "CostTable", "TableKey", "profile", "table_key", "save_table", "load_table",
-           "stair_width", "deployed", "onnxruntime_session", "onnxruntime_times", "onnxruntime_latency", "check_device",
+           "stair_width", "refine", "deployed", "deployed_inputs", "onnxruntime_session", "onnxruntime_times", "onnxruntime_latency", "check_device",
            "LatencyDeviceError", "StaleCacheError", "BackendError"]
 
 FORMAT = 2
@@ -97,6 +97,14 @@ class LayerCost:
     in_ms: tuple[float, ...] = ()
     depthwise: bool = False
     floor_ms: float = 0.0  # the time with both widths at one staircase step (0: not measured)
+    points: tuple[tuple[int, int, float], ...] = ()  # (out, in, ms) timed exactly (see refine)
+
+    def point(self, kept_out: int, kept_in: int) -> float | None:
+        """The time measured at exactly these widths, if it was."""
+        for o, i, ms in self.points:
+            if o == kept_out and i == kept_in:
+                return ms
+        return None
 
     def _ratio(self, widths: tuple[int, ...], ms: tuple[float, ...], width: int, full: int, stair: int) -> float:
         if not widths or width >= full or self.full_ms <= 0:
@@ -118,6 +126,9 @@ class LayerCost:
         narrower, the times above the layer's floor (its time at one staircase step each
         way: what a kernel costs however narrow) multiply: ``c + (t_out - c)(t_in - c)/(T - c)``.
         """
+        exact = self.point(kept_out, kept_out if self.depthwise else kept_in) if self.points else None
+        if exact is not None:
+            return exact
         r_out = self._ratio(self.out_widths, self.out_ms, kept_out, self.out_width, stair)
         r_in = 1.0 if self.depthwise else self._ratio(self.in_widths, self.in_ms, kept_in, self.in_width, stair)
         full = self.full_ms
@@ -221,8 +232,8 @@ class CostTable:
     def from_dict(cls, d: Mapping[str, Any]) -> CostTable:
         if d.get("format") != FORMAT:
             raise FileFormatError(f"cost table format {d.get('format')!r} is not {FORMAT}; profile again")
-        layers = tuple(LayerCost(**{k: tuple(v) if isinstance(v, list) else v for k, v in l.items()})
-                       for l in d["layers"])
+        layers = tuple(LayerCost(**{k: (tuple(tuple(p) for p in v) if k == "points" else tuple(v))
+                                    if isinstance(v, list) else v for k, v in l.items()}) for l in d["layers"])
         ops = tuple(OpCost(**{k: tuple(v) if isinstance(v, list) else v for k, v in o.items()}) for o in d["ops"])
         return cls(TableKey(**d["key"]), layers, float(d["rest_ms"]), int(d["stair"]),
                    {int(k): int(v) for k, v in d["group_widths"].items()}, ops, float(d["op_overhead_ms"]),
@@ -398,21 +409,7 @@ def profile(model: nn.Module, example_inputs: Any, graph: Any, *, device: str | 
     prev = torch.get_num_threads()
 
     def timed(m: nn.Module, shape: tuple[int, ...], c_in: int, c_out: int, dw: bool) -> float:
-        k = (_signature(m, shape), c_in, c_out, dw)
-        if k not in memo:
-            layer = _make(m, c_in, c_out, dw).eval().to(dev)
-            x = torch.randn(*shape[:1], c_in, *shape[2:], device=dev) if len(shape) > 1 else torch.randn(c_in, device=dev)
-            if isinstance(m, nn.Linear):
-                x = torch.randn(*shape[:-1], c_in, device=dev)
-            elif dev.type == "cpu" and x.dim() == 4:
-                layer = layer.to(memory_format=torch.channels_last)
-                x = x.contiguous(memory_format=torch.channels_last)
-
-            def run() -> None:
-                with torch.no_grad():
-                    layer(x)
-            memo[k] = time_ms(run, dev, threads, min_run_time)
-        return memo[k]
+        return _time_layer(m, shape, c_in, c_out, dw, dev, threads, min_run_time, memo)
 
     layers: list[LayerCost] = []
     names = [n for n in shapes if isinstance(mods[n], (nn.Conv2d, nn.Linear))]
@@ -422,7 +419,7 @@ def profile(model: nn.Module, example_inputs: Any, graph: Any, *, device: str | 
     try:
         # The whole deployed model is timed before the layers and twice after them; their median
         # is what the parts must add up to (a load change during profiling moves it less).
-        dep, dev_inputs = deployed(model, dev), _to(inputs, dev)
+        dep, dev_inputs = deployed(model, dev), deployed_inputs(inputs, dev)
 
         def whole_fn() -> None:
             _no_grad_call(dep, dev_inputs)
@@ -552,7 +549,7 @@ def _op_costs(graph: Any, inputs: tuple[Any, ...], dev: torch.device, threads: i
     task = bar.add_task("profiling other ops", total=None) if bar is not None else None
     try:
         with torch.no_grad():
-            Timing(gm).run(*_to(inputs, dev))
+            Timing(gm).run(*deployed_inputs(inputs, dev))
     except Exception:
         return (), 0.0
     finally:
@@ -561,6 +558,63 @@ def _op_costs(graph: Any, inputs: tuple[Any, ...], dev: torch.device, threads: i
     one = torch.ones(1, device=dev)
     overhead = time_ms(lambda: torch.relu(one), dev, threads, min_run_time)
     return tuple(costs), overhead
+
+
+def _time_layer(m: nn.Module, shape: tuple[int, ...], c_in: int, c_out: int, dw: bool, dev: torch.device,
+                threads: int, min_run_time: float, memo: dict[tuple[Any, ...], float]) -> float:
+    """Milliseconds of a layer like ``m`` with ``c_in``/``c_out`` channels on an input of ``shape`` (memoised)."""
+    k = (_signature(m, shape), c_in, c_out, dw)
+    if k not in memo:
+        layer = _make(m, c_in, c_out, dw).eval().to(dev)
+        x = torch.randn(*shape[:1], c_in, *shape[2:], device=dev) if len(shape) > 1 else torch.randn(c_in, device=dev)
+        if isinstance(m, nn.Linear):
+            x = torch.randn(*shape[:-1], c_in, device=dev)
+        elif dev.type == "cpu" and x.dim() == 4:
+            layer = layer.to(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
+
+        def run() -> None:
+            with torch.no_grad():
+                layer(x)
+        memo[k] = time_ms(run, dev, threads, min_run_time)
+    return memo[k]
+
+
+def refine(table: CostTable, model: nn.Module, example_inputs: Any, kept: Mapping[int, int], *,
+           min_run_time: float = 0.05) -> CostTable:
+    """``table`` with every layer also timed at the widths ``kept`` gives it (an exact point).
+
+    Between its grid points a layer's time is interpolated, and CPU kernels do not change
+    smoothly: PyTorch picks another convolution algorithm when a layer's input falls under a
+    size (a narrow depthwise conv leaves oneDNN for a direct loop), so a pruned model's
+    layers can run at other speeds than the grid suggests. A latency plan refines its table
+    at the widths it chose and chooses again (see :func:`slimprune.plan`). ``model`` must be
+    the model ``table`` was profiled for, under the same conditions (device, threads).
+    """
+    dev = torch.device(table.key.device)
+    threads = table.key.threads
+    inputs = _inputs(example_inputs)
+    shapes = _input_shapes(_train_copy_state(model), inputs)
+    mods = dict(model.named_modules())
+    memo: dict[tuple[Any, ...], float] = {}
+    prev = torch.get_num_threads()
+    layers = []
+    torch.set_num_threads(threads)
+    try:
+        for l in table.layers:
+            ko = kept.get(l.out_group, l.out_width) if l.out_group is not None else l.out_width
+            ki = kept.get(l.in_group, l.in_width) if l.in_group is not None else l.in_width
+            if l.depthwise:
+                ki = ko
+            if (ko, ki) == (l.out_width, l.in_width) or ko <= 0 or ki <= 0 or l.point(ko, ki) is not None \
+                    or l.module not in shapes:
+                layers.append(l)
+                continue
+            ms = _time_layer(mods[l.module], shapes[l.module], ki, ko, l.depthwise, dev, threads, min_run_time, memo)
+            layers.append(replace(l, points=tuple(sorted((*l.points, (ko, ki, ms))))))
+    finally:
+        torch.set_num_threads(prev)
+    return replace(table, layers=tuple(layers))
 
 
 def _inputs(example_inputs: Any) -> tuple[Any, ...]:
@@ -574,7 +628,8 @@ def _inputs(example_inputs: Any) -> tuple[Any, ...]:
     return inputs
 
 
-def _to(inputs: tuple[Any, ...], dev: torch.device) -> tuple[Any, ...]:
+def deployed_inputs(inputs: tuple[Any, ...], dev: torch.device) -> tuple[Any, ...]:
+    """``inputs`` on ``dev``, 4-d tensors channels-last on the CPU: what the deployed form is fed."""
     out = tuple(x.to(dev) if isinstance(x, torch.Tensor) else x for x in inputs)
     if dev.type == "cpu":
         out = tuple(x.contiguous(memory_format=torch.channels_last) if isinstance(x, torch.Tensor) and x.dim() == 4

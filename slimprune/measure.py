@@ -89,6 +89,7 @@ class Latency:
     iqr_ms: float
     repeats: int
     backend: str = "torch"
+    deployed: bool = False  # timed in the deployed form (BatchNorm folded, channels-last on the CPU)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,6 +246,7 @@ def measure(
     threads: int | None = None,
     min_run_time: float = 1.0,
     backend: str = "torch",
+    deployed: bool = False,
 ) -> Measurement:
     """Measure parameters, MACs/FLOPs per layer and (optionally) latency of ``model``.
 
@@ -270,6 +272,11 @@ def measure(
             it is) or ``"onnxruntime"`` (the model in its deployed form, BatchNorm folded,
             exported with ``torch.onnx.export`` and run by onnxruntime's CPU provider with
             ``threads`` intra-op threads; needs ``pip install 'slimprune[onnx]'``, CPU only).
+        deployed: with ``backend="torch"``, time the model's deployed form instead of the
+            model as it is: a copy in eval mode with BatchNorm folded into the convs before
+            it and channels-last memory on the CPU (:func:`slimprune.latency.deployed`). That
+            is the form a ``target="latency"`` plan predicts (``plan.latency_after_ms``), so
+            compare those two. The model itself is not changed.
 
     Returns:
         A :class:`Measurement`.
@@ -307,8 +314,15 @@ def measure(
         total_flops, self_flops = _count_flops(model, _to_device(inputs, _device_of(model)))
         timing = None
         if latency:
-            timing = (_time_onnxruntime(model, inputs, threads, min_run_time) if backend == "onnxruntime"
-                      else _time(model, inputs, target, threads, min_run_time))
+            if backend == "onnxruntime":
+                timing = _time_onnxruntime(model, inputs, threads, min_run_time)
+            elif deployed:
+                from .latency import deployed as deployed_form, deployed_inputs
+                timing = dataclasses.replace(
+                    _time(deployed_form(model, target), deployed_inputs(inputs, target), target, threads, min_run_time),
+                    deployed=True)
+            else:
+                timing = _time(model, inputs, target, threads, min_run_time)
 
     layers = tuple(_layer_stats(model, self_flops))
     return Measurement(
@@ -334,7 +348,7 @@ def compare(
         pruned: the model after pruning.
         example_inputs: as for :func:`measure`.
         **kw: keyword arguments of :func:`measure` (``latency``, ``device``, ``threads``,
-            ``min_run_time``, ``backend``), used for both models.
+            ``min_run_time``, ``backend``, ``deployed``), used for both models.
 
     Returns:
         A :class:`Comparison`.
@@ -631,6 +645,6 @@ def _caption(measurement: Measurement) -> str:
     if latency is None:
         return f"inputs {shapes}; latency not measured"
     return (
-        f"inputs {shapes}; latency ({latency.backend}): median of {latency.repeats} blocks on {latency.device}, "
+        f"inputs {shapes}; latency ({latency.backend}{', deployed form' if latency.deployed else ''}): median of {latency.repeats} blocks on {latency.device}, "
         f"{latency.threads} thread(s), batch {latency.batch}"
     )

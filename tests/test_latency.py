@@ -16,7 +16,7 @@ from tests.helpers import assert_pruned_equals_silenced
 from slimprune._latency_solver import latency_floor, next_width, select_latency
 from slimprune.errors import InfeasiblePlanError
 from slimprune.latency import (BackendError, CostTable, LatencyDeviceError, LayerCost, OpCost, StaleCacheError, TableKey, check_device,
-                               grid_widths, load_table, onnxruntime_session, profile, save_table, stair_width,
+                               grid_widths, load_table, onnxruntime_session, profile, refine, save_table, stair_width,
                                table_key)
 
 KEY = TableKey("cpu", torch.__version__, 1, "abc", 8, 5)
@@ -301,3 +301,41 @@ def test_profile_times_the_ops_on_their_groups_and_leaves_out_folded_batchnorms(
     path = tmp_path / "t.json"
     save_table(table, path)
     assert load_table(path, table.key) == table
+
+
+def test_measure_times_the_deployed_form_a_latency_plan_predicts_and_leaves_the_model_alone() -> None:
+    m, x = _net(), torch.randn(1, 3, 16, 16)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    result = slimprune.measure.measure(m, x, min_run_time=0.05, threads=1, deployed=True)
+    assert result.latency is not None and result.latency.deployed and result.latency.median_ms > 0
+    assert "latency (torch, deployed form)" in result.table().caption
+    assert not slimprune.measure.measure(m, x, min_run_time=0.05, threads=1).latency.deployed
+    assert isinstance(m[1], nn.BatchNorm2d) and m[0].weight.is_contiguous()  # not folded, not channels-last
+    assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
+
+
+def test_refine_times_each_layer_at_the_chosen_widths_and_the_prediction_uses_those_times() -> None:
+    torch.set_num_threads(1)
+    m, x = _net(), torch.randn(1, 3, 16, 16)
+    graph = slimprune.analyze(m, example_inputs=x).graph
+    table = profile(m, x, graph, threads=1, points=2, min_run_time=0.01, progress=False)
+    kept = {g.id: 13 for g in graph.groups}  # off every grid point
+    fine = refine(table, m, x, kept, min_run_time=0.01)
+    assert [l.module for l in fine.layers] == [l.module for l in table.layers]
+    for before, after in zip(table.layers, fine.layers):
+        ko = 13 if before.out_group is not None else before.out_width
+        ki = 13 if before.in_group is not None else before.in_width
+        assert len(after.points) == 1 and after.point(ko, ki) is not None and after.point(ko, ki) > 0
+        assert after.ms(ko, ki, fine.stair) == after.point(ko, ki)
+        assert after.ms(before.out_width, before.in_width, fine.stair) == before.full_ms  # full widths as profiled
+    assert refine(fine, m, x, kept, min_run_time=0.01) == fine  # nothing new to time
+    assert fine.full() == pytest.approx(table.full())
+
+
+def test_a_latency_plan_that_profiles_its_own_table_is_exact_and_within_its_predicted_budget() -> None:
+    torch.set_num_threads(1)
+    m, x = _net(), torch.randn(1, 3, 16, 16)
+    p = slimprune.plan(m, 0.2, target="latency", example_inputs=x)
+    assert p.latency_before_ms is not None and p.latency_after_ms is not None
+    assert p.latency_after_ms <= 0.8 * p.latency_before_ms * (1 + 1e-9)
+    assert_pruned_equals_silenced(m, p, x)
