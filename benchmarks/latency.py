@@ -3,7 +3,9 @@
 For each model (random weights, batch 1, one CPU thread, ``--size`` px input):
 
 1. profile its cost table (:func:`slimprune.latency.profile`, cached under
-   ``benchmarks/results/latency_cache/``) and make ``plan(..., 0.5, target="latency")``;
+   ``benchmarks/results/latency_cache/``) to find the first feasible target (0.5, else 0.4, ...),
+   then make ``plan(..., target, target="latency")`` as a user would, without a table: it
+   profiles again and refines its table at the widths it chose;
 2. at the FLOPs that plan keeps, make a ``target="flops"`` plan and a Torch-Pruning
    (MetaPruner, L2 magnitude, classifier/detector heads ignored) model, its ``pruning_ratio``
    bisected to the same FLOPs (within 2%);
@@ -102,12 +104,16 @@ def run_model(name: str, size: int, rounds: int, min_run_time: float, cache: Pat
     target, p_lat = None, None
     for target in TARGETS:  # 0.5 first; a budget under the floor of what cannot be pruned is refused
         try:
-            p_lat = slimprune.plan(analysis, target, target="latency", latency_table=table)
+            slimprune.plan(analysis, target, target="latency", latency_table=table)
             break
         except slimprune.InfeasiblePlanError as exc:
             print(f"{name}: latency target {target} infeasible: {str(exc)[:300]}", file=sys.stderr)
-    if p_lat is None:
+    else:
         raise SystemExit(f"{name}: no latency target in {TARGETS} is feasible")
+    # The plan as a user makes it: without a table, so it profiles and refines its own.
+    t0 = time.perf_counter()
+    p_lat = slimprune.plan(analysis, target, target="latency")
+    plan_s = time.perf_counter() - t0
     lat = slimprune.apply(model, p_lat)
     kept_flops = p_lat.flops_after / p_lat.flops_before
     p_flops = slimprune.plan(analysis, 1.0 - kept_flops, target="flops")
@@ -127,7 +133,7 @@ def run_model(name: str, size: int, rounds: int, min_run_time: float, cache: Pat
     f = {k: flops(m, x) for k, m in nets.items()}
     speedup = med["original"] / med["latency"]
     return {
-        "model": name, "target": target, "size": size, "rounds": rounds, "profile_s": round(profile_s, 1),
+        "model": name, "target": target, "size": size, "rounds": rounds, "profile_s": round(profile_s, 1), "plan_s": round(plan_s, 1),
         "ms": {k: round(v, 3) for k, v in med.items()},
         "ms_spread": {k: [round(min(v), 3), round(max(v), 3)] for k, v in times.items()},
         "latency_ratio": round(med["latency"] / med["original"], 3),

@@ -167,5 +167,6 @@ def select_for_graph(graph: "ChannelGraph", scores: np.ndarray, fraction: float,
     kept = {g.id: int((~removed[g.units]).sum()) for g in graph.groups}
     after = table.predict(kept)
     note = (f"predicted latency {before:.3f} ms -> {after:.3f} ms ({after / before:.1%}; {table.key.device}, "
-            f"{table.key.threads} thread(s), deployed form); slimprune.measure gives the measured one")
+            f"{table.key.threads} thread(s), deployed form); slimprune.measure.measure(small, x, deployed=True) "
+            f"gives the measured one")
     return removed, note, (before, after)

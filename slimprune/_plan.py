@@ -146,7 +146,7 @@ class PruningPlan:
         if self.latency_before_ms is not None and self.latency_after_ms is not None:
             lines.append(f"  latency:  {self.latency_before_ms:.3f} ms -> {self.latency_after_ms:.3f} ms "
                          f"(-{100.0 * (1 - self.latency_after_ms / self.latency_before_ms):.1f}%, predicted; "
-                         f"slimprune.measure gives the measured one)")
+                         f"measure(deployed=True) gives the measured one)")
         shown = [g for g in self.groups if g.removed][:12]
         for g in shown:
             head = ", ".join(g.members[:3]) + (" ..." if len(g.members) > 3 else "")
