@@ -82,7 +82,7 @@ def model_predictions(model: torch.nn.Module, root: Path, size: int) -> tuple[di
 
 def benchmark(run_dir: Path, root: Path, size: int, upscale: float) -> list[dict[str, object]]:
     """Rows of the comparison table: name, parameters, AP per subset, ms per image."""
-    records = load_split(root, "val")
+    records = load_split(root, "val", skip_degenerate=False)  # every box, as the official evaluation
     subsets = load_subsets(root)
 
     def score(predictions: dict[str, np.ndarray]) -> EvalResult:

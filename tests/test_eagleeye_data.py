@@ -152,6 +152,26 @@ def test_truncated_file_is_an_error(tmp_path: Path) -> None:
     assert f"{txt}:4:" in str(err.value)
 
 
+def test_every_box_is_kept_as_written_when_asked_as_the_official_evaluation_reads_them(tmp_path: Path) -> None:
+    """skip_degenerate=False: zero-size and outside boxes stay, numbered 1..N, with no warning."""
+    import warnings
+
+    records = tiny_records(tmp_path)
+    a = records[0]
+    boxes = np.array([[10, 5, 20, 24], [3, 3, 0, 9], [85, 10, 5, 5], [1, 1, 4, 0]], np.float32)
+    bad = wider.ImageRecord(name=a.name, path=a.path, boxes=boxes, attrs=np.zeros((4, 6), np.int32))
+    txt = write_split(tmp_path, "val", [bad, *records[1:]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        back = wider.read_annotations(txt, tmp_path / "WIDER_val" / "images", skip_degenerate=False)
+    np.testing.assert_array_equal(back[0].boxes, boxes)
+    np.testing.assert_array_equal(back[0].ids(), [1, 2, 3, 4])
+    dataset = wider.WiderFaceDataset(tmp_path, "val")  # the dataset keeps them for evaluation ...
+    assert len(dataset.records[0].boxes) == 4
+    _, targets = dataset.load(0)  # ... and trains on the ones with area inside the image
+    assert len(targets) == 1
+
+
 def test_bad_boxes_are_skipped_with_one_counted_warning(tmp_path: Path) -> None:
     """Zero-size and fully-outside boxes go, once-warned with their count; positions are kept."""
     records = tiny_records(tmp_path)

@@ -432,3 +432,23 @@ def test_equals_the_literal_matlab_transcription(case, iou: float) -> None:
         assert result.ap["s"] == pytest.approx(expected_ap, abs=1e-12)
     np.testing.assert_allclose(result.pr["s"][0], expected_p, atol=1e-12, equal_nan=True)
     np.testing.assert_allclose(result.pr["s"][1], expected_r, atol=1e-12, equal_nan=True)
+
+
+def test_a_zero_size_face_is_a_match_candidate_as_in_the_official_face_bbx_list(tmp_path: Path) -> None:
+    """The official code matches against every box as written: under the +1 pixel convention a
+    0 x 0 box is one pixel, a prediction on it recalls it. Read so (skip_degenerate=False), a
+    listed zero-size face is found; a reader that skips it leaves it counted but unmatchable."""
+    from examples.eagleeye.wider import read_annotations
+
+    txt = tmp_path / "gt.txt"
+    txt.write_text("e/a.jpg\n2\n10 10 0 0 0 0 0 0 0 0\n30 30 20 20 0 0 0 0 0 0\n")
+    subsets = {"s": {"e/a.jpg": np.array([1, 2])}}
+    preds = {"e/a.jpg": pred((10, 10, 0, 0, 0.9), (30, 30, 20, 20, 0.8))}
+    every = read_annotations(txt, tmp_path, check_images=False, skip_degenerate=False)
+    assert len(every[0].boxes) == 2
+    assert evaluate(preds, every, subsets).ap["s"] == pytest.approx(1.0)
+    with pytest.warns(UserWarning, match="skipped 1 box"):
+        fewer = read_annotations(txt, tmp_path, check_images=False)
+    # Only the 20 x 20 face can be recalled, by the lower-scored prediction, after the top one
+    # became a false positive: recall 0.5 at precision 0.5.
+    assert evaluate(preds, fewer, subsets).ap["s"] == pytest.approx(0.25)

@@ -57,11 +57,12 @@ tests/test_evaluate_official.py checks hand-computed cases where the official ru
 and the common ones differ, and compares this module on random cases with a literal,
 loop-by-loop transcription of the MATLAB functions (identical AP to 1e-12).
 
-Two inputs differ from the official ones by construction, not by rule: predictions
+One input differs from the official ones by construction, not by rule: predictions
 are held as ``x1, y1, x2, y2`` (the official ``x + w`` happens when a submission is
-read back, :func:`read_submission`), and the ground truth is what
-:func:`wider.read_annotations` keeps: it skips zero-size boxes and boxes outside the
-image, which the official ``face_bbx_list`` still holds as match candidates.
+read back, :func:`read_submission`). The ground truth is every box as written,
+zero-size boxes and boxes outside the image included, as the official ``face_bbx_list``
+holds them: read it with ``wider.load_split(root, "val", skip_degenerate=False)`` (what
+``WiderFaceDataset`` does); a reader that skips them drops match candidates.
 """
 
 from __future__ import annotations
@@ -245,7 +246,8 @@ def evaluate(
         predictions: image name -> ``[K, 5]`` array ``x1, y1, x2, y2, score`` in
             ORIGINAL image pixels, rows in any order. Images without an entry have no
             predictions.
-        records: the ground truth (``wider.load_split(root, "val")``).
+        records: the ground truth, every box as written
+            (``wider.load_split(root, "val", skip_degenerate=False)``).
         subsets: ``{subset: {image name: 1-based face indices}}``
             (``wider.load_subsets(root)``), indices in annotation numbering
             (``ImageRecord.ids()``). Every subset given is evaluated.
@@ -260,7 +262,8 @@ def evaluate(
             shape or a non-finite score.
 
     Example:
-        >>> result = evaluate(preds, wider.load_split(root, "val"), wider.load_subsets(root))  # doctest: +SKIP
+        >>> gt = wider.load_split(root, "val", skip_degenerate=False)  # doctest: +SKIP
+        >>> result = evaluate(preds, gt, wider.load_subsets(root))  # doctest: +SKIP
         >>> result.ap["hard"]  # doctest: +SKIP
     """
     names = {r.name for r in records}

@@ -125,7 +125,8 @@ def _image_hw(path: Path, txt_path: Path, lineno: int, name: str) -> tuple[int, 
     return h, w
 
 
-def read_annotations(txt_path: Path, image_root: Path, check_images: bool = True) -> list[ImageRecord]:
+def read_annotations(txt_path: Path, image_root: Path, check_images: bool = True,
+                     skip_degenerate: bool = True) -> list[ImageRecord]:
     """Read a ``wider_face_*_bbx_gt.txt`` file.
 
     Args:
@@ -134,12 +135,16 @@ def read_annotations(txt_path: Path, image_root: Path, check_images: bool = True
             (``WIDER_<split>/images``).
         check_images: open each image header to check it exists and to drop boxes
             that lie entirely outside it (fast: pixels are not decoded).
+        skip_degenerate: skip boxes of zero or negative size and boxes with no pixel
+            inside the image. ``False`` keeps every box as written, as the official
+            evaluation code does (its ``face_bbx_list`` holds them all as match
+            candidates: under its +1 pixel convention a 0 x 0 box is one pixel, and a
+            prediction on it can recall it): evaluation reads the ground truth so.
 
     Returns:
-        One record per image, in file order. Boxes of zero or negative size and boxes
-        with no pixel inside the image are skipped (``face_ids`` keeps the original
-        positions) and reported by a single :class:`WiderFormatWarning`. Boxes that
-        stick partly out of the image are kept as written.
+        One record per image, in file order. Skipped boxes (``face_ids`` keeps the
+        original positions) are reported by a single :class:`WiderFormatWarning`.
+        Boxes that stick partly out of the image are kept as written.
 
     Raises:
         WiderFormatError: a listed image is missing (names it), or a line is malformed
@@ -192,7 +197,7 @@ def read_annotations(txt_path: Path, image_root: Path, check_images: bool = True
             box, attr = _parse_face_line(lines[i], txt_path, i + 1)
             x1, y1, w, h = box
             outside = hw is not None and (x1 >= hw[1] or y1 >= hw[0] or x1 + w <= 0 or y1 + h <= 0)
-            if w <= 0 or h <= 0 or outside:
+            if skip_degenerate and (w <= 0 or h <= 0 or outside):
                 why = "zero size" if w <= 0 or h <= 0 else f"outside the {hw[1]}x{hw[0]} image"
                 skipped.append(f"{txt_path}:{i + 1} ({why})")
             else:
@@ -404,8 +409,9 @@ def check_layout(root: Path, split: str) -> tuple[Path, Path]:
     return txt, images
 
 
-def load_split(root: Path, split: str) -> list[ImageRecord]:
-    """Read the annotations of one split (``"train"`` or ``"val"``) of a WIDER root.
+def load_split(root: Path, split: str, skip_degenerate: bool = True) -> list[ImageRecord]:
+    """Read the annotations of one split (``"train"`` or ``"val"``) of a WIDER root
+    (``skip_degenerate``: see :func:`read_annotations`; evaluation passes ``False``).
 
     Raises:
         WiderFormatError: ``root`` is not in the WIDER layout (the message names the
@@ -416,7 +422,7 @@ def load_split(root: Path, split: str) -> list[ImageRecord]:
         >>> records = load_split(Path("data/synthfaces"), "val")  # doctest: +SKIP
     """
     txt, images = check_layout(root, split)
-    return read_annotations(txt, images)
+    return read_annotations(txt, images, skip_degenerate=skip_degenerate)
 
 
 def xywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
@@ -448,7 +454,9 @@ class WiderFaceDataset(torch.utils.data.Dataset):
         self.split = split
         self.transform = transform
         self.drop_invalid = drop_invalid
-        self.records: list[ImageRecord] = load_split(self.root, split)
+        # Every box as written (what the official evaluation matches against); load()
+        # drops the ones with no area after clipping from the training targets.
+        self.records: list[ImageRecord] = load_split(self.root, split, skip_degenerate=False)
 
     def __len__(self) -> int:
         return len(self.records)
