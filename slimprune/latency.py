@@ -52,7 +52,7 @@ __all__ = ["LayerCost", "OpCost", "CostTable", "TableKey", "profile", "table_key
 FORMAT = 2
 
 
-class LatencyDeviceError(SlimpruneError, ValueError):
+class LatencyDeviceError(InvalidArgumentError):
     """The device asked for latency cannot be used here."""
 
 
@@ -264,22 +264,29 @@ def load_table(path: str | os.PathLike[str], key: TableKey) -> CostTable:
     return table
 
 
-def check_device(device: str | torch.device) -> torch.device:
-    """``device`` as a torch.device that can time here, or :class:`LatencyDeviceError`."""
+def check_device(device: str | torch.device, what: str = "latency") -> torch.device:
+    """``device`` as a concrete torch.device that can time here (``cuda`` with its index), or
+    :class:`LatencyDeviceError` saying why not; ``what`` names the caller in the message."""
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as e:
-        raise LatencyDeviceError(f"device {device!r} is not a device torch knows: {e}; use 'cpu' or 'cuda'") from e
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise LatencyDeviceError(
-                f"device={str(device)!r} asks for GPU latency, but torch {torch.__version__} sees no CUDA device "
-                f"here (torch.cuda.is_available() is False). Profile on the machine you deploy to, or use device='cpu'.")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise LatencyDeviceError(f"device={str(device)!r}: only {torch.cuda.device_count()} CUDA device(s) here")
-    elif dev.type != "cpu":
-        raise LatencyDeviceError(f"latency is measured on 'cpu' or 'cuda', got device={str(device)!r}")
-    return dev
+        raise LatencyDeviceError(f"{what}: device={device!r} is not a device name torch knows ({e}); "
+                                 f"use 'cpu' or 'cuda'") from e
+    if dev.type == "cpu":
+        return dev
+    if dev.type != "cuda":
+        raise LatencyDeviceError(f"{what} is measured on 'cpu' or 'cuda', got device={str(device)!r}")
+    if not torch.cuda.is_available():
+        raise LatencyDeviceError(
+            f"device={str(device)!r} asks for GPU {what}, but torch {torch.__version__} sees no CUDA device here "
+            f"(CUDA is not available: torch.cuda.is_available() is False). Time it on the machine you deploy "
+            f"to, or use device='cpu'.")
+    index = torch.cuda.current_device() if dev.index is None else dev.index
+    if index >= torch.cuda.device_count():
+        raise LatencyDeviceError(
+            f"device={str(device)!r} names GPU {index}, but only {torch.cuda.device_count()} GPU(s) are visible; "
+            f"use 'cuda:0' to 'cuda:{torch.cuda.device_count() - 1}'")
+    return torch.device("cuda", index)
 
 
 def deployed(model: nn.Module, device: torch.device) -> nn.Module:

@@ -405,27 +405,10 @@ def _as_input_tuple(example_inputs: Any) -> tuple[Any, ...]:
 
 
 def _resolve_device(device: str | torch.device) -> torch.device:
-    """Return ``device`` as a concrete CPU or CUDA device, or explain why it cannot be used."""
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise InvalidArgumentError(f"measure(device={device!r}) is not a device name torch knows; use 'cpu' or 'cuda'.") from e
-    if resolved.type == "cpu":
-        return resolved
-    if resolved.type != "cuda":
-        raise InvalidArgumentError(f"measure(device={device!r}) is not supported for measuring; use 'cpu' or 'cuda'.")
-    if not torch.cuda.is_available():
-        raise InvalidArgumentError(
-            f"device={device!r} was requested but CUDA is not available here "
-            "(torch.cuda.is_available() is False); pass device='cpu' or run on a machine with a CUDA GPU."
-        )
-    index = torch.cuda.current_device() if resolved.index is None else resolved.index
-    if index >= torch.cuda.device_count():
-        raise InvalidArgumentError(
-            f"device={device!r} names GPU {index}, but only {torch.cuda.device_count()} "
-            f"GPU(s) are visible; use 'cuda:0' to 'cuda:{torch.cuda.device_count() - 1}'."
-        )
-    return torch.device("cuda", index)
+    """``device`` as a concrete CPU or CUDA device, or an error saying why it cannot be used."""
+    from .latency import check_device
+
+    return check_device(device, "measure")
 
 
 def _device_of(model: nn.Module) -> torch.device:
