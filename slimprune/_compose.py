@@ -16,7 +16,7 @@ import torch
 from ._analysis import Analysis
 from ._options import PlanOptions
 from ._plan import PruningPlan, fingerprint
-from .errors import RegionFallbackWarning
+from .errors import RegionFallbackWarning, user_stacklevel
 
 __all__ = ["plan_regions"]
 
@@ -79,7 +79,7 @@ def _compose(analysis: Analysis, subplans: list[tuple[str, PruningPlan]], option
         warnings.warn(
             f"slimprune: {notes[0]}. Channels at those boundaries and outside the regions are not pruned. "
             f"Fix: make the failing module traceable, or mark it opaque=[...] so the rest traces whole "
-            f"(plan.notes lists the regions and what was not reached).", RegionFallbackWarning, stacklevel=5)
+            f"(plan.notes lists the regions and what was not reached).", RegionFallbackWarning, stacklevel=user_stacklevel())
     before = sum(p.numel() for p in model.parameters())
     after = before - sum(sp.params_before - sp.params_after for _, sp in subplans)
     recorded = options.record()

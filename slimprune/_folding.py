@@ -24,6 +24,7 @@ from torch import nn
 from ._gamma import unit_gamma_max
 from ._graph import ChannelGraph
 from ._plan import Fold
+from .errors import user_stacklevel
 from ._silence import merge_stats, probe_consumers, silenced, zero_list
 from ._solver import Constraints, apply_rounding, group_caps
 from ._zero_proof import zero_at_consumers
@@ -323,6 +324,6 @@ def warn_inexact(notes: list[str]) -> None:
                or "verified" in n]
     if serious:
         warnings.warn("slimprune: the pruned model will not equal the silenced original exactly:\n  - "
-                      + "\n  - ".join(dict.fromkeys(serious)), stacklevel=4)  # the caller of plan()
+                      + "\n  - ".join(dict.fromkeys(serious)), stacklevel=user_stacklevel())
 
 

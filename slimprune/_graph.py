@@ -26,7 +26,7 @@ from torch import nn
 from ._channels import ChannelInfo as ChannelInfo
 from ._channels import SizeOf as SizeOf
 from ._trace import SHAPE, Traced
-from .errors import RuleError, UnsupportedOpWarning
+from .errors import RuleError, UnsupportedOpWarning, user_stacklevel
 from .rules import lookup_rule
 
 __all__ = [
@@ -613,7 +613,7 @@ def _warn_barriers(barriers: Iterable[Barrier]) -> None:
         f"(barriers):\n{lines}\nRegister a rule with @slimprune.register_rule(<op>) or mark the "
         f"module opaque to silence this warning.",
         UnsupportedOpWarning,
-        stacklevel=3,
+        stacklevel=user_stacklevel(),
     )
 
 

@@ -24,7 +24,7 @@ from ._dropin import collapse_children, dropin
 from ._edits import apply_edits, encode
 from ._plan import PruningPlan
 from ._trace import describe_fixed, symbolic_else_concrete
-from .errors import PlanMismatchError, ShapeSpecializationWarning
+from .errors import PlanMismatchError, ShapeSpecializationWarning, user_stacklevel
 from .rules import has_module_rule, lookup_rule
 from .rules.heads import resize_heads, snapshot_heads
 
@@ -236,7 +236,7 @@ def apply_plan(model: nn.Module, plan: PruningPlan, inplace: bool = False) -> nn
             f"shape {list(plan.input_shapes)}: Python decisions on shapes were fixed there "
             f"({describe_fixed(fixed)}). Run it on inputs of those shapes, or "
             f"make the plan with example_inputs= of the shape you will use.",
-            ShapeSpecializationWarning, stacklevel=3,
+            ShapeSpecializationWarning, stacklevel=user_stacklevel(),
         )
     for node in graph.nodes:  # constants fx made while tracing live on the traced module only
         if node.op == "get_attr" and traced is not None and not _has_path(target, str(node.target)):

@@ -93,3 +93,17 @@ class ShapeSpecializationWarning(UserWarning):
 class RuleReplacedWarning(UserWarning):
     """:func:`slimprune.register_rule` replaced the rule a target already had (pass
     ``replace=True`` to say that is intended)."""
+
+
+def user_stacklevel() -> int:
+    """The ``warnings.warn`` stacklevel, for the function calling this, that points at the first
+    frame outside slimprune: a warning names the user's line whether it came through
+    ``plan``, ``prune`` or ``apply``, however deep inside slimprune it was raised."""
+    import os
+    import sys
+
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    level, frame = 1, sys._getframe(1)
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level

@@ -137,3 +137,13 @@ def test_a_rule_slicing_with_an_unknown_role_is_a_rule_error_listing_the_roles(d
     with pytest.warns(slimprune.UnsupportedOpWarning,
                       match=r"RuleError: a channel rule sliced twice\.weight .*role 'gain'; the roles are out, in, scale"):
         slimprune.analyze(_Net(), torch.randn(1, 3, 4, 4))
+
+
+def test_barrier_warnings_name_the_users_line_through_analyze_plan_and_prune(doubler_rule) -> None:
+    doubler_rule(lambda ctx, node: ctx.input(node, 0))  # a failing rule: a barrier, with a warning
+    x = torch.randn(1, 3, 4, 4)
+    for entry in (lambda: slimprune.analyze(_Net(), x), lambda: slimprune.plan(_Net(), 0.5, example_inputs=x),
+                  lambda: slimprune.prune(_Net(), 0.5, example_inputs=x)):
+        with pytest.warns(slimprune.UnsupportedOpWarning) as caught:
+            entry()
+        assert {w.filename for w in caught if w.category is slimprune.UnsupportedOpWarning} == {__file__}

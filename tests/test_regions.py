@@ -79,9 +79,13 @@ class _BranchesOnValues(torch.nn.Module):
 def test_falling_back_to_regions_warns_with_the_trace_error_and_the_regions():
     model = randomize_bn(_BranchesOnValues()).eval()
     x = torch.randn(1, 3, 8, 8)
-    with pytest.warns(slimprune.RegionFallbackWarning, match=r"_BranchesOnValues whole .*\[body\]"):
+    with pytest.warns(slimprune.RegionFallbackWarning, match=r"_BranchesOnValues whole .*\[body\]") as caught:
         plan = slimprune.plan(model, 0.5, example_inputs=x)
     assert [p for p, _ in plan.regions] == ["body"] and plan.removed_channels > 0
+    with pytest.warns(slimprune.RegionFallbackWarning) as through_prune:
+        slimprune.prune(model, 0.5, example_inputs=x)
+    # The warning names the user's line, whichever entry point it came through.
+    assert {w.filename for w in [*caught, *through_prune] if w.category is slimprune.RegionFallbackWarning} == {__file__}
 
 
 def test_a_model_traced_whole_gives_no_region_warning():
