@@ -141,12 +141,15 @@ def select_latency(units: Sequence[np.ndarray], group_ids: Sequence[int], scores
 
 
 def select_for_graph(graph: "ChannelGraph", scores: np.ndarray, fraction: float, constraints: "Constraints",
-                     table: CostTable, auto_round: bool) -> tuple[np.ndarray, str, tuple[float, float]]:
+                     table: CostTable, auto_round: bool, calibration: float = 1.0,
+                     ) -> tuple[np.ndarray, str, tuple[float, float]]:
     """Units of ``graph`` to remove so the predicted latency drops by ``fraction``, a note saying so,
     and the predicted milliseconds before and after.
 
     ``auto_round`` (``round_to="auto"``) keeps every group at a multiple of the table's
-    staircase step (or whole).
+    staircase step (or whole). ``calibration``: measured / predicted kept fraction of an earlier
+    candidate (see :mod:`._latency_calibration`); the table must then predict ``calibration``
+    times less, so the measured latency lands on the budget.
     """
     from ._solver import group_caps
 
@@ -162,7 +165,7 @@ def select_for_graph(graph: "ChannelGraph", scores: np.ndarray, fraction: float,
         capl.append(max(0, min(int(caps[g.id]), len(g) - must)))
     round_to = table.stair if auto_round else constraints.round_to
     before = table.full()
-    budget = (1.0 - fraction) * before
+    budget = (1.0 - fraction) * before / max(calibration, 1e-6)
     removed = select_latency(units, ids, s, capl, table, budget, round_to=round_to, num_units=graph.num_units)
     kept = {g.id: int((~removed[g.units]).sum()) for g in graph.groups}
     after = table.predict(kept)

@@ -24,6 +24,7 @@ from ._folding import threshold_removed, warn_inexact
 from ._freeze import _method_source as _method_source  # noqa: F401
 from ._freeze import fold_bias_params, make_plan
 from ._graph import ChannelGraph
+from ._latency_calibration import LatencyState, calibrated
 from ._importance import tiebreak_scores, unit_scores
 from ._options import PlanOptions, protected_units, silence_roles
 from ._plan import PruningPlan
@@ -149,12 +150,17 @@ def plan_analysis(analysis: Analysis, options: PlanOptions) -> PruningPlan:
     options.check_model(analysis.model)
     if analysis.by_regions:
         return plan_regions(analysis, options, plan_analysis)
-    plan_, notes = _plan_graph(analysis, options)
+    if options.target == "latency" and options.threshold is None and options.latency_table is None:
+        # Profiled here: the table is refined at the chosen widths and the total checked on the device.
+        plan_, notes = calibrated(analysis, options, _plan_graph, apply_plan)
+    else:
+        plan_, notes = _plan_graph(analysis, options)
     warn_inexact(notes)
     return plan_
 
 
-def _plan_graph(analysis: Analysis, options: PlanOptions) -> tuple[PruningPlan, list[str]]:
+def _plan_graph(analysis: Analysis, options: PlanOptions,
+                latency: LatencyState | None = None) -> tuple[PruningPlan, list[str]]:
     graph, model, predictor, cache = analysis.graph, analysis.model, analysis.predictor, analysis.probes
     assert graph is not None and predictor is not None  # by_regions is handled by the caller
     protected = protected_units(graph, model, options.protect)
@@ -168,7 +174,7 @@ def _plan_graph(analysis: Analysis, options: PlanOptions) -> tuple[PruningPlan, 
         folds, notes, _ = find_folds(graph, model, removed, keep_shift=fold_bias, roles=roles, cache=cache)
         notes = probe_notes + notes
     else:
-        removed, folds, notes, predicted = _select_ratio(analysis, options, scores, constraints, roles)
+        removed, folds, notes, predicted = _select_ratio(analysis, options, scores, constraints, roles, latency)
     # A latency plan's last note is its predicted latency: information, not a warning.
     serious = list(notes[:-1] if options.target == "latency" and options.threshold is None else notes)
     if graph.traced.method == "concrete":
@@ -183,7 +189,8 @@ def _plan_graph(analysis: Analysis, options: PlanOptions) -> tuple[PruningPlan, 
 
 
 def _select_ratio(analysis: Analysis, options: PlanOptions, scores: np.ndarray, constraints: Constraints,
-                  roles: tuple[str, ...]) -> tuple[np.ndarray, list, list[str], tuple[float, float] | None]:
+                  roles: tuple[str, ...], latency: LatencyState | None = None,
+                  ) -> tuple[np.ndarray, list, list[str], tuple[float, float] | None]:
     """The removed units, folds and notes of a ratio plan, and its predicted latency (ms before, after) if
     the target is latency."""
     graph, model, predictor, cache = analysis.graph, analysis.model, analysis.predictor, analysis.probes
@@ -196,22 +203,27 @@ def _select_ratio(analysis: Analysis, options: PlanOptions, scores: np.ndarray, 
     if kind == "latency":
         from ._latency_solver import select_for_graph
         from .latency import refine
-        tables = [_latency_table(analysis, options)]
+        if latency is None:
+            latency = LatencyState(_latency_table(analysis, options), refinable=False)
+        elif latency.table is None:
+            latency.table = _latency_table(analysis, options)
 
     def select(goal: float, cons: Constraints) -> np.ndarray:
         if kind == "latency":
             # A table profiled here is refined: the layers are timed again at the widths chosen
             # and the choice made again (kernels change algorithm at some widths; see
             # slimprune.latency.refine). A table the user passes is used as it is.
+            assert latency is not None and latency.table is not None
             for rounds in range(_REFINE_ROUNDS + 1):
-                removed_, note, ms = select_for_graph(graph, scores, goal, cons, tables[0], options.round_to == "auto")
-                if options.latency_table is not None or rounds == _REFINE_ROUNDS:
+                removed_, note, ms = select_for_graph(graph, scores, goal, cons, latency.table,
+                                                      options.round_to == "auto", latency.calibration)
+                if not latency.refinable or rounds == _REFINE_ROUNDS:
                     break
                 kept = {g.id: int((~removed_[g.units]).sum()) for g in graph.groups}
-                better = refine(tables[0], model, analysis.example_inputs, kept)
-                if better == tables[0]:
+                better = refine(latency.table, model, analysis.example_inputs, kept)
+                if better == latency.table:
                     break
-                tables[0] = better
+                latency.table = better
             latency_notes[:], predicted[:] = [note], [ms]
             return removed_
         if kind is None:

@@ -362,8 +362,10 @@ def _input_shapes(model: nn.Module, inputs: tuple[Any, ...]) -> dict[str, tuple[
                 shapes.setdefault(name, tuple(args[0].shape))  # returning it would replace the output
             hooks.append(m.register_forward_hook(hook))
     try:
+        from ._trace import call_model
+
         with torch.no_grad():
-            model.eval()(*inputs)
+            call_model(model.eval(), inputs)
     finally:
         for h in hooks:
             h.remove()
@@ -636,17 +638,25 @@ def _inputs(example_inputs: Any) -> tuple[Any, ...]:
 
 
 def deployed_inputs(inputs: tuple[Any, ...], dev: torch.device) -> tuple[Any, ...]:
-    """``inputs`` on ``dev``, 4-d tensors channels-last on the CPU: what the deployed form is fed."""
-    out = tuple(x.to(dev) if isinstance(x, torch.Tensor) else x for x in inputs)
-    if dev.type == "cpu":
-        out = tuple(x.contiguous(memory_format=torch.channels_last) if isinstance(x, torch.Tensor) and x.dim() == 4
-                    else x for x in out)
-    return out
+    """``inputs`` on ``dev``, 4-d tensors channels-last on the CPU: what the deployed form is fed
+    (keyword inputs stay keyword inputs)."""
+    from ._trace import KeywordInputs
+
+    def moved(x: Any) -> Any:
+        if not isinstance(x, torch.Tensor):
+            return x
+        x = x.to(dev)
+        return x.contiguous(memory_format=torch.channels_last) if dev.type == "cpu" and x.dim() == 4 else x
+    if isinstance(inputs, KeywordInputs):
+        return KeywordInputs({k: moved(v) for k, v in inputs.as_dict().items()})
+    return tuple(moved(x) for x in inputs)
 
 
 def _no_grad_call(m: nn.Module, inputs: tuple[Any, ...]) -> None:
+    from ._trace import call_model
+
     with torch.no_grad():
-        m(*inputs)
+        call_model(m, inputs)
 
 
 class BackendError(SlimpruneError, RuntimeError):

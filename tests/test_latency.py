@@ -332,10 +332,56 @@ def test_refine_times_each_layer_at_the_chosen_widths_and_the_prediction_uses_th
     assert fine.full() == pytest.approx(table.full())
 
 
-def test_a_latency_plan_that_profiles_its_own_table_is_exact_and_within_its_predicted_budget() -> None:
+def test_a_latency_plan_that_profiles_its_own_table_is_exact_and_carries_measured_latencies() -> None:
     torch.set_num_threads(1)
     m, x = _net(), torch.randn(1, 3, 16, 16)
     p = slimprune.plan(m, 0.2, target="latency", example_inputs=x)
     assert p.latency_before_ms is not None and p.latency_after_ms is not None
-    assert p.latency_after_ms <= 0.8 * p.latency_before_ms * (1 + 1e-9)
+    assert 0 < p.latency_after_ms and 0 < p.latency_before_ms
+    assert "measured latency" in p.notes[-1] and "the cost table predicted" in p.notes[-1]
     assert_pruned_equals_silenced(m, p, x)
+
+
+def test_calibration_rescales_the_budget_until_the_measured_fraction_is_the_one_asked_for(monkeypatch) -> None:
+    """A fake device that runs every candidate at 0.7x what the table predicts: the second
+    candidate, planned with the budget scaled by measured / predicted, lands on the goal."""
+    from slimprune import _latency_calibration as cal
+    from slimprune import latency as lat
+
+    @dataclasses.dataclass(frozen=True)
+    class Plan:
+        latency_before_ms: float
+        latency_after_ms: float
+        notes: tuple[str, ...] = ("predicted latency ...",)
+
+    class Timed(nn.Module):
+        def __init__(self, kept: float) -> None:
+            super().__init__()
+            self.kept = kept
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            ran.append(self.kept)
+            return x
+
+    ran: list[float] = []
+    calls: list[float] = []
+
+    def plan_graph(analysis, options, state):
+        calls.append(state.calibration)
+        return Plan(10.0, 10.0 * min(1.0, 0.5 / state.calibration)), []
+
+    def apply_fn(model, plan):
+        return Timed(0.7 * plan.latency_after_ms / plan.latency_before_ms)
+
+    def fake_time(fn, dev, threads, min_run_time):
+        fn()
+        return 4.0 * ran[-1]
+
+    monkeypatch.setattr(lat, "deployed", lambda m, dev: m)
+    monkeypatch.setattr(lat, "time_ms", fake_time)
+    analysis = type("A", (), {"model": Timed(1.0), "example_inputs": torch.zeros(1)})()
+    options = type("O", (), {"device": "cpu", "ratio": 0.5})()
+    p, _ = cal.calibrated(analysis, options, plan_graph, apply_fn)
+    assert calls == [1.0, pytest.approx(0.7)]  # the second round asks the table for 0.5 / 0.7
+    assert p.latency_before_ms == pytest.approx(4.0) and p.latency_after_ms == pytest.approx(2.0)
+    assert "measured latency 4.000 ms -> 2.000 ms (50.0% kept" in p.notes[-1] and "2 candidate(s)" in p.notes[-1]
