@@ -25,6 +25,7 @@ import torch.fx as fx
 from torch import nn
 
 from ._augmented import InplaceProxy
+from ._meta_shapes import run_on_meta, same_shape_function, same_shape_module
 from ._modes import kept_modes
 from .errors import ExampleInputError, TraceError
 
@@ -652,6 +653,18 @@ class GraphRunner(fx.Interpreter):
 
 
 class _ShapeRecorder(GraphRunner):
+    def __init__(self, gm: fx.GraphModule, on_meta: bool = False) -> None:
+        super().__init__(gm)
+        self.on_meta = on_meta  # answer the ops whose meta output is known without running them
+
+    def call_module(self, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        known = same_shape_module(self.fetch_attr(target), args, kwargs) if self.on_meta else None
+        return known if known is not None else super().call_module(target, args, kwargs)
+
+    def call_function(self, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        known = same_shape_function(target, args, kwargs) if self.on_meta else None
+        return known if known is not None else super().call_function(target, args, kwargs)
+
     def run_node(self, n: fx.Node) -> Any:
         try:
             result = super().run_node(n)
@@ -677,7 +690,9 @@ def propagate_shapes(gm: fx.GraphModule, example_inputs: tuple[Any, ...]) -> Non
     # The graph shares the model's buffers; a graph traced in train mode updates running
     # statistics even in eval mode (F.batch_norm(..., training=True) is a literal there).
     with evaluation_mode(gm), _preserved(gm):
-        _ShapeRecorder(gm).run(*example_inputs)
+        # Shapes without arithmetic where no shape needs a value (see _meta_shapes).
+        if not run_on_meta(gm, example_inputs, lambda inputs: _ShapeRecorder(gm, on_meta=True).run(*inputs)):
+            _ShapeRecorder(gm).run(*example_inputs)
 
 
 def _first_layer(model: nn.Module) -> nn.Module | None:
