@@ -352,3 +352,54 @@ def test_plain_torch_attention_loses_whole_heads_exactly(sdpa: bool) -> None:
     width = small.q.out_features
     assert width < 32 and width % 8 == 0  # whole heads of 8: the softmax scale is unchanged
     assert small.k.out_features == small.v.out_features == small.o.in_features == width
+
+
+def tiny_t5(impl: str, ff: str = "relu") -> transformers.T5ForConditionalGeneration:
+    torch.manual_seed(0)
+    cfg = transformers.T5Config(vocab_size=100, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                                relative_attention_num_buckets=8, feed_forward_proj=ff, decoder_start_token_id=0,
+                                pad_token_id=0, eos_token_id=1, attn_implementation=impl)
+    return transformers.T5ForConditionalGeneration(cfg).eval()
+
+
+T5_INPUTS = {"input_ids": IDS, "decoder_input_ids": IDS[:, :5], "use_cache": False}
+# what T5 keeps, named: its shared embeddings (the hidden width) and the cross-attention heads,
+# whose zero position bias (``torch.zeros((1, self.n_heads, ...))``, made by the first layer and
+# reused by the next) carries no labels
+T5_KEPT = ("is the same tensor as", "a per-head attn_mask (a position bias) whose heads are not labelled")
+
+
+@pytest.mark.parametrize("ff", ["relu", "gated-gelu"])
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_t5_heads_go_with_their_relative_position_bias_columns_exactly(impl: str, ff: str) -> None:
+    model = tiny_t5(impl, ff)
+    plan, barriers = plan_quietly(model, ratio=0.5, example_inputs=T5_INPUTS, allow_inexact=False)
+    assert all(any(k in b for k in T5_KEPT) for b in barriers), barriers
+    small = assert_pruned_equals_silenced(model, plan, T5_INPUTS)
+    assert type(small) is type(model) and not isinstance(small, slimprune.Rewritten)
+    for stack in (small.encoder, small.decoder):
+        first = stack.block[0].layer[0].SelfAttention
+        heads = [b.layer[0].SelfAttention.n_heads for b in stack.block]
+        # the bias table is computed once, by the first layer, and reused: every layer's
+        # self-attention keeps the same heads, and the table keeps their columns
+        assert first.relative_attention_bias.embedding_dim == heads[0] == heads[1]
+        for b in stack.block:
+            att = b.layer[0].SelfAttention
+            assert att.q.out_features == att.k.out_features == att.v.out_features == att.o.in_features == att.inner_dim
+            assert att.inner_dim == att.n_heads * att.key_value_proj_dim
+    assert small.encoder.block[0].layer[0].SelfAttention.n_heads < 4
+    ffn = [b.layer[-1].DenseReluDense for b in small.encoder.block]
+    assert all(f.wo.in_features < 64 for f in ffn)
+    if ff.startswith("gated"):
+        assert all(f.wi_0.out_features == f.wi_1.out_features == f.wo.in_features for f in ffn)
+
+
+def test_t5_generate_gives_the_silenced_originals_tokens() -> None:
+    model = tiny_t5("sdpa", "gated-gelu")
+    plan, _ = plan_quietly(model, ratio=0.5, example_inputs=T5_INPUTS, allow_inexact=False)
+    small, ref = slimprune.apply(model, plan), slimprune.silence(model, plan)
+    assert small.decoder.block[0].layer[0].SelfAttention.n_heads < 4
+    with torch.no_grad():
+        a = small.generate(IDS, max_new_tokens=6, do_sample=False, use_cache=True)
+        b = ref.generate(IDS, max_new_tokens=6, do_sample=False, use_cache=True)
+    assert a.shape[1] > 1 and torch.equal(a, b)

@@ -130,6 +130,14 @@ def _resize_gqa(m: nn.Module, orig: nn.Module) -> None:
             setattr(m, name, value)
 
 
+def _resize_t5(m: nn.Module, orig: nn.Module) -> None:
+    """T5/mT5/LongT5-style attention: ``n_heads`` (which sizes the zero position bias of a layer
+    without its own ``relative_attention_bias``) and ``inner_dim``; the bias table's head
+    columns are sliced with the heads they belong to by the graph (an embedding's columns)."""
+    m.n_heads = _heads_of(_width(m.q), m.key_value_proj_dim, m, "q")
+    m.inner_dim = m.n_heads * m.key_value_proj_dim
+
+
 # (module path, class names, resizer): the classes this version of transformers has get one
 _HEAD_RESIZERS: tuple[tuple[str, tuple[str, ...], Any], ...] = (
     ("transformers.models.bert.modeling_bert", ("BertSelfAttention", "BertCrossAttention"), _resize_bert),
@@ -138,6 +146,8 @@ _HEAD_RESIZERS: tuple[tuple[str, tuple[str, ...], Any], ...] = (
     ("transformers.models.vit.modeling_vit", ("ViTAttention", "ViTSelfAttention"), _resize_vit),
     ("transformers.models.clip.modeling_clip", ("CLIPAttention",), _resize_clip),
     ("transformers.models.gpt2.modeling_gpt2", ("GPT2Attention",), _resize_gpt2),
+    ("transformers.models.t5.modeling_t5", ("T5Attention",), _resize_t5),
+    ("transformers.models.mt5.modeling_mt5", ("MT5Attention",), _resize_t5),
     ("transformers.models.llama.modeling_llama", ("LlamaAttention",), _resize_gqa),
     ("transformers.models.mistral.modeling_mistral", ("MistralAttention",), _resize_gqa),
     ("transformers.models.qwen2.modeling_qwen2", ("Qwen2Attention",), _resize_gqa),
