@@ -403,3 +403,46 @@ def test_t5_generate_gives_the_silenced_originals_tokens() -> None:
         a = small.generate(IDS, max_new_tokens=6, do_sample=False, use_cache=True)
         b = ref.generate(IDS, max_new_tokens=6, do_sample=False, use_cache=True)
     assert a.shape[1] > 1 and torch.equal(a, b)
+
+
+def tiny_vision(family: str, impl: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    if family == "swin":  # 8x8 patches, windows of 4: the second block of stage 1 is shifted (roll)
+        cfg = transformers.SwinConfig(image_size=32, patch_size=4, embed_dim=16, depths=[2, 1], num_heads=[2, 4],
+                                      window_size=4, mlp_ratio=2.0, attn_implementation=impl)
+        return transformers.SwinModel(cfg).eval()
+    cfg = transformers.SegformerConfig(num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[16, 32],
+                                       patch_sizes=[7, 3], strides=[4, 2], num_attention_heads=[2, 4],
+                                       mlp_ratios=[2, 2], attn_implementation=impl)
+    return transformers.SegformerModel(cfg).eval()
+
+
+def vision_heads(model: torch.nn.Module) -> list[tuple[int, int]]:
+    """(query heads from the weights, the module's num_attention_heads) per attention module."""
+    return [(m.q_proj.out_features // m.head_dim, m.num_attention_heads) for m in model.modules()
+            if type(m).__name__ in ("SwinAttention", "SegformerAttention")]
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+@pytest.mark.parametrize("family", ["swin", "segformer"])
+def test_swin_and_segformer_heads_and_mlp_widths_are_removed_exactly(family: str, impl: str) -> None:
+    model = tiny_vision(family, impl)
+    pixels = {"pixel_values": torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))}
+    plan, barriers = plan_quietly(model, ratio=0.5, example_inputs=pixels, allow_inexact=False)
+    assert not barriers
+    small = assert_pruned_equals_silenced(model, plan, pixels)
+    before, after = vision_heads(model), vision_heads(small)
+    assert all(w == n for w, n in after) and sum(w for w, _ in after) < sum(w for w, _ in before)
+    assert min(w for w, _ in after) >= 1
+    if family == "swin":  # the (2W-1)^2 x heads table keeps the columns of the kept heads
+        for m in small.modules():
+            if type(m).__name__ == "SwinAttention":
+                assert m.relative_position_bias.relative_position_bias_table.shape == (49, m.num_attention_heads)
+    else:  # the Mix-FFN: fc1 -> depthwise conv -> fc2, one width
+        for m in small.modules():
+            if type(m).__name__ == "SegformerMixMLP":
+                conv = m.dwconv.dwconv
+                assert m.fc1.out_features == conv.in_channels == conv.groups == m.fc2.in_features
+        assert any(m.fc1.out_features < m.fc1.in_features * 2 for m in small.modules()
+                   if type(m).__name__ == "SegformerMixMLP")
+    assert type(small) is type(model) and not isinstance(small, slimprune.Rewritten)
