@@ -4,6 +4,8 @@ of the ``transformers`` package is looked up (slimprune never imports transforme
 * ``transformers.pytorch_utils.Conv1D`` (GPT-2, GPT, ...): ``x @ W + b`` with ``W`` stored
   (in, out), so a Linear's rule with the weight's dims swapped; ``resize`` updates ``nf``
   (the width its ``forward`` reshapes the output to) and ``nx``.
+* Swin's ``SwinRelativePositionBias``: a per-head table whose output is labelled by head (the
+  scores or sdpa's ``attn_mask`` tie it to the query heads), its columns sliced with them.
 * Attention classes: after whole heads are removed (see :mod:`slimprune.rules.heads`) the
   attributes their ``forward`` reads (``num_heads``, ``split_size``, ``num_key_value_groups``,
   ...) are updated by a *head resizer* per class (:func:`slimprune.rules.heads.register_head_resizer`).
