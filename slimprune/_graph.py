@@ -258,8 +258,8 @@ class _Builder:
         self.graph_index = 0
         self.other_edits: list[tuple[str, EditFn]] = []
         self.current: fx.GraphModule = traced.gm
-        self.tensor_owner: dict[int, tuple[str, str]] = {}
-        self.tied: set[int] = set()
+        # Every (module, name) each parameter tensor is sliced under (tied weights: several)
+        self.tensor_names: dict[int, dict[tuple[str, str], None]] = {}
         # Which parameter slices each call of a module registered: a module called at several
         # sites has one set of weights, so a slice only some calls could label is kept.
         self.site_keys: dict[str, list[frozenset[tuple[str, str, int]]]] = {}
@@ -350,20 +350,11 @@ class _Builder:
                 f"the roles are {', '.join(ROLES)}. Fix the rule's ctx.param(...) call to pass one of them.")
         key = (module, name, dim)
         labels = np.asarray(labels, dtype=np.int64)
-        # One tensor under two names (tied weights): slicing one name would untie them, so
-        # every channel through either name is kept.
+        # One tensor under two names (tied weights): see join_tied_tensors
         owner = self.current.get_submodule(module) if module else self.current
         tensor = getattr(owner, name, None)
         if isinstance(tensor, torch.Tensor):
-            first = self.tensor_owner.setdefault(id(tensor), (module, name))
-            if first != (module, name) or id(tensor) in self.tied:
-                self.tied.add(id(tensor))
-                self.keep(labels)
-                for (m2, n2, _), (lab2, _) in self.slices.items():
-                    if (m2, n2) in (first, (module, name)):
-                        self.keep(lab2)
-                self.barriers.append(Barrier(module, "shared parameter", module,
-                                             f"{module}.{name} is the same tensor as {'.'.join(first)}"))
+            self.tensor_names.setdefault(id(tensor), {})[(module, name)] = None
         if self._seen is not None:
             self._seen.add(key)
         if key in self.slices:  # a shared module or parameter: every use must agree
@@ -550,6 +541,28 @@ class _Builder:
                 if key in self.slices:
                     self.keep(self.slices[key][0])
 
+    def join_tied_tensors(self) -> None:
+        """One tensor under several names (tied input/output embeddings) is sliced once.
+
+        A dim every name slices has its labels tied across the names (one set of kept
+        channels, so the tensor stays one tensor after pruning); a dim only some names slice
+        (the vocabulary rows a tied ``lm_head`` outputs) is kept whole.
+        """
+        for names in self.tensor_names.values():
+            if len(names) < 2:
+                continue
+            dims: dict[int, list[np.ndarray]] = {}
+            for (m, n, d), (labels, _) in self.slices.items():
+                if (m, n) in names:
+                    dims.setdefault(d, []).append(labels)
+            for group in dims.values():
+                if len(group) == len(names):
+                    for other in group[1:]:
+                        self.tie(group[0], other)
+                else:
+                    for labels in group:
+                        self.keep(labels)
+
     def _sizes_used(self, node: fx.Node, value: Any) -> Any:
         """Channel counts read from a tensor and used as *data* keep their channels.
 
@@ -565,7 +578,9 @@ class _Builder:
                 if isinstance(self.values.get(n), SizeOf) for lab in self.values[n].labels()]
         if not used:
             return value
-        if self.shape(node) is None and value is None:  # Python arithmetic on sizes
+        shape = self.shape(node)
+        plain = shape is None or (type(shape) is tuple and all(s is None for s in shape))
+        if plain and value is None:  # Python arithmetic on sizes (or on tuples of them)
             return SizeOf(tuple(used), derived=True)
         for lab in used:
             self.keep(lab)
@@ -629,6 +644,7 @@ def build_channel_graph(traced: Traced, warn: bool = True) -> ChannelGraph:
     if traced.other_mode is not None:
         b.walk(traced.other_mode, 1)
     b.keep_partly_sliced()
+    b.join_tied_tensors()
     root = _union_find(b.next_id, b.ties)
     keep_root = root[KEEP]
 

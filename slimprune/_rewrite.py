@@ -72,6 +72,7 @@ def _new_tensors(model: nn.Module, plan: PruningPlan) -> dict[tuple[str, str], t
         # so only a channels-last original needs another copy, into its layout.
         out[(module, param)] = t if layout is None else t.contiguous(memory_format=layout)
 
+    _share_tied(model, out)
     deltas: dict[str, torch.Tensor] = {}
     for f in plan.folds:
         m = _owner(model, f.module)
@@ -98,6 +99,19 @@ def _new_tensors(model: nn.Module, plan: PruningPlan) -> dict[tuple[str, str], t
                 base = torch.zeros(d.shape, dtype=d.dtype, device=d.device)
         out[(module, name)] = (base + d.to(base.dtype)).clone()
     return out
+
+
+def _share_tied(model: nn.Module, out: dict[tuple[str, str], torch.Tensor]) -> None:
+    """Names of one original tensor (tied embeddings) get one sliced tensor, so they stay tied."""
+    first: dict[int, tuple[str, str]] = {}
+    for key in list(out):
+        original = getattr(_owner(model, key[0]), key[1])
+        seen = first.setdefault(id(original), key)
+        if seen != key:
+            if out[seen].shape != out[key].shape or not torch.equal(out[seen], out[key]):
+                raise PlanMismatchError(f"{key[0]}.{key[1]} is the same tensor as {seen[0]}.{seen[1]}, "
+                                        "but the plan slices them differently; re-plan on this model")
+            out[key] = out[seen]
 
 
 def _has_path(root: nn.Module, path: str) -> bool:
@@ -155,6 +169,7 @@ def _kept_outputs(m: nn.Module, plan: PruningPlan, module: str) -> tuple[int, ..
 
 
 def _assign(model: nn.Module, tensors: dict[tuple[str, str], torch.Tensor], originals: dict[str, nn.Module]) -> None:
+    made: dict[int, nn.Parameter] = {}  # one Parameter per tensor: tied names stay tied
     for (module, param), t in tensors.items():
         m = _owner(model, module)
         if param in m._buffers:
@@ -163,7 +178,9 @@ def _assign(model: nn.Module, tensors: dict[tuple[str, str], torch.Tensor], orig
             # requires_grad comes from the original parameter (the copy may hold a plain tensor)
             old = getattr(originals[module], param, None)
             req = old.requires_grad if isinstance(old, nn.Parameter) else True
-            setattr(m, param, nn.Parameter(t, requires_grad=req))
+            if id(t) not in made:
+                made[id(t)] = nn.Parameter(t, requires_grad=req)
+            setattr(m, param, made[id(t)])
     for module, orig in originals.items():
         m = _owner(model, module)
         rule = lookup_rule("call_module", None, m)

@@ -587,8 +587,27 @@ class _Rotary(nn.Module):
         return y * (cos.mean() + sin.mean())
 
 
+class _PositionBiased(nn.Module):
+    """Attention over a 2x2 window of 4 heads of 2 channels, with Swin's per-head bias table."""
+
+    def __init__(self, cls: type[nn.Module]) -> None:
+        super().__init__()
+        self.bias = cls(4, (2, 2))
+        nn.init.normal_(self.bias.relative_position_bias_table)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        b, n, _ = y.shape
+        q = y.view(b, n, -1, 2).transpose(1, 2)
+        w = torch.softmax(q @ q.transpose(-2, -1) + self.bias(), -1)
+        return (w @ q).transpose(1, 2).reshape(b, n, -1)
+
+
 def _transformers_cases() -> None:
+    from transformers.models.swin.modeling_swin import SwinRelativePositionBias
     from transformers.pytorch_utils import Conv1D
+
+    case("transformers SwinRelativePositionBias", lambda: _PositionBiased(SwinRelativePositionBias), module=True,
+         last_axis=True)
 
     case("transformers Conv1D", lambda: Conv1D(8, 8), module=True, last_axis=True)
     for family in ("llama", "mistral", "qwen2"):

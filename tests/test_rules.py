@@ -626,12 +626,38 @@ class Tied(nn.Module):
         return self.f2(F.relu(self.bn(self.f1(self.l0(x)))))
 
 
-def test_tied_parameters_are_kept_and_reported():
+def test_tied_parameters_whose_dims_meet_the_output_are_kept_whole_and_stay_tied():
+    """f1's rows are tied to f2's rows (the model output), and f1's columns to f2's columns
+    (f1's own rows): every channel of the shared weight is kept, with no barrier."""
     m, x = randomize_bn(Tied()).eval(), torch.randn(2, 4)
-    with pytest.warns(slimprune.UnsupportedOpWarning, match="same tensor as f1.weight"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", slimprune.UnsupportedOpWarning)
         plan = slimprune.plan(m, 0.5, example_inputs=x, fold_bias=False)
     small = assert_pruned_equals_silenced(m, plan, x)
     assert small.f1.weight is small.f2.weight and small.f1.weight.shape == (8, 8)
+
+
+class TiedInside(nn.Module):
+    """One square weight used twice inside the network: it can shrink, as one tensor."""
+
+    def __init__(self):
+        super().__init__()
+        self.l0, self.f1, self.f2, self.out = nn.Linear(4, 8), nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 3)
+        self.f2.weight = self.f1.weight
+
+    def forward(self, x):
+        return self.out(F.relu(self.f2(F.relu(self.f1(F.relu(self.l0(x)))))))
+
+
+def test_tied_parameters_are_sliced_once_and_stay_one_tensor():
+    torch.manual_seed(0)
+    m, x = TiedInside().eval(), torch.randn(2, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", slimprune.UnsupportedOpWarning)
+        plan = slimprune.plan(m, 0.5, example_inputs=x)
+    small = assert_pruned_equals_silenced(m, plan, x)
+    assert small.f1.weight is small.f2.weight and small.f1.weight.shape[0] == small.f1.weight.shape[1] < 8
+    assert m.f1.weight is m.f2.weight and m.f1.weight.shape == (8, 8)  # the original is untouched
 
 
 class SqueezeHead(nn.Module):

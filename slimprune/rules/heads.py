@@ -19,7 +19,10 @@ Multi-head attention as most code writes it::
 * **sdpa** (:func:`scaled_dot_product_attention`): q, k and v heads tied (with
   ``enable_gqa=True``, query head ``i`` with key/value head ``i // groups``: a group and its
   key/value head go together); channels inside a head are only pruned when ``scale`` is
-  a constant, as the default scale reads q's width.
+  a constant, as the default scale reads q's width. A per-head ``attn_mask`` (T5's relative
+  position bias, ``Embedding(buckets, heads)`` permuted to [1, heads, q, k]) labelled on its
+  heads axis is tied to the query heads, so the table's head columns go with their heads (and,
+  as the first layer's bias is reused by the later ones, those layers keep the same heads).
 * **Grouped-query attention** written as ``repeat_kv`` (``k[:, :, None].expand(...).reshape``)
   needs no rule of its own: the reshape repeats each key/value head's label over its query
   group, and the product ties them.
@@ -263,9 +266,17 @@ def scaled_dot_product_attention(ctx, node: fx.Node):
     nodes = [ctx.arg(node, i, n) for i, n in enumerate(("query", "key", "value"))]
     q, k, v = (_labelled(ctx, x) for x in nodes)
     mask = ctx.arg(node, 3, "attn_mask")
-    if _labelled(ctx, mask) is not None:
-        ctx.keep(ctx.info(mask).labels)
+    m = _labelled(ctx, mask)
+    mask_shape = ctx.shape(mask)
+    # a per-head mask (T5's position bias, added to the scores) is labelled on its heads axis
+    # by the table it came from: its heads are the query heads, tied to them below
+    per_head_mask = (m is not None and isinstance(mask_shape, torch.Size) and len(mask_shape) >= 3
+                     and m.axis - len(mask_shape) == -3)
+    if m is not None and not per_head_mask:
+        ctx.keep(m.labels)
     if q is None and k is None and v is None:
+        if per_head_mask:
+            ctx.keep(m.labels)
         return None
     shapes = [ctx.shape(x) for x in nodes]
     if not all(isinstance(s, torch.Size) and len(s) >= 3 for s in shapes):
@@ -295,9 +306,12 @@ def scaled_dot_product_attention(ctx, node: fx.Node):
             ctx.tie(group, np.broadcast_to(k.labels[:, None], group.shape))
         else:
             return ctx.barrier(node, f"{hq} query heads against {hk} key/value heads without enable_gqa")
-        mask_shape = ctx.shape(mask)
-        if isinstance(mask_shape, torch.Size) and len(mask_shape) >= 3 and mask_shape[-3] > 1 and _labelled(ctx, mask) is None:
+        if isinstance(mask_shape, torch.Size) and len(mask_shape) >= 3 and mask_shape[-3] > 1 and m is None:
             return ctx.barrier(node, "a per-head attn_mask (a position bias) whose heads are not labelled")
+        if per_head_mask:
+            if m.labels.size != hq:
+                return ctx.barrier(node, f"a per-head attn_mask of {m.labels.size} heads against {hq} query heads")
+            ctx.tie(m.labels, q.labels)
         out.append((-3, q.labels))
     if rel[2] == -1:
         out.append((-1, v.labels))

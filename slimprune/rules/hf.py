@@ -4,6 +4,8 @@ of the ``transformers`` package is looked up (slimprune never imports transforme
 * ``transformers.pytorch_utils.Conv1D`` (GPT-2, GPT, ...): ``x @ W + b`` with ``W`` stored
   (in, out), so a Linear's rule with the weight's dims swapped; ``resize`` updates ``nf``
   (the width its ``forward`` reshapes the output to) and ``nx``.
+* Swin's ``SwinRelativePositionBias``: a per-head table whose output is labelled by head (the
+  scores or sdpa's ``attn_mask`` tie it to the query heads), its columns sliced with them.
 * Attention classes: after whole heads are removed (see :mod:`slimprune.rules.heads`) the
   attributes their ``forward`` reads (``num_heads``, ``split_size``, ``num_key_value_groups``,
   ...) are updated by a *head resizer* per class (:func:`slimprune.rules.heads.register_head_resizer`).
@@ -77,6 +79,26 @@ _RMS: tuple[tuple[str, str], ...] = (
 )
 
 
+# ------------------------------------------------------- per-head position tables
+def relative_position_bias(ctx, node: fx.Node) -> Any:
+    """Swin-style ``RelativePositionBias()`` -> [1, heads, N, N]: a table of (positions, heads)
+    indexed by a fixed buffer. Its output is a new channel per head on axis 1, which the
+    attention's scores (or sdpa's ``attn_mask``) tie to the query heads; the table's head
+    columns are sliced with them."""
+    shape = ctx.shape(node)
+    table = ctx.module(node).relative_position_bias_table
+    if not isinstance(shape, torch.Size) or len(shape) != 4 or shape[1] != table.shape[1]:
+        return ctx.barrier(node, "a relative-position bias whose output is not [1, heads, N, N]")
+    heads = ctx.fresh(int(table.shape[1]))
+    ctx.param(node, "relative_position_bias_table", 1, heads, "aux")
+    return ctx.info_of(1, heads)
+
+
+_POSITION_TABLES: tuple[tuple[str, str], ...] = (
+    ("transformers.models.swin.modeling_swin", "SwinRelativePositionBias"),
+)
+
+
 # ------------------------------------------------------------------ head resizers
 def _width(m: nn.Module, out: bool = True) -> int:
     """Output (or input) width of a projection: a Linear, or a Conv1D (weight (in, out))."""
@@ -130,6 +152,19 @@ def _resize_gqa(m: nn.Module, orig: nn.Module) -> None:
             setattr(m, name, value)
 
 
+def _resize_swin(m: nn.Module, orig: nn.Module) -> None:
+    """Swin's and Segformer's attention: ``num_attention_heads`` (head_dim and the scale stay)."""
+    m.num_attention_heads = _heads_of(_width(m.q_proj), m.head_dim, m, "q_proj")
+
+
+def _resize_t5(m: nn.Module, orig: nn.Module) -> None:
+    """T5/mT5/LongT5-style attention: ``n_heads`` (which sizes the zero position bias of a layer
+    without its own ``relative_attention_bias``) and ``inner_dim``; the bias table's head
+    columns are sliced with the heads they belong to by the graph (an embedding's columns)."""
+    m.n_heads = _heads_of(_width(m.q), m.key_value_proj_dim, m, "q")
+    m.inner_dim = m.n_heads * m.key_value_proj_dim
+
+
 # (module path, class names, resizer): the classes this version of transformers has get one
 _HEAD_RESIZERS: tuple[tuple[str, tuple[str, ...], Any], ...] = (
     ("transformers.models.bert.modeling_bert", ("BertSelfAttention", "BertCrossAttention"), _resize_bert),
@@ -138,6 +173,10 @@ _HEAD_RESIZERS: tuple[tuple[str, tuple[str, ...], Any], ...] = (
     ("transformers.models.vit.modeling_vit", ("ViTAttention", "ViTSelfAttention"), _resize_vit),
     ("transformers.models.clip.modeling_clip", ("CLIPAttention",), _resize_clip),
     ("transformers.models.gpt2.modeling_gpt2", ("GPT2Attention",), _resize_gpt2),
+    ("transformers.models.swin.modeling_swin", ("SwinAttention",), _resize_swin),
+    ("transformers.models.segformer.modeling_segformer", ("SegformerAttention",), _resize_swin),
+    ("transformers.models.t5.modeling_t5", ("T5Attention",), _resize_t5),
+    ("transformers.models.mt5.modeling_mt5", ("MT5Attention",), _resize_t5),
     ("transformers.models.llama.modeling_llama", ("LlamaAttention",), _resize_gqa),
     ("transformers.models.mistral.modeling_mistral", ("MistralAttention",), _resize_gqa),
     ("transformers.models.qwen2.modeling_qwen2", ("Qwen2Attention",), _resize_gqa),
@@ -163,6 +202,9 @@ def register_transformers_rules() -> None:
     rms = [c for c in (_class(path, name) for path, name in _RMS) if c is not None]
     if rms:
         register_rule(*rms)(rms_norm)
+    tables = [c for c in (_class(path, name) for path, name in _POSITION_TABLES) if c is not None]
+    if tables:
+        register_rule(*tables)(relative_position_bias)
     from .heads import register_head_resizer
 
     for path, names, resizer in _HEAD_RESIZERS:
