@@ -304,3 +304,35 @@ def test_attention_yolo_has_no_barrier_and_equals_silenced(name: str) -> None:
     assert not barriers, barriers
     assert plan.params_after < 0.6 * plan.params_before
     assert_pruned_equals_silenced(model, plan, x, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.slow  # rtdetr-l: about 30 s on one loaded core at 160 px
+def test_rtdetr_pruned_equals_silenced_in_float64_and_float32_differs_only_by_topk_order() -> None:
+    """RT-DETR's two top-k selections (300 queries of the encoder's anchors, then 300 of the
+    300 × 80 final scores) reorder scores that random weights make near-equal (neighbours
+    ~1e-6 apart) when float32 rounding differs. In float64 nothing rounds that far and the
+    pruned model equals its silenced original on every query; in float32 the encoder scores
+    feeding the first top-k agree to 1e-5 of their scale and select the same query set."""
+    from ultralytics import RTDETR
+
+    torch.manual_seed(0)
+    model = RTDETR("rtdetr-l.yaml").model.eval()
+    x = torch.rand(1, 3, IMGSZ, IMGSZ)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plan = slimprune.plan(model, 0.5, example_inputs=x)
+    small, silenced = slimprune.apply(model, plan).eval(), slimprune.silence(model, plan).eval()
+    scores: dict[str, torch.Tensor] = {}
+    for tag, m in (("small", small), ("silenced", silenced)):
+        head = dict(m.named_modules())["model.28.enc_score_head"]
+        head.register_forward_hook(lambda mod, i, o, tag=tag: scores.__setitem__(tag, o.detach().clone()))
+    with torch.no_grad():
+        small(x), silenced(x)
+        a, b = scores["small"], scores["silenced"]
+        assert (a - b).abs().max() <= 1e-5 * b.abs().max()
+        k = 300
+        assert set(a.max(-1).values.topk(k, dim=1).indices.flatten().tolist()) == set(
+            b.max(-1).values.topk(k, dim=1).indices.flatten().tolist())
+        got, want = small.double()(x.double())[0], silenced.double()(x.double())[0]
+    assert got.shape == want.shape == (1, 300, 6)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
