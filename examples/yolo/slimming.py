@@ -53,7 +53,7 @@ class Config:
     batch: int = 16
     sparse_epochs: int = 10
     finetune_epochs: int = 5
-    lam: float = 0.1
+    lam: float = 1e-2
     # threshold = this global percentile of the prunable |γ| after sparsity training (network
     # slimming's rule); an explicit ``threshold`` replaces it.
     prune_fraction: float = 0.5
