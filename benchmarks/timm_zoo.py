@@ -17,6 +17,7 @@ benchmarks/zoo.py). At ratio 0.5 (``fold_bias=False, allow_inexact=False``):
 
     python benchmarks/timm_zoo.py --budget 1800 --out benchmarks/results/timm_zoo.csv
     python benchmarks/timm_zoo.py --models resnet18 convnext_atto --tools slimprune
+    python benchmarks/timm_zoo.py --resume --out benchmarks/results/timm_zoo.csv   # only what it lacks
     python benchmarks/timm_zoo.py --summarize benchmarks/results/timm_zoo.csv
 """
 
@@ -205,6 +206,8 @@ def main() -> None:
                     help="cache of the family -> model choice (made on first use)")
     ap.add_argument("--out", default="benchmarks/results/timm_zoo.csv")
     ap.add_argument("--summarize", metavar="CSV", help="only print the tables for a CSV written earlier")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the rows already in --out and run only the (family, tool) pairs it lacks")
     args = ap.parse_args()
     if args.summarize:
         with open(args.summarize, newline="") as f:
@@ -223,15 +226,25 @@ def main() -> None:
             json.dump(chosen, f, indent=1, sort_keys=True)
     tools = [t for t in args.tools if t == "slimprune" or _importable(t)]
     start, rows = time.monotonic(), []
+    if args.resume and os.path.exists(args.out):
+        with open(args.out, newline="") as f:
+            rows = list(csv.DictReader(f))
+    done = {(r["family"], r["tool"]) for r in rows}
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w", newline="") as f:
         w = csv.DictWriter(f, FIELDS, extrasaction="ignore")
         w.writeheader()
+        w.writerows(rows)
+        f.flush()
         for family, name in sorted(chosen.items()):
+            if all((family, tool) in done for tool in tools):
+                continue
             if time.monotonic() - start > args.budget:
                 print(f"# time budget of {args.budget:.0f} s spent: stopped before {family}", flush=True)
                 break
             for tool in tools:
+                if (family, tool) in done:
+                    continue
                 r = run_one(tool, name, args.timeout, args.mem_gb)
                 r["family"] = family
                 rows.append(r)

@@ -6,6 +6,12 @@ the pruned model with Ultralytics, and Ultralytics' ``val`` (mAP50, mAP50-95) be
 after, with params, FLOPs and CPU latency from :func:`slimprune.measure`.
 
     PYTHONPATH=. python -m examples.yolo.slimming [--quick] [--out runs/yolo-slimming]
+    PYTHONPATH=. python -m examples.yolo.slimming --dense        # λ = 0, same total epochs, no pruning
+    PYTHONPATH=. python -m examples.yolo.slimming --sweep 1e-3 1e-2 --sparse-epochs 5   # λ sweep
+
+The threshold is read from the γ distribution after sparsity training, as network slimming
+does: the ``prune_fraction`` percentile of |γ| over the prunable channels (those a
+``threshold=`` plan can remove: the regulariser's channels), then ``plan(threshold=t)``.
 
 Offline throughout (docs/ultralytics.md says what that takes). ``--quick`` is the smoke run
 the tests use (tiny data, one epoch per phase).
@@ -14,12 +20,16 @@ the tests use (tiny data, one epoch per phase).
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import json
 import os
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("YOLO_AUTOINSTALL", "False")
@@ -43,8 +53,11 @@ class Config:
     batch: int = 16
     sparse_epochs: int = 10
     finetune_epochs: int = 5
-    lam: float = 0.1
-    threshold: float = 0.05
+    lam: float = 1e-2
+    # threshold = this global percentile of the prunable |γ| after sparsity training (network
+    # slimming's rule); an explicit ``threshold`` replaces it.
+    prune_fraction: float = 0.5
+    threshold: float | None = None
     seed: int = 0
     # Not Ultralytics' "auto" (AdamW for short runs: Adam divides λ·sign(γ) by its own running
     # scale, so the L1 term stops pulling γ to 0) but SGD, stepping every batch (nbs = batch;
@@ -54,9 +67,9 @@ class Config:
     nbs: int = 16
 
 
-# Two optimizer steps move γ (initialised to 1) by about 2·lr: the threshold sits just below 1,
-# so the smoke run removes what the sparsity step pushed down and exercises every phase.
-QUICK = Config(n_train=8, n_val=4, batch=4, nbs=4, sparse_epochs=1, finetune_epochs=1, lam=0.1, threshold=0.9995)
+# The smoke run: two optimizer steps, so γ hardly leaves 1; the percentile threshold still
+# removes the lower half of the prunable channels and exercises every phase.
+QUICK = Config(n_train=8, n_val=4, batch=4, nbs=4, sparse_epochs=1, finetune_epochs=1, lam=0.1)
 
 
 def _quiet_fonts() -> None:
@@ -68,8 +81,38 @@ def _quiet_fonts() -> None:
     data_utils.check_font = lambda font="Arial.ttf": dejavu
 
 
-def sparsity_trainer(yolo: Any, lam: float) -> type:
-    """The task's trainer with λ·sign(γ) added to every BatchNorm γ's gradient before each step."""
+def prunable_bns(model: nn.Module, imgsz: int) -> list[str]:
+    """The BatchNorms a threshold plan can shrink: those with a channel removed at an infinite threshold.
+
+    fx cannot trace a ``DetectionModel`` whole (its forward takes ``*args``), so slimprune plans
+    it region by region; :class:`SparsityRegularizer`'s own analysis traces the whole model, so
+    the example asks the plan instead and regularises those layers (``bn_modules=``)."""
+    probe = copy.deepcopy(model).float().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plan = slimprune.plan(probe, threshold=1e30, example_inputs=torch.rand(1, 3, imgsz, imgsz))
+    return sorted({s.module for s in plan.changed if s.role == "scale"})
+
+
+def prunable_gammas(model: nn.Module, imgsz: int) -> np.ndarray:
+    """|γ| of every channel of the prunable BatchNorms, as one array."""
+    return np.concatenate([model.get_submodule(n).weight.detach().abs().flatten().cpu().double().numpy()
+                           for n in prunable_bns(model, imgsz)])
+
+
+def gamma_summary(g: np.ndarray) -> dict[str, Any]:
+    """Percentiles of |γ| and the largest gap (in log |γ|) between neighbours of the sorted values."""
+    pcts = (1, 5, 10, 25, 50, 75, 90, 99)
+    srt = np.sort(g)
+    logs = np.log10(np.maximum(srt, 1e-12))
+    i = int(np.argmax(np.diff(logs))) if srt.size > 1 else 0
+    return {"count": int(g.size), "percentiles": {f"p{p}": float(v) for p, v in zip(pcts, np.percentile(g, pcts))},
+            "largest_gap": {"below": float(srt[i]), "above": float(srt[min(i + 1, srt.size - 1)]),
+                            "fraction_below": (i + 1) / max(srt.size, 1)}}
+
+
+def sparsity_trainer(yolo: Any, lam: float, imgsz: int = 160) -> type:
+    """The task's trainer with λ·sign(γ) added to every prunable γ's gradient before each step."""
     base = yolo.task_map[yolo.task]["trainer"]
 
     class SparsityTrainer(base):  # type: ignore[misc, valid-type]
@@ -78,8 +121,8 @@ def sparsity_trainer(yolo: Any, lam: float) -> type:
 
         def optimizer_step(self) -> None:
             if self._reg is None:
-                bns = [m for m in self.model.modules() if isinstance(m, nn.BatchNorm2d)]
-                self._reg = SparsityRegularizer(self.model, lam, bn_modules=bns)
+                names = prunable_bns(self.model, imgsz)
+                self._reg = SparsityRegularizer(self.model, lam, bn_modules=[self.model.get_submodule(n) for n in names])
             # Ultralytics' step (amp=False: nothing to unscale), with the L1 term added after its
             # gradient clipping: clipped together with the loss's (large) gradient, λ·sign(γ) would
             # be scaled down with it and γ would hardly move.
@@ -113,44 +156,114 @@ def _figures(model: nn.Module, cfg: Config, quick: bool) -> dict[str, float]:
             "latency_iqr_ms": m.latency.iqr_ms}
 
 
-def run(cfg: Config, out: Path) -> dict[str, Any]:
-    quick = cfg == QUICK
+def _setup(cfg: Config, out: Path) -> tuple[Any, Path]:
     from ultralytics import YOLO
     from ultralytics.utils import SETTINGS
 
     SETTINGS.update(sync=False)
     _quiet_fonts()
     torch.set_num_threads(1)
-    out = Path(out)
     data = yolo_data.write(out / "data", n_train=cfg.n_train, n_val=cfg.n_val, image_size=cfg.imgsz, seed=cfg.seed)
-    yolo = YOLO("yolov8n.yaml", verbose=False)
-    yolo.train(data=str(data), trainer=sparsity_trainer(yolo, cfg.lam), epochs=cfg.sparse_epochs,
-               pretrained=False, **_args(cfg, out, "sparse"))
-    dense = yolo.model.float().eval()  # best.pt, reloaded
+    return YOLO("yolov8n.yaml", verbose=False), data
+
+
+def _sparse_phase(cfg: Config, out: Path, epochs: int, name: str) -> tuple[Any, Path, nn.Module]:
+    yolo, data = _setup(cfg, out)
+    yolo.train(data=str(data), trainer=sparsity_trainer(yolo, cfg.lam, cfg.imgsz), epochs=epochs,
+               pretrained=False, **_args(cfg, out, name))
+    return yolo, data, yolo.model.float().eval()  # best.pt, reloaded
+
+
+def run(cfg: Config, out: Path) -> dict[str, Any]:
+    """Sparsity training, threshold pruning at the γ percentile, fine-tuning; result.json."""
+    quick = cfg == QUICK
+    out = Path(out)
+    yolo, data, dense = _sparse_phase(cfg, out, cfg.sparse_epochs, "sparse")
     before = {**_val(yolo, data, cfg, out, "val-sparse"), **_figures(dense, cfg, quick)}
-    gammas = torch.cat([m.weight.detach().abs().flatten() for m in dense.modules() if isinstance(m, nn.BatchNorm2d)])
-    before["gamma_quantiles"] = [float(q) for q in torch.quantile(gammas, torch.tensor([0.0, 0.1, 0.25, 0.5, 0.9]))]
+    gammas = prunable_gammas(dense, cfg.imgsz)
+    before["gamma"] = gamma_summary(gammas)
+    threshold = cfg.threshold if cfg.threshold is not None else float(np.quantile(gammas, cfg.prune_fraction))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        plan = slimprune.plan(dense, threshold=cfg.threshold, example_inputs=torch.rand(1, 3, cfg.imgsz, cfg.imgsz))
+        plan = slimprune.plan(dense, threshold=threshold, example_inputs=torch.rand(1, 3, cfg.imgsz, cfg.imgsz))
     small = slimprune.apply(dense, plan)
     yolo.model = small
     pruned = {**_val(yolo, data, cfg, out, "val-pruned"), **_figures(small, cfg, quick)}
     yolo.train(data=str(data), trainer=trainer_for(yolo, small.train()), epochs=cfg.finetune_epochs,
                **_args(cfg, out, "finetune"))
     after = {**_val(yolo, data, cfg, out, "val-finetuned"), **_figures(yolo.model.float(), cfg, quick)}
+    removed = int(sum(len(s.removed) for s in plan.changed if s.role == "scale"))  # BN γ
     result = {"config": asdict(cfg), "sparse": before, "pruned": pruned, "finetuned": after,
-              "channels_removed": int(sum(len(s.removed) for s in plan.changed if s.role == "scale"))}  # BN γ
+              "threshold": threshold, "threshold_rule": "explicit" if cfg.threshold is not None
+              else f"{cfg.prune_fraction:.0%} percentile of the prunable |γ|",
+              "prunable_channels": int(gammas.size), "channels_removed": removed,
+              "channels_removed_fraction": removed / max(int(gammas.size), 1)}
     (out / "result.json").write_text(json.dumps(result, indent=1) + "\n")
     return result
+
+
+def run_dense(cfg: Config, out: Path) -> dict[str, Any]:
+    """The baseline: the same trainer with λ = 0 for sparse + fine-tuning epochs, no pruning."""
+    cfg = dataclasses.replace(cfg, lam=0.0)
+    out = Path(out)
+    yolo, data, dense = _sparse_phase(cfg, out, cfg.sparse_epochs + cfg.finetune_epochs, "dense")
+    result = {"config": asdict(cfg), "dense": {**_val(yolo, data, cfg, out, "val-dense"),
+                                                **_figures(dense, cfg, cfg == QUICK),
+                                                "gamma": gamma_summary(prunable_gammas(dense, cfg.imgsz))}}
+    (out / "dense.json").write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def sweep(cfg: Config, out: Path, lams: list[float]) -> list[dict[str, Any]]:
+    """Sparsity phase only, per λ: mAP of the sparse model, |γ| percentiles, and what the
+    percentile threshold would remove (params, and the mAP of the pruned, not fine-tuned model)."""
+    rows = []
+    for lam in lams:
+        c = dataclasses.replace(cfg, lam=lam)
+        o = Path(out) / f"lam-{lam:g}"
+        yolo, data, dense = _sparse_phase(c, o, c.sparse_epochs, "sparse")
+        g = prunable_gammas(dense, c.imgsz)
+        t = float(np.quantile(g, c.prune_fraction))
+        row: dict[str, Any] = {"lam": lam, **_val(yolo, data, c, o, "val-sparse"), "gamma": gamma_summary(g), "threshold": t}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            plan = slimprune.plan(dense, threshold=t, example_inputs=torch.rand(1, 3, c.imgsz, c.imgsz))
+        yolo.model = slimprune.apply(dense, plan)
+        pruned = _val(yolo, data, c, o, "val-pruned")
+        row.update({"pruned_mAP50": pruned["mAP50"], "pruned_mAP50-95": pruned["mAP50-95"],
+                    "params_removed": 1 - plan.params_after / plan.params_before})
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    (Path(out) / "sweep.json").write_text(json.dumps(rows, indent=1) + "\n")
+    return rows
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny data, one epoch per phase")
+    ap.add_argument("--dense", action="store_true", help="the baseline: λ = 0, sparse + fine-tuning epochs, no pruning")
+    ap.add_argument("--sweep", type=float, nargs="+", metavar="LAM", help="sparsity phase only, for each λ")
+    ap.add_argument("--lam", type=float, help="λ instead of the default")
+    ap.add_argument("--sparse-epochs", type=int)
+    ap.add_argument("--finetune-epochs", type=int)
+    ap.add_argument("--prune-fraction", type=float, help="the percentile of prunable |γ| used as the threshold")
     ap.add_argument("--out", type=Path, default=Path("runs/yolo-slimming"))
     args = ap.parse_args(argv)
-    result = run(QUICK if args.quick else Config(), args.out)
+    cfg = QUICK if args.quick else Config()
+    over = {k: v for k, v in (("lam", args.lam), ("sparse_epochs", args.sparse_epochs),
+                              ("finetune_epochs", args.finetune_epochs), ("prune_fraction", args.prune_fraction)) if v is not None}
+    cfg = dataclasses.replace(cfg, **over)
+    if args.sweep:
+        sweep(cfg, args.out, args.sweep)
+        return
+    if args.dense:
+        r = run_dense(cfg, args.out)["dense"]
+        print(f"| dense | {r['mAP50']:.3f} | {r['mAP50-95']:.3f} | {r['params']:,} | {r['flops'] / 1e6:.1f}M | "
+              f"{r['latency_ms']:.2f} (IQR {r['latency_iqr_ms']:.2f}) |")
+        return
+    result = run(cfg, args.out)
+    print(f"threshold {result['threshold']:.4g} ({result['threshold_rule']}): {result['channels_removed']} of "
+          f"{result['prunable_channels']} prunable channels removed")
     print("| stage | mAP50 | mAP50-95 | params | FLOPs | CPU latency (ms, 1 thread) |")
     print("| --- | --- | --- | --- | --- | --- |")
     for stage in ("sparse", "pruned", "finetuned"):
