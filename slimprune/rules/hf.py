@@ -76,6 +76,8 @@ _RMS: tuple[tuple[str, str], ...] = (
     ("transformers.models.llama.modeling_llama", "LlamaRMSNorm"),
     ("transformers.models.mistral.modeling_mistral", "MistralRMSNorm"),
     ("transformers.models.qwen2.modeling_qwen2", "Qwen2RMSNorm"),
+    ("transformers.models.t5.modeling_t5", "T5LayerNorm"),  # (no mean, no bias: an RMSNorm)
+    ("transformers.models.mt5.modeling_mt5", "MT5LayerNorm"),
 )
 
 
