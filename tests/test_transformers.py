@@ -495,3 +495,29 @@ def test_tied_input_and_output_embeddings_stay_one_tensor_through_pruning_and_ro
         wte2, head2 = _embeddings(again)
         assert head2 is wte2 and wte2.shape == wte.shape
         assert torch.equal(again(**inputs).logits, expect)
+
+
+@pytest.mark.parametrize("family", ["bert-cls", "vit-cls"])
+def test_a_task_heads_encoder_loses_its_hidden_width_only_when_inexact_is_allowed(family: str) -> None:
+    """The logits are the user's output, the hidden states are not: under allow_inexact the
+    residual width through LayerNorm goes (one group, marked inexact); under exact it stays."""
+    torch.manual_seed(0)
+    if family == "bert-cls":
+        cfg = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                      intermediate_size=64, max_position_embeddings=64, num_labels=3)
+        model, inputs = transformers.BertForSequenceClassification(cfg).eval(), bert_inputs()
+    else:
+        cfg = transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
+                                     num_attention_heads=4, intermediate_size=64, num_labels=3)
+        pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+        model, inputs = transformers.ViTForImageClassification(cfg).eval(), {"pixel_values": pixels}
+    exact, barriers = plan_quietly(model, ratio=0.5, example_inputs=inputs, allow_inexact=False)
+    assert not barriers and all(g.exact for g in exact.groups if g.removed)
+    assert_pruned_equals_silenced(model, exact, inputs)
+    loose, barriers = plan_quietly(model, ratio=0.5, example_inputs=inputs)  # allow_inexact=True, the default
+    assert not barriers
+    hidden = [g for g in loose.groups if not g.exact]
+    assert len(hidden) == 1 and hidden[0].removed and loose.params_after < exact.params_after
+    small = slimprune.apply(model, loose)
+    assert small.classifier.in_features < 32 and small(**inputs).logits.shape == (2, 3)
+    assert type(small) is type(model) and not isinstance(small, slimprune.Rewritten)
