@@ -23,6 +23,9 @@ Multi-head attention as most code writes it::
   position bias, ``Embedding(buckets, heads)`` permuted to [1, heads, q, k]) labelled on its
   heads axis is tied to the query heads, so the table's head columns go with their heads (and,
   as the first layer's bias is reused by the later ones, those layers keep the same heads).
+* **Constant per-head tensors** (:func:`constant_heads`): ``torch.zeros((1, self.n_heads, q, k))``
+  (T5's cross-attention bias) made by an attention module with a head resizer gets one label
+  per head on axis 1; the literal is rewritten to the kept count.
 * **Grouped-query attention** written as ``repeat_kv`` (``k[:, :, None].expand(...).reshape``)
   needs no rule of its own: the reshape repeats each key/value head's label over its query
   group, and the product ties them.
