@@ -335,6 +335,11 @@ case("Tensor.new_ones", lambda y: y * y.new_ones(y.size(0), y.size(1), y.size(2)
 case("Tensor.new_full", lambda y: y * y.new_full(y.shape, 2.0))
 case("torch.empty_like", lambda y: y * (torch.empty_like(y).dim() - 3))
 case("torch.zeros_like", lambda y: y + torch.zeros_like(y))
+# a constant tensor of literal size (not a head count: no channels; see rules/heads.py constant_heads)
+case("torch.zeros", lambda y: y + torch.zeros((y.shape[0], 1, 1, 1)))
+case("torch.ones", lambda y: y * torch.ones((y.shape[0], 1, 1, 1)))
+case("torch.empty", lambda y: y + torch.empty((y.shape[0], 1, 1, 1)).fill_(0.5))
+case("torch.full", lambda y: y + torch.full((y.shape[0], 1, 1, 1), 0.5))
 case("torch.ones_like", lambda y: y * torch.ones_like(y))
 case("torch.full_like", lambda y: y * torch.full_like(y, 2.0))
 
@@ -619,6 +624,11 @@ def _transformers_cases() -> None:
         case(f"transformers {prefix}RMSNorm", lambda norm=norm: norm(8), module=True, last_axis=True, inexact=True)
         case(f"transformers {prefix}RotaryEmbedding", lambda r=rotary, c=config: _Rotary(r, c), module=True,
              last_axis=True)
+    from transformers.models.mt5.modeling_mt5 import MT5LayerNorm
+    from transformers.models.t5.modeling_t5 import T5LayerNorm
+
+    for t5_norm in (T5LayerNorm, MT5LayerNorm):  # an RMSNorm under another name
+        case(f"transformers {t5_norm.__name__}", lambda n=t5_norm: n(8), module=True, last_axis=True, inexact=True)
 
 
 if importlib.util.find_spec("transformers") is not None:  # (a test dependency, as timm)

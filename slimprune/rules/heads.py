@@ -23,6 +23,9 @@ Multi-head attention as most code writes it::
   position bias, ``Embedding(buckets, heads)`` permuted to [1, heads, q, k]) labelled on its
   heads axis is tied to the query heads, so the table's head columns go with their heads (and,
   as the first layer's bias is reused by the later ones, those layers keep the same heads).
+* **Constant per-head tensors** (:func:`constant_heads`): ``torch.zeros((1, self.n_heads, q, k))``
+  (T5's cross-attention bias) made by an attention module with a head resizer gets one label
+  per head on axis 1; the literal is rewritten to the kept count.
 * **Grouped-query attention** written as ``repeat_kv`` (``k[:, :, None].expand(...).reshape``)
   needs no rule of its own: the reshape repeats each key/value head's label over its query
   group, and the product ties them.
@@ -48,6 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._channels import ChannelInfo
+from .._edits import encode
 from ._registry import _rule_owner, register_rule
 
 __all__ = ["register_head_resizer", "head_resizer", "head_axis", "resize_heads", "snapshot_heads"]
@@ -207,6 +211,57 @@ _SDPA = frozenset({F.scaled_dot_product_attention})
 
 class _StaleHeads(Exception):
     """Raised through the view rule: the graph builder turns a failed rule into a barrier."""
+
+
+# ------------------------------------------------------- constant per-head tensors
+def _counts_heads(node: fx.Node) -> bool:
+    """Was ``node`` made by an attention module whose class has a head resizer and whose
+    forward reads a head-count attribute (``self.n_heads``)? Then a literal equal to the
+    count came from it: the plan names the attribute (see ``_freeze``), the resizer keeps it
+    equal to the kept heads, and sdpa's or the scores' tie checks the count."""
+    cls = _owner_class(node)
+    if cls is None or head_resizer(cls) is None:
+        return False
+    return any(n != "head_dim" for n in _COUNT.findall(_method_source(cls)))
+
+
+@register_rule(torch.zeros, torch.ones, torch.empty, torch.full)
+def constant_heads(ctx, node: fx.Node):
+    """``torch.zeros((1, self.n_heads, q, k))``: a constant per-head tensor (T5's position
+    bias of a layer without its own table, cross-attention's) sized by its attention module's
+    head count. Its heads axis gets one new label per head, which the scores' add or sdpa's
+    ``attn_mask`` ties to the query heads; a layer reusing the tensor gets the same heads.
+    Slicing a constant-filled tensor leaves the same constant, so removal stays exact; the
+    literal is rewritten to the kept count (the resizer updates the attribute it came from,
+    so the model's own ``forward`` makes the smaller tensor by itself). Any other shape: a
+    tensor without channels, as before."""
+    shape = ctx.shape(node)
+    if not node.args:
+        return None  # (sizes given as size=...: not rewritten, so left without channels)
+    packed = isinstance(node.args[0], (tuple, list))
+    sizes = list(node.args[0]) if packed else list(node.args)
+    if not isinstance(shape, torch.Size) or len(shape) != 4 or len(sizes) != 4 or (node.target is torch.full and not packed):
+        return None
+    count = sizes[1]
+    if type(count) is not int or count < 2 or not _feeds_attention(node):
+        return None
+    if not _counts_heads(node):
+        return None
+    labels = ctx.fresh(count)
+
+    def edit(kept: Callable[[np.ndarray], np.ndarray]) -> list[dict[str, Any]]:
+        n = int(kept(labels).sum())
+        if n == count:
+            return []
+        if not packed:
+            return [{"kind": "set_arg", "index": 1, "value": n, "old": count, "new": n}]
+        new = list(sizes)
+        new[1] = n
+        value = tuple(new) if isinstance(node.args[0], tuple) else new
+        return [{"kind": "set_arg", "index": 0, "value": encode(value), "old": count, "new": n}]
+
+    ctx.edit(node, edit)
+    return ctx.info_of(1, labels)
 
 
 # --------------------------------------------------------------------------- products

@@ -4,6 +4,8 @@ of the ``transformers`` package is looked up (slimprune never imports transforme
 * ``transformers.pytorch_utils.Conv1D`` (GPT-2, GPT, ...): ``x @ W + b`` with ``W`` stored
   (in, out), so a Linear's rule with the weight's dims swapped; ``resize`` updates ``nf``
   (the width its ``forward`` reshapes the output to) and ``nx``.
+* Llama/Mistral/Qwen2's ``RMSNorm`` and T5's ``T5LayerNorm`` (the same computation): inexact
+  norms over the last axis.
 * Swin's ``SwinRelativePositionBias``: a per-head table whose output is labelled by head (the
   scores or sdpa's ``attn_mask`` tie it to the query heads), its columns sliced with them.
 * Attention classes: after whole heads are removed (see :mod:`slimprune.rules.heads`) the
@@ -76,6 +78,8 @@ _RMS: tuple[tuple[str, str], ...] = (
     ("transformers.models.llama.modeling_llama", "LlamaRMSNorm"),
     ("transformers.models.mistral.modeling_mistral", "MistralRMSNorm"),
     ("transformers.models.qwen2.modeling_qwen2", "Qwen2RMSNorm"),
+    ("transformers.models.t5.modeling_t5", "T5LayerNorm"),  # (no mean, no bias: an RMSNorm)
+    ("transformers.models.mt5.modeling_mt5", "MT5LayerNorm"),
 )
 
 
