@@ -14,6 +14,9 @@ For each model (random weights, batch 1, one CPU thread, ``--size`` px input):
    so a load change on the (shared) machine hits all of them alike; report medians and the
    spread (min-max over the rounds' medians).
 
+``--importance flops`` makes the latency plan keep the most compute its budget allows (the
+FLOPs plan and Torch-Pruning stay as they are, at the latency plan's FLOPs).
+
 Columns: measured latency ratio of the latency plan (goal 0.5 +- 10%), its predicted ratio and
 the prediction's error against the measured latency, FLOPs and params kept, latency
 efficiency (speed-up / FLOP reduction), and the FLOPs plan's and Torch-Pruning's latency at
@@ -94,7 +97,8 @@ def torch_pruning_at(model: nn.Module, x: torch.Tensor, goal_flops: float) -> tu
     return best[0], best[2]
 
 
-def run_model(name: str, size: int, rounds: int, min_run_time: float, cache: Path) -> dict[str, Any]:
+def run_model(name: str, size: int, rounds: int, min_run_time: float, cache: Path,
+              importance: str = "bn_scale") -> dict[str, Any]:
     x = torch.randn(1, 3, size, size)
     model = build(name)
     t0 = time.perf_counter()
@@ -104,7 +108,7 @@ def run_model(name: str, size: int, rounds: int, min_run_time: float, cache: Pat
     target, p_lat = None, None
     for target in TARGETS:  # 0.5 first; a budget under the floor of what cannot be pruned is refused
         try:
-            slimprune.plan(analysis, target, target="latency", latency_table=table)
+            slimprune.plan(analysis, target, target="latency", latency_table=table, importance=importance)
             break
         except slimprune.InfeasiblePlanError as exc:
             print(f"{name}: latency target {target} infeasible: {str(exc)[:300]}", file=sys.stderr)
@@ -112,7 +116,7 @@ def run_model(name: str, size: int, rounds: int, min_run_time: float, cache: Pat
         raise SystemExit(f"{name}: no latency target in {TARGETS} is feasible")
     # The plan as a user makes it: without a table, so it profiles and refines its own.
     t0 = time.perf_counter()
-    p_lat = slimprune.plan(analysis, target, target="latency")
+    p_lat = slimprune.plan(analysis, target, target="latency", importance=importance)
     plan_s = time.perf_counter() - t0
     lat = slimprune.apply(model, p_lat)
     kept_flops = p_lat.flops_after / p_lat.flops_before
@@ -133,7 +137,7 @@ def run_model(name: str, size: int, rounds: int, min_run_time: float, cache: Pat
     f = {k: flops(m, x) for k, m in nets.items()}
     speedup = med["original"] / med["latency"]
     return {
-        "model": name, "target": target, "size": size, "rounds": rounds, "profile_s": round(profile_s, 1), "plan_s": round(plan_s, 1),
+        "model": name, "importance": importance, "target": target, "size": size, "rounds": rounds, "profile_s": round(profile_s, 1), "plan_s": round(plan_s, 1),
         "ms": {k: round(v, 3) for k, v in med.items()},
         "ms_spread": {k: [round(min(v), 3), round(max(v), 3)] for k, v in times.items()},
         "latency_ratio": round(med["latency"] / med["original"], 3),
@@ -161,7 +165,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             return f"{ms[k]:.2f} ({sp[k][0]:.2f}–{sp[k][1]:.2f})"
         pb, pa = r["predicted_ms"]
         lines.append(
-            f"| {r['model']} | {r['size']} | {r['target']} | {r['latency_ratio']:.3f} | {pa / pb:.3f} | "
+            f"| {r['model']}{'' if r.get('importance', 'bn_scale') == 'bn_scale' else ' (importance=' + r['importance'] + ')'} | {r['size']} | {r['target']} | {r['latency_ratio']:.3f} | {pa / pb:.3f} | "
             f"{100 * r['prediction_error_before']:+.1f}% / {100 * r['prediction_error_after']:+.1f}% | "
             f"{r['flops_kept']:.3f} | {r['params_kept']:.3f} | {r['efficiency']:.2f} | {cell('original')} | "
             f"{cell('latency')} | {cell('flops')} | {cell('torch_pruning')} | {100 * r['latency_vs_flops_plan']:+.1f}% |")
@@ -174,6 +178,9 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=160)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--min-run-time", type=float, default=0.3)
+    ap.add_argument("--importance", default="bn_scale",
+                    help="importance of the latency plan (the FLOPs plan keeps the default); 'flops' keeps the most "
+                         "compute within the latency budget")
     ap.add_argument("--quick", action="store_true", help="mobilenet_v2 and resnet18 at 128 px, 3 rounds")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "latency.json"))
     args = ap.parse_args()
@@ -185,7 +192,7 @@ def main() -> None:
     rows = []
     for name in args.models:
         t0 = time.perf_counter()
-        rows.append(run_model(name, args.size, args.rounds, args.min_run_time, cache))
+        rows.append(run_model(name, args.size, args.rounds, args.min_run_time, cache, args.importance))
         print(json.dumps(rows[-1]), f"({time.perf_counter() - t0:.0f} s)", flush=True)
     Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")
     print(markdown(rows))

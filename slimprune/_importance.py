@@ -10,6 +10,13 @@ Built-in criteria, by name:
   columns summed over every member layer, divided by the mean over its group (so wide
   and narrow layers compete fairly in one global ranking).
 * ``"random"``: uniform random scores (a baseline), seeded.
+* ``"flops"``: the multiply-accumulates a unit carries (what removing it alone saves),
+  whatever its weights. Not a measure of what a channel contributes to accuracy but of
+  the compute it holds: with ``target="latency"`` the solver then keeps the most compute
+  the latency budget allows, i.e. the widest network that meets it. Use it when the
+  shape matters more than the weights kept (the pruned model is trained from scratch or
+  fine-tuned at length) or when the weights carry no ranking yet (a freshly initialised
+  model, where every γ is 1).
 
 A callable ``fn(model, graph, group) -> sequence of len(group) floats`` adds your own.
 
@@ -33,11 +40,12 @@ from torch import nn
 from ._gamma import unit_gamma_max
 from ._modes import kept_modes
 from ._graph import ChannelGraph
+from ._solver import Predictor
 from .errors import InvalidArgumentError
 
 __all__ = ["IMPORTANCE", "unit_scores", "tiebreak_scores", "as_float64", "taylor_importance"]
 
-IMPORTANCE = ("bn_scale", "l1", "l2", "random")
+IMPORTANCE = ("bn_scale", "l1", "l2", "random", "flops")
 
 
 def _tensor(model: nn.Module, module: str, param: str) -> torch.Tensor:
@@ -127,6 +135,8 @@ def unit_scores(
     if importance == "random":
         rng = np.random.default_rng(seed)
         return rng.random(graph.num_units)
+    if importance == "flops":
+        return unit_macs(graph, model)
     if importance in ("l1", "l2"):
         return _group_normalised(graph, _norm_scores(graph, model, 1 if importance == "l1" else 2))
     if importance == "bn_scale":
@@ -148,6 +158,23 @@ def unit_scores(
         f"unknown importance {importance!r}; choose one of {', '.join(map(repr, IMPORTANCE))} "
         f"or pass a callable fn(model, graph, group) -> scores"
     )
+
+
+def unit_macs(graph: ChannelGraph, model: nn.Module) -> np.ndarray:
+    """Per unit, the multiply-accumulates per sample that removing it alone saves (NaN off groups).
+
+    Every unit of a group spans the same layers, so one removal per group gives the group's
+    value; the counts are the graph's own cost model (the one ``target="flops"`` uses).
+    """
+    predictor = Predictor(graph, model)
+    removed = np.zeros(graph.num_units, dtype=bool)
+    whole = predictor.macs(removed)
+    out = np.full(graph.num_units, np.nan)
+    for g in graph.groups:
+        removed[g.units[0]] = True
+        out[g.units] = float(whole - predictor.macs(removed))
+        removed[g.units[0]] = False
+    return out
 
 
 def tiebreak_scores(graph: ChannelGraph, model: nn.Module) -> np.ndarray:

@@ -73,8 +73,9 @@ def plan(
             counts. ``"latency"``: the fraction of the measured latency of the deployed model
             (BatchNorm folded, channels-last) at the example inputs' batch size, the current
             thread count and ``device`` to remove (0.5 halves it); see :mod:`slimprune.latency`.
-        importance: ``"bn_scale"`` (default), ``"l1"``, ``"l2"``, ``"random"`` or a callable
-            ``fn(model, graph, group) -> scores``.
+        importance: ``"bn_scale"`` (default), ``"l1"``, ``"l2"``, ``"random"``, ``"flops"`` (the
+            compute each channel carries: with ``target="latency"``, the widest network the
+            budget allows) or a callable ``fn(model, graph, group) -> scores``.
         example_inputs: a tensor or tuple of positional inputs (built from the first layer if omitted).
         opaque: module names/types not traced into (kept whole).
         protect: module names/types whose channels are never removed.
