@@ -53,20 +53,14 @@ def calibrated(analysis: Analysis, options: PlanOptions, plan_graph: PlanGraph,
                apply_fn: ApplyFn) -> tuple[PruningPlan, list[str]]:
     """The latency plan of ``analysis`` whose kept fraction was measured on the device (see the module)."""
     from ._trace import normalize_inputs
-    from .latency import check_device, deployed, deployed_inputs, time_ms
+    from .latency import check_device, deployed_call, time_ms
 
     dev = check_device(options.device)
     threads = torch.get_num_threads()
-    inputs = deployed_inputs(normalize_inputs(analysis.example_inputs), dev)
+    inputs = normalize_inputs(analysis.example_inputs)
 
     def whole_ms(model: nn.Module) -> float:
-        from ._trace import call_model
-
-        form = deployed(model, dev)
-
-        def run() -> None:
-            with torch.no_grad():
-                call_model(form, inputs)
+        run = deployed_call(model, inputs, dev)
         return float(np.median([time_ms(run, dev, threads, 0.2) for _ in range(3)]))
 
     goal = 1.0 - float(options.ratio)

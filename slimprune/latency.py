@@ -428,10 +428,7 @@ def profile(model: nn.Module, example_inputs: Any, graph: Any, *, device: str | 
     try:
         # The whole deployed model is timed before the layers and twice after them; their median
         # is what the parts must add up to (a load change during profiling moves it less).
-        dep, dev_inputs = deployed(model, dev), deployed_inputs(inputs, dev)
-
-        def whole_fn() -> None:
-            _no_grad_call(dep, dev_inputs)
+        whole_fn = deployed_call(model, inputs, dev)
         wholes_ms = [time_ms(whole_fn, dev, threads, max(min_run_time, 0.1))]
         with Progress(disable=not progress, transient=True) as bar:
             task = bar.add_task("profiling layer latency", total=len(names))
@@ -650,6 +647,16 @@ def deployed_inputs(inputs: tuple[Any, ...], dev: torch.device) -> tuple[Any, ..
     if isinstance(inputs, KeywordInputs):
         return KeywordInputs({k: moved(v) for k, v in inputs.as_dict().items()})
     return tuple(moved(x) for x in inputs)
+
+
+def deployed_call(model: nn.Module, inputs: tuple[Any, ...], dev: torch.device) -> Callable[[], None]:
+    """A call of ``model``'s deployed form on ``inputs`` as that form is fed, under ``no_grad``: what
+    every whole-model timing times (the profile's reference, the plan's on-device check)."""
+    form, fed = deployed(model, dev), deployed_inputs(inputs, dev)
+
+    def call() -> None:
+        _no_grad_call(form, fed)
+    return call
 
 
 def _no_grad_call(m: nn.Module, inputs: tuple[Any, ...]) -> None:
