@@ -34,7 +34,7 @@ from torch import nn
 import slimprune
 from slimprune.rules import pointwise as pointwise_rules
 from slimprune.rules import registered_targets
-from slimprune.rules._registry import load_lazy_rules, lookups_recorded, rule_targets, target_name
+from slimprune.rules._registry import load_lazy_rules, lookups_recorded, rule_of, rule_targets, target_name
 from tests.helpers import assert_pruned_equals_silenced
 from tests.models import randomize_bn
 
@@ -129,7 +129,9 @@ _MODULE_ARGS: dict[str, tuple[Any, ...]] = {
 _MODULE_KWARGS: dict[str, dict[str, Any]] = {
     "Upsample": {"scale_factor": 2}, "UpsamplingNearest": {"scale_factor": 2}, "UpsamplingBilinear": {"scale_factor": 2},
 }
-_POINTWISE_MODULES = pointwise_rules._MODULES  # every class the pointwise rule covers gets a snippet
+# Every torch.nn class the registry maps to the pointwise rule gets a snippet.
+_POINTWISE_MODULES = tuple(t for kind, t in rule_targets() if kind == "module" and t.__module__.startswith("torch.nn")
+                           and (r := rule_of(kind, t)) is not None and r.propagate is pointwise_rules.pointwise)
 
 
 def _construct(cls: type[nn.Module]) -> Callable[[], nn.Module]:

@@ -15,9 +15,10 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import RuleReplacedWarning
+from ..errors import InvalidArgumentError, RuleReplacedWarning
 
-__all__ = ["Rule", "register_rule", "register_lazy_rules", "lookup_rule", "has_module_rule", "registered_targets"]
+__all__ = ["Rule", "register_rule", "register_lazy_rules", "lookup_rule", "has_module_rule", "registered_targets",
+           "rule_of", "rule_targets"]
 
 
 @dataclass(frozen=True)
@@ -173,6 +174,16 @@ def _rule_owner(cls: type) -> type | None:
         if base in _MODULE_RULES:
             return base if cls.forward is base.forward else None
     return None
+
+
+def rule_of(kind: str, target: Any) -> Rule | None:
+    """The rule registered for one ``(kind, target)`` of :func:`rule_targets` (a module class's
+    own or inherited rule), or None; unlike :func:`lookup_rule` it records no lookup."""
+    if kind == "module":
+        return _module_rule(target)
+    if kind in ("function", "method"):
+        return (_FUNCTION_RULES if kind == "function" else _METHOD_RULES).get(target)
+    raise InvalidArgumentError(f"rule_of(kind={kind!r}): kind is one of 'module', 'function', 'method'")
 
 
 def has_module_rule(cls: type) -> bool:
