@@ -4,7 +4,8 @@ The cost table predicts a model's latency from its layers and ops, each timed al
 pruned model can run faster or slower than that sum says (in the model, inputs and weights
 come from memory rather than cache, and narrow layers change kernels). When ``plan``
 profiles its own table, it builds the candidate the table chose, times its deployed form
-whole next to the original's, and when the measured kept fraction misses the one asked for
+whole, interleaved with the original's (pair by pair, so a load change on a shared machine
+moves both alike), and when the measured kept fraction misses the one asked for
 by more than :data:`TOLERANCE`, chooses again with the table's budget scaled by measured /
 predicted (at most :data:`ROUNDS` times more). The plan returned is the candidate whose
 measured fraction came closest, and it carries those measured latencies, with the table's
@@ -28,10 +29,11 @@ if TYPE_CHECKING:
     from ._options import PlanOptions
     from ._plan import PruningPlan
 
-__all__ = ["LatencyState", "calibrated", "TOLERANCE", "ROUNDS"]
+__all__ = ["LatencyState", "calibrated", "TOLERANCE", "ROUNDS", "PAIRS"]
 
 TOLERANCE = 0.03  # of the original latency: a candidate this close to the budget is taken
 ROUNDS = 2  # re-plans after the first candidate
+PAIRS = 3  # (original, candidate) timings per candidate, interleaved
 
 
 @dataclass
@@ -59,19 +61,28 @@ def calibrated(analysis: Analysis, options: PlanOptions, plan_graph: PlanGraph,
     threads = torch.get_num_threads()
     inputs = normalize_inputs(analysis.example_inputs)
 
-    def whole_ms(model: nn.Module) -> float:
-        run = deployed_call(model, inputs, dev)
-        return float(np.median([time_ms(run, dev, threads, 0.2) for _ in range(3)]))
+    run_original = deployed_call(analysis.model, inputs, dev)
+    originals: list[float] = []
+
+    def kept_fraction(candidate: nn.Module) -> float:
+        # Interleaved with the original, pair by pair: a load change on a shared machine
+        # moves both times of a pair alike, and the median of the pairs' ratios ignores it.
+        run = deployed_call(candidate, inputs, dev)
+        ratios = []
+        for _ in range(PAIRS):
+            before = time_ms(run_original, dev, threads, 0.2)
+            ratios.append(time_ms(run, dev, threads, 0.2) / before)
+            originals.append(before)
+        return float(np.median(ratios))
 
     goal = 1.0 - float(options.ratio)
     state = LatencyState()
     plan_, notes = plan_graph(analysis, options, state)
-    original = whole_ms(analysis.model)
     tried: list[tuple[float, PruningPlan, list[str], float]] = []
     for _ in range(ROUNDS + 1):
         assert plan_.latency_before_ms is not None and plan_.latency_after_ms is not None
         predicted = plan_.latency_after_ms / plan_.latency_before_ms
-        kept = whole_ms(apply_fn(analysis.model, plan_)) / original
+        kept = kept_fraction(apply_fn(analysis.model, plan_))
         tried.append((kept, plan_, notes, predicted))
         if abs(kept - goal) <= TOLERANCE or predicted <= 0:
             break
@@ -82,6 +93,7 @@ def calibrated(analysis: Analysis, options: PlanOptions, plan_graph: PlanGraph,
         except InfeasiblePlanError:
             break  # the table's floor: keep the closest candidate measured so far
     kept, plan_, notes, predicted = min(tried, key=lambda t: abs(t[0] - goal))
+    original = float(np.median(originals))
     note = (f"measured latency {original:.3f} ms -> {kept * original:.3f} ms ({kept:.1%} kept; {dev}, {threads} "
             f"thread(s), deployed form) on the pruned candidate while planning ({len(tried)} candidate(s) timed; "
             f"the cost table predicted {predicted:.1%})")

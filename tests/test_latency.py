@@ -385,3 +385,45 @@ def test_calibration_rescales_the_budget_until_the_measured_fraction_is_the_one_
     assert calls == [1.0, pytest.approx(0.7)]  # the second round asks the table for 0.5 / 0.7
     assert p.latency_before_ms == pytest.approx(4.0) and p.latency_after_ms == pytest.approx(2.0)
     assert "measured latency 4.000 ms -> 2.000 ms (50.0% kept" in p.notes[-1] and "2 candidate(s)" in p.notes[-1]
+
+
+def test_calibration_times_the_candidate_beside_the_original_so_a_load_swing_cancels(monkeypatch) -> None:
+    """A fake device whose load triples and halves between timing pairs (the same within a pair):
+    the measured fraction is still the candidate's true 0.5, so the first candidate is taken."""
+    from slimprune import _latency_calibration as cal
+    from slimprune import latency as lat
+
+    @dataclasses.dataclass(frozen=True)
+    class Plan:
+        latency_before_ms: float
+        latency_after_ms: float
+        notes: tuple[str, ...] = ("predicted latency ...",)
+
+    class Timed(nn.Module):
+        def __init__(self, kept: float) -> None:
+            super().__init__()
+            self.kept = kept
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            ran.append(self.kept)
+            return x
+
+    ran: list[float] = []
+    loads = iter([1.0, 1.0, 3.0, 3.0, 0.5, 0.5, 2.0, 2.0] * 4)  # one load per (original, candidate) pair
+    calls: list[float] = []
+
+    def plan_graph(analysis, options, state):
+        calls.append(state.calibration)
+        return Plan(10.0, 5.0), []
+
+    def fake_time(fn, dev, threads, min_run_time):
+        fn()
+        return 4.0 * ran[-1] * next(loads)
+
+    monkeypatch.setattr(lat, "deployed", lambda m, dev: m)
+    monkeypatch.setattr(lat, "time_ms", fake_time)
+    analysis = type("A", (), {"model": Timed(1.0), "example_inputs": torch.zeros(1)})()
+    options = type("O", (), {"device": "cpu", "ratio": 0.5})()
+    p, _ = cal.calibrated(analysis, options, plan_graph, lambda model, plan: Timed(0.5))
+    assert calls == [1.0]  # on target at once: no re-plan although the load moved 6x
+    assert p.latency_after_ms / p.latency_before_ms == pytest.approx(0.5)
