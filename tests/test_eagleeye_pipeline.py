@@ -68,6 +68,8 @@ def test_report_has_every_measurement_of_the_four_models(run: dict[str, Any]) ->
         assert entry["params"] > 0 and entry["flops"] > 0 and entry["latency_ms"] > 0
         assert all(0 <= entry["ap"][s] <= 1 for s in ("easy", "medium", "hard"))
     assert run["report"]["sweep"], "the prune-ratio sweep is empty"
+    ort = run["report"]["latency_onnxruntime"]["ms"]  # onnxruntime is part of the test install
+    assert list(ort) == list(MODELS) and all(v > 0 for v in ort.values())
 
 
 def test_pruned_model_is_smaller_in_parameters_and_flops(run: dict[str, Any]) -> None:

@@ -12,7 +12,8 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["FORMS", "LAYOUTS", "Timing", "LayerTime", "deployed", "time_models", "layer_times", "floor_summary"]
+__all__ = ["FORMS", "LAYOUTS", "Timing", "LayerTime", "deployed", "time_models", "time_onnxruntime", "layer_times",
+           "floor_summary"]
 
 
 #: convolutions), each in both memory layouts.
@@ -206,3 +207,34 @@ def floor_summary(layers: Sequence[LayerTime], top: int = 8) -> dict[str, Any]:
         "by_kind_ms": dict(sorted(by_kind.items(), key=lambda kv: -kv[1])),
         "slowest": [{"name": t.name, "kind": t.kind, "ms": t.ms, "shape": list(t.shape)} for t in slowest],
     }
+
+
+def time_onnxruntime(models: Mapping[str, nn.Module], size: int, threads: int, rounds: int,
+                     min_run_time: float = 0.3) -> dict[str, Any]:
+    """Batch-1 latency of every model exported to ONNX and run by onnxruntime's CPU provider.
+
+    Each model's deployed form (BatchNorm folded) is exported once
+    (:func:`slimprune.latency.onnxruntime_session`); then ``rounds`` rounds time every session
+    for ``min_run_time`` seconds in turn, so a load change hits all alike, and the median over
+    all runs is kept. Returns ``{"ms": {name: median}, "threads": threads}``, or
+    ``{"skipped": reason}`` where onnxruntime is not installed or a model does not export.
+    """
+    from slimprune.latency import BackendError, onnxruntime_session
+
+    x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    try:
+        sessions = {name: onnxruntime_session(model, x, threads=threads) for name, model in models.items()}
+    except BackendError as e:
+        return {"skipped": str(e)}
+    runs: dict[str, list[float]] = {name: [] for name in models}
+    for sess, feed in sessions.values():
+        for _ in range(3):
+            sess.run(None, feed)
+    for _ in range(rounds):
+        for name, (sess, feed) in sessions.items():
+            end = time.perf_counter() + min_run_time / rounds
+            while time.perf_counter() < end or not runs[name]:
+                t0 = time.perf_counter()
+                sess.run(None, feed)
+                runs[name].append((time.perf_counter() - t0) * 1e3)
+    return {"ms": {name: float(np.median(v)) for name, v in runs.items()}, "threads": threads}

@@ -55,7 +55,7 @@ from .config import PAPER, PipelineConfig
 from .console import Stages, bar, summary_table
 from .data import prepare_data
 from .figures import write_figures
-from .latency import floor_summary, layer_times, time_models
+from .latency import floor_summary, layer_times, time_models, time_onnxruntime
 from .model_files import build_spec, load_pruned
 from .policy import analyze, apply_plan, effective_threshold, plan_fraction, prune_plan, removed_flops, removed_params
 from .report import LABELS, MODELS, aggregate_reports, build_report, report_markdown, seeds_markdown, targets_met
@@ -174,6 +174,8 @@ def _run_one(config: PipelineConfig, console: Console) -> dict[str, Any]:
         latencies = time_models(
             models, config.baseline.eval_size, config.latency_threads, config.latency_repeats, config.latency_rounds
         )
+        console.print("the same models exported to ONNX, timed by onnxruntime")
+        onnx_latency = time_onnxruntime(models, config.baseline.eval_size, config.latency_threads, config.latency_rounds)
         console.print("per-layer time of the baseline and the pruned + fine-tuned model (the latency floor)")
         floor = {
             name: floor_summary(
@@ -187,6 +189,7 @@ def _run_one(config: PipelineConfig, console: Console) -> dict[str, Any]:
             config, models, evaluated, latencies, plan, threshold, sweep, stage.seconds, analyses, curve.points
         )
         report["latency_floor"] = floor
+        report["latency_onnxruntime"] = onnx_latency
         report["seconds"]["total"] = time.perf_counter() - started
         write_figures(out, models, evaluated, threshold, sweep, report)
         report["seconds"]["report"] = time.perf_counter() - started - sum(

@@ -305,6 +305,7 @@ def report_markdown(report: Mapping[str, Any]) -> str:
     for target in report["targets"].values():
         lines.append(f"- [{'x' if target['met'] else ' '}] {target['text']}")
     lines += curve_markdown([report["baseline_curve"]])
+    lines += onnxruntime_markdown(report.get("latency_onnxruntime"))
     lines += floor_markdown(report.get("latency_floor"))
     gamma = report["gamma"]
     lines += [
@@ -347,6 +348,28 @@ def report_markdown(report: Mapping[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def onnxruntime_markdown(ort: Mapping[str, Any] | None) -> list[str]:
+    """The models' latency under onnxruntime (the deployed form exported to ONNX), with speed-ups."""
+    if not ort:
+        return []
+    if "skipped" in ort:
+        return ["", f"onnxruntime latency: not measured ({ort['skipped']})."]
+    ms = ort["ms"]
+    base = ms["baseline"]
+    lines = [
+        "",
+        "## onnxruntime",
+        "",
+        f"The same models, BatchNorm folded, exported with `torch.onnx.export` and run by onnxruntime's CPU "
+        f"provider ({ort['threads']} intra-op thread(s), batch 1), timed interleaved like the table above.",
+        "",
+        "| model | latency (ms) | speed-up |",
+        "| --- | --- | --- |",
+    ]
+    lines += [f"| {LABELS[name]} | {v:.2f} | {base / v:.2f}x |" for name, v in ms.items()]
+    return lines
 
 
 def floor_markdown(floor: Mapping[str, Any] | None) -> list[str]:
