@@ -111,6 +111,26 @@ def test_region_plan_reports_whole_model_params_and_flops(yolov8n) -> None:
     assert "whole model's" in plan.notes[0]
 
 
+def test_sparsity_regularizer_default_on_yolov8n_equals_the_explicit_bn_list() -> None:
+    """fx cannot trace a DetectionModel whole; without bn_modules= the regulariser analyses
+    it by regions as plan() does and picks exactly the BatchNorms the example used to list
+    (those a threshold plan can shrink), in train mode (as a trainer holds it), leaving the
+    model as it was."""
+    from examples.yolo.slimming import prunable_bns
+
+    model = build().train()
+    x = torch.rand(1, 3, IMGSZ, IMGSZ, generator=torch.Generator().manual_seed(1))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reg = slimprune.SparsityRegularizer(model, 1e-2, example_inputs=x)
+    assert model.training and all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    names = prunable_bns(model, IMGSZ)
+    explicit = slimprune.SparsityRegularizer(model, 1e-2, bn_modules=names)
+    assert len(names) > 30 and sorted(reg.layers) == names
+    assert reg.channels == explicit.channels == sum(model.get_submodule(n).num_features for n in names)
+
+
 def as_yolo(model: nn.Module) -> YOLO:
     """A YOLO wrapping a copy of ``model``, with the ``args``/``task`` a YOLO gives the model it builds."""
     y = YOLO("yolov8n.yaml", verbose=False)
