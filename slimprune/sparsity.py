@@ -4,7 +4,8 @@ Network slimming (Liu et al., ICCV 2017) trains with ``λ·Σ|γ|`` added to the
 the BatchNorm scales of unimportant channels go to zero and those channels can be removed
 with ``slimprune.plan(model, threshold=...)``. This module regularises exactly the scales
 that such a plan can remove: the ``"scale"`` slices (BN γ, GroupNorm/LayerNorm weight) of
-channels in a prunable group of :func:`slimprune.analyze`. Channels that are kept anyway
+channels in a prunable group of :func:`slimprune.analyze` (of each traceable region, for a
+model fx cannot trace whole, as :func:`slimprune.plan` prunes it). Channels that are kept anyway
 (tied to a model output, behind an op without a channel rule, or named in ``protect``)
 are left alone, so a detection head's outputs keep their scales.
 
@@ -311,9 +312,12 @@ class SparsityRegularizer:
             :func:`constant` when None.
         protect: module names or types whose channels are not regularised (as in
             :func:`slimprune.plan`).
-        example_inputs: inputs for tracing, as for :func:`slimprune.analyze`.
+        example_inputs: inputs for tracing, as for :func:`slimprune.analyze`. A model fx
+            cannot trace whole (an Ultralytics ``DetectionModel``) is analysed region by
+            region, as :func:`slimprune.plan` does: the scales regularised are those a plan of
+            its regions can remove.
         bn_modules: instead of analysing the model, regularise every channel of these norm
-            layers (names or modules), e.g. for a model torch.fx cannot trace.
+            layers (names or modules), e.g. for a model no region of which traces.
         cost: ``"uniform"`` (default): every channel gets λ, as in network slimming.
             ``"flops"`` or ``"params"``: resource-aware sparsity; each channel's λ is scaled
             by the FLOPs (MACs at the ``example_inputs`` size) or parameters that removing it
@@ -324,7 +328,8 @@ class SparsityRegularizer:
     Raises:
         InvalidArgumentError: a bad ``lam``, ``schedule``, ``protect``, ``bn_modules`` or ``cost``,
             or a TorchScript model or submodule (regularise the eager module you will prune).
-        TraceError, ExampleInputError: the model cannot be analysed (pass ``bn_modules``).
+        TraceError, ExampleInputError: the model cannot be analysed, whole or by regions
+            (pass ``bn_modules``).
 
     Example:
         >>> reg = SparsityRegularizer(model, lam=1e-4, schedule=warmup(500))
