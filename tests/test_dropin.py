@@ -15,6 +15,7 @@ from torch import nn
 
 import slimprune
 from slimprune.errors import SlimpruneError
+from tests.models import randomize_bn
 
 torch.set_num_threads(1)
 
@@ -39,15 +40,6 @@ class Flagged(nn.Module):
         return self.head(torch.cat([self.a(left), right], 1))
 
 
-def randomized(model: nn.Module) -> nn.Module:
-    torch.manual_seed(0)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            nn.init.uniform_(m.weight, 0.1, 1.0)
-            nn.init.uniform_(m.bias, -0.5, 0.5)
-    return model.eval()
-
-
 def pickled(m: nn.Module) -> nn.Module:
     return pickle.loads(pickle.dumps(m))
 
@@ -66,7 +58,7 @@ ROUND_TRIPS: dict[str, Callable[[nn.Module], nn.Module]] = {
 
 @pytest.fixture(scope="module", params=[False, True], ids=["symbolic", "concrete"])
 def pruned(request: pytest.FixtureRequest) -> tuple[nn.Module, nn.Module, slimprune.PruningPlan, torch.Tensor]:
-    model = randomized(Flagged(shape_branch=request.param))
+    model = randomize_bn(Flagged(shape_branch=request.param)).eval()
     x = torch.randn(2, 3, 8, 8)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -14,7 +14,7 @@ from torch import nn
 
 import slimprune
 from tests.helpers import assert_pruned_equals_silenced
-from tests.test_zoo import calibrated
+from tests.models import calibrated
 
 
 class FourierPosition(nn.Module):
