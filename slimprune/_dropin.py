@@ -156,6 +156,8 @@ def _call_instead(graph: fx.Graph, root: nn.Module, path: str, run: list[fx.Node
     members = set(run)
     try:
         child = root.get_submodule(path)
+        if graph.owning_module is not None:  # (the traced module holds only what its graph reads)
+            graph.owning_module.get_submodule(path)
     except AttributeError:
         return False
     inputs = list(dict.fromkeys(a for n in run for a in n.all_input_nodes if a not in members))
