@@ -273,7 +273,11 @@ def predicted(result: object, task: str) -> list[torch.Tensor]:
 
 
 @pytest.mark.parametrize("task", list(VARIANTS))
-def test_yolov8n_task_variant_prunes_exactly_and_predicts_as_silenced(task: str) -> None:
+def test_yolov8n_task_variant_prunes_exactly_round_trips_saves_and_predicts_as_silenced(task: str, tmp_path: Path) -> None:
+    def build_variant() -> nn.Module:
+        torch.manual_seed(0)
+        return YOLO(VARIANTS[task], verbose=False).model.eval()
+
     torch.manual_seed(0)
     yolo = YOLO(VARIANTS[task], verbose=False)
     model = yolo.model.eval()
@@ -292,6 +296,17 @@ def test_yolov8n_task_variant_prunes_exactly_and_predicts_as_silenced(task: str)
         got, want = small.eval()(x), silenced.eval()(x)
     got, want = (got[0], want[0]) if isinstance(got, (tuple, list)) else (got, want)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-3)
+    from tests.helpers import outputs
+
+    def first(m: nn.Module) -> torch.Tensor:
+        with torch.no_grad():
+            return outputs(m.eval()(x))[0]
+
+    mine = first(small)
+    assert torch.equal(first(copy.deepcopy(small)), mine) and torch.equal(first(pickle.loads(pickle.dumps(small))), mine)
+    path = slimprune.save(small, tmp_path / f"{task}.safetensors", plan=plan)
+    loaded = slimprune.load(path, build_fn=build_variant)  # (the Detect prior tweak is in the saved weights)
+    torch.testing.assert_close(first(loaded), mine, rtol=1e-5, atol=1e-4)
     image = np.random.default_rng(0).integers(0, 255, (96, size, 3), dtype=np.uint8)
     kwargs = dict(imgsz=size, verbose=False, conf=0.01, max_det=20)
     yolo.model = small
