@@ -39,7 +39,7 @@ from ._gamma import abs_gamma, unit_gamma_max
 from ._graph import ChannelGraph
 from ._parallel import unwrap_parallel
 from ._analysis import Analysis, analyze
-from ._options import check_protect, protected_units
+from ._options import _relative, check_protect, protected_units
 from ._prune import plan as make_plan
 from ._solver import Predictor
 from .errors import InfeasiblePlanError, InvalidArgumentError
@@ -146,12 +146,12 @@ class _Part:
     graph: ChannelGraph
 
 
-def _parts(model: nn.Module, example_inputs: Any, graph: ChannelGraph | None = None) -> list[_Part]:
+def _parts(model: nn.Module, example_inputs: Any, graph: ChannelGraph | None = None, warn: bool = True) -> list[_Part]:
     """The parts :func:`slimprune.plan` would prune: the whole model when it traces, else its
     plannable regions (recursively, as ``plan()`` finds them)."""
     if graph is not None:
         return [_Part("", model, graph)]
-    return list(_analysis_parts(analyze(model, example_inputs, regions=True), ""))
+    return list(_analysis_parts(analyze(model, example_inputs, warn=warn, regions=True), ""))
 
 
 def _analysis_parts(analysis: Analysis, prefix: str) -> Iterator[_Part]:
@@ -168,11 +168,9 @@ def _within(protect: tuple[str | type, ...], path: str) -> tuple[str | type, ...
     """``protect`` made relative to the part at ``path``; None when it protects the part whole."""
     if not path:
         return protect
-    names = [p for p in protect if isinstance(p, str)]
-    if any(p == "" or path == p or path.startswith(p + ".") for p in names):
+    if any(isinstance(p, str) and (p == "" or path == p or path.startswith(p + ".")) for p in protect):
         return None
-    return tuple(p[len(path) + 1:] if isinstance(p, str) else p for p in protect
-                 if not isinstance(p, str) or p.startswith(path + "."))
+    return _relative(protect, path)
 
 
 def _scales_and_parts(
@@ -484,20 +482,21 @@ class SparsityRegularizer:
 
 
 def _is_residual(model: nn.Module, example_inputs: Any) -> bool:
-    """True if some channel group is written by more than one dense producer (a residual add)."""
-    graph = analyze(model, example_inputs, warn=False).graph
-    modules = dict(model.named_modules())
-    for group in graph.groups:
-        producers = set()
-        for i in group.members:
-            s = graph.slices[i]
-            if s.role != "out" or s.param != "weight" or s.dim != 0:
-                continue
-            # A grouped or depthwise conv passes its input channels through; it adds no stream.
-            if getattr(modules.get(s.module), "groups", 1) == 1:
-                producers.add(s.module)
-        if len(producers) > 1:
-            return True
+    """True if some channel group (of the model, or of a region of a model planned by regions)
+    is written by more than one dense producer (a residual add)."""
+    for part in _parts(model, example_inputs, warn=False):
+        modules = dict(part.module.named_modules())
+        for group in part.graph.groups:
+            producers = set()
+            for i in group.members:
+                s = part.graph.slices[i]
+                if s.role != "out" or s.param != "weight" or s.dim != 0:
+                    continue
+                # A grouped or depthwise conv passes its input channels through; it adds no stream.
+                if getattr(modules.get(s.module), "groups", 1) == 1:
+                    producers.add(s.module)
+            if len(producers) > 1:
+                return True
     return False
 
 

@@ -236,6 +236,7 @@ def test_default_on_a_model_planned_by_regions_picks_the_scales_its_regions_can_
     torch.testing.assert_close(torch.cat(list(weights.values())).mean(), torch.tensor(1.0))
     assert weights["front.0.1"][0] != weights["back.0.1"][0]  # priced in their own regions
     assert gamma_stats(model, example_inputs=x)["count"] == 20
+    assert default_lambda(model, x) == 1e-4  # each region is a plain chain
 
 
 def test_step_creates_a_missing_gradient_and_skips_at_zero_strength() -> None:

@@ -129,6 +129,7 @@ def test_sparsity_regularizer_default_on_yolov8n_equals_the_explicit_bn_list() -
     explicit = slimprune.SparsityRegularizer(model, 1e-2, bn_modules=names)
     assert len(names) > 30 and sorted(reg.layers) == names
     assert reg.channels == explicit.channels == sum(model.get_submodule(n).num_features for n in names)
+    assert slimprune.sparsity.default_lambda(model, x) == 1e-5  # C2f's residual adds, found by regions
 
 
 def as_yolo(model: nn.Module) -> YOLO:
