@@ -4,9 +4,9 @@ subprocess with a time and memory guard, written to a CSV and summarised as a ta
 A family is a module of ``timm.models`` (``timm.list_modules()``); its model is the
 variant with the fewest parameters whose default input is at most 224 px (where a family
 has none: at most 320 px, run at that default size; test_* configs left out), up to 100M
-parameters, built with random weights (``pretrained=False``; nothing
-is downloaded). Norm affines are randomised and BN statistics calibrated on a batch (as in
-benchmarks/zoo.py). At ratio 0.5 (``fold_bias=False, allow_inexact=False``):
+parameters, built with random weights (``pretrained=False``; nothing is downloaded). Norm
+affines are randomised and BN statistics calibrated on a batch (``tests.models.calibrated``,
+as in benchmarks/zoo.py). At ratio 0.5 (``fold_bias=False, allow_inexact=False``):
 
 * slimprune: planned, applied, ran (eval and train mode), exact against the silenced
   original (float32 at rtol 1e-4 / atol 1e-5 of the output scale; where float32 differs,
@@ -83,29 +83,6 @@ def families(max_params: float = 100e6, max_input: int = 224, fallback_input: in
     return out
 
 
-def _calibrated(model, x):
-    import torch
-    from torch import nn
-
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for m in model.modules():
-            w = getattr(m, "weight", None)
-            b = getattr(m, "bias", None)
-            if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)) and w is not None:
-                w.copy_(torch.rand(w.shape, generator=g) + 0.5)
-                if b is not None:
-                    b.copy_(torch.rand(b.shape, generator=g) - 0.5)
-        bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        for m in bns:
-            m.momentum = 1.0
-        model.train()
-        model(x)
-        for m in bns:
-            m.momentum = 0.1
-    return model.eval()
-
-
 def _close(ref, small, x) -> bool:
     import torch
 
@@ -129,10 +106,13 @@ def child(tool: str, name: str) -> dict:
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
     torch.manual_seed(0)
+    sys.path.insert(0, ".")
+    from tests.models import calibrated  # the zoo tests' norm randomisation, shared
+
     model = timm.create_model(name, pretrained=False)
     size = model.pretrained_cfg.get("input_size", (3, 224, 224))
     x = torch.randn(2, *size)
-    model = _calibrated(model, x)
+    model = calibrated(model, x)
     row: dict = {"tool": tool, "model": name, "input": "x".join(map(str, size)),
                  "params_before": sum(p.numel() for p in model.parameters())}
     try:

@@ -26,7 +26,7 @@ import torch  # noqa: E402
 import slimprune  # noqa: E402
 from slimprune.errors import UnsupportedOpWarning  # noqa: E402
 
-MODELS = ["yolov8n", "yolov8n-seg", "yolov8n-pose", "yolov8n-cls", "yolo11n", "yolov10n", "yolo12n"]
+MODELS = ["yolov8n", "yolov8n-seg", "yolov8n-pose", "yolov8n-cls", "yolo11n", "yolov10n", "yolo12n", "yolov5nu"]
 
 
 def first(out: object) -> torch.Tensor:

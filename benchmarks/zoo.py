@@ -47,8 +47,9 @@ def child(tool: str, name: str) -> dict:
 
     sys.path.insert(0, ".")
     from tests.helpers import assert_close, outputs
-    from tests.test_zoo import (DETECTION, assert_regions_match, build, calibrated, calibrated_detector,
-                                detection_targets, example_input)
+    from tests.models import calibrated
+    from tests.test_zoo import (DETECTION, assert_regions_match, build, calibrated_detector, detection_targets,
+                                example_input)
 
     warnings.simplefilter("ignore")
     torch.manual_seed(0)

@@ -107,53 +107,71 @@ def _rebuild(base: type, src: str, globals_: dict[str, Any]) -> nn.Module:
     return cls.__new__(cls)
 
 
-def _top(node: fx.Node) -> str | None:
-    """The path of the child module whose forward made ``node`` (None: the module's own code)."""
-    stack = node.meta.get("nn_module_stack")
-    if not stack:
+def _frame(node: fx.Node, depth: int) -> str | None:
+    """The call of a module, ``depth`` levels below the rewritten one, whose forward made
+    ``node`` (None: ``node`` is that level's own code). ``path@key``: the key tells two calls
+    of one module apart."""
+    if node.op in ("placeholder", "output"):
         return None
-    key, value = next(iter(stack.items()))
+    stack = node.meta.get("nn_module_stack")
+    if not stack or len(stack) <= depth:
+        return None
+    key, value = list(stack.items())[depth]
     path = value[0] if isinstance(value, tuple) and value and isinstance(value[0], str) else key
-    return f"{path}@{key}"  # the key tells two calls of one module apart
+    return f"{path}@{key}"
 
 
 def collapse_children(graph: fx.Graph, root: nn.Module, keep: set[str]) -> None:
-    """Call each child module again instead of its inlined code, where nothing in it was edited.
+    """Call each submodule again instead of its inlined code, where nothing in it was edited.
 
-    A trace inlines the forwards of the children; code that changes a child later (Ultralytics'
-    ``fuse()`` merges a Conv's BatchNorm into its conv and deletes ``bn``) needs the child
-    called as a module. A run of consecutive nodes made by one call of a child, with one input
-    and one output and no node named in ``keep`` (the edited ones), becomes one ``call_module``.
+    A trace inlines the forwards of the children (and theirs); code that changes a submodule
+    later (Ultralytics' ``fuse()`` merges a Conv's BatchNorm into its conv, deletes ``bn`` and
+    swaps its ``forward``) needs it called as a module. A run of consecutive nodes made by one
+    call of a child, with one input and one output and no node named in ``keep`` (the edited
+    ones), becomes one ``call_module``; in a child that was edited (or whose run cannot be one
+    call), the same is done for its own children, and so on down.
     """
-    nodes = list(graph.nodes)
-    runs: list[tuple[str, list[fx.Node]]] = []
-    for n in nodes:
-        top = _top(n) if n.op not in ("placeholder", "output") else None
-        if top is not None and runs and runs[-1][0] == top:
-            runs[-1][1].append(n)
-        elif top is not None:
-            runs.append((top, [n]))
-    for top, run in runs:
-        path = top.split("@")[0]
-        members = set(run)
-        if any(n.name in keep for n in run):
-            continue
-        try:
-            child = root.get_submodule(path)
-        except AttributeError:
-            continue
-        inputs = list(dict.fromkeys(a for n in run for a in n.all_input_nodes if a not in members))
-        outputs = [n for n in run if any(u not in members for u in n.users)]
-        if len(inputs) != 1 or len(outputs) != 1 or not isinstance(child, nn.Module) or inputs[0].op == "get_attr":
-            continue
-        with graph.inserting_before(run[0]):
-            call = graph.call_module(path, (inputs[0],))
-        call.meta = dict(outputs[0].meta)
-        call.meta.pop("nn_module_stack", None)
-        outputs[0].replace_all_uses_with(call)
-        for n in reversed(run):
-            graph.erase_node(n)
+    _collapse(graph, root, keep, list(graph.nodes), 0)
     graph.lint()
+
+
+def _collapse(graph: fx.Graph, root: nn.Module, keep: set[str], nodes: list[fx.Node], depth: int) -> None:
+    runs: list[tuple[str, list[fx.Node]]] = []
+    last: str | None = None
+    for n in nodes:
+        frame = _frame(n, depth)
+        if frame is not None and frame == last:
+            runs[-1][1].append(n)
+        elif frame is not None:
+            runs.append((frame, [n]))
+        last = frame
+    for frame, run in runs:
+        if any(n.name in keep for n in run) or not _call_instead(graph, root, frame.split("@")[0], run):
+            _collapse(graph, root, keep, run, depth + 1)
+
+
+def _call_instead(graph: fx.Graph, root: nn.Module, path: str, run: list[fx.Node]) -> bool:
+    """Replace ``run`` (one call of the module at ``path``) by a call of that module, if it has
+    one input and one output; True if it did."""
+    members = set(run)
+    try:
+        child = root.get_submodule(path)
+        if graph.owning_module is not None:  # (the traced module holds only what its graph reads)
+            graph.owning_module.get_submodule(path)
+    except AttributeError:
+        return False
+    inputs = list(dict.fromkeys(a for n in run for a in n.all_input_nodes if a not in members))
+    outputs = [n for n in run if any(u not in members for u in n.users)]
+    if len(inputs) != 1 or len(outputs) != 1 or not isinstance(child, nn.Module) or inputs[0].op == "get_attr":
+        return False
+    with graph.inserting_before(run[0]):
+        call = graph.call_module(path, (inputs[0],))
+    call.meta = dict(outputs[0].meta)
+    call.meta.pop("nn_module_stack", None)
+    outputs[0].replace_all_uses_with(call)
+    for n in reversed(run):
+        graph.erase_node(n)
+    return True
 
 
 def dropin(target: nn.Module, graph: fx.Graph) -> nn.Module:

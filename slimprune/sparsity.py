@@ -4,7 +4,8 @@ Network slimming (Liu et al., ICCV 2017) trains with ``λ·Σ|γ|`` added to the
 the BatchNorm scales of unimportant channels go to zero and those channels can be removed
 with ``slimprune.plan(model, threshold=...)``. This module regularises exactly the scales
 that such a plan can remove: the ``"scale"`` slices (BN γ, GroupNorm/LayerNorm weight) of
-channels in a prunable group of :func:`slimprune.analyze`. Channels that are kept anyway
+channels in a prunable group of :func:`slimprune.analyze` (of each traceable region, for a
+model fx cannot trace whole, as :func:`slimprune.plan` prunes it). Channels that are kept anyway
 (tied to a model output, behind an op without a channel rule, or named in ``protect``)
 are left alone, so a detection head's outputs keep their scales.
 
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +39,7 @@ from ._gamma import abs_gamma, unit_gamma_max
 from ._graph import ChannelGraph
 from ._parallel import unwrap_parallel
 from ._analysis import Analysis, analyze
-from ._options import protected_units
+from ._options import _relative, check_protect, protected_units
 from ._prune import plan as make_plan
 from ._solver import Predictor
 from .errors import InfeasiblePlanError, InvalidArgumentError
@@ -125,36 +126,90 @@ def linear_decay(total_steps: int) -> Schedule:
 
 @dataclass(frozen=True, eq=False)  # compared by identity: it holds a parameter
 class _Scale:
-    """One regularised norm weight, which of its channels count (None: all) and their graph units."""
+    """One regularised norm weight, which of its channels count (None: all), their graph units
+    and the index of the traced part (:class:`_Part`) those units belong to."""
 
     module: str
     param: nn.Parameter
     mask: torch.Tensor | None
     units: np.ndarray | None = None
+    part: int = 0
+
+
+@dataclass(frozen=True, eq=False)
+class _Part:
+    """A traced part of a model: the whole model, or (for a model fx cannot trace whole,
+    planned by regions like an Ultralytics ``DetectionModel``) one of its regions."""
+
+    path: str  # "" for the whole model
+    module: nn.Module
+    graph: ChannelGraph
+
+
+def _parts(model: nn.Module, example_inputs: Any, graph: ChannelGraph | None = None, warn: bool = True) -> list[_Part]:
+    """The parts :func:`slimprune.plan` would prune: the whole model when it traces, else its
+    plannable regions (recursively, as ``plan()`` finds them)."""
+    if graph is not None:
+        return [_Part("", model, graph)]
+    return list(_analysis_parts(analyze(model, example_inputs, warn=warn, regions=True), ""))
+
+
+def _analysis_parts(analysis: Analysis, prefix: str) -> Iterator[_Part]:
+    if not analysis.by_regions:
+        assert analysis.graph is not None
+        yield _Part(prefix, analysis.model, analysis.graph)
+        return
+    for r in analysis.regions:
+        if r.plannable:
+            yield from _analysis_parts(analysis.region(r), f"{prefix}.{r.path}" if prefix else r.path)
+
+
+def _within(protect: tuple[str | type, ...], path: str) -> tuple[str | type, ...] | None:
+    """``protect`` made relative to the part at ``path``; None when it protects the part whole."""
+    if not path:
+        return protect
+    if any(isinstance(p, str) and (p == "" or path == p or path.startswith(p + ".")) for p in protect):
+        return None
+    return _relative(protect, path)
+
+
+def _scales_and_parts(
+    model: nn.Module, example_inputs: Any, protect: Iterable[str | type], graph: ChannelGraph | None = None
+) -> tuple[list[_Scale], list[_Part]]:
+    """The scale-role slices of prunable, unprotected channels, found by analysing the graph:
+    the whole model's or, for a model planned by regions, each region's (names are the
+    whole model's)."""
+    protect = check_protect(model, protect)
+    parts = _parts(model, example_inputs, graph)
+    out = []
+    for index, part in enumerate(parts):
+        rel = _within(protect, part.path)
+        if rel is None:
+            continue
+        protected = protected_units(part.graph, part.module, rel)
+        free = part.graph.unit_to_group >= 0
+        if protected:
+            free[list(protected)] = False
+        for s in part.graph.slices:
+            if s.role != "scale":
+                continue
+            owner = part.module.get_submodule(s.module) if s.module else part.module
+            param = getattr(owner, s.param)
+            if not isinstance(param, nn.Parameter) or not param.requires_grad:
+                continue
+            mask = free[s.units]
+            if not mask.any():
+                continue
+            name = ".".join(p for p in (part.path, s.module) if p)
+            out.append(_Scale(name, param, None if mask.all() else torch.from_numpy(mask.copy()), s.units, index))
+    return out, parts
 
 
 def _prunable_scales(
     model: nn.Module, example_inputs: Any, protect: Iterable[str | type], graph: ChannelGraph | None = None
 ) -> list[_Scale]:
-    """The scale-role slices of prunable, unprotected channels, found by analysing the graph."""
-    graph = analyze(model, example_inputs).graph if graph is None else graph
-    protected = protected_units(graph, model, protect)
-    free = graph.unit_to_group >= 0
-    if protected:
-        free[list(protected)] = False
-    out = []
-    for s in graph.slices:
-        if s.role != "scale":
-            continue
-        owner = model.get_submodule(s.module) if s.module else model
-        param = getattr(owner, s.param)
-        if not isinstance(param, nn.Parameter) or not param.requires_grad:
-            continue
-        mask = free[s.units]
-        if not mask.any():
-            continue
-        out.append(_Scale(s.module, param, None if mask.all() else torch.from_numpy(mask.copy()), s.units))
-    return out
+    """The scale-role slices of prunable, unprotected channels (see :func:`_scales_and_parts`)."""
+    return _scales_and_parts(model, example_inputs, protect, graph)[0]
 
 
 def _unit_costs(graph: ChannelGraph, model: nn.Module, resource: str) -> np.ndarray:
@@ -184,9 +239,11 @@ def _unit_costs(graph: ChannelGraph, model: nn.Module, resource: str) -> np.ndar
     return costs
 
 
-def _cost_weights(scales: list[_Scale], costs: np.ndarray) -> list[torch.Tensor]:
-    """Per-channel multipliers of λ, proportional to ``costs``, averaging 1 over the regularised channels."""
-    raw = [torch.from_numpy(costs[s.units].astype(np.float32)) for s in scales]
+def _cost_weights(scales: list[_Scale], parts: list[_Part], resource: str) -> list[torch.Tensor]:
+    """Per-channel multipliers of λ, proportional to what removing each channel alone saves
+    (:func:`_unit_costs` in its part), averaging 1 over the regularised channels."""
+    costs = {i: _unit_costs(parts[i].graph, parts[i].module, resource) for i in sorted({s.part for s in scales})}
+    raw = [torch.from_numpy(costs[s.part][s.units].astype(np.float32)) for s in scales]
     counted = torch.cat([w if s.mask is None else w[s.mask] for w, s in zip(raw, scales)])
     mean = float(counted.mean()) if counted.numel() else 0.0
     if mean <= 0:
@@ -253,9 +310,12 @@ class SparsityRegularizer:
             :func:`constant` when None.
         protect: module names or types whose channels are not regularised (as in
             :func:`slimprune.plan`).
-        example_inputs: inputs for tracing, as for :func:`slimprune.analyze`.
+        example_inputs: inputs for tracing, as for :func:`slimprune.analyze`. A model fx
+            cannot trace whole (an Ultralytics ``DetectionModel``) is analysed region by
+            region, as :func:`slimprune.plan` does: the scales regularised are those a plan of
+            its regions can remove.
         bn_modules: instead of analysing the model, regularise every channel of these norm
-            layers (names or modules), e.g. for a model torch.fx cannot trace.
+            layers (names or modules), e.g. for a model no region of which traces.
         cost: ``"uniform"`` (default): every channel gets λ, as in network slimming.
             ``"flops"`` or ``"params"``: resource-aware sparsity; each channel's λ is scaled
             by the FLOPs (MACs at the ``example_inputs`` size) or parameters that removing it
@@ -266,7 +326,8 @@ class SparsityRegularizer:
     Raises:
         InvalidArgumentError: a bad ``lam``, ``schedule``, ``protect``, ``bn_modules`` or ``cost``,
             or a TorchScript model or submodule (regularise the eager module you will prune).
-        TraceError, ExampleInputError: the model cannot be analysed (pass ``bn_modules``).
+        TraceError, ExampleInputError: the model cannot be analysed, whole or by regions
+            (pass ``bn_modules``).
 
     Example:
         >>> reg = SparsityRegularizer(model, lam=1e-4, schedule=warmup(500))
@@ -307,10 +368,9 @@ class SparsityRegularizer:
         if bn_modules is not None:
             self._scales = _named_scales(inner, bn_modules)
         else:
-            graph = analyze(inner, example_inputs).graph
-            self._scales = _prunable_scales(inner, example_inputs, protect, graph)
+            self._scales, parts = _scales_and_parts(inner, example_inputs, protect)
             if cost != "uniform" and self._scales:
-                self._weights = _cost_weights(self._scales, _unit_costs(graph, inner, cost))
+                self._weights = _cost_weights(self._scales, parts, cost)
         self.cost = cost
         self.lam = float(lam)
         self.schedule: Schedule = schedule if schedule is not None else constant
@@ -422,20 +482,21 @@ class SparsityRegularizer:
 
 
 def _is_residual(model: nn.Module, example_inputs: Any) -> bool:
-    """True if some channel group is written by more than one dense producer (a residual add)."""
-    graph = analyze(model, example_inputs, warn=False).graph
-    modules = dict(model.named_modules())
-    for group in graph.groups:
-        producers = set()
-        for i in group.members:
-            s = graph.slices[i]
-            if s.role != "out" or s.param != "weight" or s.dim != 0:
-                continue
-            # A grouped or depthwise conv passes its input channels through; it adds no stream.
-            if getattr(modules.get(s.module), "groups", 1) == 1:
-                producers.add(s.module)
-        if len(producers) > 1:
-            return True
+    """True if some channel group (of the model, or of a region of a model planned by regions)
+    is written by more than one dense producer (a residual add)."""
+    for part in _parts(model, example_inputs, warn=False):
+        modules = dict(part.module.named_modules())
+        for group in part.graph.groups:
+            producers = set()
+            for i in group.members:
+                s = part.graph.slices[i]
+                if s.role != "out" or s.param != "weight" or s.dim != 0:
+                    continue
+                # A grouped or depthwise conv passes its input channels through; it adds no stream.
+                if getattr(modules.get(s.module), "groups", 1) == 1:
+                    producers.add(s.module)
+            if len(producers) > 1:
+                return True
     return False
 
 
@@ -552,7 +613,7 @@ def suggest_threshold(model: nn.Module, target_params: float, example_inputs: An
     """
     target = _check_fraction(target_params)
     model = unwrap_parallel(model)
-    analysis, plan_kwargs = _analysis_of(model, example_inputs, plan_kwargs, regions=False)
+    analysis, plan_kwargs = _analysis_of(model, example_inputs, plan_kwargs, regions=True)
     protect = plan_kwargs.get("protect", ())
     # The candidates are the |γ| of the channels prunable without opaque modules, as always.
     base = None if analysis.opaque else analysis.graph

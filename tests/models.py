@@ -44,6 +44,31 @@ def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
+def calibrated(model: nn.Module, x: torch.Tensor, seed: int = 0) -> nn.Module:
+    """Random norm affines, then BN running statistics set from one train-mode forward of ``x``
+    (so activations of a random-init model stay O(1)); returned in eval mode.
+
+    Where :func:`randomize_bn` draws the statistics, this measures them: the zoo tests and
+    benchmarks (torchvision, timm) use it on models deep enough to blow random statistics up.
+    """
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            w, b = getattr(m, "weight", None), getattr(m, "bias", None)
+            if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)) and w is not None:
+                w.copy_(torch.rand(w.shape, generator=g) + 0.5)
+                if b is not None:
+                    b.copy_(torch.rand(b.shape, generator=g) - 0.5)
+        bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        for m in bns:
+            m.momentum = 1.0
+        model.train()
+        model(x)
+        for m in bns:
+            m.momentum = 0.1
+    return model.eval()
+
+
 class ConvBNAct(nn.Sequential):
     """Conv, BatchNorm, activation."""
 

@@ -15,6 +15,7 @@ from torch import nn
 
 import slimprune
 from slimprune.errors import SlimpruneError
+from tests.models import randomize_bn
 
 torch.set_num_threads(1)
 
@@ -39,15 +40,6 @@ class Flagged(nn.Module):
         return self.head(torch.cat([self.a(left), right], 1))
 
 
-def randomized(model: nn.Module) -> nn.Module:
-    torch.manual_seed(0)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            nn.init.uniform_(m.weight, 0.1, 1.0)
-            nn.init.uniform_(m.bias, -0.5, 0.5)
-    return model.eval()
-
-
 def pickled(m: nn.Module) -> nn.Module:
     return pickle.loads(pickle.dumps(m))
 
@@ -66,7 +58,7 @@ ROUND_TRIPS: dict[str, Callable[[nn.Module], nn.Module]] = {
 
 @pytest.fixture(scope="module", params=[False, True], ids=["symbolic", "concrete"])
 def pruned(request: pytest.FixtureRequest) -> tuple[nn.Module, nn.Module, slimprune.PruningPlan, torch.Tensor]:
-    model = randomized(Flagged(shape_branch=request.param))
+    model = randomize_bn(Flagged(shape_branch=request.param)).eval()
     x = torch.randn(2, 3, 8, 8)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -127,3 +119,72 @@ def test_pickling_a_forward_that_calls_an_unpicklable_function_names_it(pruned) 
     broken.__class__ = fake
     with pytest.raises(SlimpruneError, match=r"Flagged.*'helper'"):
         pickle.dumps(broken)
+
+
+class FusableConv(nn.Module):
+    """Ultralytics' ``Conv`` in miniature: ``fuse()`` folds ``bn`` into ``conv``, deletes ``bn``
+    and swaps the instance's ``forward`` (what ``YOLO.predict`` does to every Conv)."""
+
+    def __init__(self, c1: int, c2: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c1, c2, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(c2)
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(self.conv(x)))
+
+    def forward_fuse(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.conv(x))
+
+    def fuse(self) -> None:
+        self.conv = torch.nn.utils.fusion.fuse_conv_bn_eval(self.conv, self.bn)
+        del self.bn
+        self.forward = self.forward_fuse
+
+
+class SplitBlock(nn.Module):
+    """A literal split in its own forward (rewritten), between two Convs (not edited)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cv = FusableConv(8, 8)
+        self.a = FusableConv(4, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        left, right = torch.split(self.cv(x), [4, 4], 1)
+        return torch.cat([self.a(left), right], 1)
+
+
+class Nested(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = FusableConv(3, 8)
+        self.blocks = nn.Sequential(SplitBlock())
+        self.head = nn.Conv2d(10, 5, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.stem(x)))
+
+
+def test_a_rewritten_forward_calls_unedited_submodules_at_any_depth_so_fusing_them_works() -> None:
+    """The edit sits two levels down (blocks.0's split); the Convs around it, its siblings'
+    children, are called as modules, so fusing them after pruning (deleting ``bn``) changes
+    the pruned model's result by float rounding only (it used to raise AttributeError: the
+    inlined code read ``blocks.0.cv.bn``)."""
+    model = randomize_bn(Nested()).eval()
+    x = torch.randn(2, 3, 8, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plan = slimprune.plan(model, 0.5, example_inputs=x, fold_bias=False)  # (3x3 convs: no border effect)
+    small = slimprune.apply(model, plan)
+    assert isinstance(small, slimprune.Rewritten) and small.blocks[0].cv.conv.out_channels < 8
+    for name in ("self.stem(", "self.blocks, \"0\").cv(", "self.blocks, \"0\").a(", "self.head("):
+        assert name in small.code, small.code
+    with torch.no_grad():
+        want = small(x)
+        for m in small.modules():
+            if isinstance(m, FusableConv):
+                m.fuse()
+        torch.testing.assert_close(small(x), want, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(want, slimprune.silence(model, plan)(x), rtol=1e-4, atol=1e-5)

@@ -17,6 +17,7 @@ from torch import nn
 import slimprune
 from slimprune.errors import UnsupportedOpWarning
 from tests.helpers import assert_pruned_equals_silenced
+from tests.models import randomize_bn
 
 torch.set_num_threads(1)
 
@@ -97,21 +98,10 @@ def plan_quietly(model: nn.Module, x: torch.Tensor, ratio: float = 0.5) -> tuple
     return plan, [w for w in caught if issubclass(w.category, UnsupportedOpWarning)]
 
 
-def randomised(model: nn.Module) -> nn.Module:
-    torch.manual_seed(0)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            nn.init.uniform_(m.weight, 0.1, 1.0)
-            nn.init.normal_(m.bias, 0, 0.3)
-            m.running_mean.normal_(0, 0.1)
-            m.running_var.uniform_(0.5, 1.5)
-    return model.eval()
-
-
 @pytest.mark.parametrize("fold_bias", [True, False], ids=["folded-beta", "zeroed-beta"])
 def test_psa_attention_prunes_through_its_matmuls_and_equals_silenced(fold_bias: bool) -> None:
     torch.manual_seed(0)
-    model = randomised(PSABlock())
+    model = randomize_bn(PSABlock()).eval()
     for bn in (model.ffn[0][1], model.head[0][1]):  # rank the block width (through the attention) lowest
         nn.init.uniform_(bn.weight, 5.0, 10.0)
     x = torch.randn(2, 3, 8, 8)
@@ -129,7 +119,7 @@ def test_psa_attention_prunes_through_its_matmuls_and_equals_silenced(fold_bias:
 
 def test_token_attention_prunes_contracted_channels_in_pairs_and_values() -> None:
     torch.manual_seed(0)
-    model = randomised(TokenAttention())
+    model = randomize_bn(TokenAttention()).eval()
     x = torch.randn(2, 3, 6, 6)
     plan, barriers = plan_quietly(model, x)
     assert not barriers
@@ -150,7 +140,7 @@ def test_head_batched_matmul_ties_the_heads_of_both_operands() -> None:
             return self.out(torch.relu(a @ b.transpose(-2, -1)))
 
     torch.manual_seed(0)
-    model = randomised(Heads())
+    model = randomize_bn(Heads()).eval()
     x = torch.randn(2, 3, 5, 5)
     plan, barriers = plan_quietly(model, x)
     assert not barriers
@@ -160,7 +150,7 @@ def test_head_batched_matmul_ties_the_heads_of_both_operands() -> None:
 
 def test_matmul_with_a_vector_is_a_barrier_that_warns() -> None:
     torch.manual_seed(0)
-    model = randomised(VectorProduct())
+    model = randomize_bn(VectorProduct()).eval()
     x = torch.randn(2, 3, 4, 4)
     plan, barriers = plan_quietly(model, x)
     assert barriers and "matmul" in str(barriers[0].message)

@@ -191,6 +191,54 @@ def test_protect_and_explicit_bn_modules() -> None:
         SparsityRegularizer(model, lam=-1.0)
 
 
+class TwoRegions(nn.Module):
+    """fx cannot trace it whole (a branch on a value), so plan() prunes its halves as regions."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.front = nn.Sequential(ConvBNAct(3, 8), ConvBNAct(8, 8))
+        self.back = nn.Sequential(ConvBNAct(8, 12), ConvBNAct(12, 6))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.front(x)
+        if x.mean() > 0:
+            x = x * 2
+        return self.back(x)
+
+
+def test_default_on_a_model_planned_by_regions_picks_the_scales_its_regions_can_remove() -> None:
+    """Without bn_modules=, a model fx cannot trace whole is analysed region by region as plan()
+    does: the regularised layers are those whose channels a threshold plan can remove (what
+    bn_modules= had to list), named as in the whole model; protect= and cost= work per region."""
+    torch.manual_seed(0)
+    model = randomize_bn(TwoRegions()).eval()
+    x = torch.randn(2, 3, 8, 8)
+    with pytest.raises(slimprune.TraceError):
+        slimprune.analyze(model, x)
+    with pytest.warns(slimprune.RegionFallbackWarning):
+        plan = slimprune.plan(model, threshold=1e30, example_inputs=x)
+    removable = sorted({s.module for s in plan.changed if s.role == "scale"})
+    assert removable == ["back.0.1", "front.0.1"]
+    reg = SparsityRegularizer(model, lam=0.1, example_inputs=x)
+    explicit = SparsityRegularizer(model, lam=0.1, bn_modules=removable)
+    assert sorted(reg.layers) == removable and reg.channels == explicit.channels == 20
+    for r in (reg, explicit):
+        model.zero_grad()
+        r.step()
+        grads = [model.get_submodule(n).weight.grad.clone() for n in removable]
+        if r is reg:
+            first = grads
+    assert all(torch.equal(a, b) for a, b in zip(first, grads))
+    assert SparsityRegularizer(model, example_inputs=x, protect=["back"]).layers == ("front.0.1",)
+    assert SparsityRegularizer(model, example_inputs=x, protect=["front.0"]).layers == ("back.0.1",)
+    weights = SparsityRegularizer(model, example_inputs=x, cost="flops").channel_weights
+    assert weights.keys() == set(removable)
+    torch.testing.assert_close(torch.cat(list(weights.values())).mean(), torch.tensor(1.0))
+    assert weights["front.0.1"][0] != weights["back.0.1"][0]  # priced in their own regions
+    assert gamma_stats(model, example_inputs=x)["count"] == 20
+    assert default_lambda(model, x) == 1e-4  # each region is a plain chain
+
+
 def test_step_creates_a_missing_gradient_and_skips_at_zero_strength() -> None:
     """A scale without a gradient gets λ·sign(γ); a zero multiplier leaves gradients alone."""
     model = TinyResNet()

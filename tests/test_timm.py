@@ -14,7 +14,7 @@ from torch import nn
 
 import slimprune
 from tests.helpers import assert_pruned_equals_silenced
-from tests.test_zoo import calibrated
+from tests.models import calibrated
 
 
 class FourierPosition(nn.Module):
@@ -268,3 +268,55 @@ def test_a_head_size_computed_from_another_tensors_width_keeps_both():
     plan = slimprune.plan(model, 0.5, example_inputs=(x,))
     small = assert_pruned_equals_silenced(model, plan, x, train=True)
     assert small.stem[0].out_channels == 8 and small.qkv.out_channels == 12
+
+
+# ------------------------------------------------------------------ LeViT
+# levit_128s lost 0.7% of its parameters with 46 barriers. The product rule refused none of
+# its matmuls: the barriers were the 46 `Tensor.reshape_as` of timm's LinearNorm
+# (`bn(x.flatten(0, 1)).reshape_as(x)`, every qkv, proj, mlp and q), which had no rule.
+
+
+def test_levit_prunes_through_linear_norm_and_attention_exactly():
+    model, x = _model("levit_128s", 224)
+    attn = model.stages[0].blocks[0].attn
+    heads, key, per = attn.num_heads, attn.key_dim, 2 * attn.key_dim + attn.val_dim
+    with torch.no_grad():  # rank this block's q/k channels lowest, so the plan removes some
+        attn.qkv.bn.weight.view(heads, per)[:, :2 * key] *= 1e-3
+        scale = float(model(x).abs().max())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plan = slimprune.plan(model, 0.5, example_inputs=(x,), fold_bias=False, allow_inexact=False)
+    barriers = [str(w.message) for w in caught if issubclass(w.category, slimprune.UnsupportedOpWarning)]
+    assert not barriers, barriers[0]
+    assert plan.params_after < 0.7 * plan.params_before
+    # float32 rounding of a differently ordered sum at an output scale of ~1e2: 1e-5 of it
+    small = assert_pruned_equals_silenced(model, plan, x, train=True, atol=1e-5 * scale)
+    pruned = small.stages[0].blocks[0].attn
+    values = pruned.proj.ln.linear.in_features  # v's channels, through attn @ v and proj
+    assert values < attn.val_attn_dim
+    qk = pruned.qkv.linear.out_features - values  # q/k channels, removed in contracted pairs
+    assert 0 < qk < 2 * key * heads and qk % (2 * heads) == 0
+
+
+class ReshapeAsInput(nn.Module):
+    """``y.reshape_as(x)`` onto a tensor whose width never shrinks (the model's input)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.head = nn.Conv2d(11, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.cat([self.a(x).flatten(2).reshape_as(x), self.b(x)], 1))
+
+
+def test_reshape_as_a_tensor_without_those_channels_keeps_them():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 8)
+    model = calibrated(ReshapeAsInput(), x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", slimprune.UnsupportedOpWarning)
+        plan = slimprune.plan(model, 0.5, example_inputs=(x,))
+    small = assert_pruned_equals_silenced(model, plan, x, train=True)
+    assert small.a[0].out_channels == 3 and small.b[0].out_channels < 8

@@ -21,6 +21,7 @@ from torch import nn
 import slimprune
 from slimprune._regions import _record_inputs
 from tests.helpers import assert_close, outputs, run
+from tests.models import calibrated
 
 CLASSIFICATION = torchvision.models.list_models(module=torchvision.models)
 SEGMENTATION = torchvision.models.list_models(module=torchvision.models.segmentation)
@@ -84,24 +85,6 @@ def detection_targets(name: str, images: list[torch.Tensor]) -> list[dict[str, t
                                         torch.ones(1, 17, 1)], 2)
         targets.append(t)
     return targets
-
-
-def calibrated(model: nn.Module, x: torch.Tensor, seed: int = 0) -> nn.Module:
-    """Random norm affines, then BN running stats set from a batch (so activations stay O(1))."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)) and getattr(m, "weight", None) is not None:
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-                m.bias.copy_(torch.rand(m.bias.shape, generator=g) - 0.5)
-        bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        for m in bns:
-            m.momentum = 1.0
-        model.train()
-        model(x)
-        for m in bns:
-            m.momentum = 0.1
-    return model.eval()
 
 
 def _check(model: nn.Module, x: torch.Tensor) -> None:

@@ -1,6 +1,6 @@
 """Network slimming of YOLOv8n with Ultralytics' own trainer, on SynthFaces in YOLO format.
 
-Phases: sparsity training (L1 on every BatchNorm γ, ``SparsityRegularizer.step()`` between
+Phases: sparsity training (L1 on every prunable BatchNorm γ, ``SparsityRegularizer.step()`` between
 backward and the optimizer step, from a trainer subclass), pruning by threshold, fine-tuning
 the pruned model with Ultralytics, and Ultralytics' ``val`` (mAP50, mAP50-95) before and
 after, with params, FLOPs and CPU latency from :func:`slimprune.measure`.
@@ -85,8 +85,9 @@ def prunable_bns(model: nn.Module, imgsz: int) -> list[str]:
     """The BatchNorms a threshold plan can shrink: those with a channel removed at an infinite threshold.
 
     fx cannot trace a ``DetectionModel`` whole (its forward takes ``*args``), so slimprune plans
-    it region by region; :class:`SparsityRegularizer`'s own analysis traces the whole model, so
-    the example asks the plan instead and regularises those layers (``bn_modules=``)."""
+    it region by region; :class:`SparsityRegularizer` analyses it the same way and regularises
+    exactly these layers by default (tests/test_ultralytics.py checks that they agree). Used
+    here for the |γ| statistics."""
     probe = copy.deepcopy(model).float().eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -120,9 +121,11 @@ def sparsity_trainer(yolo: Any, lam: float, imgsz: int = 160) -> type:
         _steps = 0
 
         def optimizer_step(self) -> None:
-            if self._reg is None:
-                names = prunable_bns(self.model, imgsz)
-                self._reg = SparsityRegularizer(self.model, lam, bn_modules=[self.model.get_submodule(n) for n in names])
+            if self._reg is None:  # the prunable BatchNorms, found region by region (no bn_modules= needed)
+                x = torch.rand(1, 3, imgsz, imgsz, device=next(self.model.parameters()).device)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    self._reg = SparsityRegularizer(self.model, lam, example_inputs=x)
             # Ultralytics' step (amp=False: nothing to unscale), with the L1 term added after its
             # gradient clipping: clipped together with the loss's (large) gradient, λ·sign(γ) would
             # be scaled down with it and γ would hardly move.

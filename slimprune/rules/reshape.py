@@ -154,6 +154,33 @@ def view(ctx, node):
     return info
 
 
+@register_rule("reshape_as", "view_as")
+def reshape_as(ctx, node):
+    """``x.reshape_as(other)`` / ``x.view_as(other)`` (timm's ``LinearNorm``:
+    ``bn(x.flatten(0, 1)).reshape_as(x)``): a reshape to ``other``'s shape, which after
+    pruning is ``other``'s pruned shape. The channels land where ``other`` carries its own,
+    so the two are tied (then both shrink alike); anywhere else ``other``'s width would not
+    follow ``x``'s, and both are kept."""
+    x = ctx.input(node, 0, "input")
+    other = ctx.input(node, 1, "other")
+    if x is None:
+        if other is not None:
+            ctx.keep(other.labels)
+        return None
+    info, axis = _map_reshape(ctx, node, x, ctx.shape(node.args[0]), ctx.shape(node))
+    if info is None:
+        if other is not None:
+            ctx.keep(other.labels)
+        return None
+    if other is None or other.axis != axis or other.labels.size != info.labels.size:
+        ctx.keep(info.labels)
+        if other is not None:
+            ctx.keep(other.labels)
+        return info
+    ctx.tie(info.labels, other.labels)
+    return info
+
+
 def _keep_foreign_derived_sizes(ctx, sizes, x, info) -> None:
     """A size computed from *another* tensor's channel count (``qkv.view(B, N, 3, heads,
     C // heads)`` with C the block input's width, SwinV2-CR, VOLO) would follow that
