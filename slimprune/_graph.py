@@ -393,14 +393,15 @@ class _Builder:
         """Register a rewrite of literal arguments of ``node``, computed once units are chosen."""
         (self.edits if self.graph_index == 0 else self.other_edits).append((node.name, fn))
 
-    def barrier(self, node: fx.Node, reason: str) -> None:
+    def barrier(self, node: fx.Node, reason: str, report: bool = False) -> None:
         """Keep every channel entering ``node``; its output carries no labels.
 
         Only ops that activations flow through are reported: parameters used by an op
-        without a rule (a relative-position table, say) are simply kept.
+        without a rule (a relative-position table, say) are simply kept. ``report=True``
+        reports it anyway (a tensor made from literal sizes that keeps heads whole).
         """
         self.keep_all((node.args, node.kwargs))
-        if node in self.batched:
+        if report or node in self.batched:
             self.barriers.append(Barrier(node.name, describe_target(node), self.where(node), reason))
         return None
 
