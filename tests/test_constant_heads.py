@@ -1,6 +1,6 @@
 """A tensor made inside an attention module and sized by its head count (T5's zero position
 bias, ``torch.zeros((1, self.n_heads, q, k))``) is pruned with the heads only when its values
-are defined: zeros/ones/full are; ``torch.empty``'s are not."""
+are defined: zeros/ones/full and their ``Tensor.new_*`` forms are; ``torch.empty``'s are not."""
 
 from __future__ import annotations
 
@@ -23,10 +23,16 @@ DEFINED: dict[str, Make] = {
     "torch.ones": lambda h, s: torch.ones(s) * 0.25,
     "torch.full": lambda h, s: torch.full(s, -0.5),
     "torch.zeros unpacked": lambda h, s: torch.zeros(*s),
+    "Tensor.new_zeros": lambda h, s: h.new_zeros(s),
+    "Tensor.new_zeros unpacked": lambda h, s: h.new_zeros(*s),
+    "Tensor.new_ones": lambda h, s: h.new_ones(s) * 0.25,
+    "Tensor.new_ones unpacked": lambda h, s: h.new_ones(*s) * 0.25,
+    "Tensor.new_full": lambda h, s: h.new_full(s, -0.5),
 }
 UNDEFINED: dict[str, Make] = {
     "torch.empty": lambda h, s: torch.empty(s),
     "torch.empty unpacked": lambda h, s: torch.empty(*s),
+    "Tensor.new_empty": lambda h, s: h.new_empty(s),
 }
 
 

@@ -265,12 +265,23 @@ def new_tensor(ctx, node):
     """A new tensor that reads nothing of its source's values (``x.new_zeros(x.shape)``,
     ``torch.zeros_like(x)``). ``*_like`` has its source's shape, hence its channels; a size
     read from a tensor's channel axis gives the new tensor that axis's channels (its width
-    follows the pruned width at run time); literal sizes give it none."""
+    follows the pruned width at run time); literal sizes give it none, except a per-head
+    constant sized by its attention module's head count (``x.new_zeros((1, self.n_heads, q,
+    k))``), whose heads axis is labelled as ``torch.zeros``'s is (``rules/heads.py``); a
+    per-head ``new_empty`` holds undefined values and keeps its heads (a barrier)."""
     from .._channels import SizeOf
+    from .heads import per_head_constant, uninitialised_heads
 
     if node.op == "call_function":
         return ctx.passthrough(node)
     ctx.sizes_rewritten(node)  # sizes read from a shape are sizes here, not values
+    if node.target == "new_empty":
+        if uninitialised_heads(ctx, node, 1):
+            return None
+    else:
+        heads = per_head_constant(ctx, node, 1, fill=node.target == "new_full")
+        if heads is not None:
+            return heads
     sizes = list(node.args[1:2] if node.target == "new_full" else node.args[1:])
     if not sizes and "size" in node.kwargs:
         sizes = [node.kwargs["size"]]
