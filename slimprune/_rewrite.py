@@ -165,6 +165,10 @@ def _kept_outputs(m: nn.Module, plan: PruningPlan, module: str) -> tuple[int, ..
             return None
         co = m.weight.shape[1]
         return tuple(g * co + q for g in range(m.groups) for q in per)
+    if isinstance(getattr(m, "bias", None), torch.Tensor):
+        # the bias is one entry per output, whichever weight dim holds the outputs
+        # (transformers' Conv1D stores its weight (in, out))
+        return plan.kept(module, "bias", 0)
     return plan.kept(module, "weight", 0)
 
 
