@@ -413,7 +413,7 @@ class _Builder:
     def sizes_from(self, values: list[Any], info: ChannelInfo | None, axis: int | None) -> None:
         """Sizes computed from another tensor's channel count must match this one's channels."""
         self.sized.add(self.current_node)
-        for k, src in enumerate(self._size_infos(values)):
+        for k, src in enumerate(self.size_infos(values)):
             if not isinstance(src, SizeOf) or not src.single or src.derived or src.dims[0] is None:
                 continue  # (a derived size follows the kept width wherever it is a size)
             labels = src.dims[0]
@@ -422,7 +422,7 @@ class _Builder:
             else:
                 self.keep(labels)
 
-    def _size_infos(self, values: list[Any]) -> list[Any]:
+    def size_infos(self, values: list[Any]) -> list[Any]:
         """What each size of a shape argument was read from; one argument that is a whole
         shape (``x.view(y.shape)``, ``x.view(output_shape)``) stands for one size per axis."""
         infos = [self.values.get(v) if isinstance(v, fx.Node) else None for v in values]
