@@ -185,6 +185,13 @@ def _assign(model: nn.Module, tensors: dict[tuple[str, str], torch.Tensor], orig
             if id(t) not in made:
                 made[id(t)] = nn.Parameter(t, requires_grad=req)
             setattr(m, param, made[id(t)])
+    # A name the graph never read that held the same original tensor (T5's ``shared``, whose
+    # weight encoder.embed_tokens and lm_head use) got the new tensor from the copy's memo:
+    # it gets the same new Parameter, so the tie survives and no plain tensor is left there.
+    for m in model.modules():
+        for name, value in list(m._parameters.items()):
+            if value is not None and id(value) in made and value is not made[id(value)]:
+                m._parameters[name] = made[id(value)]
     for module, orig in originals.items():
         m = _owner(model, module)
         rule = lookup_rule("call_module", None, m)

@@ -584,3 +584,66 @@ def test_gpt2_loses_its_hidden_width_under_allow_inexact_and_computes_the_silenc
     assert torch.allclose(got.logits, want.logits, atol=1e-5), (got.logits - want.logits).abs().max()
     tokens = _greedy(small, IDS[:, :3])
     assert tokens.shape == (2, 11) and torch.equal(tokens, _greedy(ref, IDS[:, :3]))
+
+
+class T5Logits(torch.nn.Module):
+    """A T5 whose user wants only the logits (``encoder_last_hidden_state`` is not returned,
+    so the hidden width is not the user's)."""
+
+    def __init__(self, model: transformers.T5ForConditionalGeneration) -> None:
+        super().__init__()
+        self.m = model
+
+    def forward(self, input_ids: torch.Tensor, decoder_input_ids: torch.Tensor) -> torch.Tensor:
+        return self.m(input_ids=input_ids, decoder_input_ids=decoder_input_ids, use_cache=False).logits
+
+
+class KeptRMSNorm(torch.nn.Module):
+    """A silenced T5LayerNorm computing its rms over the kept channels only (the removed ones
+    output 0: no shift, a silenced scale)."""
+
+    def __init__(self, norm: torch.nn.Module, kept: tuple[int, ...]) -> None:
+        super().__init__()
+        self.norm, self.kept = norm, list(kept)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k, n = self.kept, self.norm
+        out = torch.zeros_like(x)
+        h = x[..., k]
+        out[..., k] = n.weight[k] * (h * torch.rsqrt(h.to(torch.float32).pow(2).mean(-1, keepdim=True) + n.variance_epsilon))
+        return out
+
+
+def test_t5_returning_only_logits_loses_its_hidden_width_with_its_shared_embedding_still_one_parameter() -> None:
+    model = tiny_t5("sdpa", "gated-gelu")  # tie_word_embeddings: shared, both embed_tokens and lm_head are one tensor
+    for m in model.modules():
+        if type(m).__name__ == "T5LayerNorm":
+            torch.nn.init.uniform_(m.weight, 0.5, 1.5)
+    wrapped = T5Logits(model).eval()
+    inputs = {"input_ids": IDS, "decoder_input_ids": IDS[:, :5]}
+    plan, barriers = plan_quietly(wrapped, ratio=0.5, example_inputs=inputs)  # allow_inexact=True, the default
+    assert not barriers
+    hidden = [g for g in plan.groups if any(m.startswith("m.encoder.final_layer_norm.weight") for m in g.members)]
+    assert len(hidden) == 1 and not hidden[0].exact and hidden[0].removed
+    small = slimprune.apply(wrapped, plan)
+    t5 = small.m
+    w = t5.shared.weight
+    assert isinstance(w, torch.nn.Parameter) and w.shape[0] == 100 and w.shape[1] < 32
+    assert t5.encoder.embed_tokens.weight is w and t5.decoder.embed_tokens.weight is w and t5.lm_head.weight is w
+    assert sum(1 for n, _ in small.named_parameters() if n.endswith(("shared.weight", "embed_tokens.weight"))) == 1
+    assert t5.encoder.final_layer_norm.weight.numel() == w.shape[1] and t5.lm_head.bias is None
+    ref = slimprune.silence(wrapped, plan)
+    for name, m in list(ref.named_modules()):
+        kept = plan.kept(name, "weight", 0) if type(m).__name__ == "T5LayerNorm" else None
+        if kept is not None and len(kept) < m.weight.numel():
+            parent, _, attr = name.rpartition(".")
+            setattr(ref.get_submodule(parent), attr, KeptRMSNorm(m, kept))
+    with torch.no_grad():
+        got, want = small(**inputs), ref(**inputs)
+        assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
+        a = t5.generate(IDS, max_new_tokens=6, do_sample=False, use_cache=True)
+        b = ref.m.generate(IDS, max_new_tokens=6, do_sample=False, use_cache=True)
+    assert a.shape[1] > 1 and torch.equal(a, b)
+    # the bare model returns encoder_last_hidden_state: that width is the user's, kept
+    bare, _ = plan_quietly(model, ratio=0.5, example_inputs=T5_INPUTS)
+    assert all(not g.removed for g in bare.groups if any(m.startswith("encoder.final_layer_norm") for m in g.members))
