@@ -188,15 +188,21 @@ def _assign(model: nn.Module, tensors: dict[tuple[str, str], torch.Tensor], orig
     # A name the graph never read that held the same original tensor (T5's ``shared``, whose
     # weight encoder.embed_tokens and lm_head use) got the new tensor from the copy's memo:
     # it gets the same new Parameter, so the tie survives and no plain tensor is left there.
+    unread: list[nn.Module] = []
     for m in model.modules():
         for name, value in list(m._parameters.items()):
             if value is not None and id(value) in made and value is not made[id(value)]:
                 m._parameters[name] = made[id(value)]
+                unread.append(m)
     for module, orig in originals.items():
         m = _owner(model, module)
         rule = lookup_rule("call_module", None, m)
         if rule is not None and rule.resize is not None:
             rule.resize(m, orig)
+    for m in unread:  # (their sizes, embedding_dim, follow the new weight too)
+        rule = lookup_rule("call_module", None, m)
+        if rule is not None and rule.resize is not None:
+            rule.resize(m, copy.copy(m))
 
 
 def _set_submodule(model: nn.Module, path: str, new: nn.Module) -> None:

@@ -632,6 +632,7 @@ def test_t5_returning_only_logits_loses_its_hidden_width_with_its_shared_embeddi
     assert t5.encoder.embed_tokens.weight is w and t5.decoder.embed_tokens.weight is w and t5.lm_head.weight is w
     assert sum(1 for n, _ in small.named_parameters() if n.endswith(("shared.weight", "embed_tokens.weight"))) == 1
     assert t5.encoder.final_layer_norm.weight.numel() == w.shape[1] and t5.lm_head.bias is None
+    assert t5.shared.embedding_dim == t5.encoder.embed_tokens.embedding_dim == w.shape[1]  # no stale size either
     ref = slimprune.silence(wrapped, plan)
     for name, m in list(ref.named_modules()):
         kept = plan.kept(name, "weight", 0) if type(m).__name__ == "T5LayerNorm" else None
