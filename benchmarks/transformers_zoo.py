@@ -7,9 +7,10 @@ second block shifted; Segformer 2 stages with spatial reduction 2 in the first),
 position buckets, vocabulary 100, inputs of batch 2 and 8 tokens (T5 decoder: 5) or 32x32
 images. At ratio 0.5:
 
-* slimprune (``plan(ratio=0.5, allow_inexact=False)``, and once more for GPT-2, Llama and a
-  Llama with ``tie_word_embeddings=True`` with the default ``allow_inexact=True``, which also
-  prunes the hidden width): parameters removed, query heads before -> after,
+* slimprune (``plan(ratio=0.5, allow_inexact=False)``, and once more for GPT-2, Llama, a
+  Llama with ``tie_word_embeddings=True`` and a T5 wrapped to return only its logits with the
+  default ``allow_inexact=True``, which also prunes the hidden width): parameters removed,
+  query heads before -> after (and the hidden width for those rows),
   exact against the silenced original (eval mode, rtol 1e-4 / atol 1e-5), whether the
   model's own head-count attributes match its weights, barrier ops, seconds;
 * Torch-Pruning 1.6.1 as its README shows for transformers (``MetaPruner``, L2 magnitude,
@@ -36,7 +37,7 @@ import torch
 
 FAMILIES = ["bert", "distilbert", "vit", "clip", "gpt2", "llama-gqa", "t5", "swin", "segformer"]
 # run once more by slimprune with allow_inexact=True (the default): the hidden width too
-INEXACT = ["gpt2", "llama-gqa", "llama-tied"]
+INEXACT = ["gpt2", "llama-gqa", "llama-tied", "t5-logits"]
 IDS = torch.randint(0, 100, (2, 8), generator=torch.Generator().manual_seed(0))
 PIXELS = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
@@ -80,6 +81,9 @@ def build(family: str, impl: str) -> tuple[torch.nn.Module, dict[str, Any]]:
                          pad_token_id=0, eos_token_id=1, attn_implementation=impl)
         return T.T5ForConditionalGeneration(cfg).eval(), {"input_ids": IDS, "decoder_input_ids": IDS[:, :5],
                                                           "use_cache": False}
+    if family == "t5-logits":  # the user keeps only the logits: the hidden width is not returned
+        model, inputs = build("t5", impl)
+        return T5Logits(model).eval(), {k: v for k, v in inputs.items() if k != "use_cache"}
     if family == "swin":
         cfg = T.SwinConfig(image_size=32, patch_size=4, embed_dim=16, depths=[2, 1], num_heads=[2, 4], window_size=4,
                            mlp_ratio=2.0, attn_implementation=impl)
@@ -90,6 +94,25 @@ def build(family: str, impl: str) -> tuple[torch.nn.Module, dict[str, Any]]:
                                 attn_implementation=impl)
         return T.SegformerModel(cfg).eval(), {"pixel_values": PIXELS}
     raise ValueError(family)
+
+
+class T5Logits(torch.nn.Module):
+    """T5ForConditionalGeneration returning only its logits (not encoder_last_hidden_state)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.m = model
+
+    def forward(self, input_ids: torch.Tensor, decoder_input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"logits": self.m(input_ids=input_ids, decoder_input_ids=decoder_input_ids, use_cache=False).logits}
+
+
+def hidden_width(model: torch.nn.Module) -> int:
+    """The residual-stream width: the input embedding's."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.Embedding) and m.num_embeddings == 100:
+            return m.embedding_dim
+    return 0
 
 
 def projections(m: torch.nn.Module) -> tuple[list[torch.nn.Module], int, str | None]:
@@ -156,6 +179,7 @@ def run_slimprune(family: str, impl: str, allow_inexact: bool = False) -> dict[s
     h1, agree = heads(small)
     barriers = sum(str(w.message).count("\n  - ") for w in caught if issubclass(w.category, slimprune.UnsupportedOpWarning))
     return {"ran": True, "removed": 1 - sum(p.numel() for p in small.parameters()) / n0, "heads": f"{sum(h0)}->{sum(h1)}",
+            "hidden": f"{hidden_width(model)}->{hidden_width(small)}",
             "exact": bool(torch.allclose(a, b, rtol=1e-4, atol=1e-5)) if not allow_inexact else None,
             "counts_agree": agree,
             "barriers": barriers, "seconds": seconds}
@@ -215,10 +239,10 @@ def main() -> None:
             print(f"| {family} | {tool} | yes | {r['removed']:.0%} | {r['heads']} | {check} | "
                   f"{'yes' if r['counts_agree'] else 'no'} | {r.get('barriers', '')} | {r['seconds']:.2f} |", flush=True)
     for family in INEXACT if "slimprune" in args.tools else []:  # the hidden width, through the norms
-        if family not in args.families and family != "llama-tied":
+        if family not in args.families and family not in ("llama-tied", "t5-logits"):
             continue
         r = run_slimprune(family, args.impl, allow_inexact=True)
-        print(f"| {family}, allow_inexact=True | slimprune | yes | {r['removed']:.0%} | {r['heads']} | inexact allowed | "
+        print(f"| {family}, allow_inexact=True | slimprune | yes | {r['removed']:.0%} | {r['heads']}, hidden {r['hidden']} | inexact allowed | "
               f"{'yes' if r['counts_agree'] else 'no'} | {r['barriers']} | {r['seconds']:.2f} |", flush=True)
 
 

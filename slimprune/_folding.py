@@ -277,6 +277,26 @@ def _perturbed(inputs: tuple) -> tuple:
     return tuple(out)
 
 
+def _silenced_under_another_name(graph: ChannelGraph, model: nn.Module, module: str,
+                                 roles: tuple[str, ...], keep_shift: bool) -> bool:
+    """Is ``module``'s weight, along its input dim, one tensor with a slice that silencing
+    zeroes under another name? A tied ``lm_head`` (GPT-2's, ``wte``'s weight) reads the
+    hidden width through the embedding's columns, which silencing zeroes: the constants the
+    removed channels hold reach nothing in the silenced model, so folding them into a bias
+    would make the pruned model differ from it (and give the head a bias it never had)."""
+    def tensor(name: str, param: str) -> object:
+        return getattr(model.get_submodule(name) if name else model, param, None)
+
+    zeroed = tuple(roles) + (() if keep_shift else ("shift",))
+    ins = [s for s in graph.slices if s.module == module and s.role == "in"]
+    for s in ins:
+        t = tensor(s.module, s.param)
+        if any(o.role in zeroed and o.dim == s.dim and o.module != module and tensor(o.module, o.param) is t
+               for o in graph.slices):
+            return True
+    return False
+
+
 def folds(graph: ChannelGraph, model: nn.Module, removed: np.ndarray, keep_shift: bool,
           roles: tuple[str, ...], cache: ProbeCache | None = None) -> tuple[list[Fold], list[str], np.ndarray]:
     """Constants that removed channels hold at each consumer, measured on the silenced model.
@@ -303,6 +323,8 @@ def folds(graph: ChannelGraph, model: nn.Module, removed: np.ndarray, keep_shift
         nz = np.abs(vals) > 0
         if not nz.any() or c.module in found:
             continue  # calls of one module agree (or conflicts says otherwise): one fold serves all
+        if _silenced_under_another_name(graph, model, c.module, roles, keep_shift):
+            continue  # its own weight is zero at those inputs in the silenced model: they add nothing
         m = model.get_submodule(c.module)
         if not _can_fold(m):
             notes.append(f"{c.module}: removed input channels hold non-zero constants but {type(m).__name__} "

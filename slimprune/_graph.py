@@ -393,14 +393,15 @@ class _Builder:
         """Register a rewrite of literal arguments of ``node``, computed once units are chosen."""
         (self.edits if self.graph_index == 0 else self.other_edits).append((node.name, fn))
 
-    def barrier(self, node: fx.Node, reason: str) -> None:
+    def barrier(self, node: fx.Node, reason: str, report: bool = False) -> None:
         """Keep every channel entering ``node``; its output carries no labels.
 
         Only ops that activations flow through are reported: parameters used by an op
-        without a rule (a relative-position table, say) are simply kept.
+        without a rule (a relative-position table, say) are simply kept. ``report=True``
+        reports it anyway (a tensor made from literal sizes that keeps heads whole).
         """
         self.keep_all((node.args, node.kwargs))
-        if node in self.batched:
+        if report or node in self.batched:
             self.barriers.append(Barrier(node.name, describe_target(node), self.where(node), reason))
         return None
 
@@ -412,8 +413,7 @@ class _Builder:
     def sizes_from(self, values: list[Any], info: ChannelInfo | None, axis: int | None) -> None:
         """Sizes computed from another tensor's channel count must match this one's channels."""
         self.sized.add(self.current_node)
-        for k, v in enumerate(values):
-            src = self.values.get(v) if isinstance(v, fx.Node) else None
+        for k, src in enumerate(self.size_infos(values)):
             if not isinstance(src, SizeOf) or not src.single or src.derived or src.dims[0] is None:
                 continue  # (a derived size follows the kept width wherever it is a size)
             labels = src.dims[0]
@@ -421,6 +421,14 @@ class _Builder:
                 self.tie(labels, info.labels)
             else:
                 self.keep(labels)
+
+    def size_infos(self, values: list[Any]) -> list[Any]:
+        """What each size of a shape argument was read from; one argument that is a whole
+        shape (``x.view(y.shape)``, ``x.view(output_shape)``) stands for one size per axis."""
+        infos = [self.values.get(v) if isinstance(v, fx.Node) else None for v in values]
+        if len(infos) == 1 and isinstance(infos[0], SizeOf) and not infos[0].single and not infos[0].derived:
+            return [SizeOf((d,), single=True) for d in infos[0].dims]
+        return infos
 
     def passthrough(self, node: fx.Node, index: int = 0, name: str | None = "input") -> ChannelInfo | None:
         """Output channels are input channels (activations, pooling, dropout, ...)."""

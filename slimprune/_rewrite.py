@@ -165,6 +165,10 @@ def _kept_outputs(m: nn.Module, plan: PruningPlan, module: str) -> tuple[int, ..
             return None
         co = m.weight.shape[1]
         return tuple(g * co + q for g in range(m.groups) for q in per)
+    if isinstance(getattr(m, "bias", None), torch.Tensor):
+        # the bias is one entry per output, whichever weight dim holds the outputs
+        # (transformers' Conv1D stores its weight (in, out))
+        return plan.kept(module, "bias", 0)
     return plan.kept(module, "weight", 0)
 
 
@@ -181,11 +185,24 @@ def _assign(model: nn.Module, tensors: dict[tuple[str, str], torch.Tensor], orig
             if id(t) not in made:
                 made[id(t)] = nn.Parameter(t, requires_grad=req)
             setattr(m, param, made[id(t)])
+    # A name the graph never read that held the same original tensor (T5's ``shared``, whose
+    # weight encoder.embed_tokens and lm_head use) got the new tensor from the copy's memo:
+    # it gets the same new Parameter, so the tie survives and no plain tensor is left there.
+    unread: list[nn.Module] = []
+    for m in model.modules():
+        for name, value in list(m._parameters.items()):
+            if value is not None and id(value) in made and value is not made[id(value)]:
+                m._parameters[name] = made[id(value)]
+                unread.append(m)
     for module, orig in originals.items():
         m = _owner(model, module)
         rule = lookup_rule("call_module", None, m)
         if rule is not None and rule.resize is not None:
             rule.resize(m, orig)
+    for m in unread:  # (their sizes, embedding_dim, follow the new weight too)
+        rule = lookup_rule("call_module", None, m)
+        if rule is not None and rule.resize is not None:
+            rule.resize(m, copy.copy(m))
 
 
 def _set_submodule(model: nn.Module, path: str, new: nn.Module) -> None:

@@ -161,7 +161,8 @@ def test_gpt2_conv1d_mlp_widths_and_fused_qkv_heads_are_removed_exactly(impl: st
     model = tiny_gpt2(impl)
     inputs = {"input_ids": IDS, "use_cache": False}  # a non-tensor keyword is a constant of the trace
     assert trace(model, inputs).method == "concrete"
-    plan, barriers = plan_quietly(model, ratio=0.5, example_inputs=inputs)
+    # exact: heads and MLP widths (the hidden width through LayerNorm is inexact, tested below)
+    plan, barriers = plan_quietly(model, ratio=0.5, example_inputs=inputs, allow_inexact=False)
     assert plan.params_after < plan.params_before
     small = assert_pruned_equals_silenced(model, plan, inputs)
     assert type(small) is transformers.GPT2LMHeadModel and not isinstance(small, slimprune.Rewritten)
@@ -295,7 +296,8 @@ def test_taylor_importance_uses_a_hugging_face_models_own_loss() -> None:
     model = tiny_gpt2("eager")
     batches = [{"input_ids": IDS, "labels": IDS, "use_cache": False}]
     inputs = {"input_ids": IDS, "use_cache": False}
-    plan, _ = plan_quietly(model, ratio=0.5, example_inputs=inputs, importance=slimprune.taylor_importance(batches))
+    plan, _ = plan_quietly(model, ratio=0.5, example_inputs=inputs, importance=slimprune.taylor_importance(batches),
+                           allow_inexact=False)
     assert plan.params_after < plan.params_before
     assert_pruned_equals_silenced(model, plan, inputs)
     with pytest.raises(slimprune.InvalidArgumentError, match="needs a loss"):
@@ -486,6 +488,9 @@ def test_tied_input_and_output_embeddings_stay_one_tensor_through_pruning_and_ro
     assert _embeddings(model)[1] is _embeddings(model)[0] and _embeddings(model)[0].shape[1] in (32, 64)  # untouched
     if family == "llama-tied":  # the hidden width went, through RMSNorm, embeddings and the tied lm_head at once
         assert wte.shape[1] == small.model.norm.weight.numel() < 64 and small.config.hidden_size == 64
+    else:  # GPT-2's too: through LayerNorm, wte/wpe, and the output_shape its forward reshapes to
+        assert wte.shape[1] == small.transformer.ln_f.weight.numel() < 32 and small.config.n_embd == 32
+        assert small.lm_head.bias is None  # (no constant folded into the tied head)
     assert _greedy(small, IDS[:, :3]).shape == (2, 11)
     expect = small(**inputs).logits
     torch.save(small, tmp_path / "m.pt")
@@ -521,3 +526,125 @@ def test_a_task_heads_encoder_loses_its_hidden_width_only_when_inexact_is_allowe
     small = slimprune.apply(model, loose)
     assert small.classifier.in_features < 32 and small(**inputs).logits.shape == (2, 3)
     assert type(small) is type(model) and not isinstance(small, slimprune.Rewritten)
+
+
+class KeptLayerNorm(torch.nn.Module):
+    """A silenced LayerNorm that normalises over the kept channels only: what the pruned
+    model's narrower LayerNorm computes, laid out at the original width (the removed
+    channels output what the silenced norm outputs there, its shift)."""
+
+    def __init__(self, norm: torch.nn.LayerNorm, kept: tuple[int, ...]) -> None:
+        super().__init__()
+        self.norm, self.kept = norm, list(kept)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k, n = self.kept, self.norm
+        out = n.bias.expand_as(x).clone()
+        out[..., k] = torch.nn.functional.layer_norm(x[..., k], (len(k),), n.weight[k], n.bias[k], n.eps)
+        return out
+
+
+def norms_over_kept_channels(model: torch.nn.Module, plan: slimprune.PruningPlan) -> torch.nn.Module:
+    """``silence(model, plan)`` with every LayerNorm the plan narrows computed over its kept
+    channels: the one inexactness an inexact hidden-width group declares, made explicit."""
+    ref = slimprune.silence(model, plan)
+    for name, m in list(ref.named_modules()):
+        kept = plan.kept(name, "weight", 0) if isinstance(m, torch.nn.LayerNorm) else None
+        if kept is not None and len(kept) < m.weight.numel():
+            parent, _, attr = name.rpartition(".")
+            setattr(ref.get_submodule(parent), attr, KeptLayerNorm(m, kept))
+    return ref
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_gpt2_loses_its_hidden_width_under_allow_inexact_and_computes_the_silenced_original_with_narrower_norms(impl: str) -> None:
+    """GPT2Model reshapes its last hidden state to ``(-1,) + input_shape[1:] + (h.size(-1),)``
+    with ``h`` read after the embeddings: that size is the hidden width's own group, so the
+    width goes (64 -> 32 style), and the pruned model is the silenced original up to exactly
+    the LayerNorm statistics the plan declares inexact."""
+    model = tiny_gpt2(impl)
+    for m in model.modules():  # non-trivial norm scales and shifts: the shift of a removed channel is a constant
+        if isinstance(m, torch.nn.LayerNorm):
+            torch.nn.init.uniform_(m.weight, 0.5, 1.5)
+            torch.nn.init.normal_(m.bias, std=0.2)
+    inputs = {"input_ids": IDS, "use_cache": False}
+    plan, barriers = plan_quietly(model, ratio=0.5, example_inputs=inputs)  # allow_inexact=True, the default
+    assert not barriers
+    hidden = [g for g in plan.groups if any(m.startswith("transformer.ln_f.weight") for m in g.members)]
+    assert len(hidden) == 1 and not hidden[0].exact and hidden[0].removed  # the plan says so
+    small = slimprune.apply(model, plan)
+    width = small.transformer.wte.embedding_dim
+    assert width == small.transformer.wpe.embedding_dim == small.transformer.ln_f.weight.numel() < 32
+    assert small.lm_head.weight is small.transformer.wte.weight and small.lm_head.bias is None
+    assert all(b.ln_1.normalized_shape == (width,) and b.attn.c_attn.nx == width for b in small.transformer.h)
+    ref = norms_over_kept_channels(model, plan)
+    with torch.no_grad():
+        got, want = small(**inputs), ref(**inputs)
+    assert type(got) is type(want) and got.logits.shape == (2, 8, 100)
+    assert torch.allclose(got.logits, want.logits, atol=1e-5), (got.logits - want.logits).abs().max()
+    tokens = _greedy(small, IDS[:, :3])
+    assert tokens.shape == (2, 11) and torch.equal(tokens, _greedy(ref, IDS[:, :3]))
+
+
+class T5Logits(torch.nn.Module):
+    """A T5 whose user wants only the logits (``encoder_last_hidden_state`` is not returned,
+    so the hidden width is not the user's)."""
+
+    def __init__(self, model: transformers.T5ForConditionalGeneration) -> None:
+        super().__init__()
+        self.m = model
+
+    def forward(self, input_ids: torch.Tensor, decoder_input_ids: torch.Tensor) -> torch.Tensor:
+        return self.m(input_ids=input_ids, decoder_input_ids=decoder_input_ids, use_cache=False).logits
+
+
+class KeptRMSNorm(torch.nn.Module):
+    """A silenced T5LayerNorm computing its rms over the kept channels only (the removed ones
+    output 0: no shift, a silenced scale)."""
+
+    def __init__(self, norm: torch.nn.Module, kept: tuple[int, ...]) -> None:
+        super().__init__()
+        self.norm, self.kept = norm, list(kept)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k, n = self.kept, self.norm
+        out = torch.zeros_like(x)
+        h = x[..., k]
+        out[..., k] = n.weight[k] * (h * torch.rsqrt(h.to(torch.float32).pow(2).mean(-1, keepdim=True) + n.variance_epsilon))
+        return out
+
+
+def test_t5_returning_only_logits_loses_its_hidden_width_with_its_shared_embedding_still_one_parameter() -> None:
+    model = tiny_t5("sdpa", "gated-gelu")  # tie_word_embeddings: shared, both embed_tokens and lm_head are one tensor
+    for m in model.modules():
+        if type(m).__name__ == "T5LayerNorm":
+            torch.nn.init.uniform_(m.weight, 0.5, 1.5)
+    wrapped = T5Logits(model).eval()
+    inputs = {"input_ids": IDS, "decoder_input_ids": IDS[:, :5]}
+    plan, barriers = plan_quietly(wrapped, ratio=0.5, example_inputs=inputs)  # allow_inexact=True, the default
+    assert not barriers
+    hidden = [g for g in plan.groups if any(m.startswith("m.encoder.final_layer_norm.weight") for m in g.members)]
+    assert len(hidden) == 1 and not hidden[0].exact and hidden[0].removed
+    small = slimprune.apply(wrapped, plan)
+    t5 = small.m
+    w = t5.shared.weight
+    assert isinstance(w, torch.nn.Parameter) and w.shape[0] == 100 and w.shape[1] < 32
+    assert t5.encoder.embed_tokens.weight is w and t5.decoder.embed_tokens.weight is w and t5.lm_head.weight is w
+    assert sum(1 for n, _ in small.named_parameters() if n.endswith(("shared.weight", "embed_tokens.weight"))) == 1
+    assert t5.encoder.final_layer_norm.weight.numel() == w.shape[1] and t5.lm_head.bias is None
+    assert t5.shared.embedding_dim == t5.encoder.embed_tokens.embedding_dim == w.shape[1]  # no stale size either
+    ref = slimprune.silence(wrapped, plan)
+    for name, m in list(ref.named_modules()):
+        kept = plan.kept(name, "weight", 0) if type(m).__name__ == "T5LayerNorm" else None
+        if kept is not None and len(kept) < m.weight.numel():
+            parent, _, attr = name.rpartition(".")
+            setattr(ref.get_submodule(parent), attr, KeptRMSNorm(m, kept))
+    with torch.no_grad():
+        got, want = small(**inputs), ref(**inputs)
+        assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
+        a = t5.generate(IDS, max_new_tokens=6, do_sample=False, use_cache=True)
+        b = ref.m.generate(IDS, max_new_tokens=6, do_sample=False, use_cache=True)
+    assert a.shape[1] > 1 and torch.equal(a, b)
+    # the bare model returns encoder_last_hidden_state: that width is the user's, kept
+    bare, _ = plan_quietly(model, ratio=0.5, example_inputs=T5_INPUTS)
+    assert all(not g.removed for g in bare.groups if any(m.startswith("encoder.final_layer_norm") for m in g.members))

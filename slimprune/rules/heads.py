@@ -24,8 +24,10 @@ Multi-head attention as most code writes it::
   heads axis is tied to the query heads, so the table's head columns go with their heads (and,
   as the first layer's bias is reused by the later ones, those layers keep the same heads).
 * **Constant per-head tensors** (:func:`constant_heads`): ``torch.zeros((1, self.n_heads, q, k))``
-  (T5's cross-attention bias) made by an attention module with a head resizer gets one label
-  per head on axis 1; the literal is rewritten to the kept count.
+  (T5's cross-attention bias; ``ones``/``full`` and ``x.new_zeros/new_ones/new_full`` alike)
+  made by an attention module with a head resizer gets one label per head on axis 1; the
+  literal is rewritten to the kept count. ``torch.empty``/``x.new_empty`` of that shape hold
+  undefined values: a barrier, its heads kept (:func:`uninitialised_heads`).
 * **Grouped-query attention** written as ``repeat_kv`` (``k[:, :, None].expand(...).reshape``)
   needs no rule of its own: the reshape repeats each key/value head's label over its query
   group, and the product ties them.
@@ -225,7 +227,51 @@ def _counts_heads(node: fx.Node) -> bool:
     return any(n != "head_dim" for n in _COUNT.findall(_method_source(cls)))
 
 
-@register_rule(torch.zeros, torch.ones, torch.empty, torch.full)
+def _per_head_sizes(ctx, node: fx.Node, first: int, fill: bool) -> tuple[list[Any], bool, int] | None:
+    """``(sizes, packed, heads)`` when ``node`` makes a [1, heads, q, k] tensor from sizes given
+    from argument ``first`` on (a packed tuple, or one argument each; ``fill``: a fill value
+    follows, so the sizes must be packed), whose axis 1 is a literal head count of the
+    attention module that made it and which reaches the attention; else None."""
+    shape = ctx.shape(node)
+    args = node.args[first:]
+    if not args:
+        return None  # (sizes given as size=...: not rewritten, so left without channels)
+    packed = isinstance(args[0], (tuple, list))
+    sizes = list(args[0]) if packed else list(args)
+    if not isinstance(shape, torch.Size) or len(shape) != 4 or len(sizes) != 4 or (fill and not packed):
+        return None
+    count = sizes[1]
+    if type(count) is not int or count < 2 or not _feeds_attention(node) or not _counts_heads(node):
+        return None
+    return sizes, packed, count
+
+
+def per_head_constant(ctx, node: fx.Node, first: int = 0, fill: bool = False):
+    """The labels of a constant per-head tensor (see :func:`constant_heads`), or None when
+    ``node`` is not one; ``first`` is the index of its size argument (1 for a tensor method,
+    whose argument 0 is the tensor it takes dtype and device from)."""
+    found = _per_head_sizes(ctx, node, first, fill)
+    if found is None:
+        return None
+    sizes, packed, count = found
+    labels = ctx.fresh(count)
+
+    def edit(kept: Callable[[np.ndarray], np.ndarray]) -> list[dict[str, Any]]:
+        n = int(kept(labels).sum())
+        if n == count:
+            return []
+        if not packed:
+            return [{"kind": "set_arg", "index": first + 1, "value": n, "old": count, "new": n}]
+        new = list(sizes)
+        new[1] = n
+        value = tuple(new) if isinstance(node.args[first], tuple) else new
+        return [{"kind": "set_arg", "index": first, "value": encode(value), "old": count, "new": n}]
+
+    ctx.edit(node, edit)
+    return ctx.info_of(1, labels)
+
+
+@register_rule(torch.zeros, torch.ones, torch.full)
 def constant_heads(ctx, node: fx.Node):
     """``torch.zeros((1, self.n_heads, q, k))``: a constant per-head tensor (T5's position
     bias of a layer without its own table, cross-attention's) sized by its attention module's
@@ -234,34 +280,33 @@ def constant_heads(ctx, node: fx.Node):
     Slicing a constant-filled tensor leaves the same constant, so removal stays exact; the
     literal is rewritten to the kept count (the resizer updates the attribute it came from,
     so the model's own ``forward`` makes the smaller tensor by itself). Any other shape: a
-    tensor without channels, as before."""
-    shape = ctx.shape(node)
-    if not node.args:
-        return None  # (sizes given as size=...: not rewritten, so left without channels)
-    packed = isinstance(node.args[0], (tuple, list))
-    sizes = list(node.args[0]) if packed else list(node.args)
-    if not isinstance(shape, torch.Size) or len(shape) != 4 or len(sizes) != 4 or (node.target is torch.full and not packed):
-        return None
-    count = sizes[1]
-    if type(count) is not int or count < 2 or not _feeds_attention(node):
-        return None
-    if not _counts_heads(node):
-        return None
-    labels = ctx.fresh(count)
+    tensor without channels, as before. Only ops whose values are defined count: the
+    ``Tensor.new_zeros/new_ones/new_full`` forms do too (``rules/pointwise.py``), ``torch.empty``
+    does not (:func:`uninitialised_heads`)."""
+    return per_head_constant(ctx, node, 0, fill=node.target is torch.full)
 
-    def edit(kept: Callable[[np.ndarray], np.ndarray]) -> list[dict[str, Any]]:
-        n = int(kept(labels).sum())
-        if n == count:
-            return []
-        if not packed:
-            return [{"kind": "set_arg", "index": 1, "value": n, "old": count, "new": n}]
-        new = list(sizes)
-        new[1] = n
-        value = tuple(new) if isinstance(node.args[0], tuple) else new
-        return [{"kind": "set_arg", "index": 0, "value": encode(value), "old": count, "new": n}]
 
-    ctx.edit(node, edit)
-    return ctx.info_of(1, labels)
+def uninitialised_heads(ctx, node: fx.Node, first: int = 0) -> bool:
+    """``torch.empty((1, self.n_heads, q, k))`` (or ``x.new_empty``): a tensor of whatever the
+    memory held. Its values are not defined, so nothing can say that a slice of it equals the
+    tensor the pruned model would make: the heads it meets are kept, and a per-head one is
+    reported by name (a barrier), as a stale or unreasoned head count would be. Any other
+    shape: a tensor without channels (its width never follows a channel count). True when
+    it was a per-head one (and so a barrier)."""
+    if _per_head_sizes(ctx, node, first, fill=False) is None:
+        return False
+    what = "Tensor.new_empty" if first else "torch.empty"
+    ctx.barrier(node, f"{what} makes a per-head tensor of uninitialised memory: its values are not "
+                             f"defined, so it cannot be sliced with the heads it meets; those heads are "
+                             f"kept (make it with torch.zeros/ones/full to prune them)", report=True)
+    return True
+
+
+@register_rule(torch.empty)
+def empty(ctx, node: fx.Node) -> None:
+    """``torch.empty(sizes)``: see :func:`uninitialised_heads`."""
+    uninitialised_heads(ctx, node, 0)
+    return None
 
 
 # --------------------------------------------------------------------------- products

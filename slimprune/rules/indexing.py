@@ -117,6 +117,8 @@ def getitem(ctx, node):
     src, idx = node.args[0], node.args[1]
     info = ctx.info(src)
     if isinstance(info, SizeOf):  # x.shape[1]: a size that follows the channel count
+        if info.derived:  # computed from widths: no longer one size per axis
+            return SizeOf(tuple(info.labels()), derived=True)
         if isinstance(idx, int):
             return SizeOf((info.dims[idx],), single=True)
         return SizeOf(tuple(info.dims[idx])) if isinstance(idx, slice) else None

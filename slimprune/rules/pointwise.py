@@ -154,7 +154,60 @@ _ELEMENTWISE_METHODS = (
 
 @register_rule(*_ELEMENTWISE_FUNCTIONS, *_ELEMENTWISE_METHODS)
 def binary(ctx, node):
+    if node.target is operator.add:
+        joined = joined_sizes(ctx, node)
+        if joined is not None:
+            return joined
     return broadcast(ctx, node, tensor_operands(ctx, node))
+
+
+def _size_items(ctx, value, inner: bool) -> list | None:
+    """The labels behind each element of a tuple of sizes (None: a size no channel count
+    gives), or None when that is not known. ``inner``: ``value`` is one element of a tuple
+    written out (``(n, x.size(-1))``), else an operand of ``+`` that must itself be a tuple."""
+    import torch.fx as fx
+
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return [None] if inner else None
+    if isinstance(value, (tuple, list)) and not inner:
+        items: list = []
+        for v in value:
+            part = _size_items(ctx, v, True)
+            if part is None:
+                return None
+            items += part
+        return items
+    if not isinstance(value, fx.Node):
+        return None
+    info, shape = ctx.info(value), ctx.shape(value)
+    if isinstance(info, SizeOf):
+        if info.derived or info.single != inner:  # computed from a width, or a tuple where a size is wanted
+            return None
+        return list(info.dims)
+    if info is not None:
+        return None
+    if inner:  # a Python int that no channel count gave
+        return [None] if shape is None else None
+    return [None] * len(shape) if type(shape) is tuple and all(s is None for s in shape) else None
+
+
+def joined_sizes(ctx, node) -> SizeOf | None:
+    """``(-1,) + input_shape[1:] + (h.size(-1),)`` (GPT-2's ``output_shape``): tuples of sizes
+    joined with ``+`` stay a shape whose every element keeps the labels of the axis it was
+    read from, so a reshape to it ties (or keeps) each one where it lands, as a reshape to
+    ``h.shape`` does; None when an operand is not such a tuple (then the sizes are derived)."""
+    if len(node.args) != 2 or node.kwargs:
+        return None
+    parts = [_size_items(ctx, a, False) for a in node.args]
+    if any(p is None for p in parts):
+        return None
+    items = parts[0] + parts[1]
+    shape = ctx.shape(node)
+    if type(shape) is not tuple or len(shape) != len(items) or all(d is None for d in items):
+        return None
+    return SizeOf(tuple(items))
 
 
 @register_rule(torch.where)
@@ -265,12 +318,23 @@ def new_tensor(ctx, node):
     """A new tensor that reads nothing of its source's values (``x.new_zeros(x.shape)``,
     ``torch.zeros_like(x)``). ``*_like`` has its source's shape, hence its channels; a size
     read from a tensor's channel axis gives the new tensor that axis's channels (its width
-    follows the pruned width at run time); literal sizes give it none."""
+    follows the pruned width at run time); literal sizes give it none, except a per-head
+    constant sized by its attention module's head count (``x.new_zeros((1, self.n_heads, q,
+    k))``), whose heads axis is labelled as ``torch.zeros``'s is (``rules/heads.py``); a
+    per-head ``new_empty`` holds undefined values and keeps its heads (a barrier)."""
     from .._channels import SizeOf
+    from .heads import per_head_constant, uninitialised_heads
 
     if node.op == "call_function":
         return ctx.passthrough(node)
     ctx.sizes_rewritten(node)  # sizes read from a shape are sizes here, not values
+    if node.target == "new_empty":
+        if uninitialised_heads(ctx, node, 1):
+            return None
+    else:
+        heads = per_head_constant(ctx, node, 1, fill=node.target == "new_full")
+        if heads is not None:
+            return heads
     sizes = list(node.args[1:2] if node.target == "new_full" else node.args[1:])
     if not sizes and "size" in node.kwargs:
         sizes = [node.kwargs["size"]]

@@ -215,7 +215,7 @@ def expand(ctx, node):
     ``expand(b, kv_heads, n_rep, ...)``) follows the pruned width, as in a view."""
     info = _broadcast_out(ctx, node)
     _, sizes, _ = _shape_args(node)
-    if len(sizes) == len(ctx.shape(node)):
+    if len(ctx.size_infos(sizes)) == len(ctx.shape(node)):  # (one whole shape, b.shape, too)
         ctx.sizes_from(sizes, info, None if info is None else info.axis)
     if info is not None:
         _literal_edit(ctx, node, info.axis, info.labels)

@@ -1,0 +1,103 @@
+"""A reshape to a whole shape read from another tensor (``a.view(b.shape)``, GPT-2's
+``output_shape = (-1,) + input_shape[1:] + (h.size(-1),)``) follows that tensor's pruned width
+at run time: the channels it lands on are tied to the channels it was read from, so both
+keep the same count and the reshape stays valid (and exact)."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import nn
+
+import slimprune
+from tests.helpers import assert_pruned_equals_silenced
+
+Shape = Callable[[torch.Tensor, torch.Tensor], object]
+
+SHAPES: dict[str, Shape] = {
+    "b.shape": lambda x, b: b.shape,
+    "b.size()": lambda x, b: b.size(),
+    "tuples joined with +": lambda x, b: (-1,) + x.shape[1:-1] + (b.size(-1),),
+    "a shape slice joined with +": lambda x, b: b.shape[:-1] + (b.size(-1),),
+}
+
+
+class ViewAs(nn.Module):
+    """``a`` reshaped to a shape read from ``b``; ``b`` also goes its own way."""
+
+    def __init__(self, shape: Shape) -> None:
+        super().__init__()
+        self.shape = shape
+        self.a, self.b = nn.Linear(4, 8), nn.Linear(4, 8)
+        self.out_a, self.out_b = nn.Linear(8, 3), nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.a(x), torch.relu(self.b(x))
+        return self.out_a(torch.relu(a).view(self.shape(x, b))) + self.out_b(b)
+
+
+@pytest.mark.parametrize("how", list(SHAPES))
+def test_a_reshape_to_another_tensors_shape_ties_the_widths_it_reads(how: str) -> None:
+    torch.manual_seed(0)
+    model = ViewAs(SHAPES[how]).eval()
+    x = torch.randn(2, 5, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", slimprune.UnsupportedOpWarning)
+        # b protected: a's width is read from b's, so a keeps its channels too (tied)
+        protected = slimprune.plan(model, ratio=0.5, example_inputs=x, protect=["b"])
+        free = slimprune.plan(model, ratio=0.5, example_inputs=x)
+    small = assert_pruned_equals_silenced(model, protected, x)
+    assert small.a.out_features == small.b.out_features == 8
+    small = assert_pruned_equals_silenced(model, free, x)
+    assert small.a.out_features == small.b.out_features < 8  # one group: pruned together
+    assert free.kept("a", "weight", 0) == free.kept("b", "weight", 0)
+
+
+def test_a_derived_size_in_a_joined_tuple_still_keeps_its_channels() -> None:
+    """``(-1, b.size(-1) // 2, 2)``: a size computed from a width is no axis's width; the
+    reshape keeps the channels whole rather than tying them."""
+
+    class Halves(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.out = nn.Linear(4, 8), nn.Linear(4, 8), nn.Linear(8, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            a, b = self.a(x), self.b(x)
+            shape = (-1,) + x.shape[1:-1] + (b.size(-1) // 2, 2)
+            return self.out(a.view(shape).flatten(-2) + b)
+
+    torch.manual_seed(0)
+    model = Halves().eval()
+    x = torch.randn(2, 5, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", slimprune.UnsupportedOpWarning)
+        plan = slimprune.plan(model, ratio=0.5, example_inputs=x)
+    small = assert_pruned_equals_silenced(model, plan, x)
+    assert small.a.out_features == small.b.out_features == 8
+
+
+def test_an_expand_to_another_tensors_shape_keeps_the_width_it_reads_when_nothing_lands_on_it() -> None:
+    """``s.expand(b.shape)`` of a one-channel ``s``: the expanded width is ``b``'s at run time,
+    and it meets ``a``'s channels, so neither may shrink on its own."""
+
+    class Gate(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.out = nn.Linear(4, 8), nn.Linear(4, 8), nn.Linear(8, 3)
+            self.out_b = nn.Linear(8, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            a, b = self.a(x), torch.relu(self.b(x))
+            s = torch.sigmoid(x.sum(-1, keepdim=True))
+            return self.out(a * s.expand(b.shape)) + self.out_b(b)
+
+    torch.manual_seed(0)
+    model = Gate().eval()
+    x = torch.randn(2, 5, 4)
+    plan = slimprune.plan(model, ratio=0.5, example_inputs=x, protect=["a"])
+    small = assert_pruned_equals_silenced(model, plan, x)
+    assert small.a.out_features == small.b.out_features == 8
