@@ -101,3 +101,44 @@ def test_an_expand_to_another_tensors_shape_keeps_the_width_it_reads_when_nothin
     plan = slimprune.plan(model, ratio=0.5, example_inputs=x, protect=["a"])
     small = assert_pruned_equals_silenced(model, plan, x)
     assert small.a.out_features == small.b.out_features == 8
+
+
+class _CarriedWidth(nn.Module):
+    """Hugging Face's attention tail (MobileViT, ...): heads merged back by a view whose last
+    size is a Python int carried in a tuple, ``x.size()[:-2] + (self.all_head_size,)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.heads, self.head_size = 4, 8
+        self.all_head_size = 32
+        self.q = nn.Linear(16, 32)
+        self.out = nn.Linear(32, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.q(x).view(*x.shape[:-1], -1, self.head_size).transpose(1, 2)
+        y = torch.relu(y).permute(0, 2, 1, 3).contiguous()
+        y = y.view(*(y.size()[:-2] + (self.all_head_size,)))
+        return self.out(y)
+
+
+def test_a_carried_int_size_on_the_channel_axis_keeps_those_channels_and_the_model_runs() -> None:
+    torch.manual_seed(0)
+    m, x = _CarriedWidth().eval(), torch.randn(2, 5, 16)
+    plan = slimprune.plan(m, 0.5, example_inputs=x)
+    small = slimprune.apply(m, plan)
+    assert small.q.out_features == 32 and small.out.in_features == 32  # the carried 32 stays 32
+    assert_pruned_equals_silenced(m, plan, x)
+
+
+def test_hugging_face_mobilevit_prunes_exactly_and_runs() -> None:
+    import transformers
+    torch.manual_seed(0)
+    config = transformers.MobileViTConfig(image_size=64, hidden_sizes=[32, 48, 64], num_attention_heads=4,
+                                          neck_hidden_sizes=[8, 8, 16, 16, 24, 32, 48])
+    m = transformers.MobileViTModel(config).eval()
+    x = {"pixel_values": torch.randn(1, 3, 64, 64)}
+    plan = slimprune.plan(m, 0.5, example_inputs=x, allow_inexact=False)
+    small = slimprune.apply(m, plan)
+    before, after = (sum(p.numel() for p in mod.parameters()) for mod in (m, small))
+    assert after < 0.6 * before  # main removed 58% and the pruned model failed in its forward
+    assert_pruned_equals_silenced(m, plan, x)

@@ -11,6 +11,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from .._channels import SizeOf
 from .._edits import encode
 from ._registry import register_rule
 from .heads import head_axis
@@ -83,8 +84,16 @@ def _literal_edit(ctx, node, out_axis, labels):
     if len(sizes) != len(ctx.shape(node)):
         return
     old = sizes[out_axis]
+    if isinstance(old, fx.Node):
+        src = ctx.info(old)
+        if isinstance(src, SizeOf) and (src.derived or any(d is not None for d in src.dims)):
+            return  # read from (or computed from) a channel count: follows the pruned width
+        # A number the graph only carries (``x.size()[:-2] + (self.all_head_size,)``, or a
+        # size read from an axis without channels): it stays what it was, so must the channels.
+        ctx.keep(labels)
+        return
     if not isinstance(old, int) or isinstance(old, bool) or old == -1:
-        return  # -1 and computed sizes follow the pruned tensor by themselves
+        return  # -1 follows the pruned tensor by itself
     encode(tuple(sizes))
 
     def edit(kept):
@@ -188,8 +197,6 @@ def _keep_foreign_derived_sizes(ctx, sizes, x, info) -> None:
     the reshaped tensor's own width (a channel shuffle's ``c // g``) follows it and is fine.
     Reshaping a tensor without channel labels (behind a barrier), such a size keeps its
     source's channels."""
-    from .._channels import SizeOf
-
     for v in sizes:
         src = ctx.info(v) if isinstance(v, fx.Node) else None
         if not isinstance(src, SizeOf) or not src.derived:
