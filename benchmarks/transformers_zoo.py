@@ -35,7 +35,8 @@ from typing import Any
 
 import torch
 
-FAMILIES = ["bert", "distilbert", "vit", "clip", "gpt2", "llama-gqa", "t5", "swin", "segformer"]
+FAMILIES = ["bert", "distilbert", "vit", "clip", "gpt2", "llama-gqa", "t5", "swin", "segformer", "mobilevit", "resnet",
+            "convnext"]
 # run once more by slimprune with allow_inexact=True (the default): the hidden width too
 INEXACT = ["gpt2", "llama-gqa", "llama-tied", "t5-logits"]
 IDS = torch.randint(0, 100, (2, 8), generator=torch.Generator().manual_seed(0))
@@ -93,6 +94,16 @@ def build(family: str, impl: str) -> tuple[torch.nn.Module, dict[str, Any]]:
                                 patch_sizes=[7, 3], strides=[4, 2], num_attention_heads=[2, 4], mlp_ratios=[2, 2],
                                 attn_implementation=impl)
         return T.SegformerModel(cfg).eval(), {"pixel_values": PIXELS}
+    if family == "mobilevit":  # eager attention only (its attention module has no sdpa path)
+        cfg = T.MobileViTConfig(image_size=64, hidden_sizes=[32, 48, 64], neck_hidden_sizes=[8, 8, 16, 16, 24, 32, 48],
+                                num_attention_heads=4)
+        return T.MobileViTModel(cfg).eval(), {"pixel_values": torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))}
+    if family == "resnet":
+        cfg = T.ResNetConfig(embedding_size=16, hidden_sizes=[16, 32, 48, 64], depths=[1, 1, 1, 1])
+        return T.ResNetModel(cfg).eval(), {"pixel_values": PIXELS}
+    if family == "convnext":
+        cfg = T.ConvNextConfig(hidden_sizes=[16, 32, 48, 64], depths=[1, 1, 1, 1])
+        return T.ConvNextModel(cfg).eval(), {"pixel_values": PIXELS}
     raise ValueError(family)
 
 
@@ -132,6 +143,8 @@ def projections(m: torch.nn.Module) -> tuple[list[torch.nn.Module], int, str | N
         return [m.q_proj, m.k_proj, m.v_proj], m.head_dim, None
     if name == "T5Attention":
         return [m.q, m.k, m.v], m.key_value_proj_dim, "n_heads"
+    if name == "MobileViTSelfAttention":
+        return [m.query, m.key, m.value], m.attention_head_size, "num_attention_heads"
     if name in ("SwinAttention", "SegformerAttention"):
         return [m.q_proj, m.k_proj, m.v_proj], m.head_dim, "num_attention_heads"
     return [], 0, None
