@@ -165,7 +165,7 @@ def _plan_graph(analysis: Analysis, options: PlanOptions,
     assert graph is not None and predictor is not None  # by_regions is handled by the caller
     protected = protected_units(graph, model, options.protect)
     constraints = options.constraints(protected)
-    scores = unit_scores(graph, model, options.importance, options.seed)
+    scores = unit_scores(graph, model, options.importance, options.seed, analysis.scores)
     roles = silence_roles(options.threshold_mode)
     fold_bias = options.fold_bias
     if options.threshold is not None:
@@ -196,7 +196,7 @@ def _select_ratio(analysis: Analysis, options: PlanOptions, scores: np.ndarray, 
     graph, model, predictor, cache = analysis.graph, analysis.model, analysis.predictor, analysis.probes
     fold_bias, ratio, target = options.fold_bias, float(options.ratio), options.target
     importance = options.importance
-    tiebreak = tiebreak_scores(graph, model) if importance == "bn_scale" and _has_ties(graph, scores) else None
+    tiebreak = tiebreak_scores(graph, model, analysis.scores) if importance == "bn_scale" and _has_ties(graph, scores) else None
     kind = {"channels": None, "params": "params", "flops": "macs", "latency": "latency"}[target]
     latency_notes: list[str] = []
     predicted: list[tuple[float, float]] = []
