@@ -26,6 +26,7 @@ from torch import nn
 
 from ._augmented import InplaceProxy
 from ._meta_shapes import run_on_meta, same_shape_function, same_shape_module
+from ._mode_source import training_changes_graph
 from ._modes import kept_modes
 from .errors import ExampleInputError, TraceError
 
@@ -724,26 +725,12 @@ def default_example_inputs(model: nn.Module, sizes: Sequence[int] = _DEFAULT_SIZ
         yield (x.to(param.device),)
 
 
-_MODE_SOURCE: dict[type, bool] = {}
-
-
-def _reads_training(cls: type) -> bool:
-    """Does this class's forward branch on ``self.training``? (cached per class)"""
-    if cls not in _MODE_SOURCE:
-        try:
-            src = inspect.getsource(cls.forward)
-        except (OSError, TypeError):
-            src = ""
-        _MODE_SOURCE[cls] = "self.training" in src
-    return _MODE_SOURCE[cls]
-
-
 def _other_mode_graph(model: nn.Module, gm: fx.GraphModule,
                       retrace: Callable[[], fx.GraphModule]) -> fx.GraphModule | None:
     """Trace the other mode too (``retrace`` in the flipped mode) when some traced module's
-    forward depends on the mode."""
+    forward may trace to other ops in the other mode (:func:`training_changes_graph`)."""
     if not any(
-        _reads_training(type(m)) for m in model.modules() if not type(m).__module__.startswith("torch.nn")
+        training_changes_graph(type(m)) for m in model.modules() if not type(m).__module__.startswith("torch.nn")
     ):
         return None
     with kept_modes(model):
