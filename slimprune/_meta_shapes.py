@@ -113,8 +113,18 @@ _SAME_SHAPE_FUNCTIONS = frozenset({
 _SAME_SHAPE_BINARY = frozenset({"add", "mul", "sub", "truediv"})
 
 
+def _empty_like(x: torch.Tensor) -> torch.Tensor:
+    """``torch.empty_like(x)`` for a meta ``x``: its meta kernel is a Python reference (~0.5 ms
+    a call, it works out the layout), so the common layouts are made directly (~0.01 ms)."""
+    if x.is_contiguous():
+        return torch.empty(x.shape, dtype=x.dtype, device="meta")
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.empty(x.shape, dtype=x.dtype, device="meta", memory_format=torch.channels_last)
+    return torch.empty_like(x)
+
+
 def _fresh(x: torch.Tensor, inplace: bool) -> torch.Tensor:
-    return x if inplace else torch.empty_like(x)
+    return x if inplace else _empty_like(x)
 
 
 def same_shape_module(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
@@ -141,7 +151,7 @@ def same_shape_module(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str
         return torch.empty((*x.shape[:-2], *out), dtype=x.dtype, device="meta")
     ranks = {nn.BatchNorm1d: (2, 3), nn.BatchNorm2d: (4,), nn.BatchNorm3d: (5,)}.get(type(module))  # type: ignore[call-overload]
     if ranks is not None and x.dim() in ranks and x.shape[1] == module.num_features and x.is_floating_point():
-        return torch.empty_like(x)
+        return _empty_like(x)
     return None
 
 
@@ -163,13 +173,13 @@ def same_shape_function(target: Any, args: tuple[Any, ...], kwargs: dict[str, An
             return None
         if isinstance(b, torch.Tensor):
             if b.is_meta and b.shape == a.shape and b.dtype == a.dtype and b.stride() == a.stride():
-                return torch.empty_like(a)
+                return _empty_like(a)
             if b.is_meta and b.dtype == a.dtype and a.is_contiguous() and b.is_contiguous():
                 # broadcasting (x * scale, SE blocks); broadcast_shapes raises where the real op would
                 return torch.empty(torch.broadcast_shapes(a.shape, b.shape), dtype=a.dtype, device="meta")
             return None
         if type(b) in (int, float):
-            return torch.empty_like(a)
+            return _empty_like(a)
     if target is torch.nn.functional.layer_norm and len(args) >= 2 and isinstance(args[0], torch.Tensor) \
             and args[0].is_meta and args[0].is_floating_point() and isinstance(args[1], (tuple, list)):
         x, norm = args[0], tuple(args[1])
