@@ -5,11 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import operator
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import numpy as np
 from torch import nn
 
 from ._checks import check_eager
@@ -258,15 +258,13 @@ class PruningPlan:
         fix = "the plan was edited or corrupted; make a new plan with slimprune.plan(model, ...)"
 
         def indices(values: tuple[int, ...], size: int, what: str) -> None:
-            v = np.asarray(values)
-            if v.ndim != 1 or v.dtype.kind not in "iu":  # empty, or ints past int64: checked one by one
+            # Ascending (compared in C by map) and then only the ends need a range check; the
+            # one-by-one scan runs only to name the first bad index.
+            ascending = all(map(operator.lt, values, values[1:]))
+            if not ascending or (values and (values[0] < 0 or values[-1] >= size)):
                 bad = [i for i in values if not 0 <= i < size]
-                ascending = all(a < b for a, b in zip(values, values[1:]))
-            else:  # vectorised: plans of large models hold tens of thousands of indices
-                bad = v[(v < 0) | (v >= size)].tolist()
-                ascending = not (np.diff(v) <= 0).any()
-            if bad:
-                raise PlanMismatchError(f"{what}: index {bad[0]} is outside 0..{size - 1}; {fix}")
+                if bad:
+                    raise PlanMismatchError(f"{what}: index {bad[0]} is outside 0..{size - 1}; {fix}")
             if not ascending:
                 raise PlanMismatchError(f"{what}: the indices are not sorted and distinct ({list(values)[:8]}); {fix}")
 
