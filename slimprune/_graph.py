@@ -351,7 +351,7 @@ class _Builder:
         key = (module, name, dim)
         labels = np.asarray(labels, dtype=np.int64)
         # One tensor under two names (tied weights): see join_tied_tensors
-        owner = self.current.get_submodule(module) if module else self.current
+        owner = self.submodule(module)
         tensor = getattr(owner, name, None)
         if isinstance(tensor, torch.Tensor):
             self.tensor_names.setdefault(id(tensor), {})[(module, name)] = None
@@ -433,6 +433,14 @@ class _Builder:
             return self.barrier(node, f"the op changes the channel axis {x.axis} ({inp} -> {out})")
         return x
 
+    def submodule(self, path: str) -> nn.Module:
+        """The module at ``path`` in the graph being walked (the table of the main graph's
+        modules answers most lookups without get_submodule's walk)."""
+        if not path:
+            return self.current
+        m = self.modules.get(path) if self.current is self.gm else None
+        return m if m is not None else self.current.get_submodule(path)
+
     # ------------------------------------------------------------------------ walking
     def _get_attr(self, node: fx.Node) -> ChannelInfo | None:
         obj: Any = self.current
@@ -444,7 +452,7 @@ class _Builder:
         if not big:
             return None
         module, _, name = str(node.target).rpartition(".")
-        owner = self.current.get_submodule(module) if module else self.current
+        owner = self.submodule(module)
         if name in dict(owner.named_parameters(recurse=False)):
             role = "source"
         elif name in dict(owner.named_buffers(recurse=False)):

@@ -34,6 +34,7 @@ from ._gamma import unit_gamma_max
 from ._modes import kept_modes
 from ._graph import ChannelGraph
 from ._score_cache import ScoreCache
+from ._submodules import Submodules
 from .errors import InvalidArgumentError
 
 __all__ = ["IMPORTANCE", "unit_scores", "tiebreak_scores", "as_float64", "taylor_importance"]
@@ -41,10 +42,6 @@ __all__ = ["IMPORTANCE", "unit_scores", "tiebreak_scores", "as_float64", "taylor
 IMPORTANCE = ("bn_scale", "l1", "l2", "random")
 
 
-def _tensor(model: nn.Module, module: str, param: str) -> torch.Tensor:
-    """The parameter itself (not detached: the score cache knows it by identity)."""
-    owner = model.get_submodule(module) if module else model
-    return getattr(owner, param)
 
 
 def _per_index(t: torch.Tensor, dim: int, p: int) -> np.ndarray:
@@ -68,10 +65,11 @@ def _norm_scores(graph: ChannelGraph, model: nn.Module, p: int, units: np.ndarra
                  roles: tuple[str, ...] = ("out", "in"), cache: ScoreCache | None = None) -> np.ndarray:
     """Per-unit weight norms over producer rows and consumer columns (only slices touching ``units``)."""
     acc = np.zeros(graph.num_units, dtype=np.float64)
+    subs = Submodules(model)
     with torch.no_grad():
         for s in graph.slices:
             if s.role in roles and (units is None or units[s.units].any()):
-                t = _tensor(model, s.module, s.param)
+                t = getattr(subs(s.module), s.param)  # not detached: the score cache knows it by identity
                 if cache is None:
                     v = _per_index(t, s.dim, p)
                 else:
