@@ -260,6 +260,19 @@ def _preserved(model: nn.Module) -> Iterator[None]:
                 b.copy_(v)
 
 
+try:  # a GraphModule that generates its Python code on first use, not on construction
+    from torch.fx._lazy_graph_module import _LazyGraphModule as _GraphModuleClass
+except ImportError:  # an older torch: generated at once
+    _GraphModuleClass = fx.GraphModule
+
+
+def _graph_module(root: nn.Module, graph: fx.Graph, name: str) -> fx.GraphModule:
+    """The traced GraphModule. Planning only interprets its graph node by node, so the code
+    generation and ``compile`` of a forward (~10 ms for a few hundred nodes) wait until
+    something calls it or reads its code."""
+    return _GraphModuleClass(root, graph, name)
+
+
 def symbolic_trace(model: nn.Module, opaque: Iterable[str | type] = (),
                    leaf: LeafPredicate = no_extra_leaves,
                    keywords: tuple[str, ...] | None = None) -> tuple[fx.GraphModule, tuple[str, ...]]:
@@ -271,7 +284,7 @@ def symbolic_trace(model: nn.Module, opaque: Iterable[str | type] = (),
     try:
         with _preserved(model):  # the GraphModule copies fx's constants before they are undone
             graph = tracer.trace(model)
-            gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+            gm = _graph_module(tracer.root, graph, type(model).__name__)
     except Exception as exc:  # fx raises many types; all mean "cannot trace"
         where = _failing_module(tracer)
         if where is None:
@@ -538,7 +551,7 @@ def concrete_trace(model: nn.Module, inputs: tuple[Any, ...],
     try:
         with _preserved(model), _recording_tensor(tracer):
             graph = tracer.trace(model)
-            gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+            gm = _graph_module(tracer.root, graph, type(model).__name__)
     except Exception as exc:
         where = _failing_module(tracer)
         raise TraceError(
