@@ -229,12 +229,13 @@ def _failing_module(tracer: _Tracer) -> str | None:
 
 
 @contextlib.contextmanager
-def _preserved(model: nn.Module) -> Iterator[None]:
+def _preserved(model: nn.Module, values: bool = True) -> Iterator[None]:
     """Undo what tracing a forward does to the model, so the user's model comes back as it
     was: attributes it assigns (torchvision's AnchorGenerator caches ``self.cell_anchors``,
     which would keep proxies), the contents of containers it fills (timm's EfficientViT and
     EfficientFormer cache attention biases in a dict attribute in eval mode), and buffers a
-    concrete run updates (BatchNorm statistics in train mode)."""
+    concrete run updates (BatchNorm statistics in train mode; ``values=False`` skips copying
+    them, for a run that cannot reach them: the meta run, which swaps every buffer out)."""
     saved = [(m, dict(vars(m)), dict(m._parameters), dict(m._buffers), dict(m._modules)) for m in model.modules()]
     # Containers keep their identity (other code may hold them); their contents are restored.
     containers: dict[int, tuple[Any, Any]] = {}
@@ -242,7 +243,7 @@ def _preserved(model: nn.Module) -> Iterator[None]:
         for value in attrs.values():
             if type(value) in (dict, list, set) and id(value) not in containers:
                 containers[id(value)] = (value, value.copy())
-    values = [(b, b.detach().clone()) for b in model.buffers()]
+    kept = [(b, b.detach().clone()) for b in model.buffers()] if values else []
     try:
         yield
     finally:
@@ -256,7 +257,7 @@ def _preserved(model: nn.Module) -> Iterator[None]:
             live.clear()
             live.update(old) if not isinstance(live, list) else live.extend(old)
         with torch.no_grad():
-            for b, v in values:
+            for b, v in kept:
                 b.copy_(v)
 
 
@@ -703,10 +704,14 @@ def propagate_shapes(gm: fx.GraphModule, example_inputs: tuple[Any, ...]) -> Non
         )
     # The graph shares the model's buffers; a graph traced in train mode updates running
     # statistics even in eval mode (F.batch_norm(..., training=True) is a literal there).
-    with evaluation_mode(gm), _preserved(gm):
-        # Shapes without arithmetic where no shape needs a value (see _meta_shapes).
-        if not run_on_meta(gm, example_inputs, lambda inputs: _ShapeRecorder(gm, on_meta=True).run(*inputs)):
-            _ShapeRecorder(gm).run(*example_inputs)
+    with evaluation_mode(gm):
+        # Shapes without arithmetic where no shape needs a value (see _meta_shapes); the meta
+        # run holds every buffer swapped out, so only the real run needs them copied back.
+        with _preserved(gm, values=False):
+            on_meta = run_on_meta(gm, example_inputs, lambda inputs: _ShapeRecorder(gm, on_meta=True).run(*inputs))
+        if not on_meta:
+            with _preserved(gm):
+                _ShapeRecorder(gm).run(*example_inputs)
 
 
 def _first_layer(model: nn.Module) -> nn.Module | None:
