@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -114,6 +114,7 @@ def test_a_cached_array_cannot_be_written() -> None:
     assert not v.flags.writeable
 
 
+@settings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @given(st.lists(st.tuples(st.integers(0, 5), st.sampled_from(["mul", "add", "probe", "data"]),
                           st.floats(0.1, 3.0)), max_size=6))
 def test_cached_scores_always_equal_fresh_scores(steps) -> None:
