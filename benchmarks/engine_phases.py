@@ -47,7 +47,7 @@ def _install(acc: dict[str, float]) -> None:
         (_prune, "unit_scores", "importance"), (_prune, "select_ranked", "solver"),
         (_folding, "_probe_all", "probe"), (_prune, "find_folds", "folds"), (_prune, "make_plan", "freeze"),
         (_prune, "plan", "plan"), (_plan.PruningPlan, "check_model", "check"),
-        (_rewrite, "_new_tensors", "tensors"), (_rewrite, "copy_model", "copy"), (_prune, "apply", "apply"),
+        (_rewrite, "_new_tensors", "tensors"), (_rewrite, "copy_model", "copy"), (_prune, "apply_plan", "apply"),
     ]:
         wrap(module, name, label)
 

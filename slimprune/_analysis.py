@@ -35,6 +35,7 @@ from ._graph import ChannelGraph, build_channel_graph
 from ._options import check_opaque
 from ._plan import fingerprint
 from ._regions import Region, find_regions
+from ._score_cache import ScoreCache
 from ._solver import Predictor
 from ._trace import trace
 from .errors import InvalidArgumentError, TraceError
@@ -86,6 +87,7 @@ class Analysis:
     training: bool = field(default=False, repr=False)
     structure: str = field(default="", repr=False)  # fingerprint: names, shapes, dtypes
     probes: ProbeCache | None = field(default=None, repr=False, compare=False)
+    scores: ScoreCache | None = field(default=None, repr=False, compare=False)
     _subs: dict[str, Analysis] = field(default_factory=dict, repr=False, compare=False)
     warn: bool = field(default=True, repr=False)
 
@@ -133,8 +135,10 @@ class Analysis:
 
 def _whole(model: nn.Module, example_inputs: Any, opaque: tuple[str | type, ...], warn: bool) -> Analysis:
     graph = build_channel_graph(trace(model, example_inputs, opaque, has_module_rule), warn=warn)
+    scores = ScoreCache()
     return Analysis(model, graph, Predictor(graph, model), opaque, graph.traced.example_inputs,
-                    training=model.training, structure=fingerprint(model), probes=ProbeCache(model), warn=warn)
+                    training=model.training, structure=fingerprint(model),
+                    probes=ProbeCache(model, scores=scores), scores=scores, warn=warn)
 
 
 def _by_regions(model: nn.Module, example_inputs: Any, opaque: tuple[str | type, ...], warn: bool,

@@ -24,6 +24,7 @@ from torch import nn
 from ._gamma import unit_gamma_max
 from ._graph import ChannelGraph
 from ._plan import Fold
+from ._score_cache import ScoreCache
 from .errors import user_stacklevel
 from ._silence import merge_stats, probe_consumers, silenced, zero_list
 from ._solver import Constraints, apply_rounding, group_caps
@@ -47,9 +48,10 @@ class ProbeCache:
     step, ``load_state_dict``), every entry is dropped and the probe runs again.
     """
 
-    def __init__(self, model: nn.Module, size: int = 64) -> None:
+    def __init__(self, model: nn.Module, size: int = 64, scores: ScoreCache | None = None) -> None:
         self._model = model
         self._size = size
+        self._scores = scores  # told about the probe's bit-for-bit restores
         self._entries: OrderedDict[tuple[Any, ...], tuple[dict, list[str]]] = OrderedDict()
         self._state = _parameter_state(model)
         self.hits = 0
@@ -73,7 +75,10 @@ class ProbeCache:
     def store(self, key: tuple[Any, ...], stats: dict, notes: list[str]) -> None:
         # Silencing zeroes and restores values in place, which bumps their version counters
         # although the values are restored bit for bit: take the state after the probe.
-        self._state = _parameter_state(self._model)
+        # (The state before it is the one the missed lookup just checked.)
+        before, self._state = self._state, _parameter_state(self._model)
+        if self._scores is not None:
+            self._scores.restored(before, self._state)
         self._entries[key] = (dict(stats), list(notes))
         while len(self._entries) > self._size:
             self._entries.popitem(last=False)

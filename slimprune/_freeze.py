@@ -26,8 +26,10 @@ __all__ = ["make_plan", "fold_bias_params"]
 
 def make_plan(graph: ChannelGraph, model: nn.Module, removed: np.ndarray, folds: list[Fold], notes: list[str],
               options: dict[str, Any], predictor: Predictor | None = None,
-              protected: frozenset[int] = frozenset()) -> PruningPlan:
-    """Freeze a removal decision into a :class:`PruningPlan` (predictions included)."""
+              protected: frozenset[int] = frozenset(), structure: str | None = None) -> PruningPlan:
+    """Freeze a removal decision into a :class:`PruningPlan` (predictions included).
+
+    ``structure``: ``fingerprint(model)`` when the caller knows it (an analysis checked current)."""
     predictor = predictor or Predictor(graph, model)
     kept = graph.kept_fn(removed)
     slices = tuple(
@@ -53,7 +55,7 @@ def make_plan(graph: ChannelGraph, model: nn.Module, removed: np.ndarray, folds:
     inputs = graph.traced.example_inputs
     return PruningPlan(
         model=type(model).__name__,
-        fingerprint=fingerprint(model),
+        fingerprint=structure or fingerprint(model),
         input_shapes=tuple(tuple(x.shape) for x in inputs if isinstance(x, torch.Tensor)),
         options=tuple(sorted(options.items())),
         groups=groups,

@@ -351,7 +351,7 @@ class _Builder:
         key = (module, name, dim)
         labels = np.asarray(labels, dtype=np.int64)
         # One tensor under two names (tied weights): see join_tied_tensors
-        owner = self.current.get_submodule(module) if module else self.current
+        owner = self.submodule(module)
         tensor = getattr(owner, name, None)
         if isinstance(tensor, torch.Tensor):
             self.tensor_names.setdefault(id(tensor), {})[(module, name)] = None
@@ -441,6 +441,14 @@ class _Builder:
             return self.barrier(node, f"the op changes the channel axis {x.axis} ({inp} -> {out})")
         return x
 
+    def submodule(self, path: str) -> nn.Module:
+        """The module at ``path`` in the graph being walked (the table of the main graph's
+        modules answers most lookups without get_submodule's walk)."""
+        if not path:
+            return self.current
+        m = self.modules.get(path) if self.current is self.gm else None
+        return m if m is not None else self.current.get_submodule(path)
+
     # ------------------------------------------------------------------------ walking
     def _get_attr(self, node: fx.Node) -> ChannelInfo | None:
         obj: Any = self.current
@@ -452,7 +460,7 @@ class _Builder:
         if not big:
             return None
         module, _, name = str(node.target).rpartition(".")
-        owner = self.current.get_submodule(module) if module else self.current
+        owner = self.submodule(module)
         if name in dict(owner.named_parameters(recurse=False)):
             role = "source"
         elif name in dict(owner.named_buffers(recurse=False)):
@@ -704,12 +712,19 @@ def build_channel_graph(traced: Traced, warn: bool = True) -> ChannelGraph:
         pu, ps, pp = pu[order], ps[order], pp[order]
         starts = np.flatnonzero(np.r_[True, pu[1:] != pu[:-1]])
         ends = np.r_[starts[1:], pu.size]
-        by_sig: dict[tuple[int, ...], list[tuple[int, int]]] = {}
+        # A unit's signature is its run of ps, keyed by that run's bytes (one slice of a bytes
+        # object per unit, not a tuple: models have tens of thousands of units).
+        ps = np.ascontiguousarray(ps, dtype=np.int64)
+        buf, width = ps.tobytes(), ps.itemsize
+        pp_list, pu_list = pp.tolist(), pu.tolist()
+        by_sig: dict[bytes, list[tuple[int, int]]] = {}
         for st, en in zip(starts.tolist(), ends.tolist()):
-            sig = tuple(ps[st:en].tolist())
-            by_sig.setdefault(sig, []).append((int(pp[st]), int(pu[st])))
+            by_sig.setdefault(buf[st * width:en * width], []).append((pp_list[st], pu_list[st]))
+        signatures = {key: tuple(np.frombuffer(key, dtype=np.int64).tolist()) for key in by_sig}
         inexact_set = set(inexact.tolist())
-        for gid, (sig, items) in enumerate(sorted(by_sig.items(), key=lambda kv: (kv[0][0], kv[1][0][0]))):
+        ordered = sorted(by_sig.items(), key=lambda kv: (signatures[kv[0]][0], kv[1][0][0]))
+        for gid, (key, items) in enumerate(ordered):
+            sig = signatures[key]
             items.sort()
             units = np.array([u for _, u in items], dtype=np.int64)
             units.setflags(write=False)

@@ -40,7 +40,9 @@ from torch import nn
 from ._gamma import unit_gamma_max
 from ._modes import kept_modes
 from ._graph import ChannelGraph
+from ._score_cache import ScoreCache
 from ._solver import Predictor
+from ._submodules import Submodules
 from .errors import InvalidArgumentError
 
 __all__ = ["IMPORTANCE", "unit_scores", "tiebreak_scores", "as_float64", "taylor_importance"]
@@ -48,13 +50,11 @@ __all__ = ["IMPORTANCE", "unit_scores", "tiebreak_scores", "as_float64", "taylor
 IMPORTANCE = ("bn_scale", "l1", "l2", "random", "flops")
 
 
-def _tensor(model: nn.Module, module: str, param: str) -> torch.Tensor:
-    owner = model.get_submodule(module) if module else model
-    return getattr(owner, param).detach()
 
 
 def _per_index(t: torch.Tensor, dim: int, p: int) -> np.ndarray:
     """Sum of |w| (p=1) or of w² (p=2) over every dim but ``dim``."""
+    t = t.detach()
     others = [d for d in range(t.dim()) if d != dim]
     if not others:
         v = t.abs() if p == 1 else t * t
@@ -70,13 +70,19 @@ def as_float64(t: torch.Tensor) -> np.ndarray:
 
 
 def _norm_scores(graph: ChannelGraph, model: nn.Module, p: int, units: np.ndarray | None = None,
-                 roles: tuple[str, ...] = ("out", "in")) -> np.ndarray:
+                 roles: tuple[str, ...] = ("out", "in"), cache: ScoreCache | None = None) -> np.ndarray:
     """Per-unit weight norms over producer rows and consumer columns (only slices touching ``units``)."""
     acc = np.zeros(graph.num_units, dtype=np.float64)
+    subs = Submodules(model)
     with torch.no_grad():
         for s in graph.slices:
             if s.role in roles and (units is None or units[s.units].any()):
-                np.add.at(acc, s.units, _per_index(_tensor(model, s.module, s.param), s.dim, p))
+                t = getattr(subs(s.module), s.param)  # not detached: the score cache knows it by identity
+                if cache is None:
+                    v = _per_index(t, s.dim, p)
+                else:
+                    v = cache.get((s.module, s.param, s.dim, p), t, lambda w, d=s.dim: _per_index(w, d, p))
+                np.add.at(acc, s.units, v)
     return acc if p == 1 else np.sqrt(acc)
 
 
@@ -121,8 +127,12 @@ def unit_scores(
     model: nn.Module,
     importance: str | Callable[..., Any],
     seed: int = 0,
+    cache: ScoreCache | None = None,
 ) -> np.ndarray:
     """Score every unit of ``graph`` (NaN for labels that are not units).
+
+    ``cache``: keeps the weight norms of ``"l1"``/``"l2"`` (and ``"bn_scale"``'s fallback)
+    between calls while the weights are unchanged (:class:`~slimprune._score_cache.ScoreCache`).
 
     Raises:
         InvalidArgumentError: unknown criterion name, or a callable returning the wrong length.
@@ -138,7 +148,7 @@ def unit_scores(
     if importance == "flops":
         return unit_macs(graph, model)
     if importance in ("l1", "l2"):
-        return _group_normalised(graph, _norm_scores(graph, model, 1 if importance == "l1" else 2))
+        return _group_normalised(graph, _norm_scores(graph, model, 1 if importance == "l1" else 2, cache=cache))
     if importance == "bn_scale":
         gamma = unit_gamma_max(graph, model)
         has = np.isfinite(gamma)
@@ -148,7 +158,7 @@ def unit_scores(
             in_groups[g.units] = True
         need = in_groups & ~has
         if need.any():
-            fallback = _group_normalised(graph, _norm_scores(graph, model, 2, need))
+            fallback = _group_normalised(graph, _norm_scores(graph, model, 2, need, cache=cache))
             ref = np.median(gamma[has & in_groups]) if (has & in_groups).any() else 1.0
             fb = fallback[need]
             med = np.median(fb) if fb.size else 1.0
@@ -177,13 +187,13 @@ def unit_macs(graph: ChannelGraph, model: nn.Module) -> np.ndarray:
     return out
 
 
-def tiebreak_scores(graph: ChannelGraph, model: nn.Module) -> np.ndarray:
+def tiebreak_scores(graph: ChannelGraph, model: nn.Module, cache: ScoreCache | None = None) -> np.ndarray:
     """Second ranking key: the group-normalised L2 norm of the producer rows.
 
     Equal scores are common (every γ is 1 in a freshly initialised network); ranking them
     by unit id would strip the first layers bare, so ties go to the weaker filters instead.
     """
-    return _group_normalised(graph, _norm_scores(graph, model, 2, roles=("out",)))
+    return _group_normalised(graph, _norm_scores(graph, model, 2, roles=("out",), cache=cache))
 
 
 # ------------------------------------------------------------------ first-order Taylor

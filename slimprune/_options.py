@@ -59,6 +59,8 @@ def _protect_entries(protect: Any) -> tuple[str | type, ...]:
 def check_protect(model: nn.Module, protect: Any) -> tuple[str | type, ...]:
     """``protect`` as a tuple whose entries are module types or names of existing modules."""
     items = _protect_entries(protect)
+    if not any(isinstance(p, str) for p in items):
+        return items  # types only: nothing to look up
     modules = dict(model.named_modules())
     for p in items:
         if isinstance(p, str) and p not in modules:
@@ -74,6 +76,8 @@ def check_protect(model: nn.Module, protect: Any) -> tuple[str | type, ...]:
 def protected_units(graph: ChannelGraph, model: nn.Module, protect: Iterable[str | type]) -> frozenset[int]:
     """Units with a slice in a protected module (by name, prefix or type)."""
     protect = check_protect(model, protect)
+    if not protect:
+        return frozenset()
     modules = dict(model.named_modules())
     names = [p for p in protect if isinstance(p, str)]
     types = tuple(p for p in protect if isinstance(p, type))

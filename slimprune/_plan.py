@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import operator
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import math
-
 from torch import nn
 
 from ._checks import check_eager
+from ._submodules import Submodules
 from .errors import FileFormatError, PlanMismatchError
 
 __all__ = ["PLAN_VERSION", "SliceDecision", "GroupDecision", "Fold", "PruningPlan", "fingerprint"]
@@ -23,8 +24,8 @@ PLAN_VERSION = 1
 def fingerprint(model: nn.Module) -> str:
     """A hash of the model's class and of every parameter's and buffer's name, shape and dtype."""
     h = hashlib.sha256(type(model).__qualname__.encode())
-    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+    tensors = list(model.named_parameters()) + list(model.named_buffers())
+    h.update("".join(f"{name}:{tuple(t.shape)}:{t.dtype};" for name, t in tensors).encode())  # one update: same hash
     return h.hexdigest()[:16]
 
 
@@ -230,17 +231,20 @@ class PruningPlan:
             raise FileFormatError(f"the plan is not valid JSON: {exc}") from exc
         return cls.from_dict(d)
 
-    def check_model(self, model: nn.Module) -> None:
+    def check_model(self, model: nn.Module, known_fingerprint: str | None = None) -> None:
         """Raise :class:`PlanMismatchError` unless ``model`` is the model this plan was made for,
         and the plan is one that model can be pruned by (every kept index in range, no group
         left empty: a hand-edited plan is checked before anything is changed).
+
+        ``known_fingerprint``: ``fingerprint(model)``, when the caller has it already (``prune``:
+        the analysis it planned from, made from this model in the same call).
 
         Raises:
             InvalidArgumentError: ``model`` is not an eager ``nn.Module`` (TorchScript).
             PlanMismatchError: another model, or a plan no pruning could have produced.
         """
         check_eager(model)
-        fp = fingerprint(model)
+        fp = known_fingerprint or fingerprint(model)
         if fp != self.fingerprint:
             raise PlanMismatchError(
                 f"this plan was made for a {self.model} with fingerprint {self.fingerprint}, but "
@@ -254,18 +258,23 @@ class PruningPlan:
         fix = "the plan was edited or corrupted; make a new plan with slimprune.plan(model, ...)"
 
         def indices(values: tuple[int, ...], size: int, what: str) -> None:
-            bad = [i for i in values if not 0 <= i < size]
-            if bad:
-                raise PlanMismatchError(f"{what}: index {bad[0]} is outside 0..{size - 1}; {fix}")
-            if any(b <= a for a, b in zip(values, values[1:])):
+            # Ascending (compared in C by map) and then only the ends need a range check; the
+            # one-by-one scan runs only to name the first bad index.
+            ascending = all(map(operator.lt, values, values[1:]))
+            if not ascending or (values and (values[0] < 0 or values[-1] >= size)):
+                bad = [i for i in values if not 0 <= i < size]
+                if bad:
+                    raise PlanMismatchError(f"{what}: index {bad[0]} is outside 0..{size - 1}; {fix}")
+            if not ascending:
                 raise PlanMismatchError(f"{what}: the indices are not sorted and distinct ({list(values)[:8]}); {fix}")
 
+        subs = Submodules(model)
         for s in self.slices:
             indices(s.kept, s.size, f"the kept indices of {s.name}")
             if len(s.kept) == s.size:
                 continue  # kept whole: nothing is sliced (it may be a constant only the traced graph has)
             try:
-                owner = model.get_submodule(s.module) if s.module else model
+                owner = subs(s.module)
             except AttributeError:
                 raise PlanMismatchError(f"the plan slices module {s.module!r}, which this model does not have; {fix}") from None
             t = getattr(owner, s.param, None)
@@ -287,7 +296,7 @@ class PruningPlan:
                 )
         for f in self.folds:
             try:
-                model.get_submodule(f.module)
+                subs(f.module)
             except AttributeError:
                 raise PlanMismatchError(f"the plan folds constants into module {f.module!r}, which this model "
                                         f"does not have; {fix}") from None

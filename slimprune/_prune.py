@@ -121,11 +121,10 @@ def plan(
         fold_bias=fold_bias, allow_inexact=allow_inexact, exact_borders=exact_borders, seed=seed,
         device=device, latency_table=latency_table))
     if isinstance(model, Analysis):
-        analysis = model
-    else:
-        options.check_model(model)
-        analysis = analyze_for_plan(model, options.example_inputs, options.opaque)
-    return plan_analysis(analysis, options)
+        return plan_analysis(model, options)
+    options.check_model(model)
+    analysis = analyze_for_plan(model, options.example_inputs, options.opaque)
+    return plan_analysis(analysis, options, current=True)
 
 
 def _options(model: Any, given: dict[str, Any]) -> PlanOptions:
@@ -145,9 +144,12 @@ def _nonempty(value: Any) -> bool:
     return isinstance(value, (str, bytes, type)) or not isinstance(value, Iterable) or bool(list(value))
 
 
-def plan_analysis(analysis: Analysis, options: PlanOptions) -> PruningPlan:
-    """The plan of ``analysis``'s model under ``options`` (no tracing)."""
-    analysis.check_current()
+def plan_analysis(analysis: Analysis, options: PlanOptions, current: bool = False) -> PruningPlan:
+    """The plan of ``analysis``'s model under ``options`` (no tracing).
+
+    ``current``: the analysis was made from the model just now, so it is not checked again."""
+    if not current:
+        analysis.check_current()
     options.check_model(analysis.model)
     if analysis.by_regions:
         return plan_regions(analysis, options, plan_analysis)
@@ -166,7 +168,7 @@ def _plan_graph(analysis: Analysis, options: PlanOptions,
     assert graph is not None and predictor is not None  # by_regions is handled by the caller
     protected = protected_units(graph, model, options.protect)
     constraints = options.constraints(protected)
-    scores = unit_scores(graph, model, options.importance, options.seed)
+    scores = unit_scores(graph, model, options.importance, options.seed, analysis.scores)
     roles = silence_roles(options.threshold_mode)
     fold_bias = options.fold_bias
     if options.threshold is not None:
@@ -183,7 +185,8 @@ def _plan_graph(analysis: Analysis, options: PlanOptions,
         notes.insert(0, f"fx alone cannot follow {type(model).__name__}.forward; traced while running it on the "
                         f"example inputs" + (f", with Python decisions on shapes fixed there ({describe_fixed(fixed)})"
                                              if fixed else ""))
-    plan_ = make_plan(graph, model, removed, folds, notes, options.record(), predictor, protected)
+    # check_current (or a fresh analysis) vouches for the fingerprint; planning changes no shape.
+    plan_ = make_plan(graph, model, removed, folds, notes, options.record(), predictor, protected, analysis.structure)
     if options.threshold is None and predicted is not None:
         plan_ = replace(plan_, latency_before_ms=predicted[0], latency_after_ms=predicted[1])
     return plan_, serious
@@ -197,7 +200,7 @@ def _select_ratio(analysis: Analysis, options: PlanOptions, scores: np.ndarray, 
     graph, model, predictor, cache = analysis.graph, analysis.model, analysis.predictor, analysis.probes
     fold_bias, ratio, target = options.fold_bias, float(options.ratio), options.target
     importance = options.importance
-    tiebreak = tiebreak_scores(graph, model) if importance == "bn_scale" and _has_ties(graph, scores) else None
+    tiebreak = tiebreak_scores(graph, model, analysis.scores) if importance == "bn_scale" and _has_ties(graph, scores) else None
     kind = {"channels": None, "params": "params", "flops": "macs", "latency": "latency"}[target]
     latency_notes: list[str] = []
     predicted: list[tuple[float, float]] = []
@@ -307,4 +310,7 @@ def apply(model: nn.Module, plan: PruningPlan, *, inplace: bool = False) -> nn.M
 
 def prune(model: nn.Module, ratio: float | None = None, *, inplace: bool = False, **kwargs: Any) -> nn.Module:
     """Plan and apply in one call: ``slimprune.prune(model, 0.5)``. See :func:`plan` for options."""
-    return apply(model, plan(model, ratio, **kwargs), inplace=inplace)
+    plan_ = plan(model, ratio, **kwargs)
+    # The plan was made from this very model just now (nothing ran since): its fingerprint is the
+    # model's, so apply does not compute it again.
+    return apply_plan(model, plan_, inplace=inplace, known_fingerprint=plan_.fingerprint)

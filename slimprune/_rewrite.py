@@ -23,6 +23,7 @@ from ._copy import copy_model
 from ._dropin import collapse_children, dropin
 from ._edits import apply_edits, encode
 from ._plan import PruningPlan
+from ._submodules import Submodules
 from ._trace import describe_fixed, symbolic_else_concrete
 from .errors import PlanMismatchError, ShapeSpecializationWarning, user_stacklevel
 from .rules import has_module_rule, lookup_rule
@@ -31,8 +32,10 @@ from .rules.heads import resize_heads, snapshot_heads
 __all__ = ["apply_plan"]
 
 
-def _owner(model: nn.Module, path: str) -> nn.Module:
+def _owner(model: nn.Module | Submodules, path: str) -> nn.Module:
     try:
+        if isinstance(model, Submodules):
+            return model(path)
         return model.get_submodule(path) if path else model
     except AttributeError as exc:
         raise PlanMismatchError(
@@ -55,14 +58,16 @@ def _memory_format(t: torch.Tensor) -> torch.memory_format | None:
     return None
 
 
-def _new_tensors(model: nn.Module, plan: PruningPlan) -> dict[tuple[str, str], torch.Tensor]:
+def _new_tensors(model: nn.Module, plan: PruningPlan,
+                 subs: Submodules | None = None) -> dict[tuple[str, str], torch.Tensor]:
     """Sliced copies of every changed parameter/buffer, with folded biases (nothing is mutated)."""
+    subs = subs or Submodules(model)
     by_key: dict[tuple[str, str], list] = defaultdict(list)
     for s in plan.changed:
         by_key[(s.module, s.param)].append(s)
     out: dict[tuple[str, str], torch.Tensor] = {}
     for (module, param), decisions in by_key.items():
-        t = getattr(_owner(model, module), param).detach()
+        t = getattr(_owner(subs, module), param).detach()
         layout = _memory_format(t)
         for s in sorted(decisions, key=lambda d: d.dim):
             if t.shape[s.dim] != s.size:
@@ -72,10 +77,10 @@ def _new_tensors(model: nn.Module, plan: PruningPlan) -> dict[tuple[str, str], t
         # so only a channels-last original needs another copy, into its layout.
         out[(module, param)] = t if layout is None else t.contiguous(memory_format=layout)
 
-    _share_tied(model, out)
+    _share_tied(subs, out)
     deltas: dict[str, torch.Tensor] = {}
     for f in plan.folds:
-        m = _owner(model, f.module)
+        m = _owner(subs, f.module)
         rule = lookup_rule("call_module", None, m)
         if rule is None or rule.fold is None:
             continue
@@ -85,7 +90,7 @@ def _new_tensors(model: nn.Module, plan: PruningPlan) -> dict[tuple[str, str], t
             d = rule.fold(m, consts.to(next(m.parameters()).device))
         deltas[f.module] = deltas[f.module] + d if f.module in deltas else d
     for module, d in deltas.items():
-        m = _owner(model, module)
+        m = _owner(subs, module)
         kept = _kept_outputs(m, plan, module)
         if kept is not None:
             d = d[list(kept)]
@@ -101,7 +106,7 @@ def _new_tensors(model: nn.Module, plan: PruningPlan) -> dict[tuple[str, str], t
     return out
 
 
-def _share_tied(model: nn.Module, out: dict[tuple[str, str], torch.Tensor]) -> None:
+def _share_tied(model: Submodules, out: dict[tuple[str, str], torch.Tensor]) -> None:
     """Names of one original tensor (tied embeddings) get one sliced tensor, so they stay tied."""
     first: dict[int, tuple[str, str]] = {}
     for key in list(out):
@@ -174,8 +179,9 @@ def _kept_outputs(m: nn.Module, plan: PruningPlan, module: str) -> tuple[int, ..
 
 def _assign(model: nn.Module, tensors: dict[tuple[str, str], torch.Tensor], originals: dict[str, nn.Module]) -> None:
     made: dict[int, nn.Parameter] = {}  # one Parameter per tensor: tied names stay tied
+    subs = Submodules(model)  # setting parameters leaves the module tree as it is
     for (module, param), t in tensors.items():
-        m = _owner(model, module)
+        m = _owner(subs, module)
         if param in m._buffers:
             m._buffers[param] = t
         else:
@@ -195,7 +201,7 @@ def _assign(model: nn.Module, tensors: dict[tuple[str, str], torch.Tensor], orig
                 m._parameters[name] = made[id(value)]
                 unread.append(m)
     for module, orig in originals.items():
-        m = _owner(model, module)
+        m = _owner(subs, module)
         rule = lookup_rule("call_module", None, m)
         if rule is not None and rule.resize is not None:
             rule.resize(m, orig)
@@ -210,9 +216,11 @@ def _set_submodule(model: nn.Module, path: str, new: nn.Module) -> None:
     setattr(_owner(model, parent), name, new)
 
 
-def apply_plan(model: nn.Module, plan: PruningPlan, inplace: bool = False) -> nn.Module:
-    """Return the pruned model (see :func:`slimprune.apply`)."""
-    plan.check_model(model)
+def apply_plan(model: nn.Module, plan: PruningPlan, inplace: bool = False,
+               known_fingerprint: str | None = None) -> nn.Module:
+    """Return the pruned model (see :func:`slimprune.apply`). ``known_fingerprint``: the
+    model's, when the caller knows it (``prune``, which made the plan from it just now)."""
+    plan.check_model(model, known_fingerprint)
     if plan.regions:
         # Every region is pruned from the original first, so a failure changes nothing.
         pruned = [(path, apply_plan(_owner(model, path), sub)) for path, sub in plan.regions]
@@ -220,10 +228,11 @@ def apply_plan(model: nn.Module, plan: PruningPlan, inplace: bool = False) -> nn
         for path, new in pruned:
             _set_submodule(target, path, new)
         return target
-    tensors = _new_tensors(model, plan)
+    subs = Submodules(model)
+    tensors = _new_tensors(model, plan, subs)
     modules = {module for module, _ in tensors}
     # Snapshots keep the original attributes (groups, widths) that resize rules read.
-    originals = {name: copy.copy(_owner(model, name)) for name in modules}
+    originals = {name: copy.copy(_owner(subs, name)) for name in modules}
     head_modules = snapshot_heads(model) if tensors else {}  # attention modules counting heads
     edits = [json.loads(e) for e in plan.edits]
     graph = None
@@ -240,7 +249,7 @@ def apply_plan(model: nn.Module, plan: PruningPlan, inplace: bool = False) -> nn
     else:
         memo: dict[int, object] = {}
         for (module, param), t in tensors.items():
-            old = getattr(_owner(model, module), param, None)
+            old = getattr(_owner(subs, module), param, None)
             if isinstance(old, torch.Tensor):
                 memo[id(old)] = t  # replaced below: skip copying the old tensor
         target = copy_model(model, memo)

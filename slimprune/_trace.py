@@ -26,6 +26,7 @@ from torch import nn
 
 from ._augmented import InplaceProxy
 from ._meta_shapes import run_on_meta, same_shape_function, same_shape_module
+from ._mode_source import training_changes_graph
 from ._modes import kept_modes
 from .errors import ExampleInputError, TraceError
 
@@ -228,12 +229,13 @@ def _failing_module(tracer: _Tracer) -> str | None:
 
 
 @contextlib.contextmanager
-def _preserved(model: nn.Module) -> Iterator[None]:
+def _preserved(model: nn.Module, values: bool = True) -> Iterator[None]:
     """Undo what tracing a forward does to the model, so the user's model comes back as it
     was: attributes it assigns (torchvision's AnchorGenerator caches ``self.cell_anchors``,
     which would keep proxies), the contents of containers it fills (timm's EfficientViT and
     EfficientFormer cache attention biases in a dict attribute in eval mode), and buffers a
-    concrete run updates (BatchNorm statistics in train mode)."""
+    concrete run updates (BatchNorm statistics in train mode; ``values=False`` skips copying
+    them, for a run that cannot reach them: the meta run, which swaps every buffer out)."""
     saved = [(m, dict(vars(m)), dict(m._parameters), dict(m._buffers), dict(m._modules)) for m in model.modules()]
     # Containers keep their identity (other code may hold them); their contents are restored.
     containers: dict[int, tuple[Any, Any]] = {}
@@ -241,7 +243,7 @@ def _preserved(model: nn.Module) -> Iterator[None]:
         for value in attrs.values():
             if type(value) in (dict, list, set) and id(value) not in containers:
                 containers[id(value)] = (value, value.copy())
-    values = [(b, b.detach().clone()) for b in model.buffers()]
+    kept = [(b, b.detach().clone()) for b in model.buffers()] if values else []
     try:
         yield
     finally:
@@ -255,8 +257,21 @@ def _preserved(model: nn.Module) -> Iterator[None]:
             live.clear()
             live.update(old) if not isinstance(live, list) else live.extend(old)
         with torch.no_grad():
-            for b, v in values:
+            for b, v in kept:
                 b.copy_(v)
+
+
+try:  # a GraphModule that generates its Python code on first use, not on construction
+    from torch.fx._lazy_graph_module import _LazyGraphModule as _GraphModuleClass
+except ImportError:  # an older torch: generated at once
+    _GraphModuleClass = fx.GraphModule
+
+
+def _graph_module(root: nn.Module, graph: fx.Graph, name: str) -> fx.GraphModule:
+    """The traced GraphModule. Planning only interprets its graph node by node, so the code
+    generation and ``compile`` of a forward (~10 ms for a few hundred nodes) wait until
+    something calls it or reads its code."""
+    return _GraphModuleClass(root, graph, name)
 
 
 def symbolic_trace(model: nn.Module, opaque: Iterable[str | type] = (),
@@ -270,7 +285,7 @@ def symbolic_trace(model: nn.Module, opaque: Iterable[str | type] = (),
     try:
         with _preserved(model):  # the GraphModule copies fx's constants before they are undone
             graph = tracer.trace(model)
-            gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+            gm = _graph_module(tracer.root, graph, type(model).__name__)
     except Exception as exc:  # fx raises many types; all mean "cannot trace"
         where = _failing_module(tracer)
         if where is None:
@@ -537,7 +552,7 @@ def concrete_trace(model: nn.Module, inputs: tuple[Any, ...],
     try:
         with _preserved(model), _recording_tensor(tracer):
             graph = tracer.trace(model)
-            gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+            gm = _graph_module(tracer.root, graph, type(model).__name__)
     except Exception as exc:
         where = _failing_module(tracer)
         raise TraceError(
@@ -689,10 +704,14 @@ def propagate_shapes(gm: fx.GraphModule, example_inputs: tuple[Any, ...]) -> Non
         )
     # The graph shares the model's buffers; a graph traced in train mode updates running
     # statistics even in eval mode (F.batch_norm(..., training=True) is a literal there).
-    with evaluation_mode(gm), _preserved(gm):
-        # Shapes without arithmetic where no shape needs a value (see _meta_shapes).
-        if not run_on_meta(gm, example_inputs, lambda inputs: _ShapeRecorder(gm, on_meta=True).run(*inputs)):
-            _ShapeRecorder(gm).run(*example_inputs)
+    with evaluation_mode(gm):
+        # Shapes without arithmetic where no shape needs a value (see _meta_shapes); the meta
+        # run holds every buffer swapped out, so only the real run needs them copied back.
+        with _preserved(gm, values=False):
+            on_meta = run_on_meta(gm, example_inputs, lambda inputs: _ShapeRecorder(gm, on_meta=True).run(*inputs))
+        if not on_meta:
+            with _preserved(gm):
+                _ShapeRecorder(gm).run(*example_inputs)
 
 
 def _first_layer(model: nn.Module) -> nn.Module | None:
@@ -724,26 +743,12 @@ def default_example_inputs(model: nn.Module, sizes: Sequence[int] = _DEFAULT_SIZ
         yield (x.to(param.device),)
 
 
-_MODE_SOURCE: dict[type, bool] = {}
-
-
-def _reads_training(cls: type) -> bool:
-    """Does this class's forward branch on ``self.training``? (cached per class)"""
-    if cls not in _MODE_SOURCE:
-        try:
-            src = inspect.getsource(cls.forward)
-        except (OSError, TypeError):
-            src = ""
-        _MODE_SOURCE[cls] = "self.training" in src
-    return _MODE_SOURCE[cls]
-
-
 def _other_mode_graph(model: nn.Module, gm: fx.GraphModule,
                       retrace: Callable[[], fx.GraphModule]) -> fx.GraphModule | None:
     """Trace the other mode too (``retrace`` in the flipped mode) when some traced module's
-    forward depends on the mode."""
+    forward may trace to other ops in the other mode (:func:`training_changes_graph`)."""
     if not any(
-        _reads_training(type(m)) for m in model.modules() if not type(m).__module__.startswith("torch.nn")
+        training_changes_graph(type(m)) for m in model.modules() if not type(m).__module__.startswith("torch.nn")
     ):
         return None
     with kept_modes(model):

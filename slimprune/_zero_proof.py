@@ -13,12 +13,22 @@ knows only a few ops; any other op proves nothing, so the probe runs:
 
 * a silenced producer: a Conv1d/2d/3d or Linear whose weight rows and bias (if any) of
   the unit are zeroed outputs ``0·x + 0 = 0``; a BatchNorm1d/2d/3d or LayerNorm (over one
-  dim) whose scale γ of the unit is zeroed and whose shift β is zeroed or already exactly
-  0 outputs ``0·x̂ + 0 = 0`` in both modes (x̂ is finite since ε > 0);
+  dim, ε > 0) whose scale γ of the unit is zeroed and whose shift β is zeroed or already
+  exactly 0 outputs ``0·x̂ + 0 = 0`` in both modes (x̂ is finite since ε > 0), however the
+  other channels move the statistics;
+* ``F.layer_norm(x, (C,), weight, bias, eps)`` with ε > 0 over the channel axis whose
+  weight and bias are the model's own parameters (ConvNeXt's ``LayerNorm2d``): as the
+  LayerNorm module;
 * ops that map zero to zero position by position: ReLU, ReLU6, LeakyReLU, Hardswish,
   SiLU, GELU, Tanh, Identity, Dropout, average and max pooling, flatten, view, reshape,
-  permute, transpose, contiguous;
-* ``a + b``: zero where both are; ``a * b``: zero where either is (the other finite).
+  permute, transpose (methods and ``torch.permute`` / ``torch.transpose`` /
+  ``torch.reshape``), contiguous, and torchvision's ``stochastic_depth`` (the input in
+  eval mode, ``input · noise`` with finite noise in train mode);
+* ``a + b``: zero where both are; ``a * b``: zero where either is (the other finite). This
+  covers squeeze-excitation: its gate ``sigmoid(fc(pool(x)))`` is 0.5, not 0, where its
+  input is zero, but the gated product ``gate · x`` is zero wherever the channel of ``x``
+  is (the expand conv's removed outputs are exactly the gated channels: they are tied).
+  A gate that is added, or that multiplies a channel that is not itself zero, proves nothing.
 
 Which position holds which unit comes from the channel graph's labels
 (:attr:`ChannelGraph.node_units`); each node gets one flag per channel position (zero
@@ -49,6 +59,19 @@ _ZERO_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Hardswish, nn.SiLU, nn.GELU
 _ZERO_FUNCTIONS = {torch.relu, F.relu, F.relu6, F.leaky_relu, F.hardswish, F.silu, F.gelu, torch.tanh, F.dropout,
                    torch.flatten, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.avg_pool2d, F.max_pool2d}
 _ZERO_METHODS = {"relu", "relu_", "flatten", "view", "reshape", "permute", "transpose", "contiguous"}
+_MOVE_FUNCTIONS = {torch.permute, torch.transpose, torch.reshape}  # their other arguments are dims or sizes
+
+
+def _torchvision_zero_functions() -> set:
+    """torchvision's ``stochastic_depth``: the input in eval mode, ``input * noise`` (finite) in train."""
+    try:
+        from torchvision.ops import stochastic_depth
+    except ImportError:  # torchvision is optional
+        return set()
+    return {stochastic_depth}
+
+
+_ZERO_FUNCTIONS |= _torchvision_zero_functions()
 _ADD = {operator.add, operator.iadd, torch.add}
 _MUL = {operator.mul, operator.imul, torch.mul}
 _PRODUCERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -104,9 +127,12 @@ class _Proof:
             return None
         if node.op == "call_function" and node.target in _ZERO_FUNCTIONS:
             return self.first(node, units, strict=True)
-        if node.op == "call_method" and node.target in _ZERO_METHODS:
+        if (node.op == "call_method" and node.target in _ZERO_METHODS) or (
+                node.op == "call_function" and node.target in _MOVE_FUNCTIONS):
             # Extra arguments are sizes or dims (x.view(x.size(0), -1)): they move values only.
             return self.first(node, units, strict=False)
+        if node.op == "call_function" and node.target is F.layer_norm:
+            return self.functional_layer_norm(node, units)
         if (node.op == "call_function" and node.target in _ADD) or (node.op == "call_method" and node.target in ("add", "add_")):
             return self.combine(node, units, add=True)
         if (node.op == "call_function" and node.target in _MUL) or (node.op == "call_method" and node.target in ("mul", "mul_")):
@@ -159,17 +185,51 @@ class _Proof:
     def norm(self, name: str, m: nn.Module, units: np.ndarray) -> np.ndarray | None:
         if isinstance(m, nn.LayerNorm) and len(m.normalized_shape) != 1:
             return None
-        if getattr(m, "weight", None) is None:
+        if not _positive(getattr(m, "eps", None)):
+            return None  # x̂ may be infinite
+        return self.affine(name, getattr(m, "weight", None), name, getattr(m, "bias", None), units)
+
+    def affine(self, w_owner: str, weight: Any, b_owner: str, bias: Any, units: np.ndarray,
+               w_name: str = "weight", b_name: str = "bias") -> np.ndarray | None:
+        """Zeros of ``γ·x̂ + β`` (x̂ finite): where γ is zeroed and β zeroed or exactly 0."""
+        if not isinstance(weight, torch.Tensor):
             return None  # no affine scale: the output is x̂, not a constant
-        scaled = self._zeroed((name, "weight", 0), "scale", units)
-        if scaled is None or getattr(m, "bias", None) is None:
+        scaled = self._zeroed((w_owner, w_name, 0), "scale", units)
+        if scaled is None or bias is None:
             return scaled
-        shift = self._zeroed((name, "bias", 0), "shift", units)
+        if not isinstance(bias, torch.Tensor):
+            return None
+        shift = self._zeroed((b_owner, b_name, 0), "shift", units)
         if shift is None:
             return None
         # β kept: zero only where it is exactly 0.
-        kept_zero = (m.bias.detach() == 0).cpu().numpy()
+        kept_zero = (bias.detach() == 0).cpu().numpy()
         return scaled & (shift | kept_zero)
+
+    def functional_layer_norm(self, node: fx.Node, units: np.ndarray) -> np.ndarray | None:
+        """``F.layer_norm(x, (C,), weight, bias, eps)`` over the channel axis with the model's own
+        γ and β (ConvNeXt's LayerNorm2d): as a LayerNorm module."""
+        args = dict(zip(("input", "normalized_shape", "weight", "bias", "eps"), node.args)) | dict(node.kwargs)
+        shape = args.get("normalized_shape")
+        if not isinstance(shape, (tuple, list)) or len(shape) != 1 or shape[0] != units.size:
+            return None
+        if not _positive(args.get("eps", 1e-5)):
+            return None
+        owners = []
+        for key in ("weight", "bias"):
+            value = args.get(key)
+            if value is None:
+                owners.append(("", "", None))
+            elif isinstance(value, fx.Node) and value.op == "get_attr":
+                module, _, name = str(value.target).rpartition(".")
+                owner = self.modules.get(module)
+                owners.append((module, name, getattr(owner, name, None) if owner is not None else None))
+            else:
+                return None  # a computed γ or β: not a slice silencing zeroes
+        (wm, wn, w), (bm, bn, b) = owners
+        if w is None or (args.get("bias") is not None and b is None):
+            return None
+        return self.affine(wm, w, bm, b, units, wn, bn)
 
 
 def zero_at_consumers(graph: ChannelGraph, model: nn.Module, removed: np.ndarray, keep_shift: bool,
@@ -192,6 +252,10 @@ def zero_at_consumers(graph: ChannelGraph, model: nn.Module, removed: np.ndarray
         if flags is None or not flags[need].all():
             return False
     return True
+
+
+def _positive(eps: Any) -> bool:
+    return _finite_number(eps) and eps > 0
 
 
 def _finite_number(x: Any) -> bool:

@@ -180,3 +180,34 @@ def test_a_cpu_tensor_made_in_forward_gives_the_real_shapes(monkeypatch) -> None
 
     x = torch.randn(1, 3, 2, 2)
     assert _shapes(WithConstant(), (x,), True, monkeypatch) == _shapes(WithConstant(), (x,), False, monkeypatch)
+
+
+@settings(max_examples=60, **SETTINGS)
+@given(st.integers(1, 3), st.integers(1, 4), st.integers(1, 3), st.integers(0, 2), st.integers(1, 3),
+       st.integers(1, 2), st.integers(1, 9), st.sampled_from(["ints", "same", "valid"]), st.booleans(), st.booleans())
+def test_the_conv_shortcut_gives_the_convs_own_output_shape(n, groups, kernel, pad, stride, dilation, size, padding,
+                                                            bias, batched) -> None:
+    """Conv1d/2d/3d from the size formula: the real conv's shape wherever it runs, and no answer
+    where the real conv raises (the kernel does not fit), so the meta run raises as it would."""
+    cls = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[n]
+    padding_arg = pad if padding == "ints" else padding
+    stride = 1 if padding == "same" else stride
+    conv = cls(2 * groups, 3 * groups, kernel, stride=stride, padding=padding_arg, dilation=dilation,
+               groups=groups, bias=bias)
+    x = torch.randn(*((2,) if batched else ()), 2 * groups, *([size] * n))
+    known = same_shape_module(conv, (x.to("meta"),), {})
+    try:
+        real = conv(x)
+    except RuntimeError:
+        assert known is None
+        return
+    assert known is not None and known.shape == real.shape and known.dtype == real.dtype
+
+
+def test_the_conv_shortcut_declines_what_it_cannot_answer() -> None:
+    meta = torch.empty(2, 3, 8, 8, device="meta")
+    assert same_shape_module(nn.Conv2d(4, 4, 3), (meta,), {}) is None  # 3 channels, not 4: the real one raises
+    assert same_shape_module(nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect"), (meta,), {}) is None
+    assert same_shape_module(nn.Conv2d(3, 4, 3).double(), (meta,), {}) is None  # dtypes differ
+    last = torch.empty(2, 3, 8, 8, device="meta").to(memory_format=torch.channels_last)
+    assert same_shape_module(nn.Conv2d(3, 4, 3), (last,), {}) is None  # the output layout follows the input's

@@ -131,3 +131,108 @@ def test_fresh_torchvision_net_skips_the_probe_exactly(monkeypatch) -> None:
     plan, runs = _probe_runs(model, x, monkeypatch)
     assert runs == 0
     assert_pruned_equals_silenced(model, plan, x)
+
+
+# ------------------------------------------------ stochastic depth, LayerNorm over channels, SE gates
+class StochasticResidual(nn.Module):
+    """conv-BN-ReLU, then a residual branch conv-BN through torchvision's StochasticDepth, then a 1x1 conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.branch = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8))
+        self.drop = torchvision.ops.StochasticDepth(0.2, "row")
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.stem(x)
+        return self.head(self.drop(self.branch(y)) + y)
+
+
+class ChannelsLastNorm(nn.Module):
+    """ConvNeXt's pattern: conv, permute to channels-last, LayerNorm over channels, Linear, GELU,
+    permute back, then ConvNeXt's own LayerNorm2d (F.layer_norm between torch.permute calls)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from torchvision.models.convnext import LayerNorm2d
+
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.norm = nn.LayerNorm(8)
+        self.fc = nn.Linear(8, 8)
+        self.norm2d = LayerNorm2d(8)
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.permute(self.conv(x), (0, 2, 3, 1))
+        y = torch.nn.functional.gelu(self.fc(self.norm(y)))
+        return self.head(self.norm2d(torch.permute(y, (0, 3, 1, 2))))
+
+
+class Excited(nn.Module):
+    """conv-BN-ReLU gated by torchvision's SqueezeExcitation (sigmoid(0) = 0.5 where its input is zero)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.se = torchvision.ops.SqueezeExcitation(8, 4)
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.se(self.stem(x)))
+
+
+def _shift_all(model: nn.Module, beta: float) -> nn.Module:
+    """Every norm's β set to ``beta`` (a trained net's removed channels then carry constants)."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.BatchNorm2d, nn.LayerNorm)):
+                m.bias.fill_(beta)
+    return model
+
+
+def _proof_and_probe(model: nn.Module, x: torch.Tensor) -> tuple[bool, bool]:
+    analysis = slimprune.analyze(model, x, warn=False)
+    removed = _removed(analysis, 0.5)
+    assert removed.any()
+    return (zero_at_consumers(analysis.graph, model, removed, True, ROLES),
+            _probe_sees_only_zeros(analysis, removed, True))
+
+
+@pytest.mark.parametrize("make", [StochasticResidual, ChannelsLastNorm, Excited], ids=lambda f: f.__name__)
+def test_the_proof_covers_the_pattern_and_agrees_with_the_probe(make, monkeypatch) -> None:
+    torch.manual_seed(0)
+    model, x = make().eval(), torch.randn(2, 3, 8, 8)
+    assert _proof_and_probe(model, x) == (True, True)
+    plan, runs = _probe_runs(model, x, monkeypatch)
+    assert runs == 0
+    monkeypatch.setattr(_folding, "zero_at_consumers", lambda *a: False)
+    assert slimprune.plan(model, 0.5, example_inputs=x, importance="l2").to_dict() == plan.to_dict()
+
+
+@pytest.mark.parametrize("make", [StochasticResidual, ChannelsLastNorm, Excited], ids=lambda f: f.__name__)
+def test_the_proof_refuses_the_pattern_where_removed_channels_carry_constants(make) -> None:
+    """The same nets with non-zero β: the probe measures non-zero constants, so the proof must say no."""
+    torch.manual_seed(0)
+    model, x = _shift_all(make().eval(), 0.3), torch.randn(2, 3, 8, 8)
+    assert _proof_and_probe(model, x) == (False, False)
+
+
+def test_a_layer_norm_without_epsilon_is_not_proved() -> None:
+    """eps = 0: x̂ of a constant channel set is 0/0, so 0·x̂ need not be 0; the proof refuses."""
+    torch.manual_seed(0)
+    model, x = ChannelsLastNorm().eval(), torch.randn(2, 3, 8, 8)
+    model.norm.eps = 0.0
+    model.norm2d.eps = 0.0
+    analysis = slimprune.analyze(model, x, warn=False)
+    assert not zero_at_consumers(analysis.graph, model, _removed(analysis, 0.5), True, ROLES)
+
+
+@pytest.mark.parametrize("name", ["efficientnet_b0", "convnext_tiny"])
+def test_fresh_efficientnet_and_convnext_skip_the_probe_exactly(name, monkeypatch) -> None:
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name, num_classes=10).eval()
+    x = torch.randn(1, 3, 64, 64)
+    assert _proof_and_probe(model, x) == (True, True)
+    plan, runs = _probe_runs(model, x, monkeypatch)
+    assert runs == 0 and plan.removed_channels > 0
