@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -342,46 +343,63 @@ def test_a_latency_plan_that_profiles_its_own_table_is_exact_and_carries_measure
     assert_pruned_equals_silenced(m, p, x)
 
 
+@dataclasses.dataclass(frozen=True)
+class _FakePlan:
+    latency_before_ms: float
+    latency_after_ms: float
+    notes: tuple[str, ...] = ("predicted latency ...",)
+
+
+class _FakeDevice:
+    """Models whose forward records their true kept fraction, and a ``time_ms`` that times
+    the last model run by ``ms(kept)``; ``install`` patches slimprune.latency to use them."""
+
+    def __init__(self, ms: Callable[[float], float]) -> None:
+        self.ran: list[float] = []
+        self.ms = ms
+
+    def model(self, kept: float) -> nn.Module:
+        device = self
+
+        class Timed(nn.Module):
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                device.ran.append(kept)
+                return x
+        return Timed()
+
+    def install(self, monkeypatch) -> None:
+        from slimprune import latency as lat
+
+        def fake_time(fn, dev, threads, min_run_time):
+            fn()
+            return self.ms(self.ran[-1])
+
+        monkeypatch.setattr(lat, "deployed", lambda m, dev: m)
+        monkeypatch.setattr(lat, "time_ms", fake_time)
+
+    def calibrated(self, plan_graph, apply_fn):
+        from slimprune import _latency_calibration as cal
+
+        analysis = type("A", (), {"model": self.model(1.0), "example_inputs": torch.zeros(1)})()
+        options = type("O", (), {"device": "cpu", "ratio": 0.5})()
+        return cal.calibrated(analysis, options, plan_graph, apply_fn)
+
+
 def test_calibration_rescales_the_budget_until_the_measured_fraction_is_the_one_asked_for(monkeypatch) -> None:
     """A fake device that runs every candidate at 0.7x what the table predicts: the second
     candidate, planned with the budget scaled by measured / predicted, lands on the goal."""
-    from slimprune import _latency_calibration as cal
-    from slimprune import latency as lat
-
-    @dataclasses.dataclass(frozen=True)
-    class Plan:
-        latency_before_ms: float
-        latency_after_ms: float
-        notes: tuple[str, ...] = ("predicted latency ...",)
-
-    class Timed(nn.Module):
-        def __init__(self, kept: float) -> None:
-            super().__init__()
-            self.kept = kept
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            ran.append(self.kept)
-            return x
-
-    ran: list[float] = []
+    device = _FakeDevice(lambda kept: 4.0 * kept)
+    device.install(monkeypatch)
     calls: list[float] = []
 
     def plan_graph(analysis, options, state):
         calls.append(state.calibration)
-        return Plan(10.0, 10.0 * min(1.0, 0.5 / state.calibration)), []
+        return _FakePlan(10.0, 10.0 * min(1.0, 0.5 / state.calibration)), []
 
     def apply_fn(model, plan):
-        return Timed(0.7 * plan.latency_after_ms / plan.latency_before_ms)
+        return device.model(0.7 * plan.latency_after_ms / plan.latency_before_ms)
 
-    def fake_time(fn, dev, threads, min_run_time):
-        fn()
-        return 4.0 * ran[-1]
-
-    monkeypatch.setattr(lat, "deployed", lambda m, dev: m)
-    monkeypatch.setattr(lat, "time_ms", fake_time)
-    analysis = type("A", (), {"model": Timed(1.0), "example_inputs": torch.zeros(1)})()
-    options = type("O", (), {"device": "cpu", "ratio": 0.5})()
-    p, _ = cal.calibrated(analysis, options, plan_graph, apply_fn)
+    p, _ = device.calibrated(plan_graph, apply_fn)
     assert calls == [1.0, pytest.approx(0.7)]  # the second round asks the table for 0.5 / 0.7
     assert p.latency_before_ms == pytest.approx(4.0) and p.latency_after_ms == pytest.approx(2.0)
     assert "measured latency 4.000 ms -> 2.000 ms (50.0% kept" in p.notes[-1] and "2 candidate(s)" in p.notes[-1]
@@ -390,40 +408,15 @@ def test_calibration_rescales_the_budget_until_the_measured_fraction_is_the_one_
 def test_calibration_times_the_candidate_beside_the_original_so_a_load_swing_cancels(monkeypatch) -> None:
     """A fake device whose load triples and halves between timing pairs (the same within a pair):
     the measured fraction is still the candidate's true 0.5, so the first candidate is taken."""
-    from slimprune import _latency_calibration as cal
-    from slimprune import latency as lat
-
-    @dataclasses.dataclass(frozen=True)
-    class Plan:
-        latency_before_ms: float
-        latency_after_ms: float
-        notes: tuple[str, ...] = ("predicted latency ...",)
-
-    class Timed(nn.Module):
-        def __init__(self, kept: float) -> None:
-            super().__init__()
-            self.kept = kept
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            ran.append(self.kept)
-            return x
-
-    ran: list[float] = []
     loads = iter([1.0, 1.0, 3.0, 3.0, 0.5, 0.5, 2.0, 2.0] * 4)  # one load per (original, candidate) pair
+    device = _FakeDevice(lambda kept: 4.0 * kept * next(loads))
+    device.install(monkeypatch)
     calls: list[float] = []
 
     def plan_graph(analysis, options, state):
         calls.append(state.calibration)
-        return Plan(10.0, 5.0), []
+        return _FakePlan(10.0, 5.0), []
 
-    def fake_time(fn, dev, threads, min_run_time):
-        fn()
-        return 4.0 * ran[-1] * next(loads)
-
-    monkeypatch.setattr(lat, "deployed", lambda m, dev: m)
-    monkeypatch.setattr(lat, "time_ms", fake_time)
-    analysis = type("A", (), {"model": Timed(1.0), "example_inputs": torch.zeros(1)})()
-    options = type("O", (), {"device": "cpu", "ratio": 0.5})()
-    p, _ = cal.calibrated(analysis, options, plan_graph, lambda model, plan: Timed(0.5))
+    p, _ = device.calibrated(plan_graph, lambda model, plan: device.model(0.5))
     assert calls == [1.0]  # on target at once: no re-plan although the load moved 6x
     assert p.latency_after_ms / p.latency_before_ms == pytest.approx(0.5)
