@@ -46,7 +46,8 @@ from torch import nn
 from .errors import ExampleInputError, FileFormatError, InvalidArgumentError, SlimpruneError
 
 __all__ = ["LayerCost", "OpCost", "CostTable", "TableKey", "profile", "table_key", "save_table", "load_table",
-           "stair_width", "refine", "deployed", "deployed_inputs", "onnxruntime_session", "onnxruntime_times", "onnxruntime_latency", "check_device",
+           "stair_width", "refine", "deployed", "deployed_inputs", "deployed_call", "onnxruntime_session", "onnxruntime_times",
+           "session_times", "onnxruntime_latency", "check_device",
            "LatencyDeviceError", "StaleCacheError", "BackendError"]
 
 FORMAT = 2
@@ -724,14 +725,20 @@ def onnxruntime_session(model: nn.Module, example_inputs: Any, *, threads: int |
 def onnxruntime_times(model: nn.Module, example_inputs: Any, *, threads: int | None = None,
                       min_run_time: float = 0.5) -> list[float]:
     """Milliseconds of each timed onnxruntime run of ``model`` (see :func:`onnxruntime_session`), after 3 warm-ups."""
-    import time
-
     sess, feed = onnxruntime_session(model, example_inputs, threads=threads)
     for _ in range(3):
         sess.run(None, feed)
+    return session_times(sess, feed, min_run_time)
+
+
+def session_times(sess: Any, feed: dict[str, np.ndarray], min_run_time: float, at_least: int = 5) -> list[float]:
+    """Milliseconds of each run of an onnxruntime session on ``feed`` for ``min_run_time``
+    seconds, and at least ``at_least`` runs (warm it up first)."""
+    import time
+
     times: list[float] = []
     end = time.perf_counter() + min_run_time
-    while time.perf_counter() < end or len(times) < 5:
+    while time.perf_counter() < end or len(times) < at_least:
         t0 = time.perf_counter()
         sess.run(None, feed)
         times.append((time.perf_counter() - t0) * 1e3)

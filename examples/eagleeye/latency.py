@@ -219,7 +219,7 @@ def time_onnxruntime(models: Mapping[str, nn.Module], size: int, threads: int, r
     all runs is kept. Returns ``{"ms": {name: median}, "threads": threads}``, or
     ``{"skipped": reason}`` where onnxruntime is not installed or a model does not export.
     """
-    from slimprune.latency import BackendError, onnxruntime_session
+    from slimprune.latency import BackendError, onnxruntime_session, session_times
 
     x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
     try:
@@ -232,9 +232,5 @@ def time_onnxruntime(models: Mapping[str, nn.Module], size: int, threads: int, r
             sess.run(None, feed)
     for _ in range(rounds):
         for name, (sess, feed) in sessions.items():
-            end = time.perf_counter() + min_run_time / rounds
-            while time.perf_counter() < end or not runs[name]:
-                t0 = time.perf_counter()
-                sess.run(None, feed)
-                runs[name].append((time.perf_counter() - t0) * 1e3)
+            runs[name] += session_times(sess, feed, min_run_time / rounds, at_least=1)
     return {"ms": {name: float(np.median(v)) for name, v in runs.items()}, "threads": threads}
