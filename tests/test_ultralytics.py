@@ -11,6 +11,7 @@ import io
 import os
 import pickle
 import socket
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -337,6 +338,92 @@ def test_export_onnx_of_pruned_detector_equals_the_torch_model(name: str, detect
         assert match.unique().numel() == match.numel(), "each exported detection is one of the torch model's"
         want = want[:, match]
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-3)
+
+
+# ------------------------------------------------------------------ unusual and uncopyable attributes
+from ultralytics.nn.modules.block import C2f  # noqa: E402
+
+
+class UnusualC2f(C2f):
+    """A C2f (its forward is rewritten when pruned) with a slot and a read-only property."""
+
+    __slots__ = ("slot_flag",)
+
+    @property
+    def width(self) -> int:
+        return self.cv1.conv.out_channels
+
+
+def double(t: torch.Tensor) -> torch.Tensor:
+    return 2 * t
+
+
+@pytest.fixture(scope="module")
+def unusual() -> tuple[nn.Module, slimprune.PruningPlan, torch.Tensor]:
+    """yolov8n whose model.2 is an UnusualC2f holding a slot value, a lambda, a plain function
+    and a tensor that is neither parameter nor buffer, with its plan."""
+    model = build()
+    old = model.model[2]
+    new = UnusualC2f.__new__(UnusualC2f)
+    new.__setstate__(dict(old.__dict__))
+    new.slot_flag, new.fn, new.double, new.scale = "kept", lambda t: t + 1, double, torch.arange(3.0)
+    model.model[2] = new
+    x = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plan = slimprune.plan(model, 0.5, example_inputs=x)
+    return model, plan, x
+
+
+def test_unusual_attributes_survive_pruning_and_round_trips_as_they_survive_them_unpruned(unusual) -> None:
+    """apply carries every attribute: a ``__slots__`` value, a lambda, a function, a plain tensor;
+    a property reads the pruned sizes. deepcopy and pickle then treat them as they treat the
+    unpruned model's: ``nn.Module.__getstate__`` leaves slots out (both lose the slot value) and
+    pickle refuses the lambda (in both, with the same error)."""
+    model, plan, x = unusual
+    small = slimprune.apply(model, plan)
+    m = small.model[2]
+    assert isinstance(m, slimprune.Rewritten) and isinstance(m, UnusualC2f)
+    assert (m.slot_flag, m.fn(1), m.double(3)) == ("kept", 2, 6) and torch.equal(m.scale, model.model[2].scale)
+    assert m.scale is not model.model[2].scale
+    assert m.width == m.cv1.conv.out_channels < model.model[2].width
+    want = head(small, x)
+    again = copy.deepcopy(small)
+    assert torch.equal(head(again, x), want) and again.model[2].fn(1) == 2 and type(again.model[2]) is type(m)
+    assert hasattr(again.model[2], "slot_flag") == hasattr(copy.deepcopy(model).model[2], "slot_flag")
+    with pytest.raises(Exception) as unpruned:
+        pickle.dumps(model)
+    with pytest.raises(type(unpruned.value), match="lambda"):
+        pickle.dumps(small)
+    del m.fn
+    loaded = pickle.loads(pickle.dumps(small))
+    assert torch.equal(head(loaded, x), want) and loaded.model[2].double(3) == 6
+    assert torch.equal(loaded.model[2].scale, m.scale) and type(loaded.model[2]) is type(m)
+
+
+@pytest.mark.parametrize("value", [threading.Lock(), (i for i in range(3))], ids=["lock", "generator"])
+def test_an_attribute_deepcopy_cannot_copy_is_an_error_naming_module_and_attribute(unusual, value) -> None:
+    """The pruned model is a copy; a module attribute that cannot be deep-copied (a lock, a
+    generator; Ultralytics' ModelEMA could not copy it either) is a ModelCopyError naming the
+    module's path, class and attribute, the user's model is left as it was, and the fix the
+    message gives (delete it, apply, set it again) works."""
+    model, plan, x = unusual
+    target = model.model[4]  # another C2f, rewritten when pruned
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    classes = [type(m) for m in model.modules()]
+    target.handle = value
+    try:
+        with pytest.raises(slimprune.ModelCopyError, match=r"attribute 'handle' of model\.4 \(C2f\)") as caught:
+            slimprune.apply(model, plan)
+        assert isinstance(caught.value, TypeError) and "delete 'handle' before apply" in str(caught.value)
+        assert target.handle is value and model.model[4] is target
+        assert [type(m) for m in model.modules()] == classes
+        assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    finally:
+        del target.handle
+    small = slimprune.apply(model, plan)
+    small.model[4].handle = value
+    assert isinstance(small.model[4], slimprune.Rewritten) and small.model[4].handle is value
 
 
 # ------------------------------------------------------------------ other task heads
