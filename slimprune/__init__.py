@@ -37,6 +37,7 @@ from .errors import (
     RuleError as RuleError,
     RuleOutputTypeError as RuleOutputTypeError,
     PlanFormatError as PlanFormatError,
+    ModelCopyError as ModelCopyError,
 )
 from .rules import register_rule as register_rule
 from . import io as io  # noqa: E402  save/load of pruned models
@@ -80,6 +81,7 @@ __all__ = [
     "RuleError",
     "RuleOutputTypeError",
     "PlanFormatError",
+    "ModelCopyError",
     "save",
     "silence",
     "sparsity",

@@ -9,16 +9,24 @@ other value to ``copy.deepcopy`` with the same memo (so shared modules, shared t
 references between them are preserved exactly as deepcopy preserves them). A module class
 that customises copying (its own ``__deepcopy__``, ``__reduce_ex__``, ``__reduce__`` or a
 copyreg entry) or returns a non-dict state makes the whole copy fall back to deepcopy.
+
+Values held in ``__slots__`` (which ``nn.Module.__getstate__`` leaves out, so ``copy.deepcopy``
+drops them) are copied too: the pruned model has every attribute the model had. A value that
+cannot be deep-copied (a lock, an open file, a generator) is a :class:`ModelCopyError` naming
+the module and the attribute; the model is left as it was.
 """
 
 from __future__ import annotations
 
 import copy
 import copyreg
+import functools
 from collections import OrderedDict
 from typing import Any
 
 from torch import nn
+
+from .errors import ModelCopyError
 
 __all__ = ["copy_model"]
 
@@ -34,13 +42,62 @@ def _plain(cls: type) -> bool:
             and getattr(cls, "__reduce__", None) is object.__reduce__)
 
 
-def copy_model(model: nn.Module, memo: dict[int, Any] | None = None) -> nn.Module:
-    """``copy.deepcopy(model, memo)``, faster; ``memo`` may map tensors to their replacements."""
+@functools.lru_cache(maxsize=None)
+def _slots(cls: type) -> tuple[str, ...]:
+    """The ``__slots__`` names (other than ``__dict__``/``__weakref__``) of ``cls`` and its bases."""
+    names: list[str] = []
+    for klass in cls.__mro__:
+        declared = klass.__dict__.get("__slots__", ())
+        for name in (declared,) if isinstance(declared, str) else declared:
+            if name not in ("__dict__", "__weakref__") and name not in names:
+                names.append(name)
+    return tuple(names)
+
+
+def _name(cls: type) -> str:
+    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _uncopyable(model: nn.Module, where: str, module: nn.Module, attr: str, value: Any,
+                exc: Exception) -> ModelCopyError:
+    path = next((p for p, m in model.named_modules() if m is module), "?")
+    path = ".".join(p for p in (where, path) if p) or "the model itself"
+    return ModelCopyError(
+        f"cannot build the pruned model: attribute {attr!r} of {path} ({type(module).__qualname__}) holds a "
+        f"{_name(type(value))}, which copy.deepcopy cannot copy ({type(exc).__name__}: {exc}). The pruned "
+        f"model is a copy of the model, so every attribute must be deep-copyable (Ultralytics' ModelEMA and "
+        f"copy.deepcopy need that too). Fix: delete {attr!r} before apply and set it again on the pruned "
+        f"model, or give {_name(type(value))} a __deepcopy__; the model was not changed")
+
+
+def _culprit(model: nn.Module, where: str, exc: Exception) -> ModelCopyError | None:
+    """The first module attribute whose deepcopy fails, as a ModelCopyError (None: none does)."""
+    for m in model.modules():
+        for k, v in m.__dict__.items():
+            if k in _TREE or type(v) in _ATOMIC:
+                continue
+            try:
+                copy.deepcopy(v)
+            except Exception as err:  # noqa: BLE001 - reported with the module and attribute
+                return _uncopyable(model, where, m, k, v, err)
+    return None
+
+
+def copy_model(model: nn.Module, memo: dict[int, Any] | None = None, where: str = "") -> nn.Module:
+    """``copy.deepcopy(model, memo)``, faster, keeping ``__slots__`` values; ``memo`` may map
+    tensors to their replacements. ``where``: the path of ``model`` in the user's model (for
+    errors). Raises ModelCopyError when an attribute cannot be copied."""
     memo = {} if memo is None else memo
     modules = list(model.modules())
     states = [m.__getstate__() for m in modules] if all(_plain(type(m)) for m in modules) else None
     if states is None or not all(type(s) is dict for s in states) or any(id(m) in memo for m in modules):
-        return copy.deepcopy(model, memo)
+        try:
+            return copy.deepcopy(model, memo)
+        except Exception as exc:
+            found = _culprit(model, where, exc)
+            if found is None:
+                raise
+            raise found from exc
     new = [type(m).__new__(type(m)) for m in modules]
     for m, n in zip(modules, new):
         memo[id(m)] = n
@@ -56,8 +113,17 @@ def copy_model(model: nn.Module, memo: dict[int, Any] | None = None) -> nn.Modul
             elif type(v) in _EMPTY and not v:
                 out[k] = type(v)()
             else:
-                out[k] = copy.deepcopy(v, memo)
+                out[k] = _copied(model, where, m, k, v, memo)
         n.__setstate__(out)
+        for k in _slots(type(m)):
+            if hasattr(m, k):
+                object.__setattr__(n, k, _copied(model, where, m, k, getattr(m, k), memo))
     memo.setdefault(id(memo), []).append(model)  # as deepcopy does: keep the original alive
     return memo[id(model)]
 
+
+def _copied(model: nn.Module, where: str, module: nn.Module, attr: str, value: Any, memo: dict[int, Any]) -> Any:
+    try:
+        return copy.deepcopy(value, memo)
+    except Exception as exc:
+        raise _uncopyable(model, where, module, attr, value, exc) from exc

@@ -216,15 +216,21 @@ def _set_submodule(model: nn.Module, path: str, new: nn.Module) -> None:
     setattr(_owner(model, parent), name, new)
 
 
+def _joined(*paths: str) -> str:
+    return ".".join(p for p in paths if p)
+
+
 def apply_plan(model: nn.Module, plan: PruningPlan, inplace: bool = False,
-               known_fingerprint: str | None = None) -> nn.Module:
+               known_fingerprint: str | None = None, where: str = "") -> nn.Module:
     """Return the pruned model (see :func:`slimprune.apply`). ``known_fingerprint``: the
-    model's, when the caller knows it (``prune``, which made the plan from it just now)."""
+    model's, when the caller knows it (``prune``, which made the plan from it just now).
+    ``where``: the path of ``model`` in the user's model (a region's), for errors."""
     plan.check_model(model, known_fingerprint)
     if plan.regions:
         # Every region is pruned from the original first, so a failure changes nothing.
-        pruned = [(path, apply_plan(_owner(model, path), sub)) for path, sub in plan.regions]
-        target = model if inplace else copy_model(model)
+        pruned = [(path, apply_plan(_owner(model, path), sub, where=_joined(where, path)))
+                  for path, sub in plan.regions]
+        target = model if inplace else copy_model(model, where=where)
         for path, new in pruned:
             _set_submodule(target, path, new)
         return target
@@ -252,7 +258,7 @@ def apply_plan(model: nn.Module, plan: PruningPlan, inplace: bool = False,
             old = getattr(_owner(subs, module), param, None)
             if isinstance(old, torch.Tensor):
                 memo[id(old)] = t  # replaced below: skip copying the old tensor
-        target = copy_model(model, memo)
+        target = copy_model(model, memo, where=where)
     _assign(target, tensors, originals)
     resize_heads(target, head_modules)
     changed = []

@@ -22,6 +22,7 @@ __all__ = [
     "RuleError",
     "RuleOutputTypeError",
     "PlanFormatError",
+    "ModelCopyError",
     "RuleReplacedWarning",
 ]
 
@@ -73,6 +74,12 @@ class RuleOutputTypeError(RuleError, TypeError):
 
 class PlanFormatError(FileFormatError, ValueError):
     """A plan holds a recorded graph edit this version of slimprune cannot read."""
+
+
+class ModelCopyError(SlimpruneError, TypeError):
+    """The pruned model is built as a copy, and an attribute of one of the model's modules cannot
+    be deep-copied (a lock, an open file, a generator); the message names the module and the
+    attribute (also a ``TypeError``, as ``copy.deepcopy`` raises)."""
 
 
 class UnsupportedOpWarning(UserWarning):

@@ -6,6 +6,7 @@ import copy
 
 import torch
 import torchvision
+import pytest
 from hypothesis import given, settings
 from torch import nn
 
@@ -119,3 +120,28 @@ def test_pruned_tensors_share_no_storage_with_the_original_and_planning_restores
     for p in small.parameters():
         p.data.add_(1.0)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+class _Slotted(nn.Linear):
+    __slots__ = ("tag",)
+
+
+def test_slot_values_are_copied_though_deepcopy_drops_them() -> None:
+    inner = _Slotted(3, 3)
+    inner.tag = ["a"]
+    model = nn.Sequential(inner, nn.ReLU())
+    fast = copy_model(model)
+    assert fast[0].tag == ["a"] and fast[0].tag is not inner.tag
+    assert not hasattr(copy.deepcopy(model)[0], "tag")  # nn.Module.__getstate__ leaves slots out
+
+
+@pytest.mark.parametrize("custom", [False, True], ids=["fast", "deepcopy-fallback"])
+def test_an_uncopyable_attribute_is_a_model_copy_error_naming_its_module(custom: bool) -> None:
+    import threading
+
+    import slimprune
+
+    model = nn.Sequential(_Custom() if custom else nn.Linear(2, 2), nn.Sequential(nn.ReLU()))
+    model[1][0].lock = threading.Lock()
+    with pytest.raises(slimprune.ModelCopyError, match=r"attribute 'lock' of blocks\.1\.0 \(ReLU\) holds a _thread\.lock"):
+        copy_model(model, where="blocks")
