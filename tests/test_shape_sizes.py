@@ -5,6 +5,7 @@ keep the same count and the reshape stays valid (and exact)."""
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Callable
 
@@ -121,13 +122,40 @@ class _CarriedWidth(nn.Module):
         return self.out(y)
 
 
-def test_a_carried_int_size_on_the_channel_axis_keeps_those_channels_and_the_model_runs() -> None:
+def test_a_carried_int_size_on_the_channel_axis_is_rewritten_with_the_attribute_it_came_from() -> None:
     torch.manual_seed(0)
     m, x = _CarriedWidth().eval(), torch.randn(2, 5, 16)
     plan = slimprune.plan(m, 0.5, example_inputs=x)
-    small = slimprune.apply(m, plan)
-    assert small.q.out_features == 32 and small.out.in_features == 32  # the carried 32 stays 32
-    assert_pruned_equals_silenced(m, plan, x)
+    carried = [e for e in map(json.loads, plan.edits) if e.get("attr") == ["", "all_head_size"]]
+    assert len(carried) == 1 and carried[0]["old"] == 32  # the join's literal, named by its attribute
+    small = assert_pruned_equals_silenced(m, plan, x)
+    assert small.q.out_features == small.out.in_features == small.all_head_size < 32
+    assert not isinstance(small, slimprune.Rewritten)  # its own forward reads the updated attribute
+
+
+class _CarriedTwice(nn.Module):
+    """One joined shape, ``y.size()[:-2] + (self.all_head_size,)``, read by the views of two
+    tensors whose channels are not tied: one literal cannot follow both, so both keep it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head_size, self.all_head_size = 8, 32
+        self.q, self.k = nn.Linear(16, 32), nn.Linear(16, 32)
+        self.out_q, self.out_k = nn.Linear(32, 16), nn.Linear(32, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.q(x).view(*x.shape[:-1], -1, self.head_size))
+        z = torch.sigmoid(self.k(x).view(*x.shape[:-1], -1, self.head_size))
+        shape = y.size()[:-2] + (self.all_head_size,)
+        return self.out_q(y.view(*shape)) + self.out_k(z.view(*shape))
+
+
+def test_a_carried_int_size_two_views_read_keeps_those_channels_and_the_model_runs() -> None:
+    torch.manual_seed(0)
+    m, x = _CarriedTwice().eval(), torch.randn(2, 5, 16)
+    plan = slimprune.plan(m, 0.5, example_inputs=x)
+    small = assert_pruned_equals_silenced(m, plan, x)
+    assert small.q.out_features == small.k.out_features == small.all_head_size == 32  # the carried 32 stays 32
 
 
 def test_hugging_face_mobilevit_prunes_exactly_and_runs() -> None:

@@ -648,3 +648,45 @@ def test_t5_returning_only_logits_loses_its_hidden_width_with_its_shared_embeddi
     # the bare model returns encoder_last_hidden_state: that width is the user's, kept
     bare, _ = plan_quietly(model, ratio=0.5, example_inputs=T5_INPUTS)
     assert all(not g.removed for g in bare.groups if any(m.startswith("encoder.final_layer_norm") for m in g.members))
+
+
+def tiny_mobilevit() -> transformers.MobileViTModel:
+    torch.manual_seed(0)
+    cfg = transformers.MobileViTConfig(image_size=64, hidden_sizes=[32, 48, 64], num_attention_heads=4,
+                                       neck_hidden_sizes=[8, 8, 16, 16, 24, 32, 48])
+    return transformers.MobileViTModel(cfg).eval()
+
+
+def mobilevit_heads(model: torch.nn.Module) -> list[tuple[int, int, int]]:
+    """(query heads from the weights, num_attention_heads, all_head_size // head size) per attention."""
+    return [(m.query.out_features // m.attention_head_size, m.num_attention_heads, m.all_head_size // m.attention_head_size)
+            for m in model.modules() if type(m).__name__ == "MobileViTSelfAttention"]
+
+
+def test_mobilevit_loses_whole_heads_through_its_carried_all_head_size_and_round_trips(tmp_path) -> None:
+    """MobileViT merges heads with ``size()[:-2] + (self.all_head_size,)``: the literal is
+    recorded as an edit naming ``all_head_size``, the resizer sets it and
+    ``num_attention_heads``, and whole heads (value width included) go, exactly."""
+    import copy
+
+    model = tiny_mobilevit()
+    inputs = {"pixel_values": torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))}
+    plan, barriers = plan_quietly(model, ratio=0.5, example_inputs=inputs, allow_inexact=False)
+    assert not barriers, barriers
+    assert any('"all_head_size"' in e for e in plan.edits)
+    small = assert_pruned_equals_silenced(model, plan, inputs)
+    before, after = mobilevit_heads(model), mobilevit_heads(small)
+    assert len(after) == len(before) == 9 and all(a == b == c >= 1 for a, b, c in after)
+    assert sum(a for a, _, _ in after) < sum(a for a, _, _ in before) == 36
+    pairs = [(a, b) for a, b in zip(model.modules(), small.modules()) if type(a).__name__ == "MobileViTSelfAttention"]
+    for orig, m in pairs:  # whole heads: the value width goes too, head size (and the softmax scale) stay
+        assert m.value.out_features == m.key.out_features == m.query.out_features == m.all_head_size
+        assert m.attention_head_size == orig.attention_head_size
+    assert type(small) is type(model) and not isinstance(small, slimprune.Rewritten)
+    expect = small(**inputs).last_hidden_state
+    torch.save(small, tmp_path / "m.pt")
+    slimprune.save(small, tmp_path / "m.safetensors", plan=plan)
+    for again in (copy.deepcopy(small), torch.load(tmp_path / "m.pt", weights_only=False),
+                  slimprune.load(tmp_path / "m.safetensors", tiny_mobilevit)):
+        assert mobilevit_heads(again) == after
+        assert torch.equal(again(**inputs).last_hidden_state, expect)

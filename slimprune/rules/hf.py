@@ -119,7 +119,7 @@ def _heads_of(width: int, head_dim: int, m: nn.Module, what: str) -> int:
 
 
 def _resize_bert(m: nn.Module, orig: nn.Module) -> None:
-    """BERT/RoBERTa/ELECTRA-style self-attention: num_attention_heads, all_head_size."""
+    """BERT/RoBERTa/ELECTRA/MobileViT-style self-attention: num_attention_heads, all_head_size."""
     m.num_attention_heads = _heads_of(_width(m.query), m.attention_head_size, m, "query")
     m.all_head_size = m.num_attention_heads * m.attention_head_size
 
@@ -179,6 +179,9 @@ _HEAD_RESIZERS: tuple[tuple[str, tuple[str, ...], Any], ...] = (
     ("transformers.models.gpt2.modeling_gpt2", ("GPT2Attention",), _resize_gpt2),
     ("transformers.models.swin.modeling_swin", ("SwinAttention",), _resize_swin),
     ("transformers.models.segformer.modeling_segformer", ("SegformerAttention",), _resize_swin),
+    # MobileViT's merges its heads back with ``size()[:-2] + (self.all_head_size,)``: the view
+    # rule rewrites that carried literal (the plan names the attribute), the resizer sets both
+    ("transformers.models.mobilevit.modeling_mobilevit", ("MobileViTSelfAttention",), _resize_bert),
     ("transformers.models.t5.modeling_t5", ("T5Attention",), _resize_t5),
     ("transformers.models.mt5.modeling_mt5", ("MT5Attention",), _resize_t5),
     ("transformers.models.llama.modeling_llama", ("LlamaAttention",), _resize_gqa),
