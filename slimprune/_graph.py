@@ -239,8 +239,9 @@ def describe_target(node: fx.Node) -> str:
 class _Builder:
     """The context rules see while the graph is walked (their ``ctx`` argument)."""
 
-    def __init__(self, traced: Traced) -> None:
+    def __init__(self, traced: Traced, keep_outputs: bool = True) -> None:
         self.traced = traced
+        self.keep_outputs = keep_outputs  # the widths the model returns are the user's
         self.gm = traced.gm
         self.modules = dict(self.gm.named_modules())
         self.next_id = 1
@@ -511,7 +512,8 @@ class _Builder:
                 self.values[node] = self._get_attr(node)
                 continue
             if node.op == "output":
-                self.keep_all(node.args)
+                if self.keep_outputs:
+                    self.keep_all(node.args)
                 continue
             module = self.modules.get(node.target) if node.op == "call_module" else None
             rule = lookup_rule(node.op, node.target, module)
@@ -648,14 +650,16 @@ def _warn_barriers(barriers: Iterable[Barrier]) -> None:
     )
 
 
-def build_channel_graph(traced: Traced, warn: bool = True) -> ChannelGraph:
+def build_channel_graph(traced: Traced, warn: bool = True, keep_outputs: bool = True) -> ChannelGraph:
     """Build the channel dependency graph of a traced model.
 
     Args:
         traced: the output of :func:`slimprune._trace.trace` (shapes on every node).
         warn: emit one :class:`UnsupportedOpWarning` listing every barrier.
+        keep_outputs: keep every channel of the tensors the model returns (their widths are
+            the user's); False lets them go (``plan(prune_outputs=True)``).
     """
-    b = _Builder(traced)
+    b = _Builder(traced, keep_outputs)
     b.walk(traced.gm, 0)
     if traced.other_mode is not None:
         b.walk(traced.other_mode, 1)

@@ -690,3 +690,123 @@ def test_mobilevit_loses_whole_heads_through_its_carried_all_head_size_and_round
                   slimprune.load(tmp_path / "m.safetensors", tiny_mobilevit)):
         assert mobilevit_heads(again) == after
         assert torch.equal(again(**inputs).last_hidden_state, expect)
+
+
+# ------------------------------------------------- prune_outputs: returned widths free to go
+class KeptT5Norm(torch.nn.Module):
+    """A silenced T5LayerNorm computing its rms over the kept channels only (see KeptRMSNorm)."""
+
+    def __init__(self, norm: torch.nn.Module, kept: tuple[int, ...]) -> None:
+        super().__init__()
+        self.inner = KeptRMSNorm(norm, kept)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x)
+
+
+def all_norms_over_kept_channels(model: torch.nn.Module, plan: slimprune.PruningPlan) -> torch.nn.Module:
+    """``silence(model, plan)`` with every LayerNorm and T5LayerNorm the plan narrows computed
+    over its kept channels (the inexactness the plan's hidden-width group declares)."""
+    ref = norms_over_kept_channels(model, plan)
+    for name, m in list(ref.named_modules()):
+        kept = plan.kept(name, "weight", 0) if type(m).__name__ == "T5LayerNorm" else None
+        if kept is not None and len(kept) < m.weight.numel():
+            parent, _, attr = name.rpartition(".")
+            setattr(ref.get_submodule(parent), attr, KeptT5Norm(m, kept))
+    return ref
+
+
+# family -> (returned tensor, the module whose weight rows are its channels (None: every
+# channel stays), its channel axis)
+RETURNED = {
+    "bert": [("last_hidden_state", "encoder.layer.1.output.LayerNorm", -1), ("pooler_output", "pooler.dense", -1)],
+    "distilbert": [("last_hidden_state", "transformer.layer.1.output_layer_norm", -1)],
+    "vit": [("last_hidden_state", "layernorm", -1), ("pooler_output", "pooler.dense", -1)],
+    "clip": [("last_hidden_state", "post_layernorm", -1), ("pooler_output", "post_layernorm", -1)],
+    "swin": [("last_hidden_state", "layernorm", -1), ("pooler_output", "layernorm", -1)],
+    "segformer": [("last_hidden_state", "stages.1.layer_norm", 1)],
+    "t5-model": [("last_hidden_state", "decoder.final_layer_norm", -1),
+                 ("encoder_last_hidden_state", "encoder.final_layer_norm", -1)],
+    "t5": [("logits", None, -1), ("encoder_last_hidden_state", "encoder.final_layer_norm", -1)],
+}
+
+
+def build_bare(family: str) -> tuple[torch.nn.Module, dict[str, object]]:
+    pixels = {"pixel_values": torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))}
+    if family in ("swin", "segformer"):
+        model, inputs = tiny_vision(family, "sdpa"), pixels
+    elif family == "t5":
+        model, inputs = tiny_t5("sdpa", "gated-gelu"), T5_INPUTS
+    elif family == "t5-model":
+        torch.manual_seed(0)
+        model, inputs = transformers.T5Model(tiny_t5("sdpa", "gated-gelu").config).eval(), T5_INPUTS
+    else:
+        model, inputs = build(family, "sdpa")
+    # non-trivial scales and shifts: a removed channel's shift is a constant folded into the next
+    # layer's bias (not Segformer's: its next stage's patch embedding is a zero-padded conv, where a
+    # fold is exact only in the interior, and these 8x8 maps are mostly border)
+    for m in model.modules():
+        if isinstance(m, torch.nn.LayerNorm):
+            torch.nn.init.uniform_(m.weight, 0.5, 1.5)
+            if family != "segformer":
+                torch.nn.init.normal_(m.bias, std=0.2)
+        elif type(m).__name__ == "T5LayerNorm":
+            torch.nn.init.uniform_(m.weight, 0.5, 1.5)
+    return model, inputs
+
+
+@pytest.mark.parametrize("family", list(RETURNED))
+def test_prune_outputs_lets_a_bare_encoders_hidden_width_go_and_its_outputs_are_the_originals_at_the_kept_channels(
+        family: str) -> None:
+    model, inputs = build_bare(family)
+    with torch.no_grad():
+        widths = {name: model(**inputs)[name].shape for name, _, _ in RETURNED[family]}
+    plan, barriers = plan_quietly(model, ratio=0.5, example_inputs=inputs, prune_outputs=True)  # allow_inexact=True
+    assert not barriers, barriers
+    assert dict(plan.options)["prune_outputs"] is True
+    assert any(g.removed and not g.exact for g in plan.groups)  # the hidden width, through the norms: inexact
+    small = slimprune.apply(model, plan)
+    assert type(small) is type(model) and not isinstance(small, slimprune.Rewritten)
+    ref = all_norms_over_kept_channels(model, plan)
+    with torch.no_grad():
+        got, want = small(**inputs), ref(**inputs)
+    assert type(got) is type(want)
+    narrower = 0
+    for name, module, axis in RETURNED[family]:
+        expect = want[name]
+        if module is not None:
+            kept = plan.kept(module, "weight", 0)
+            assert kept is not None and len(kept) < widths[name][axis]
+            expect = expect.index_select(axis, torch.tensor(kept))
+            narrower += 1
+        assert got[name].shape == expect.shape and got[name].shape[axis] <= widths[name][axis]
+        assert torch.allclose(got[name], expect, atol=1e-5), (name, (got[name] - expect).abs().max())
+    assert narrower >= 1
+
+
+def test_prune_outputs_narrows_a_cnns_returned_feature_map_exactly() -> None:
+    """ResNetModel returns its last feature map and the pooled one: no norm couples their
+    channels, so with the returned widths free they go exactly (at the kept channels)."""
+    torch.manual_seed(0)
+    cfg = transformers.ResNetConfig(embedding_size=16, hidden_sizes=[16, 32, 48, 64], depths=[1, 1, 1, 1])
+    model = transformers.ResNetModel(cfg).eval()
+    for m in model.modules():  # (shifts stay 0: a removed channel's relu(shift) folds exactly only inside
+        if isinstance(m, torch.nn.BatchNorm2d):  # zero-padded convs, and these maps are mostly border)
+            torch.nn.init.uniform_(m.weight, 0.5, 1.5)
+            torch.nn.init.uniform_(m.running_var, 0.5, 1.5)
+    inputs = {"pixel_values": torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))}
+    kept_width, _ = plan_quietly(model, ratio=0.5, example_inputs=inputs, allow_inexact=False)
+    plan, barriers = plan_quietly(model, ratio=0.5, example_inputs=inputs, allow_inexact=False, prune_outputs=True)
+    assert not barriers and all(g.exact for g in plan.groups)
+    assert plan.params_after < kept_width.params_after
+    assert_pruned_equals_silenced(model, kept_width, inputs)  # the default: 64 channels returned, as before
+    small = slimprune.apply(model, plan)
+    ref = slimprune.silence(model, plan)
+    kept = torch.tensor(plan.kept("encoder.stages.3.layers.0.shortcut.normalization", "weight", 0))
+    assert 0 < kept.numel() < 64
+    with torch.no_grad():
+        got, want = small(**inputs), ref(**inputs)
+    for name in ("last_hidden_state", "pooler_output"):
+        assert got[name].shape[1] == kept.numel()
+        assert torch.allclose(got[name], want[name].index_select(1, kept), rtol=1e-4, atol=1e-5)
+    assert type(small) is type(model) and not isinstance(small, slimprune.Rewritten)
