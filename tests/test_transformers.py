@@ -538,6 +538,11 @@ class KeptLayerNorm(torch.nn.Module):
         self.norm, self.kept = norm, list(kept)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if getattr(self.norm, "data_format", "channels_last") == "channels_first":  # (ConvNextLayerNorm)
+            return self._over_last(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self._over_last(x)
+
+    def _over_last(self, x: torch.Tensor) -> torch.Tensor:
         k, n = self.kept, self.norm
         out = n.bias.expand_as(x).clone()
         out[..., k] = torch.nn.functional.layer_norm(x[..., k], (len(k),), n.weight[k], n.bias[k], n.eps)
@@ -728,6 +733,7 @@ RETURNED = {
     "t5-model": [("last_hidden_state", "decoder.final_layer_norm", -1),
                  ("encoder_last_hidden_state", "encoder.final_layer_norm", -1)],
     "t5": [("logits", None, -1), ("encoder_last_hidden_state", "encoder.final_layer_norm", -1)],
+    "convnext": [("last_hidden_state", "layernorm", 1), ("pooler_output", "layernorm", -1)],
 }
 
 
@@ -737,6 +743,10 @@ def build_bare(family: str) -> tuple[torch.nn.Module, dict[str, object]]:
         model, inputs = tiny_vision(family, "sdpa"), pixels
     elif family == "t5":
         model, inputs = tiny_t5("sdpa", "gated-gelu"), T5_INPUTS
+    elif family == "convnext":  # its ConvNextLayerNorm (channels first or last) is a leaf norm
+        torch.manual_seed(0)
+        cfg = transformers.ConvNextConfig(hidden_sizes=[16, 32, 48, 64], depths=[1, 1, 1, 1])
+        model, inputs = transformers.ConvNextModel(cfg).eval(), pixels
     elif family == "t5-model":
         torch.manual_seed(0)
         model, inputs = transformers.T5Model(tiny_t5("sdpa", "gated-gelu").config).eval(), T5_INPUTS
