@@ -794,12 +794,16 @@ def test_prune_outputs_lets_a_bare_encoders_hidden_width_go_and_its_outputs_are_
     assert narrower >= 1
 
 
-def test_prune_outputs_narrows_a_cnns_returned_feature_map_exactly() -> None:
-    """ResNetModel returns its last feature map and the pooled one: no norm couples their
-    channels, so with the returned widths free they go exactly (at the kept channels)."""
+def tiny_resnet() -> transformers.ResNetModel:
     torch.manual_seed(0)
     cfg = transformers.ResNetConfig(embedding_size=16, hidden_sizes=[16, 32, 48, 64], depths=[1, 1, 1, 1])
-    model = transformers.ResNetModel(cfg).eval()
+    return transformers.ResNetModel(cfg).eval()
+
+
+def test_prune_outputs_narrows_a_cnns_returned_feature_map_exactly(tmp_path) -> None:
+    """ResNetModel returns its last feature map and the pooled one: no norm couples their
+    channels, so with the returned widths free they go exactly (at the kept channels)."""
+    model = tiny_resnet()
     for m in model.modules():  # (shifts stay 0: a removed channel's relu(shift) folds exactly only inside
         if isinstance(m, torch.nn.BatchNorm2d):  # zero-padded convs, and these maps are mostly border)
             torch.nn.init.uniform_(m.weight, 0.5, 1.5)
@@ -820,3 +824,7 @@ def test_prune_outputs_narrows_a_cnns_returned_feature_map_exactly() -> None:
         assert got[name].shape[1] == kept.numel()
         assert torch.allclose(got[name], want[name].index_select(1, kept), rtol=1e-4, atol=1e-5)
     assert type(small) is type(model) and not isinstance(small, slimprune.Rewritten)
+    slimprune.save(small, tmp_path / "m.safetensors", plan=plan)  # the narrower model round-trips
+    again = slimprune.load(tmp_path / "m.safetensors", tiny_resnet)
+    with torch.no_grad():
+        assert torch.equal(again(**inputs).pooler_output, got.pooler_output)
