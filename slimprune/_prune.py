@@ -189,6 +189,12 @@ def _plan_graph(analysis: Analysis, options: PlanOptions,
         removed, folds, notes, predicted = _select_ratio(analysis, options, scores, constraints, roles, latency)
     # A latency plan's last note is its predicted latency: information, not a warning.
     serious = list(notes[:-1] if options.target == "latency" and options.threshold is None else notes)
+    narrower = [f"{where} {units.size} -> {int((~removed[units]).sum())}" for where, units in graph.returned
+                if removed[units].any()]
+    if narrower:
+        notes.append(f"prune_outputs=True: the model returns narrower tensors ({', '.join(narrower)}); channel i of "
+                     f"a pruned output is the i-th kept one (plan.kept of the layer making it), so a classifier's "
+                     f"logits or a language model's vocabulary would no longer be indexed as before")
     if graph.traced.method == "concrete":
         fixed = graph.traced.fixed
         notes.insert(0, f"fx alone cannot follow {type(model).__name__}.forward; traced while running it on the "

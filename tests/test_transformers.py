@@ -710,11 +710,12 @@ class KeptT5Norm(torch.nn.Module):
 
 
 def all_norms_over_kept_channels(model: torch.nn.Module, plan: slimprune.PruningPlan) -> torch.nn.Module:
-    """``silence(model, plan)`` with every LayerNorm and T5LayerNorm the plan narrows computed
-    over its kept channels (the inexactness the plan's hidden-width group declares)."""
+    """``silence(model, plan)`` with every LayerNorm, T5LayerNorm and LlamaRMSNorm (the same
+    rms) the plan narrows computed over its kept channels (the inexactness the plan's
+    hidden-width group declares)."""
     ref = norms_over_kept_channels(model, plan)
     for name, m in list(ref.named_modules()):
-        kept = plan.kept(name, "weight", 0) if type(m).__name__ == "T5LayerNorm" else None
+        kept = plan.kept(name, "weight", 0) if type(m).__name__ in ("T5LayerNorm", "LlamaRMSNorm") else None
         if kept is not None and len(kept) < m.weight.numel():
             parent, _, attr = name.rpartition(".")
             setattr(ref.get_submodule(parent), attr, KeptT5Norm(m, kept))
@@ -789,9 +790,29 @@ def test_prune_outputs_lets_a_bare_encoders_hidden_width_go_and_its_outputs_are_
             assert kept is not None and len(kept) < widths[name][axis]
             expect = expect.index_select(axis, torch.tensor(kept))
             narrower += 1
+            note = [n for n in plan.notes if n.startswith("prune_outputs=True: the model returns narrower tensors")]
+            assert len(note) == 1 and f"output[{name!r}] {widths[name][axis]} -> {len(kept)}" in note[0]
         assert got[name].shape == expect.shape and got[name].shape[axis] <= widths[name][axis]
         assert torch.allclose(got[name], expect, atol=1e-5), (name, (got[name] - expect).abs().max())
     assert narrower >= 1
+
+
+def test_prune_outputs_on_a_language_model_narrows_its_vocabulary_and_the_plan_says_so() -> None:
+    """Every returned width is free: an untied lm_head loses vocabulary rows (index i of the
+    pruned logits is the i-th kept token), which the plan's note states; a tied one keeps
+    them (the embedding's rows are read by token id, never a channel)."""
+    untied, inputs = build("llama-gqa", "sdpa")
+    plan, _ = plan_quietly(untied, ratio=0.5, example_inputs=inputs, prune_outputs=True)
+    kept = plan.kept("lm_head", "weight", 0)
+    assert kept is not None and len(kept) < 100
+    assert any(f"output['logits'] 100 -> {len(kept)}" in n and "vocabulary" in n for n in plan.notes)
+    small, ref = slimprune.apply(untied, plan), all_norms_over_kept_channels(untied, plan)
+    with torch.no_grad():
+        got, want = small(**inputs).logits, ref(**inputs).logits.index_select(-1, torch.tensor(kept))
+    assert got.shape == want.shape and torch.allclose(got, want, atol=1e-5)
+    tied = tiny_gpt2("sdpa")
+    plan, _ = plan_quietly(tied, ratio=0.5, example_inputs=inputs, prune_outputs=True)
+    assert slimprune.apply(tied, plan)(**inputs).logits.shape[-1] == 100
 
 
 def tiny_resnet() -> transformers.ResNetModel:
@@ -814,6 +835,7 @@ def test_prune_outputs_narrows_a_cnns_returned_feature_map_exactly(tmp_path) -> 
     assert not barriers and all(g.exact for g in plan.groups)
     assert plan.params_after < kept_width.params_after
     assert_pruned_equals_silenced(model, kept_width, inputs)  # the default: 64 channels returned, as before
+    assert not any("prune_outputs" in n for n in kept_width.notes)
     small = slimprune.apply(model, plan)
     ref = slimprune.silence(model, plan)
     kept = torch.tensor(plan.kept("encoder.stages.3.layers.0.shortcut.normalization", "weight", 0))
