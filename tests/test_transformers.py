@@ -698,17 +698,6 @@ def test_mobilevit_loses_whole_heads_through_its_carried_all_head_size_and_round
 
 
 # ------------------------------------------------- prune_outputs: returned widths free to go
-class KeptT5Norm(torch.nn.Module):
-    """A silenced T5LayerNorm computing its rms over the kept channels only (see KeptRMSNorm)."""
-
-    def __init__(self, norm: torch.nn.Module, kept: tuple[int, ...]) -> None:
-        super().__init__()
-        self.inner = KeptRMSNorm(norm, kept)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.inner(x)
-
-
 def all_norms_over_kept_channels(model: torch.nn.Module, plan: slimprune.PruningPlan) -> torch.nn.Module:
     """``silence(model, plan)`` with every LayerNorm, T5LayerNorm and LlamaRMSNorm (the same
     rms) the plan narrows computed over its kept channels (the inexactness the plan's
@@ -718,7 +707,7 @@ def all_norms_over_kept_channels(model: torch.nn.Module, plan: slimprune.Pruning
         kept = plan.kept(name, "weight", 0) if type(m).__name__ in ("T5LayerNorm", "LlamaRMSNorm") else None
         if kept is not None and len(kept) < m.weight.numel():
             parent, _, attr = name.rpartition(".")
-            setattr(ref.get_submodule(parent), attr, KeptT5Norm(m, kept))
+            setattr(ref.get_submodule(parent), attr, KeptRMSNorm(m, kept))
     return ref
 
 
