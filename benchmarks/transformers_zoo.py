@@ -13,6 +13,11 @@ images. At ratio 0.5:
   query heads before -> after (and the hidden width for those rows),
   exact against the silenced original (eval mode, rtol 1e-4 / atol 1e-5), whether the
   model's own head-count attributes match its weights, barrier ops, seconds;
+* slimprune with ``prune_outputs=True`` (the returned widths declared free to go) for the
+  bare encoders, T5 (``T5Model`` and ``T5ForConditionalGeneration``) and the CNN backbones,
+  with ``allow_inexact=True`` (the hidden width through the norms; ``ResNetModel``:
+  ``allow_inexact=False``, where no norm couples its returned channels, checked exact against
+  the silenced original at the kept channels): parameters removed, heads, returned width;
 * Torch-Pruning 1.6.1 as its README shows for transformers (``MetaPruner``, L2 magnitude,
   ``num_heads`` of every q/k/v projection, ``prune_num_heads=True``, output layer ignored):
   whether it ran with the output shape kept, parameters removed, heads after, the largest
@@ -39,6 +44,11 @@ FAMILIES = ["bert", "distilbert", "vit", "clip", "gpt2", "llama-gqa", "t5", "swi
             "convnext"]
 # run once more by slimprune with allow_inexact=True (the default): the hidden width too
 INEXACT = ["gpt2", "llama-gqa", "llama-tied", "t5-logits"]
+# run once more by slimprune with prune_outputs=True: the widths the model returns may go too
+PRUNE_OUTPUTS = ["bert", "distilbert", "vit", "clip", "swin", "segformer", "t5-model", "t5", "mobilevit", "resnet",
+                 "convnext"]
+# prune_outputs rows checked exact (allow_inexact=False): the module whose weight rows are the returned channels
+EXACT_OUTPUTS = {"resnet": "encoder.stages.3.layers.0.shortcut.normalization"}
 IDS = torch.randint(0, 100, (2, 8), generator=torch.Generator().manual_seed(0))
 PIXELS = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
@@ -82,6 +92,10 @@ def build(family: str, impl: str) -> tuple[torch.nn.Module, dict[str, Any]]:
                          pad_token_id=0, eos_token_id=1, attn_implementation=impl)
         return T.T5ForConditionalGeneration(cfg).eval(), {"input_ids": IDS, "decoder_input_ids": IDS[:, :5],
                                                           "use_cache": False}
+    if family == "t5-model":  # the bare encoder-decoder: returns last_hidden_state, encoder_last_hidden_state
+        model, inputs = build("t5", impl)
+        torch.manual_seed(0)
+        return T.T5Model(model.config).eval(), inputs
     if family == "t5-logits":  # the user keeps only the logits: the hidden width is not returned
         model, inputs = build("t5", impl)
         return T5Logits(model).eval(), {k: v for k, v in inputs.items() if k != "use_cache"}
@@ -174,7 +188,20 @@ def first_tensor(out: Any) -> torch.Tensor:
     return out[0] if isinstance(out, tuple) else next(v for v in out.values() if isinstance(v, torch.Tensor))
 
 
-def run_slimprune(family: str, impl: str, allow_inexact: bool = False) -> dict[str, Any]:
+def returned_hidden(out: Any) -> torch.Tensor:
+    """The returned hidden state (``last_hidden_state``, or T5's encoder one beside its logits)."""
+    if not isinstance(out, tuple) and "last_hidden_state" in out:
+        return out["last_hidden_state"]
+    if not isinstance(out, tuple) and "encoder_last_hidden_state" in out:
+        return out["encoder_last_hidden_state"]
+    return first_tensor(out)
+
+
+def channels(t: torch.Tensor) -> int:
+    return int(t.shape[1] if t.ndim == 4 else t.shape[-1])  # NCHW feature maps, else [..., C]
+
+
+def run_slimprune(family: str, impl: str, allow_inexact: bool = False, prune_outputs: bool = False) -> dict[str, Any]:
     import slimprune
 
     model, inputs = build(family, impl)
@@ -183,17 +210,24 @@ def run_slimprune(family: str, impl: str, allow_inexact: bool = False) -> dict[s
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        plan = slimprune.plan(model, ratio=0.5, example_inputs=inputs, allow_inexact=allow_inexact)
+        plan = slimprune.plan(model, ratio=0.5, example_inputs=inputs, allow_inexact=allow_inexact,
+                              prune_outputs=prune_outputs)
     small = slimprune.apply(model, plan)
     seconds = time.perf_counter() - t0
     ref = slimprune.silence(model, plan)
     with torch.no_grad():
-        a, b = first_tensor(ref(**inputs)), first_tensor(small(**inputs))
+        out_ref, out_small = ref(**inputs), small(**inputs)
+    a, b = first_tensor(out_ref), first_tensor(out_small)
+    if prune_outputs and family in EXACT_OUTPUTS:  # the silenced original's output at the kept channels
+        kept = torch.tensor(plan.kept(EXACT_OUTPUTS[family], "weight", 0))
+        a = a.index_select(1 if a.ndim == 4 else a.ndim - 1, kept)
     h1, agree = heads(small)
     barriers = sum(str(w.message).count("\n  - ") for w in caught if issubclass(w.category, slimprune.UnsupportedOpWarning))
     return {"ran": True, "removed": 1 - sum(p.numel() for p in small.parameters()) / n0, "heads": f"{sum(h0)}->{sum(h1)}",
             "hidden": f"{hidden_width(model)}->{hidden_width(small)}",
-            "exact": bool(torch.allclose(a, b, rtol=1e-4, atol=1e-5)) if not allow_inexact else None,
+            "returned": f"{channels(returned_hidden(out_ref))}->{channels(returned_hidden(out_small))}",
+            "exact": (bool(a.shape == b.shape and torch.allclose(a, b, rtol=1e-4, atol=1e-5))
+                      if not allow_inexact else None),
             "counts_agree": agree,
             "barriers": barriers, "seconds": seconds}
 
@@ -256,6 +290,15 @@ def main() -> None:
             continue
         r = run_slimprune(family, args.impl, allow_inexact=True)
         print(f"| {family}, allow_inexact=True | slimprune | yes | {r['removed']:.0%} | {r['heads']}, hidden {r['hidden']} | inexact allowed | "
+              f"{'yes' if r['counts_agree'] else 'no'} | {r['barriers']} | {r['seconds']:.2f} |", flush=True)
+    for family in PRUNE_OUTPUTS if "slimprune" in args.tools else []:  # the returned widths declared free
+        if family not in args.families and family != "t5-model":
+            continue
+        inexact = family not in EXACT_OUTPUTS
+        r = run_slimprune(family, args.impl, allow_inexact=inexact, prune_outputs=True)
+        check = "inexact allowed" if inexact else ("exact at the kept channels" if r["exact"] else "NOT exact")
+        print(f"| {family}, prune_outputs=True{', allow_inexact=True' if inexact else ''} | slimprune | yes | "
+              f"{r['removed']:.0%} | {r['heads']}, returned width {r['returned']} | {check} | "
               f"{'yes' if r['counts_agree'] else 'no'} | {r['barriers']} | {r['seconds']:.2f} |", flush=True)
 
 

@@ -74,6 +74,8 @@ class Analysis:
         regions: for a model fx cannot trace whole, its traceable regions.
         unreached: parts of such a model no region covers.
         trace_error: why the whole model does not trace (regions only).
+        prune_outputs: whether the graph lets the returned widths go (see
+            :meth:`with_prune_outputs`; ``plan(analysis, prune_outputs=...)`` picks the one it needs).
     """
 
     model: nn.Module
@@ -90,6 +92,8 @@ class Analysis:
     scores: ScoreCache | None = field(default=None, repr=False, compare=False)
     _subs: dict[str, Analysis] = field(default_factory=dict, repr=False, compare=False)
     warn: bool = field(default=True, repr=False)
+    prune_outputs: bool = field(default=False, repr=False)
+    _variants: dict[bool, Analysis] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def by_regions(self) -> bool:
@@ -110,6 +114,29 @@ class Analysis:
                 f"{type(self.model).__name__} was analysed in {was} mode and is now in {now} mode, and its traced "
                 f"graph may differ between the modes; call model.{was}() before planning, or analyse it again"
             )
+
+    def with_prune_outputs(self, prune_outputs: bool) -> Analysis:
+        """This analysis with the returned widths kept (False) or free to go (True).
+
+        The other one is built from the same traced graph on first use (nothing is traced
+        again) and kept. A model planned region by region cannot free them: a region's
+        outputs feed the rest of the model, and only the model's own outputs could go."""
+        if prune_outputs == self.prune_outputs:
+            return self
+        if self.graph is None:
+            raise InvalidArgumentError(
+                f"prune_outputs=True lets the widths {type(self.model).__name__} returns go, but fx cannot trace "
+                f"it whole: it is planned region by region, and a region's outputs feed the rest of the model. "
+                f"Plan it with prune_outputs=False (the default), or make its forward traceable as a whole"
+            )
+        if prune_outputs not in self._variants:
+            graph = build_channel_graph(self.graph.traced, warn=False, keep_outputs=not prune_outputs)
+            scores = ScoreCache()
+            self._variants[prune_outputs] = Analysis(
+                self.model, graph, Predictor(graph, self.model), self.opaque, self.example_inputs,
+                training=self.training, structure=self.structure, probes=ProbeCache(self.model, scores=scores),
+                scores=scores, warn=self.warn, prune_outputs=prune_outputs)
+        return self._variants[prune_outputs]
 
     def region(self, r: RegionAnalysis) -> Analysis:
         """The analysis of one region's submodule, made on first use."""
@@ -133,12 +160,14 @@ class Analysis:
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
 
-def _whole(model: nn.Module, example_inputs: Any, opaque: tuple[str | type, ...], warn: bool) -> Analysis:
-    graph = build_channel_graph(trace(model, example_inputs, opaque, has_module_rule), warn=warn)
+def _whole(model: nn.Module, example_inputs: Any, opaque: tuple[str | type, ...], warn: bool,
+           prune_outputs: bool = False) -> Analysis:
+    graph = build_channel_graph(trace(model, example_inputs, opaque, has_module_rule), warn=warn,
+                                keep_outputs=not prune_outputs)
     scores = ScoreCache()
     return Analysis(model, graph, Predictor(graph, model), opaque, graph.traced.example_inputs,
                     training=model.training, structure=fingerprint(model),
-                    probes=ProbeCache(model, scores=scores), scores=scores, warn=warn)
+                    probes=ProbeCache(model, scores=scores), scores=scores, warn=warn, prune_outputs=prune_outputs)
 
 
 def _by_regions(model: nn.Module, example_inputs: Any, opaque: tuple[str | type, ...], warn: bool,
@@ -157,10 +186,11 @@ def _plannable(model: nn.Module, r: Region) -> bool:
 
 
 def analyze_for_plan(model: nn.Module, example_inputs: Any, opaque: tuple[str | type, ...],
-                     warn: bool = True) -> Analysis:
-    """The analysis ``plan()`` makes: the whole model, else its traceable regions."""
+                     warn: bool = True, prune_outputs: bool = False) -> Analysis:
+    """The analysis ``plan()`` makes: the whole model, else its traceable regions
+    (``prune_outputs``: the whole model's graph lets its returned widths go)."""
     try:
-        return _whole(model, example_inputs, opaque, warn)
+        return _whole(model, example_inputs, opaque, warn, prune_outputs)
     except TraceError as exc:
         return _by_regions(model, example_inputs, opaque, warn, exc)
 

@@ -145,6 +145,9 @@ class ChannelGraph:
     # Units along the channel axis of every node of the traced graph that carries one
     # (what :mod:`._zero_proof` follows); empty for graphs built without it.
     node_units: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    # Built with keep_outputs=False: (where in the returned structure, its channels' units) of
+    # every returned tensor with channels, so a plan can say which outputs got narrower.
+    returned: tuple[tuple[str, np.ndarray], ...] = field(default=(), repr=False)
 
     def kept_fn(self, removed: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
         """``kept(labels)``: which raw labels survive when the units in ``removed`` go."""
@@ -220,6 +223,23 @@ def _iter_infos(value: Any) -> Iterator[ChannelInfo]:
             yield from _iter_infos(v)
 
 
+def _returned(values: dict[fx.Node, Any], value: Any, where: str) -> list[tuple[str, np.ndarray]]:
+    """(where, labels) of every labelled tensor in a returned structure: ``output["logits"]``,
+    ``output[0]``; a node holding several (a namedtuple, split outputs) counts its parts."""
+    if isinstance(value, dict):
+        return [r for k, v in value.items() for r in _returned(values, v, f"{where}[{k!r}]")]
+    if isinstance(value, (tuple, list)):
+        return [r for i, v in enumerate(value) for r in _returned(values, v, f"{where}[{i}]")]
+    if not isinstance(value, fx.Node):
+        return []
+    info = values.get(value)
+    if isinstance(info, ChannelInfo):
+        return [(where, info.labels)]
+    parts = list(_iter_infos(info))
+    return [(f"{where}[{i}]", p.labels) for i, p in enumerate(parts)] if len(parts) > 1 else \
+        [(where, p.labels) for p in parts]
+
+
 def describe_target(node: fx.Node) -> str:
     """``call_function torch.roll`` style description of a node's operation."""
     t = node.target
@@ -239,8 +259,9 @@ def describe_target(node: fx.Node) -> str:
 class _Builder:
     """The context rules see while the graph is walked (their ``ctx`` argument)."""
 
-    def __init__(self, traced: Traced) -> None:
+    def __init__(self, traced: Traced, keep_outputs: bool = True) -> None:
         self.traced = traced
+        self.keep_outputs = keep_outputs  # the widths the model returns are the user's
         self.gm = traced.gm
         self.modules = dict(self.gm.named_modules())
         self.next_id = 1
@@ -266,6 +287,7 @@ class _Builder:
         self._seen: set[tuple[str, str, int]] | None = None
         self.pieces: list[np.ndarray] = []
         self.node_labels: dict[str, np.ndarray] = {}  # the traced graph's nodes with a channel axis
+        self.returned: list[tuple[str, np.ndarray]] = []  # (keep_outputs=False) the returned channels
 
     # ----------------------------------------------------------------- reading the graph
     def arg(self, node: fx.Node, index: int, name: str | None = None, default: Any = None) -> Any:
@@ -511,7 +533,10 @@ class _Builder:
                 self.values[node] = self._get_attr(node)
                 continue
             if node.op == "output":
-                self.keep_all(node.args)
+                if self.keep_outputs:
+                    self.keep_all(node.args)
+                elif index == 0:
+                    self.returned += _returned(self.values, node.args[0] if node.args else None, "output")
                 continue
             module = self.modules.get(node.target) if node.op == "call_module" else None
             rule = lookup_rule(node.op, node.target, module)
@@ -648,14 +673,16 @@ def _warn_barriers(barriers: Iterable[Barrier]) -> None:
     )
 
 
-def build_channel_graph(traced: Traced, warn: bool = True) -> ChannelGraph:
+def build_channel_graph(traced: Traced, warn: bool = True, keep_outputs: bool = True) -> ChannelGraph:
     """Build the channel dependency graph of a traced model.
 
     Args:
         traced: the output of :func:`slimprune._trace.trace` (shapes on every node).
         warn: emit one :class:`UnsupportedOpWarning` listing every barrier.
+        keep_outputs: keep every channel of the tensors the model returns (their widths are
+            the user's); False lets them go (``plan(prune_outputs=True)``).
     """
-    b = _Builder(traced)
+    b = _Builder(traced, keep_outputs)
     b.walk(traced.gm, 0)
     if traced.other_mode is not None:
         b.walk(traced.other_mode, 1)
@@ -746,6 +773,7 @@ def build_channel_graph(traced: Traced, warn: bool = True) -> ChannelGraph:
         root=root,
         unit_to_group=unit_to_group,
         node_units={name: root[labels] for name, labels in b.node_labels.items()},
+        returned=tuple((where, root[labels]) for where, labels in b.returned),
     )
     if warn:
         _warn_barriers(graph.barriers)

@@ -134,6 +134,8 @@ class PlanOptions:
     fold_bias: bool = True
     allow_inexact: bool = True
     exact_borders: bool = False
+    # the widths of the tensors the model returns may go too (the user reads fewer channels)
+    prune_outputs: bool = False
     seed: int = 0
     # target="latency": where to time (slimprune.latency) and an optional ready cost table.
     device: str = "cpu"
@@ -163,6 +165,11 @@ class PlanOptions:
                 f"unknown importance {self.importance!r}; choose one of {', '.join(map(repr, IMPORTANCE))} "
                 f"or pass a callable fn(model, graph, group) -> scores"
             )
+        if not isinstance(self.prune_outputs, (bool, np.bool_)):
+            raise InvalidArgumentError(
+                f"prune_outputs must be True or False, got {self.prune_outputs!r}; True lets the widths of the "
+                f"tensors the model returns go (its outputs get narrower), False (the default) keeps them"
+            )
         opaque = check_opaque(self.opaque)
         protect = _protect_entries(self.protect)
         min_channels = _count("min_channels", self.min_channels)
@@ -178,7 +185,7 @@ class PlanOptions:
             ratio=None if ratio is None else float(ratio),
             threshold=None if threshold is None else float(threshold),
             opaque=opaque, protect=protect, min_channels=min_channels, round_to=round_to,
-            max_ratio=max_ratio, seed=check_seed(self.seed),
+            max_ratio=max_ratio, seed=check_seed(self.seed), prune_outputs=bool(self.prune_outputs),
         )
         for name, value in normalised.items():
             object.__setattr__(self, name, value)

@@ -55,6 +55,7 @@ def plan(
     fold_bias: bool = True,
     allow_inexact: bool = True,
     exact_borders: bool = False,
+    prune_outputs: bool = False,
     seed: int = 0,
     device: str = "cpu",
     latency_table: Any = None,
@@ -92,6 +93,13 @@ def plan(
         exact_borders: with ``threshold=`` and ``fold_bias``, also keep channels whose
             constant a zero-padded conv would read (their fold is exact only in the interior):
             the pruned model then equals the original everywhere, borders included.
+        prune_outputs: also remove channels of the tensors the model returns (a bare
+            encoder's ``last_hidden_state``, a backbone's feature map). False (the default)
+            keeps every returned width, so the pruned model is a drop-in; True declares them
+            free to go: the outputs get narrower (which channels stay: ``plan.kept`` of the
+            layer making them), and the pruned model computes the silenced original's outputs
+            at those channels (exactly, unless a group through a norm is inexact). Needs a
+            model fx traces whole.
         seed: for ``importance="random"``.
         device: with ``target="latency"``: ``"cpu"`` or ``"cuda"``, where latency is timed.
         latency_table: with ``target="latency"``: a :class:`slimprune.latency.CostTable` made
@@ -118,12 +126,12 @@ def plan(
     options = _options(model, dict(
         ratio=ratio, threshold=threshold, target=target, importance=importance, example_inputs=example_inputs,
         opaque=opaque, protect=protect, min_channels=min_channels, round_to=round_to, max_ratio=max_ratio,
-        fold_bias=fold_bias, allow_inexact=allow_inexact, exact_borders=exact_borders, seed=seed,
-        device=device, latency_table=latency_table))
+        fold_bias=fold_bias, allow_inexact=allow_inexact, exact_borders=exact_borders, prune_outputs=prune_outputs,
+        seed=seed, device=device, latency_table=latency_table))
     if isinstance(model, Analysis):
         return plan_analysis(model, options)
     options.check_model(model)
-    analysis = analyze_for_plan(model, options.example_inputs, options.opaque)
+    analysis = analyze_for_plan(model, options.example_inputs, options.opaque, prune_outputs=options.prune_outputs)
     return plan_analysis(analysis, options, current=True)
 
 
@@ -151,6 +159,7 @@ def plan_analysis(analysis: Analysis, options: PlanOptions, current: bool = Fals
     if not current:
         analysis.check_current()
     options.check_model(analysis.model)
+    analysis = analysis.with_prune_outputs(options.prune_outputs)  # (built once from the same trace)
     if analysis.by_regions:
         return plan_regions(analysis, options, plan_analysis)
     if options.target == "latency" and options.threshold is None and options.latency_table is None:
@@ -180,6 +189,12 @@ def _plan_graph(analysis: Analysis, options: PlanOptions,
         removed, folds, notes, predicted = _select_ratio(analysis, options, scores, constraints, roles, latency)
     # A latency plan's last note is its predicted latency: information, not a warning.
     serious = list(notes[:-1] if options.target == "latency" and options.threshold is None else notes)
+    narrower = [f"{where} {units.size} -> {int((~removed[units]).sum())}" for where, units in graph.returned
+                if removed[units].any()]
+    if narrower:
+        notes.append(f"prune_outputs=True: the model returns narrower tensors ({', '.join(narrower)}); channel i of "
+                     f"a pruned output is the i-th kept one (plan.kept of the layer making it), so a classifier's "
+                     f"logits or a language model's vocabulary would no longer be indexed as before")
     if graph.traced.method == "concrete":
         fixed = graph.traced.fixed
         notes.insert(0, f"fx alone cannot follow {type(model).__name__}.forward; traced while running it on the "

@@ -104,6 +104,8 @@ def _parser() -> _Parser:
     p.add_argument("--protect", action="append", default=[], metavar="MODULE", help="never prune this module (repeatable)")
     p.add_argument("--min-channels", type=int, default=1, metavar="N", help="channels every group keeps")
     p.add_argument("--round-to", type=int, default=1, metavar="N", help="kept channel counts are multiples of N")
+    p.add_argument("--prune-outputs", action="store_true",
+                   help="also remove channels of the tensors the model returns (its outputs get narrower)")
     p.add_argument("--out", required=True, metavar="FILE", help="where to save the pruned model")
     p.add_argument("--latency", action="store_true", help="also time both models (about 2 s)")
     p.add_argument("--threads", type=_positive, metavar="N", help="CPU threads while timing (default: torch's)")
@@ -313,7 +315,7 @@ def _prune(args: argparse.Namespace, out: _Out) -> int:
         analysis = analyze(model, x, regions=True)
     with out.step("Planning"):
         p = plan(analysis, args.ratio, threshold=args.threshold, target=args.target, protect=args.protect,
-                 min_channels=args.min_channels, round_to=args.round_to)
+                 min_channels=args.min_channels, round_to=args.round_to, prune_outputs=args.prune_outputs)
     with out.step("Applying the plan"):
         small = apply(model, p)
     x = x if x is not None else _example(args, p.input_shapes[0])

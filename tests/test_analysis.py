@@ -39,6 +39,7 @@ OPTION_SETS = [
     dict(ratio=0.5, fold_bias=False, allow_inexact=False),
     dict(threshold=1e-3),
     dict(threshold=1e-3, exact_borders=True),
+    dict(ratio=0.5, prune_outputs=True),  # (the analysis builds its other graph from the same trace)
 ]
 
 
@@ -166,6 +167,19 @@ def test_a_model_planned_by_regions_is_analysed_by_regions() -> None:
     assert slimprune.plan(analysis, 0.3).to_dict() == slimprune.plan(model, 0.3, example_inputs=x).to_dict()
 
 
+def test_prune_outputs_frees_the_returned_width_and_is_refused_for_a_model_planned_by_regions() -> None:
+    model = _sparse_model()
+    kept, free = (slimprune.plan(model, 0.5, example_inputs=X, prune_outputs=p) for p in (False, True))
+    with torch.no_grad():
+        width = model(X).shape[1]
+        assert slimprune.apply(model, kept)(X).shape[1] == width
+        assert slimprune.apply(model, free)(X).shape[1] < width  # the returned channels went too
+    torch.manual_seed(0)
+    regional = randomize_bn(WithDataBranch()).eval()
+    with pytest.raises(slimprune.InvalidArgumentError, match="planned region by region"):
+        slimprune.plan(regional, 0.5, example_inputs=torch.randn(2, 3, 16, 16), prune_outputs=True)
+
+
 def test_sparsity_searches_trace_once(model, monkeypatch) -> None:
     calls = []
     original = fx.Tracer.trace
@@ -195,6 +209,7 @@ def test_plan_options_are_normalised_on_construction() -> None:
     (dict(ratio=0.5, target="macs"), "target must be one of"),
     (dict(ratio=0.5, round_to=0), "round_to must be an integer >= 1"),
     (dict(ratio=0.5, protect="fc"), "wrap it in a list: protect=['fc']"),
+    (dict(ratio=0.5, prune_outputs="yes"), "prune_outputs must be True or False"),
 ])
 def test_plan_options_refuse_what_plan_refuses(kw, words) -> None:
     with pytest.raises(slimprune.InvalidArgumentError, match=__import__("re").escape(words)):

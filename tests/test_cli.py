@@ -65,6 +65,17 @@ def test_measure_a_saved_file(pruned_file: tuple[Path, dict], capsys: pytest.Cap
     assert measured["measurement"]["flops"] == doc["comparison"]["pruned"]["flops"]
 
 
+def test_prune_outputs_flag_lets_the_returned_width_go(pruned_file: tuple[Path, dict], tmp_path: Path) -> None:
+    """--prune-outputs is plan(prune_outputs=True): the logits' channels may go too, so more is removed."""
+    _, kept = pruned_file
+    proc = slimprune("prune", "tests.models:TinyResNet?width=8", "--ratio", "0.4", "--input-size", "3,16,16",
+                     "--out", str(tmp_path / "free.safetensors"), "--prune-outputs", "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["plan"]["options"]["prune_outputs"] is True and kept["plan"]["options"]["prune_outputs"] is False
+    assert doc["plan"]["prunable_channels"] > kept["plan"]["prunable_channels"]
+
+
 def test_inspect_a_spec_as_json() -> None:
     """inspect lists the five channel groups of TinyResNet with their members."""
     proc = slimprune("inspect", "tests.models:TinyResNet", "--json")

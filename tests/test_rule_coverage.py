@@ -633,6 +633,13 @@ def _transformers_cases() -> None:
 
     for t5_norm in (T5LayerNorm, MT5LayerNorm):  # an RMSNorm under another name
         case(f"transformers {t5_norm.__name__}", lambda n=t5_norm: n(8), module=True, last_axis=True, inexact=True)
+    from transformers.models.convnext.modeling_convnext import ConvNextLayerNorm
+    from transformers.models.convnextv2.modeling_convnextv2 import ConvNextV2LayerNorm
+
+    for ln in (ConvNextLayerNorm, ConvNextV2LayerNorm):  # an nn.LayerNorm over channels first or last
+        case(f"transformers {ln.__name__} channels_first", lambda n=ln: n(8, data_format="channels_first"),
+             module=True, inexact=True)
+        case(f"transformers {ln.__name__}", lambda n=ln: n(8), module=True, last_axis=True, inexact=True)
 
 
 if importlib.util.find_spec("transformers") is not None:  # (a test dependency, as timm)

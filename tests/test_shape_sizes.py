@@ -5,11 +5,14 @@ keep the same count and the reshape stays valid (and exact)."""
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Callable
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import slimprune
@@ -121,13 +124,83 @@ class _CarriedWidth(nn.Module):
         return self.out(y)
 
 
-def test_a_carried_int_size_on_the_channel_axis_keeps_those_channels_and_the_model_runs() -> None:
+def test_a_carried_int_size_on_the_channel_axis_is_rewritten_with_the_attribute_it_came_from() -> None:
     torch.manual_seed(0)
     m, x = _CarriedWidth().eval(), torch.randn(2, 5, 16)
     plan = slimprune.plan(m, 0.5, example_inputs=x)
-    small = slimprune.apply(m, plan)
-    assert small.q.out_features == 32 and small.out.in_features == 32  # the carried 32 stays 32
-    assert_pruned_equals_silenced(m, plan, x)
+    carried = [e for e in map(json.loads, plan.edits) if e.get("attr") == ["", "all_head_size"]]
+    assert len(carried) == 1 and carried[0]["old"] == 32  # the join's literal, named by its attribute
+    small = assert_pruned_equals_silenced(m, plan, x)
+    assert small.q.out_features == small.out.in_features == small.all_head_size < 32
+    assert not isinstance(small, slimprune.Rewritten)  # its own forward reads the updated attribute
+
+
+class _CarriedHeads(nn.Module):
+    """Multi-head attention merging its heads as MobileViT does, ``size()[:-2] + (self.all_head_size,)``,
+    with a head resizer (registered in the test): whole heads go with the carried literal."""
+
+    def __init__(self, heads: int, head_size: int) -> None:
+        super().__init__()
+        self.num_attention_heads, self.attention_head_size = heads, head_size
+        self.all_head_size = heads * head_size
+        self.query, self.key, self.value = (nn.Linear(12, self.all_head_size) for _ in range(3))
+        self.out = nn.Linear(self.all_head_size, 12)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = (*x.shape[:-1], -1, self.attention_head_size)
+        q, k, v = (p(x).view(shape).transpose(1, 2) for p in (self.query, self.key, self.value))
+        w = torch.softmax(torch.matmul(q, k.transpose(-1, -2)) / self.attention_head_size ** 0.5, dim=-1)
+        y = torch.matmul(w, v).permute(0, 2, 1, 3).contiguous()
+        return self.out(y.view(*(y.size()[:-2] + (self.all_head_size,))))
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@given(st.integers(2, 6), st.sampled_from([2, 4, 8]), st.floats(0.1, 0.7), st.integers(0, 1000))
+def test_heads_merged_by_a_carried_literal_go_whole_and_the_attributes_follow(heads: int, head_size: int,
+                                                                              ratio: float, seed: int) -> None:
+    from slimprune.rules import hf
+    from slimprune.rules.heads import _RESIZERS, register_head_resizer
+
+    register_head_resizer(_CarriedHeads, hf._resize_bert)
+    try:
+        torch.manual_seed(seed)
+        m, x = _CarriedHeads(heads, head_size).eval(), torch.randn(2, 5, 12)
+        plan = slimprune.plan(m, ratio, example_inputs=x, importance="random", seed=seed)
+        small = assert_pruned_equals_silenced(m, plan, x)
+    finally:
+        _RESIZERS.pop(_CarriedHeads, None)
+    width = small.query.out_features
+    assert width % head_size == 0 and small.attention_head_size == head_size  # whole heads only
+    if int(ratio * heads) >= 1:  # (the heads are the model's only prunable units)
+        assert width < heads * head_size
+    assert small.all_head_size == width == small.num_attention_heads * head_size == small.out.in_features
+    assert small.key.out_features == small.value.out_features == width
+    assert not isinstance(small, slimprune.Rewritten)
+
+
+class _CarriedTwice(nn.Module):
+    """One joined shape, ``y.size()[:-2] + (self.all_head_size,)``, read by the views of two
+    tensors whose channels are not tied: one literal cannot follow both, so both keep it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head_size, self.all_head_size = 8, 32
+        self.q, self.k = nn.Linear(16, 32), nn.Linear(16, 32)
+        self.out_q, self.out_k = nn.Linear(32, 16), nn.Linear(32, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.q(x).view(*x.shape[:-1], -1, self.head_size))
+        z = torch.sigmoid(self.k(x).view(*x.shape[:-1], -1, self.head_size))
+        shape = y.size()[:-2] + (self.all_head_size,)
+        return self.out_q(y.view(*shape)) + self.out_k(z.view(*shape))
+
+
+def test_a_carried_int_size_two_views_read_keeps_those_channels_and_the_model_runs() -> None:
+    torch.manual_seed(0)
+    m, x = _CarriedTwice().eval(), torch.randn(2, 5, 16)
+    plan = slimprune.plan(m, 0.5, example_inputs=x)
+    small = assert_pruned_equals_silenced(m, plan, x)
+    assert small.q.out_features == small.k.out_features == small.all_head_size == 32  # the carried 32 stays 32
 
 
 def test_hugging_face_mobilevit_prunes_exactly_and_runs() -> None:

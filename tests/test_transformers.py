@@ -538,6 +538,11 @@ class KeptLayerNorm(torch.nn.Module):
         self.norm, self.kept = norm, list(kept)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if getattr(self.norm, "data_format", "channels_last") == "channels_first":  # (ConvNextLayerNorm)
+            return self._over_last(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self._over_last(x)
+
+    def _over_last(self, x: torch.Tensor) -> torch.Tensor:
         k, n = self.kept, self.norm
         out = n.bias.expand_as(x).clone()
         out[..., k] = torch.nn.functional.layer_norm(x[..., k], (len(k),), n.weight[k], n.bias[k], n.eps)
@@ -648,3 +653,190 @@ def test_t5_returning_only_logits_loses_its_hidden_width_with_its_shared_embeddi
     # the bare model returns encoder_last_hidden_state: that width is the user's, kept
     bare, _ = plan_quietly(model, ratio=0.5, example_inputs=T5_INPUTS)
     assert all(not g.removed for g in bare.groups if any(m.startswith("encoder.final_layer_norm") for m in g.members))
+
+
+def tiny_mobilevit() -> transformers.MobileViTModel:
+    torch.manual_seed(0)
+    cfg = transformers.MobileViTConfig(image_size=64, hidden_sizes=[32, 48, 64], num_attention_heads=4,
+                                       neck_hidden_sizes=[8, 8, 16, 16, 24, 32, 48])
+    return transformers.MobileViTModel(cfg).eval()
+
+
+def mobilevit_heads(model: torch.nn.Module) -> list[tuple[int, int, int]]:
+    """(query heads from the weights, num_attention_heads, all_head_size // head size) per attention."""
+    return [(m.query.out_features // m.attention_head_size, m.num_attention_heads, m.all_head_size // m.attention_head_size)
+            for m in model.modules() if type(m).__name__ == "MobileViTSelfAttention"]
+
+
+def test_mobilevit_loses_whole_heads_through_its_carried_all_head_size_and_round_trips(tmp_path) -> None:
+    """MobileViT merges heads with ``size()[:-2] + (self.all_head_size,)``: the literal is
+    recorded as an edit naming ``all_head_size``, the resizer sets it and
+    ``num_attention_heads``, and whole heads (value width included) go, exactly."""
+    import copy
+
+    model = tiny_mobilevit()
+    inputs = {"pixel_values": torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))}
+    plan, barriers = plan_quietly(model, ratio=0.5, example_inputs=inputs, allow_inexact=False)
+    assert not barriers, barriers
+    assert any('"all_head_size"' in e for e in plan.edits)
+    small = assert_pruned_equals_silenced(model, plan, inputs)
+    before, after = mobilevit_heads(model), mobilevit_heads(small)
+    assert len(after) == len(before) == 9 and all(a == b == c >= 1 for a, b, c in after)
+    assert sum(a for a, _, _ in after) < sum(a for a, _, _ in before) == 36
+    pairs = [(a, b) for a, b in zip(model.modules(), small.modules()) if type(a).__name__ == "MobileViTSelfAttention"]
+    for orig, m in pairs:  # whole heads: the value width goes too, head size (and the softmax scale) stay
+        assert m.value.out_features == m.key.out_features == m.query.out_features == m.all_head_size
+        assert m.attention_head_size == orig.attention_head_size
+    assert type(small) is type(model) and not isinstance(small, slimprune.Rewritten)
+    expect = small(**inputs).last_hidden_state
+    torch.save(small, tmp_path / "m.pt")
+    slimprune.save(small, tmp_path / "m.safetensors", plan=plan)
+    for again in (copy.deepcopy(small), torch.load(tmp_path / "m.pt", weights_only=False),
+                  slimprune.load(tmp_path / "m.safetensors", tiny_mobilevit)):
+        assert mobilevit_heads(again) == after
+        assert torch.equal(again(**inputs).last_hidden_state, expect)
+
+
+# ------------------------------------------------- prune_outputs: returned widths free to go
+def all_norms_over_kept_channels(model: torch.nn.Module, plan: slimprune.PruningPlan) -> torch.nn.Module:
+    """``silence(model, plan)`` with every LayerNorm, T5LayerNorm and LlamaRMSNorm (the same
+    rms) the plan narrows computed over its kept channels (the inexactness the plan's
+    hidden-width group declares)."""
+    ref = norms_over_kept_channels(model, plan)
+    for name, m in list(ref.named_modules()):
+        kept = plan.kept(name, "weight", 0) if type(m).__name__ in ("T5LayerNorm", "LlamaRMSNorm") else None
+        if kept is not None and len(kept) < m.weight.numel():
+            parent, _, attr = name.rpartition(".")
+            setattr(ref.get_submodule(parent), attr, KeptRMSNorm(m, kept))
+    return ref
+
+
+# family -> (returned tensor, the module whose weight rows are its channels (None: every
+# channel stays), its channel axis)
+RETURNED = {
+    "bert": [("last_hidden_state", "encoder.layer.1.output.LayerNorm", -1), ("pooler_output", "pooler.dense", -1)],
+    "distilbert": [("last_hidden_state", "transformer.layer.1.output_layer_norm", -1)],
+    "vit": [("last_hidden_state", "layernorm", -1), ("pooler_output", "pooler.dense", -1)],
+    "clip": [("last_hidden_state", "post_layernorm", -1), ("pooler_output", "post_layernorm", -1)],
+    "swin": [("last_hidden_state", "layernorm", -1), ("pooler_output", "layernorm", -1)],
+    "segformer": [("last_hidden_state", "stages.1.layer_norm", 1)],
+    "t5-model": [("last_hidden_state", "decoder.final_layer_norm", -1),
+                 ("encoder_last_hidden_state", "encoder.final_layer_norm", -1)],
+    "t5": [("logits", None, -1), ("encoder_last_hidden_state", "encoder.final_layer_norm", -1)],
+    "convnext": [("last_hidden_state", "layernorm", 1), ("pooler_output", "layernorm", -1)],
+}
+
+
+def build_bare(family: str, impl: str = "sdpa") -> tuple[torch.nn.Module, dict[str, object]]:
+    pixels = {"pixel_values": torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))}
+    if family in ("swin", "segformer"):
+        model, inputs = tiny_vision(family, impl), pixels
+    elif family == "t5":
+        model, inputs = tiny_t5(impl, "gated-gelu"), T5_INPUTS
+    elif family == "convnext":  # its ConvNextLayerNorm (channels first or last) is a leaf norm
+        torch.manual_seed(0)
+        cfg = transformers.ConvNextConfig(hidden_sizes=[16, 32, 48, 64], depths=[1, 1, 1, 1])
+        model, inputs = transformers.ConvNextModel(cfg).eval(), pixels
+    elif family == "t5-model":
+        torch.manual_seed(0)
+        model, inputs = transformers.T5Model(tiny_t5(impl, "gated-gelu").config).eval(), T5_INPUTS
+    else:
+        model, inputs = build(family, impl)
+    # non-trivial scales and shifts: a removed channel's shift is a constant folded into the next
+    # layer's bias (not Segformer's: its next stage's patch embedding is a zero-padded conv, where a
+    # fold is exact only in the interior, and these 8x8 maps are mostly border)
+    for m in model.modules():
+        if isinstance(m, torch.nn.LayerNorm):
+            torch.nn.init.uniform_(m.weight, 0.5, 1.5)
+            if family != "segformer":
+                torch.nn.init.normal_(m.bias, std=0.2)
+        elif type(m).__name__ == "T5LayerNorm":
+            torch.nn.init.uniform_(m.weight, 0.5, 1.5)
+    return model, inputs
+
+
+@pytest.mark.parametrize("family, impl", [(f, i) for f in RETURNED for i in IMPLEMENTATIONS
+                                          if f != "convnext" or i == "sdpa"])  # (ConvNext has no attention)
+def test_prune_outputs_lets_a_bare_encoders_hidden_width_go_and_its_outputs_are_the_originals_at_the_kept_channels(
+        family: str, impl: str) -> None:
+    model, inputs = build_bare(family, impl)
+    with torch.no_grad():
+        widths = {name: model(**inputs)[name].shape for name, _, _ in RETURNED[family]}
+    plan, barriers = plan_quietly(model, ratio=0.5, example_inputs=inputs, prune_outputs=True)  # allow_inexact=True
+    assert not barriers, barriers
+    assert dict(plan.options)["prune_outputs"] is True
+    assert any(g.removed and not g.exact for g in plan.groups)  # the hidden width, through the norms: inexact
+    small = slimprune.apply(model, plan)
+    assert type(small) is type(model) and not isinstance(small, slimprune.Rewritten)
+    ref = all_norms_over_kept_channels(model, plan)
+    with torch.no_grad():
+        got, want = small(**inputs), ref(**inputs)
+    assert type(got) is type(want)
+    narrower = 0
+    for name, module, axis in RETURNED[family]:
+        expect = want[name]
+        if module is not None:
+            kept = plan.kept(module, "weight", 0)
+            assert kept is not None and len(kept) < widths[name][axis]
+            expect = expect.index_select(axis, torch.tensor(kept))
+            narrower += 1
+            note = [n for n in plan.notes if n.startswith("prune_outputs=True: the model returns narrower tensors")]
+            assert len(note) == 1 and f"output[{name!r}] {widths[name][axis]} -> {len(kept)}" in note[0]
+        assert got[name].shape == expect.shape and got[name].shape[axis] <= widths[name][axis]
+        assert torch.allclose(got[name], expect, atol=1e-5), (name, (got[name] - expect).abs().max())
+    assert narrower >= 1
+
+
+def test_prune_outputs_on_a_language_model_narrows_its_vocabulary_and_the_plan_says_so() -> None:
+    """Every returned width is free: an untied lm_head loses vocabulary rows (index i of the
+    pruned logits is the i-th kept token), which the plan's note states; a tied one keeps
+    them (the embedding's rows are read by token id, never a channel)."""
+    untied, inputs = build("llama-gqa", "sdpa")
+    plan, _ = plan_quietly(untied, ratio=0.5, example_inputs=inputs, prune_outputs=True)
+    kept = plan.kept("lm_head", "weight", 0)
+    assert kept is not None and len(kept) < 100
+    assert any(f"output['logits'] 100 -> {len(kept)}" in n and "vocabulary" in n for n in plan.notes)
+    small, ref = slimprune.apply(untied, plan), all_norms_over_kept_channels(untied, plan)
+    with torch.no_grad():
+        got, want = small(**inputs).logits, ref(**inputs).logits.index_select(-1, torch.tensor(kept))
+    assert got.shape == want.shape and torch.allclose(got, want, atol=1e-5)
+    tied = tiny_gpt2("sdpa")
+    plan, _ = plan_quietly(tied, ratio=0.5, example_inputs=inputs, prune_outputs=True)
+    assert slimprune.apply(tied, plan)(**inputs).logits.shape[-1] == 100
+
+
+def tiny_resnet() -> transformers.ResNetModel:
+    torch.manual_seed(0)
+    cfg = transformers.ResNetConfig(embedding_size=16, hidden_sizes=[16, 32, 48, 64], depths=[1, 1, 1, 1])
+    return transformers.ResNetModel(cfg).eval()
+
+
+def test_prune_outputs_narrows_a_cnns_returned_feature_map_exactly(tmp_path) -> None:
+    """ResNetModel returns its last feature map and the pooled one: no norm couples their
+    channels, so with the returned widths free they go exactly (at the kept channels)."""
+    model = tiny_resnet()
+    for m in model.modules():  # (shifts stay 0: a removed channel's relu(shift) folds exactly only inside
+        if isinstance(m, torch.nn.BatchNorm2d):  # zero-padded convs, and these maps are mostly border)
+            torch.nn.init.uniform_(m.weight, 0.5, 1.5)
+            torch.nn.init.uniform_(m.running_var, 0.5, 1.5)
+    inputs = {"pixel_values": torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))}
+    kept_width, _ = plan_quietly(model, ratio=0.5, example_inputs=inputs, allow_inexact=False)
+    plan, barriers = plan_quietly(model, ratio=0.5, example_inputs=inputs, allow_inexact=False, prune_outputs=True)
+    assert not barriers and all(g.exact for g in plan.groups)
+    assert plan.params_after < kept_width.params_after
+    assert_pruned_equals_silenced(model, kept_width, inputs)  # the default: 64 channels returned, as before
+    assert not any("prune_outputs" in n for n in kept_width.notes)
+    small = slimprune.apply(model, plan)
+    ref = slimprune.silence(model, plan)
+    kept = torch.tensor(plan.kept("encoder.stages.3.layers.0.shortcut.normalization", "weight", 0))
+    assert 0 < kept.numel() < 64
+    with torch.no_grad():
+        got, want = small(**inputs), ref(**inputs)
+    for name in ("last_hidden_state", "pooler_output"):
+        assert got[name].shape[1] == kept.numel()
+        assert torch.allclose(got[name], want[name].index_select(1, kept), rtol=1e-4, atol=1e-5)
+    assert type(small) is type(model) and not isinstance(small, slimprune.Rewritten)
+    slimprune.save(small, tmp_path / "m.safetensors", plan=plan)  # the narrower model round-trips
+    again = slimprune.load(tmp_path / "m.safetensors", tiny_resnet)
+    with torch.no_grad():
+        assert torch.equal(again(**inputs).pooler_output, got.pooler_output)

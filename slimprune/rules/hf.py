@@ -6,6 +6,7 @@ of the ``transformers`` package is looked up (slimprune never imports transforme
   (the width its ``forward`` reshapes the output to) and ``nx``.
 * Llama/Mistral/Qwen2's ``RMSNorm`` and T5's ``T5LayerNorm`` (the same computation): inexact
   norms over the last axis.
+* ConvNeXt's ``ConvNextLayerNorm`` (channels first or last): an inexact LayerNorm leaf.
 * Swin's ``SwinRelativePositionBias``: a per-head table whose output is labelled by head (the
   scores or sdpa's ``attn_mask`` tie it to the query heads), its columns sliced with them.
 * Attention classes: after whole heads are removed (see :mod:`slimprune.rules.heads`) the
@@ -24,6 +25,7 @@ from torch import nn
 
 from ._registry import register_lazy_rules, register_rule
 from .layers import linear_over_last_axis
+from .norms import _channel_norm, _resize_shape
 
 __all__ = ["register_transformers_rules"]
 
@@ -83,6 +85,21 @@ _RMS: tuple[tuple[str, str], ...] = (
 )
 
 
+# ------------------------------------------------- LayerNorm with a data_format
+def data_format_layer_norm(ctx, node: fx.Node) -> Any:
+    """ConvNeXt's ``ConvNextLayerNorm``: an ``nn.LayerNorm`` over the channels, which sit on axis
+    1 (``data_format="channels_first"``, permuted around the norm) or last; inexact, as
+    LayerNorm. A leaf, so ``normalized_shape`` is resized with its weight (no literal to rewrite
+    in a forward ``super().forward`` reads it from)."""
+    return _channel_norm(ctx.module(node).data_format == "channels_first")(ctx, node)
+
+
+_DATA_FORMAT_NORMS: tuple[tuple[str, str], ...] = (
+    ("transformers.models.convnext.modeling_convnext", "ConvNextLayerNorm"),
+    ("transformers.models.convnextv2.modeling_convnextv2", "ConvNextV2LayerNorm"),
+)
+
+
 # ------------------------------------------------------- per-head position tables
 def relative_position_bias(ctx, node: fx.Node) -> Any:
     """Swin-style ``RelativePositionBias()`` -> [1, heads, N, N]: a table of (positions, heads)
@@ -119,7 +136,7 @@ def _heads_of(width: int, head_dim: int, m: nn.Module, what: str) -> int:
 
 
 def _resize_bert(m: nn.Module, orig: nn.Module) -> None:
-    """BERT/RoBERTa/ELECTRA-style self-attention: num_attention_heads, all_head_size."""
+    """BERT/RoBERTa/ELECTRA/MobileViT-style self-attention: num_attention_heads, all_head_size."""
     m.num_attention_heads = _heads_of(_width(m.query), m.attention_head_size, m, "query")
     m.all_head_size = m.num_attention_heads * m.attention_head_size
 
@@ -179,6 +196,9 @@ _HEAD_RESIZERS: tuple[tuple[str, tuple[str, ...], Any], ...] = (
     ("transformers.models.gpt2.modeling_gpt2", ("GPT2Attention",), _resize_gpt2),
     ("transformers.models.swin.modeling_swin", ("SwinAttention",), _resize_swin),
     ("transformers.models.segformer.modeling_segformer", ("SegformerAttention",), _resize_swin),
+    # MobileViT's merges its heads back with ``size()[:-2] + (self.all_head_size,)``: the view
+    # rule rewrites that carried literal (the plan names the attribute), the resizer sets both
+    ("transformers.models.mobilevit.modeling_mobilevit", ("MobileViTSelfAttention",), _resize_bert),
     ("transformers.models.t5.modeling_t5", ("T5Attention",), _resize_t5),
     ("transformers.models.mt5.modeling_mt5", ("MT5Attention",), _resize_t5),
     ("transformers.models.llama.modeling_llama", ("LlamaAttention",), _resize_gqa),
@@ -206,6 +226,9 @@ def register_transformers_rules() -> None:
     rms = [c for c in (_class(path, name) for path, name in _RMS) if c is not None]
     if rms:
         register_rule(*rms)(rms_norm)
+    norms = [c for c in (_class(path, name) for path, name in _DATA_FORMAT_NORMS) if c is not None]
+    if norms:
+        register_rule(*norms, resize=_resize_shape)(data_format_layer_norm)
     tables = [c for c in (_class(path, name) for path, name in _POSITION_TABLES) if c is not None]
     if tables:
         register_rule(*tables)(relative_position_bias)

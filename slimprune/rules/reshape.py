@@ -4,6 +4,7 @@ channel shuffle, pixel (un)shuffle, expand/repeat."""
 from __future__ import annotations
 
 import math
+import operator
 
 import numpy as np
 import torch
@@ -88,8 +89,15 @@ def _literal_edit(ctx, node, out_axis, labels):
         src = ctx.info(old)
         if isinstance(src, SizeOf) and (src.derived or any(d is not None for d in src.dims)):
             return  # read from (or computed from) a channel count: follows the pruned width
-        # A number the graph only carries (``x.size()[:-2] + (self.all_head_size,)``, or a
-        # size read from an axis without channels): it stays what it was, so must the channels.
+        carried = _carried_literal(ctx, old)
+        if carried is not None and carried[2][carried[3]] == labels.size:
+            # A literal carried in a tuple join (``x.size()[:-2] + (self.all_head_size,)``):
+            # the join's literal is rewritten to the kept count, as a view's own literal is.
+            _joined_literal_edit(ctx, *carried, labels)
+            return
+        # A number the graph only carries on in a way not rewritten here (a size read from an
+        # axis without channels, a joined tuple others read too): it stays what it was, so
+        # must the channels.
         ctx.keep(labels)
         return
     if not isinstance(old, int) or isinstance(old, bool) or old == -1:
@@ -108,6 +116,63 @@ def _literal_edit(ctx, node, out_axis, labels):
         return [{"kind": "set_arg", "index": start + out_axis, "value": n, "old": old, "new": n}]
 
     ctx.edit(node, edit)
+
+
+def _carried_literal(ctx, size: fx.Node) -> tuple[fx.Node, int, tuple | list, int] | None:
+    """``(join, operand index, literal tuple, position in it)`` when ``size`` is ``t[k]`` of a
+    tuple join ``t = sizes + (64,)`` (Hugging Face's ``x.size()[:-2] + (self.all_head_size,)``)
+    whose element ``k`` is an int written in a literal operand, read by this size only (so
+    rewriting the literal changes nothing else); else None."""
+    if size.op != "call_function" or size.target is not operator.getitem or len(size.users) != 1:
+        return None
+    joined, k = size.args
+    if (not isinstance(joined, fx.Node) or joined.op != "call_function" or joined.target is not operator.add
+            or type(k) is not int or len(joined.args) != 2 or joined.kwargs):
+        return None
+    lengths = []
+    for a in joined.args:
+        info = ctx.info(a)
+        if isinstance(a, (tuple, list)):
+            lengths.append(len(a))
+        elif isinstance(a, fx.Node) and isinstance(info, SizeOf) and not info.derived and not info.single:
+            lengths.append(len(info.dims))
+        else:
+            return None
+    total = sum(lengths)
+    k = k % total if -total <= k < total else None
+    if k is None:
+        return None
+    for u in joined.users:  # every other reader picks another element
+        if u is size:
+            continue
+        if u.op != "call_function" or u.target is not operator.getitem or type(u.args[1]) is not int:
+            return None
+        if u.args[1] % total == k:
+            return None
+    operand, pos = (0, k) if k < lengths[0] else (1, k - lengths[0])
+    literal = joined.args[operand]
+    if not isinstance(literal, (tuple, list)) or type(literal[pos]) is not int:
+        return None
+    return joined, operand, literal, pos
+
+
+def _joined_literal_edit(ctx, joined: fx.Node, operand: int, literal: tuple | list, pos: int,
+                         labels: np.ndarray) -> None:
+    """Rewrite element ``pos`` of the literal tuple ``joined.args[operand]`` to the kept count
+    of ``labels`` (the plan names the attribute it came from: ``apply`` updates that too)."""
+    old = literal[pos]
+    encode(tuple(literal))
+
+    def edit(kept):
+        n = int(kept(labels).sum())
+        if n == old:
+            return []
+        new = list(literal)
+        new[pos] = n
+        value = tuple(new) if isinstance(literal, tuple) else new
+        return [{"kind": "set_arg", "index": operand, "value": encode(value), "old": old, "new": n}]
+
+    ctx.edit(joined, edit)
 
 
 @register_rule(torch.flatten, torch.squeeze, torch.unsqueeze, torch.unflatten,
