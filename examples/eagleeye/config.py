@@ -384,7 +384,8 @@ class PipelineConfig:
                 under a minute.
             train_overrides: :class:`TrainConfig` fields applied to all three runs
                 (``data_root``, ``epochs``, ``image_size``, ``device``, ``seed``, ...);
-                ``epochs`` applies to the baseline and sparse runs only.
+                ``epochs`` applies to the baseline and sparse runs only, ``distill`` to the
+                fine-tuning run only (its teacher is the baseline).
             sparsity: λ of the sparse run (default 0.005).
             sparsity_cost: how λ is shared among channels in the sparse run (``"uniform"``,
                 ``"flops"``, ``"params"``; see ``TrainConfig.sparsity_cost``).
@@ -404,7 +405,9 @@ class PipelineConfig:
             # 30 epochs (180 steps, ~15 s) find some faces (AP ~0.1).
             base = replace(base, epochs=_QUICK_EPOCHS)
         ft_overrides = {k: v for k, v in overrides.items() if k != "epochs"}
-        sparse_run = replace(base, out_dir=str(out / "baseline"), resume=resume, **overrides)
+        # Distillation needs a teacher, which only the fine-tuning run has (the baseline).
+        shared = {k: v for k, v in overrides.items() if k != "distill"}
+        sparse_run = replace(base, out_dir=str(out / "baseline"), resume=resume, **shared)
         sparse = replace(
             sparse_run,
             out_dir=str(out / "sparse"),
