@@ -105,6 +105,43 @@ def cpu_times(models: dict[str, torch.nn.Module], size: int, repeats: int) -> di
     return out
 
 
+def op_costs(size: int, repeats: int) -> None:
+    """Thread-CPU milliseconds of single operations the narrowest model is made of, in both layouts:
+    the stem's first convolution (3 input channels at full resolution) and the per-call cost of
+    the small convolutions and activations."""
+    import statistics
+
+    s2, s8 = size // 2, size // 8
+    cases = [
+        ("stem conv 3->16, stride 2", torch.nn.Conv2d(3, 16, 3, 2, 1), (3, size, size)),
+        ("stem conv 3->8, stride 2", torch.nn.Conv2d(3, 8, 3, 2, 1), (3, size, size)),
+        ("depthwise 3x3, 8 ch", torch.nn.Conv2d(8, 8, 3, 1, 1, groups=8), (8, s8, s8)),
+        ("depthwise 3x3, 64 ch", torch.nn.Conv2d(64, 64, 3, 1, 1, groups=64), (64, s8, s8)),
+        ("depthwise 3x3, 8 ch, 6x6", torch.nn.Conv2d(8, 8, 3, 1, 1, groups=8), (8, 6, 6)),
+        ("pointwise 8->8", torch.nn.Conv2d(8, 8, 1), (8, s8, s8)),
+        ("pointwise 64->64", torch.nn.Conv2d(64, 64, 1), (64, s8, s8)),
+        ("pointwise 8->8, 6x6", torch.nn.Conv2d(8, 8, 1), (8, 6, 6)),
+        ("leaky_relu 8 ch", torch.nn.LeakyReLU(0.1, inplace=True), (8, s8, s8)),
+        ("leaky_relu 8 ch at 1/2 size", torch.nn.LeakyReLU(0.1, inplace=True), (8, s2, s2)),
+    ]
+    print(f"\n| operation | input | NCHW CPU (ms) | NHWC CPU (ms) |\n| --- | --- | --- | --- |")
+    with torch.inference_mode():
+        for label, module, shape in cases:
+            row = []
+            for fmt in (torch.contiguous_format, torch.channels_last):
+                m = module.eval().to(memory_format=fmt)
+                x = torch.rand(1, *shape).contiguous(memory_format=fmt)
+                for _ in range(5):
+                    m(x)
+                t = []
+                for _ in range(repeats):
+                    c = time.thread_time()
+                    m(x)
+                    t.append((time.thread_time() - c) * 1e3)
+                row.append(statistics.median(t))
+            print(f"| {label} | {'x'.join(map(str, shape))} | {row[0]:.3f} | {row[1]:.3f} |")
+
+
 def profile(model: torch.nn.Module, size: int, layout: str, top: int) -> None:
     """Self CPU time per operator of whole deployed forward passes (torch.profiler)."""
     from torch.profiler import ProfilerActivity
@@ -144,8 +181,12 @@ def main() -> None:
     ap.add_argument("--no-onnx", action="store_true")
     ap.add_argument("--cpu-time", action="store_true",
                     help="only the thread-CPU-time table (robust to other processes on the core), then the profiles")
+    ap.add_argument("--ops", action="store_true", help="only time single operations (thread CPU time)")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.ops:
+        op_costs(args.size, args.repeats)
+        return
     models = build(args)
     if args.cpu_time:
         table = cpu_times(models, args.size, args.repeats)
