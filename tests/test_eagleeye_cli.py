@@ -131,3 +131,14 @@ def test_pipeline_training_flags_reach_all_three_runs_nested_ones_included() -> 
         assert run.loss == dataclasses.replace(TrainConfig().loss, box_loss="smooth_l1") and run.lr == 0.2
     assert [config.baseline.out_dir, config.finetune.out_dir] == ["o/baseline", "o/finetune"]
     assert config.sweep_baseline is False
+
+
+def test_pipeline_distill_flag_reaches_the_fine_tuning_run_only() -> None:
+    """--distill weighs distillation from the baseline, which only the fine-tuning run has as a
+    teacher: the baseline and sparse runs keep distill 0 (train() refuses distill without a teacher)."""
+    config = pipeline_config_from_args(build_parser().parse_args("pipeline --out o --distill 1.5".split()))
+    assert config.finetune.distill == 1.5
+    assert config.baseline.distill == config.sparse.distill == 0.0
+    python_api = PipelineConfig.create("o", train_overrides={"distill": 2.0, "lr": 0.2})
+    assert python_api.finetune.distill == 2.0 and python_api.sparse.distill == 0.0
+    assert python_api.baseline.lr == python_api.finetune.lr == 0.2

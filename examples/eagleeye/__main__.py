@@ -69,6 +69,7 @@ _PIPELINE_HELP = {
     "epochs": "epochs of the baseline and of the sparse run",
     "sparsity": "L1 weight of the sparse run",
     "sparsity_cost": "share the sparse run's λ among channels uniformly or by the FLOPs/params each one costs",
+    "distill": "weight of distillation from the baseline in the fine-tuning run (the pipeline uses 1 unless given; 0: none)",
     "resume": "continue each training stage from its checkpoint",
 }
 
@@ -81,7 +82,8 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--finetune-epochs", type=int, help="epochs of fine-tuning the pruned model (default 16)")
     add_fields(g, PipelineConfig, skip=("baseline", "sparse", "finetune"))
     t = parser.add_argument_group(
-        "training (all three runs; --epochs: baseline and sparse; --sparsity, --sparsity-cost: the sparse run)"
+        "training (all three runs; --epochs: baseline and sparse; --sparsity, --sparsity-cost: the sparse run; "
+        "--distill: the fine-tuning run)"
     )
     add_fields(t, TrainConfig, skip=_PIPELINE_OWN, extra_flags={"image_size": ("--img-size",)}, help_overrides=_PIPELINE_HELP)
 

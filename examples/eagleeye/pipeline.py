@@ -11,11 +11,11 @@ loss". :func:`run` reproduces the recipe in six stages:
 3. ``prune``: plan on the sparse model and apply the plan. Every channel that sparsity
    training switched off (|γ| <= ``dead_threshold``) goes, and if that is less than
    ``target_params`` (the paper's 56.3% of the parameters), the smallest-|γ| channels go
-   until it is reached; if that still removes less than ``target_flops`` (default 78%)
+   until it is reached; if that still removes less than ``target_flops`` (default 66%)
    of the FLOPs, the plan instead removes the channels with the smallest |γ| per FLOP
    until both targets are met, every pruned layer keeping a multiple of ``round_to``
    channels. ``threshold`` instead removes exactly the channels with |γ| at most it;
-4. ``finetune``: train the pruned model on (optionally distilling from the baseline);
+4. ``finetune``: train the pruned model on, distilling from the baseline (weight 1 by default);
 5. ``evaluate``: parameters, FLOPs, CPU latency at batch 1 (BatchNorm folded, the faster
    memory layout; eager too) and WIDER FACE AP of all four models, plus a sweep of
    prune ratios of the sparse (and the baseline) model without
