@@ -107,6 +107,26 @@ def chunk(ctx, node):
     return _split(ctx, node, 2)
 
 
+@register_rule(torch.unbind, "unbind")
+def unbind(ctx, node):
+    """``x.unbind(dim)``: one tensor per index of ``dim`` (timm's packed ``q, k, v =
+    qkv.unbind(0)``). Along another axis every piece has the input's channels, on the same
+    axis less one where ``dim`` came before it; along the channel axis each piece is one
+    channel, which stays (its position in the tuple is fixed by the code)."""
+    x = ctx.input(node, 0, "input") or ctx.input(node, 0, "self")
+    outs = ctx.shape(node)
+    if not isinstance(outs, tuple):
+        return ctx.barrier(node, "unbind without traced output shapes")
+    if x is None:
+        return tuple(None for _ in outs)
+    dim = _norm(ctx.arg(node, 1, "dim", 0), len(ctx.shape(node.args[0])))
+    if dim == x.axis:
+        ctx.keep(x.labels)
+        return tuple(None for _ in outs)
+    axis = x.axis - 1 if dim < x.axis else x.axis
+    return tuple(ctx.info_of(axis, x.labels) for _ in outs)
+
+
 # ---------------------------------------------------------------------------------- getitem
 def _kept_before(kept, labels: np.ndarray, stop: int) -> int:
     return int(kept(labels[:stop]).sum())
