@@ -192,3 +192,20 @@ def test_an_attention_class_without_a_resizer_keeps_its_heads_and_says_so():
         plan = slimprune.plan(model, 0.5, example_inputs=(x,))
     small = assert_pruned_equals_silenced(model, plan, x)
     assert small.attn.qkv.out_features == 48 and small.attn.num_heads == 4
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["sdpa", "matmul"])
+def test_a_one_head_timm_attention_keeps_its_head_and_prunes_inside_it_where_exact(fused):
+    """One head: its heads axis carries no labels. sdpa's default scale reads q's width, so
+    q/k (and v, tied to them by the packed reshape) stay, without a barrier; the unfused path
+    multiplies by the constant ``self.scale``, so channels inside the head go in q/k pairs."""
+    from timm.layers.attention import Attention
+
+    model, x = _model("vit_tiny_patch16_224", 32, num_heads=1, depth=2)
+    for m in _heads(model, Attention).values():
+        m.fused_attn = fused
+    small = assert_pruned_equals_silenced(model, _no_barriers(model, x), x, train=True)
+    pruned = list(_heads(small, Attention).values())
+    assert all(m.num_heads == 1 and m.scale == model.blocks[0].attn.scale for m in pruned)
+    widths = [m.qkv.out_features for m in pruned]
+    assert all(w == 3 * 192 for w in widths) if fused else all(w < 3 * 192 for w in widths)

@@ -71,8 +71,9 @@ def _resizer(spec: _Heads):
         head_dim = width // (spec.parts * heads)
         kept = _rows(m, spec.proj)
         if kept % (spec.parts * head_dim):
-            raise ValueError(f"{type(orig).__qualname__}: pruned {spec.proj} has {kept} rows, not whole heads "
-                             f"of {head_dim}")
+            # channels inside the one head of a one-head attention (its heads axis has no
+            # labels): the head count stays, and the rewritten literals carry the widths
+            return
         setattr(m, spec.count, kept // (spec.parts * head_dim))
         for name in spec.widths:
             setattr(m, name, kept // spec.parts)
@@ -97,6 +98,15 @@ TIMM_HEAD_CLASSES: tuple[tuple[str, str, _Heads], ...] = (
     ("timm.models.tnt", "Attention", _Heads("qk", parts=2, widths=("hidden_dim",))),
     # qkv(x).reshape(B, 3, num_heads, head_dim, -1) ... reshape(B, -1, H, W)  (1x1 convs)
     ("timm.models.visformer", "Attention", _Heads("qkv")),
+    # q/k/v(x).reshape(B, N, num_heads, head_dim) ... reshape(B, N, C)
+    ("timm.models.nextvit", "EfficientAttention", _Heads("q", parts=1)),
+    # qkv(x).reshape(B, [-1, windows,] 3, heads, head_dim) ... reshape(B, -1, dim_out)
+    ("timm.models.hiera", "MaskUnitAttention", _Heads("qkv", count="heads", widths=("dim_out",))),
+    # qkv(x).reshape(B, H * W, 3, num_heads, -1), torch.unbind(qkv, 2) ... reshape(B, H, W, -1)
+    ("timm.models.hieradet_sam2", "MultiScaleAttention", _Heads("qkv")),
+    # pwise(x).reshape(N, num_heads, 3 * head_dim, h * w), chunk(3, dim=3) ... reshape(N, o_proj_inpdim, h, w)
+    ("timm.models.lowformer", "ConvAttention", _Heads("pwise", widths=("o_proj_inpdim",))),
+    ("timm.models.cpubone", "ConvAttention", _Heads("pwise", widths=("o_proj_inpdim",))),
 )
 
 
