@@ -586,6 +586,23 @@ if importlib.util.find_spec("timm") is not None:  # (without timm its rules are 
     _timm_cases()
 
 
+# ------------------------------------------------------- F.linear on a module's parameters
+class _FunctionalLinear(nn.Module):
+    """BEiT's ``F.linear(x, self.qkv.weight, torch.cat((q_bias, k_bias)))``: a Linear whose bias
+    is a concatenation of parameters (each sliced with its rows)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(8, 8, bias=False)
+        self.q_bias, self.k_bias = nn.Parameter(torch.randn(4)), nn.Parameter(torch.randn(4))
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return F.linear(y, self.proj.weight, torch.cat((self.q_bias, self.k_bias)))
+
+
+case("F.linear on a module's parameters", _FunctionalLinear, module=True, last_axis=True)
+
+
 # ------------------------------------------------- attention products (rules/heads.py)
 # Channels on a batch axis (heads) of both operands: a @ bᵀ ties them and keeps them there.
 case("operator.matmul", lambda a, b: a @ b.transpose(-2, -1), second=True)

@@ -209,3 +209,43 @@ def test_a_one_head_timm_attention_keeps_its_head_and_prunes_inside_it_where_exa
     assert all(m.num_heads == 1 and m.scale == model.blocks[0].attn.scale for m in pruned)
     widths = [m.qkv.out_features for m in pruned]
     assert all(w == 3 * 192 for w in widths) if fused else all(w < 3 * 192 for w in widths)
+
+
+# (model, image size, keyword arguments): heads tied to the residual stream (reshape(B, N, C)),
+# each family with what made it a barrier before: BEiT's and SwinV2's F.linear with a
+# concatenated q/k/v bias, EVA's rotary table (a constant labelled on head_dim, times q),
+# SwinV2's per-head logit scale and position-bias MLP gathered by an index buffer
+RESIDUAL_TIED = [
+    ("beit_base_patch16_224", 32, {"depth": 2, "embed_dim": 64, "num_heads": 4}, "timm.models.beit.Attention", True),
+    # (EVA's residual stream stays whole even under allow_inexact=True, for a reason not found
+    # yet (no barrier names it): its heads, tied to it, stay too)
+    ("eva02_tiny_patch14_224", 28, {"depth": 2}, "timm.models.eva.EvaAttention", False),
+    ("swinv2_tiny_window8_256", 64, {"depths": (1, 1, 1, 1), "window_size": 4, "drop_path_rate": 0.0},
+     "timm.models.swin_transformer_v2.WindowAttention", True),
+    ("vit_srelpos_small_patch16_224", 32, {"depth": 2}, "timm.models.vision_transformer_relpos.RelPosAttention",
+     True),
+]
+
+
+@pytest.mark.parametrize("name,size,kw,cls,inexact_heads", RESIDUAL_TIED, ids=[r[0].split("_")[0] for r in RESIDUAL_TIED])
+def test_residual_tied_timm_attention_prunes_exactly_without_barriers(name, size, kw, cls, inexact_heads):
+    import importlib
+
+    module, _, qualname = cls.rpartition(".")
+    attention = getattr(importlib.import_module(module), qualname)
+    model, x = _model(name, size, **kw)
+    before = {n: m.num_heads for n, m in _heads(model, attention).items()}
+    assert before, f"{name} has no {qualname}: this test checks nothing"
+    plan = _no_barriers(model, x)
+    assert plan.params_after < plan.params_before
+    small = assert_pruned_equals_silenced(model, plan, x, train=True)
+    assert {n: m.num_heads for n, m in _heads(small, attention).items()} == before  # LayerNorm-coupled
+    inexact = slimprune.apply(model, slimprune.plan(model, 0.5, example_inputs=(x,), allow_inexact=True))
+    after = _heads(inexact, attention)
+    assert (sum(m.num_heads for m in after.values()) < sum(before.values())) == inexact_heads
+    for m in after.values():
+        qkv = m.qkv.weight.shape[0] if getattr(m, "qkv", None) is not None else 3 * m.q_proj.weight.shape[0]
+        assert qkv == 3 * m.num_heads * (m.proj.in_features // m.num_heads)
+    with torch.no_grad():
+        assert inexact.eval()(x).shape == model.eval()(x).shape
+        inexact.train()(x)

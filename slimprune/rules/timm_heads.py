@@ -55,6 +55,7 @@ class _Heads:
     parts: int = 3
     count: str = "num_heads"
     widths: tuple[str, ...] = ()
+    unfused: str | None = None  # the query projection where ``proj`` is None (EVA's q_proj/k_proj/v_proj)
 
 
 def _rows(m: nn.Module, name: str) -> int:
@@ -63,20 +64,25 @@ def _rows(m: nn.Module, name: str) -> int:
 
 def _resizer(spec: _Heads):
     def resize(m: nn.Module, orig: nn.Module) -> None:
+        proj, parts = spec.proj, spec.parts
+        if getattr(orig, proj, None) is None and spec.unfused is not None:
+            proj, parts = spec.unfused, 1
         heads = int(getattr(orig, spec.count))
-        width = _rows(orig, spec.proj)
-        if heads <= 0 or width % (spec.parts * heads):
-            raise ValueError(f"{type(orig).__qualname__}: {spec.proj} has {width} rows, not {spec.parts} "
-                             f"blocks of {heads} heads")
-        head_dim = width // (spec.parts * heads)
-        kept = _rows(m, spec.proj)
-        if kept % (spec.parts * head_dim):
+        width = _rows(orig, proj)
+        if heads <= 0 or width % (parts * heads):
+            raise ValueError(f"{type(orig).__qualname__}: {proj} has {width} rows, not {parts} blocks of {heads} heads")
+        head_dim = width // (parts * heads)
+        for child in m.modules():  # a Linear whose weight a functional call read (BEiT's F.linear)
+            if type(child) is nn.Linear:
+                child.out_features, child.in_features = child.weight.shape
+        kept = _rows(m, proj)
+        if kept % (parts * head_dim):
             # channels inside the one head of a one-head attention (its heads axis has no
             # labels): the head count stays, and the rewritten literals carry the widths
             return
-        setattr(m, spec.count, kept // (spec.parts * head_dim))
+        setattr(m, spec.count, kept // (parts * head_dim))
         for name in spec.widths:
-            setattr(m, name, kept // spec.parts)
+            setattr(m, name, kept // parts)
 
     resize.__doc__ = f"timm attention: {spec.count} (and {', '.join(spec.widths) or 'no width'}) from {spec.proj}."
     return resize
@@ -107,6 +113,11 @@ TIMM_HEAD_CLASSES: tuple[tuple[str, str, _Heads], ...] = (
     # pwise(x).reshape(N, num_heads, 3 * head_dim, h * w), chunk(3, dim=3) ... reshape(N, o_proj_inpdim, h, w)
     ("timm.models.lowformer", "ConvAttention", _Heads("pwise", widths=("o_proj_inpdim",))),
     ("timm.models.cpubone", "ConvAttention", _Heads("pwise", widths=("o_proj_inpdim",))),
+    # F.linear(x, qkv.weight, cat((q_bias, k_bias, v_bias))).reshape(B, N, 3, num_heads, -1) ... reshape(B, N, C)
+    ("timm.models.beit", "Attention", _Heads("qkv")),
+    ("timm.models.eva", "EvaAttention", _Heads("qkv", unfused="q_proj")),
+    # the same, with view(-1, num_heads) of the position-bias MLP's output
+    ("timm.models.swin_transformer_v2", "WindowAttention", _Heads("qkv")),
 )
 
 
