@@ -249,3 +249,30 @@ def test_residual_tied_timm_attention_prunes_exactly_without_barriers(name, size
     with torch.no_grad():
         assert inexact.eval()(x).shape == model.eval()(x).shape
         inexact.train()(x)
+
+
+# (model, image size, keyword arguments, attention class, its per-head table): heads that go
+# with their columns of a per-head position table gathered by an index buffer
+TABLED = [
+    ("tiny_vit_5m_224", 64, {"depths": (1, 1, 1, 1), "sized": False}, "timm.models.tiny_vit.Attention",
+     "attention_biases", 0),
+    ("coatnet_pico_rw_224", 64, {}, "timm.models.maxxvit.Attention2d", "rel_pos.relative_position_bias_table", 1),
+]
+
+
+@pytest.mark.parametrize("name,size,kw,cls,table,dim", TABLED, ids=[r[0].split("_")[0] for r in TABLED])
+def test_timm_heads_go_with_their_position_table_columns(name, size, kw, cls, table, dim):
+    import importlib
+
+    module, _, qualname = cls.rpartition(".")
+    attention = getattr(importlib.import_module(module), qualname)
+    model, x = _model(name, size, **kw)
+    before = {n: m.num_heads for n, m in _heads(model, attention).items()}
+    assert before, f"{name} has no {qualname}: this test checks nothing"
+    small = assert_pruned_equals_silenced(model, _no_barriers(model, x), x, train=True)
+    after = _heads(small, attention)
+    assert sum(m.num_heads for m in after.values()) < sum(before.values())
+    for m in after.values():
+        assert m.get_parameter(table).shape[dim] == m.num_heads
+    with torch.no_grad():
+        assert torch.equal(pickle.loads(pickle.dumps(small)).eval()(x), small.eval()(x))

@@ -56,6 +56,7 @@ class _Heads:
     count: str = "num_heads"
     widths: tuple[str, ...] = ()
     unfused: str | None = None  # the query projection where ``proj`` is None (EVA's q_proj/k_proj/v_proj)
+    per_head: tuple[tuple[str, str], ...] = ()  # (width, per-head width): TinyViT's out_dim = heads × val_dim
 
 
 def _rows(m: nn.Module, name: str) -> int:
@@ -83,6 +84,8 @@ def _resizer(spec: _Heads):
         setattr(m, spec.count, kept // (parts * head_dim))
         for name in spec.widths:
             setattr(m, name, kept // parts)
+        for name, each in spec.per_head:
+            setattr(m, name, getattr(m, spec.count) * int(getattr(orig, each)))
 
     resize.__doc__ = f"timm attention: {spec.count} (and {', '.join(spec.widths) or 'no width'}) from {spec.proj}."
     return resize
@@ -118,6 +121,12 @@ TIMM_HEAD_CLASSES: tuple[tuple[str, str, _Heads], ...] = (
     ("timm.models.eva", "EvaAttention", _Heads("qkv", unfused="q_proj")),
     # the same, with view(-1, num_heads) of the position-bias MLP's output
     ("timm.models.swin_transformer_v2", "WindowAttention", _Heads("qkv")),
+    # qkv(x).view(B, N, num_heads, -1).split([key_dim, key_dim, val_dim], dim=3) ... reshape(B, N, out_dim);
+    # attention_biases[:, idxs] (a per-head table gathered by an index buffer)
+    ("timm.models.tiny_vit", "Attention", _Heads("qkv", parts=1, per_head=(("out_dim", "val_dim"),))),
+    # qkv(x).view(B, num_heads, dim_head * 3, -1).chunk(3, dim=2) (or reshape(B, 3, num_heads,
+    # dim_head, -1).unbind(1)) ... reshape(B, -1, H, W); rel_pos: a RelPosBias (below)
+    ("timm.models.maxxvit", "Attention2d", _Heads("qkv")),
 )
 
 
@@ -149,6 +158,12 @@ def resolve_self_attn_mask(ctx, node: fx.Node) -> Any:
 _HELPERS = (("maybe_add_mask", maybe_add_mask), ("resolve_self_attn_mask", resolve_self_attn_mask))
 
 
+def _resize_rel_pos_bias(m: nn.Module, orig: nn.Module) -> None:
+    """timm's ``RelPosBias``: ``get_bias`` views the gathered table as ``bias_shape``, whose
+    last entry is the heads (the table's columns, sliced with the heads they meet)."""
+    m.bias_shape = tuple(orig.bias_shape[:-1]) + (int(m.relative_position_bias_table.shape[1]),)
+
+
 def register_timm_head_resizers() -> None:
     """Register the head resizers for the timm attention classes this version of timm has,
     and the rules for its attention helpers."""
@@ -172,6 +187,9 @@ def register_timm_head_resizers() -> None:
             continue
         if isinstance(cls, type) and issubclass(cls, nn.Module):
             register_head_resizer(cls, _resizer(spec))
+    rel_pos = getattr(importlib.import_module("timm.layers.pos_embed_rel"), "RelPosBias", None)
+    if isinstance(rel_pos, type):
+        register_head_resizer(rel_pos, _resize_rel_pos_bias)
 
 
 register_lazy_rules("timm", register_timm_head_resizers)
