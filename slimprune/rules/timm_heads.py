@@ -13,10 +13,11 @@ What each forward reshapes the attention output to decides how its heads may go:
 
 * ``reshape(B, N, self.attn_dim)`` (``timm.layers.Attention``) or ``reshape(B, N, -1)``: the
   width is the kept heads' (the resizer updates ``attn_dim``); heads go on their own.
-* ``reshape(B, N, C)`` with ``C`` read from the input (PVT-v2, NesT, CrossViT, relpos ViT):
-  the width is the residual stream's, so the graph ties the heads to the input channels they
-  line up with; a head goes only with ``head_dim`` residual channels (as in
-  ``nn.MultiheadAttention``), and where the widths differ the heads are kept.
+* ``reshape(B, N, C)`` with ``C`` read from the input (PVT-v2, relpos ViT, BEiT, EVA, SwinV2,
+  NextViT, EdgeNeXt): the width is the residual stream's, so the graph ties the heads to the
+  input channels they line up with; a head goes only with ``head_dim`` residual channels (as
+  in ``nn.MultiheadAttention``), and where the widths differ the heads are kept. Where the
+  residual stream passes a LayerNorm, ``allow_inexact=False`` keeps it, and so these heads.
 
 A timm attention class without a resizer here keeps its heads whole, with a warning naming
 the module and the attribute (see :func:`slimprune.rules.heads._stale_count`).
@@ -91,16 +92,17 @@ def _resizer(spec: _Heads):
     return resize
 
 
-# (module, class, spec): each forward read for the attributes it uses after the head split
+# (module, class, spec): each forward read for the attributes it uses after the head split.
+# Only classes whose head split has a literal (or -1) head_dim: there the graph removes whole
+# heads or, in a one-head attention, channels inside it (told apart by the kept rows). A split
+# by a size computed at run time (NesT's, CrossViT's, XCiT's ``C // self.num_heads``) never
+# removes whole heads (the channels go inside every head alike), so it gets no resizer: its
+# rows could count as whole heads by coincidence.
 TIMM_HEAD_CLASSES: tuple[tuple[str, str, _Heads], ...] = (
     # qkv(x).reshape(B, N, 3, num_heads, head_dim) ... reshape(B, N, attn_dim)
     ("timm.layers.attention", "Attention", _Heads("qkv", widths=("attn_dim",))),
     # q(x).reshape(B, N, num_heads, -1), kv(x).reshape(B, -1, 2, num_heads, head_dim) ... reshape(B, N, C)
     ("timm.models.pvt_v2", "Attention", _Heads("q", parts=1)),
-    # qkv(x).reshape(B, T, N, 3, num_heads, C // num_heads) ... reshape(B, T, N, C)
-    ("timm.models.nest", "Attention", _Heads("qkv")),
-    # wq/wk/wv(x).reshape(B, N, num_heads, C // num_heads) ... reshape(B, 1, C)
-    ("timm.models.crossvit", "CrossAttention", _Heads("wq", parts=1)),
     # qkv(x).reshape(B, N, 3, num_heads, head_dim) ... reshape(B, N, C)
     ("timm.models.vision_transformer_relpos", "RelPosAttention", _Heads("qkv")),
     # qk(x).reshape(B, N, 2, num_heads, head_dim), v(x).reshape(B, N, num_heads, -1) ... reshape(B, N, -1)
@@ -127,6 +129,9 @@ TIMM_HEAD_CLASSES: tuple[tuple[str, str, _Heads], ...] = (
     # qkv(x).view(B, num_heads, dim_head * 3, -1).chunk(3, dim=2) (or reshape(B, 3, num_heads,
     # dim_head, -1).unbind(1)) ... reshape(B, -1, H, W); rel_pos: a RelPosBias (below)
     ("timm.models.maxxvit", "Attention2d", _Heads("qkv")),
+    # channel attention (a head_dim x head_dim map per head): qkv(x).reshape(B, N, 3, num_heads, -1),
+    # a per-head temperature ... reshape(B, N, C)
+    ("timm.models.edgenext", "CrossCovarianceAttn", _Heads("qkv")),
 )
 
 
