@@ -367,6 +367,16 @@ case("Tensor.split_with_sizes", lambda y: _swap_halves(y.split_with_sizes([3, 5]
 case("torch.split_with_sizes", lambda y: _swap_halves(torch.split_with_sizes(y, [3, 5], 1)))
 case("torch.chunk", lambda y: _swap_halves(torch.chunk(y, 2, 1)))
 case("Tensor.chunk", lambda y: _swap_halves(y.chunk(2, 1)))
+
+
+def _restack(parts: Any, n: int, dim: int) -> torch.Tensor:
+    """The ``n`` pieces of an unbind, stacked again in reverse (fx cannot iterate a node)."""
+    return torch.stack([parts[n - 1 - i] for i in range(n)], dim)
+
+
+case("torch.unbind", lambda y: _restack(torch.unbind(y, 2), 6, 2))  # along space: every piece has the channels
+case("Tensor.unbind", lambda y: _restack(y.unbind(3), 6, 3))
+case("Tensor.unbind along the channels", lambda y: _restack(y.unbind(1), 8, 1))  # each piece one channel: kept
 case("getitem slice of channels", lambda y: torch.cat([y[:, 4:], y[:, :4]], 1))
 case("getitem one channel as a gate", lambda y: y * y[:, 0, None].sigmoid())
 case("getitem a one-channel slice as a gate", lambda y: y * y[:, 2:3].sigmoid())
@@ -564,10 +574,33 @@ def _timm_cases() -> None:
                  "QuickGELU", "SwishMe", "MishMe", "HardSigmoidMe", "HardSwishMe", "HardMishMe"):
         add(name, lambda c: c())
     add("Linear", lambda c: c(8, 8), last_axis=True)
+    # the unfused attention path's fx-wrapped helpers (rules/timm_heads.py): scores + the mask
+    # resolved from a second labelled tensor, so the two are tied
+    attention = importlib.import_module("timm.layers.attention")
+    case("timm maybe_add_mask(scores, resolve_self_attn_mask(...))",
+         lambda a, b: attention.maybe_add_mask(a, attention.resolve_self_attn_mask(a.shape[-1], a, b)), second=True)
+    case("timm maybe_add_mask without a mask", lambda a: attention.maybe_add_mask(a, None))
 
 
 if importlib.util.find_spec("timm") is not None:  # (without timm its rules are never registered)
     _timm_cases()
+
+
+# ------------------------------------------------------- F.linear on a module's parameters
+class _FunctionalLinear(nn.Module):
+    """BEiT's ``F.linear(x, self.qkv.weight, torch.cat((q_bias, k_bias)))``: a Linear whose bias
+    is a concatenation of parameters (each sliced with its rows)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(8, 8, bias=False)
+        self.q_bias, self.k_bias = nn.Parameter(torch.randn(4)), nn.Parameter(torch.randn(4))
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return F.linear(y, self.proj.weight, torch.cat((self.q_bias, self.k_bias)))
+
+
+case("F.linear on a module's parameters", _FunctionalLinear, module=True, last_axis=True)
 
 
 # ------------------------------------------------- attention products (rules/heads.py)

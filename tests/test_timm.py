@@ -158,8 +158,8 @@ FAMILIES = [
     ("regnetx_002", 64, True, 0.4),             # regnet: grouped convs
     ("starnet_s050", 64, True, 0.5),            # starnet: star op, timm Linear head
     ("fastvit_t8", 64, True, 0.5),              # fastvit: reparameterisable branches
-    ("edgenext_xx_small", 64, False, 0.2),      # edgenext: positional encoding (unbind: attention)
-    ("test_vit", 160, False, 0.1),              # vision_transformer (attention heads: unbind)
+    ("edgenext_xx_small", 64, True, 0.2),       # edgenext: positional encoding, channel attention
+    ("test_vit", 160, True, 0.1),               # vision_transformer: whole heads (unbind, head resizer)
 ]
 
 

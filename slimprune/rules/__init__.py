@@ -9,8 +9,9 @@ must be rewritten after pruning. Rules live by family:
 * ``attention.py``  MultiheadAttention, Swin and MaxViT attention (whole heads)
 * ``heads.py``      attention heads in plain ops: head-splitting views, matmul, sdpa; head resizers
 * ``hf.py``         Hugging Face transformers classes (Conv1D, attention resizers), loaded lazily
+* ``timm_heads.py`` head resizers for timm's attention classes, loaded lazily
 * ``pointwise.py``  activations, dropout, pooling, interpolate, add/sub/mul/div, reductions
-* ``indexing.py``   cat, split/chunk, getitem
+* ``indexing.py``   cat, split/chunk, unbind, getitem
 * ``reshape.py``    flatten/view/reshape, permute/transpose, pixel (un)shuffle, expand
 
 Register your own with :func:`register_rule`::
@@ -37,4 +38,4 @@ from ._registry import (
 __all__ = ["Rule", "register_rule", "register_lazy_rules", "lookup_rule", "has_module_rule", "registered_targets"]
 
 # Import the built-in rule families so they register themselves.
-from . import attention, heads, hf, indexing, layers, norms, pointwise, reshape  # noqa: E402,F401
+from . import attention, heads, hf, indexing, layers, norms, pointwise, reshape, timm_heads  # noqa: E402,F401

@@ -45,20 +45,21 @@ _FUNCTION_RULES: dict[Any, Rule] = {}
 _METHOD_RULES: dict[str, Rule] = {}
 # Rules for a third-party package's classes, registered the first time a class from that
 # package is looked up (so slimprune never imports timm, say, for a model without it).
-_LAZY: dict[str, Callable[[], None]] = {}
+_LAZY: dict[str, list[Callable[[], None]]] = {}
 
 
 def register_lazy_rules(package: str, loader: Callable[[], None]) -> None:
     """Call ``loader`` (which registers rules) the first time a module class defined in the
-    top-level package ``package`` is looked up."""
-    _LAZY[package] = loader
+    top-level package ``package`` is looked up; loaders of one package run in the order given."""
+    _LAZY.setdefault(package, []).append(loader)
 
 
 def load_lazy_rules() -> None:
     """Register every lazily loaded family now (those whose package is not importable
     register nothing), e.g. before listing :func:`rule_targets`."""
     while _LAZY:
-        _LAZY.pop(next(iter(_LAZY)))()
+        for loader in _LAZY.pop(next(iter(_LAZY))):
+            loader()
 
 
 def register_rule(
@@ -163,8 +164,7 @@ def _module_rule(cls: type) -> Rule | None:
 def _rule_owner(cls: type) -> type | None:
     """The registered class whose rule modules of ``cls`` use, or None."""
     if _LAZY:
-        loader = _LAZY.pop(str(getattr(cls, "__module__", "")).partition(".")[0], None)
-        if loader is not None:
+        for loader in _LAZY.pop(str(getattr(cls, "__module__", "")).partition(".")[0], ()):
             loader()
     if cls in _MODULE_RULES:
         return cls

@@ -18,8 +18,9 @@ Multi-head attention as most code writes it::
   removing it does); the rows of ``a`` and the columns of ``b`` become the product's.
 * **sdpa** (:func:`scaled_dot_product_attention`): q, k and v heads tied (with
   ``enable_gqa=True``, query head ``i`` with key/value head ``i // groups``: a group and its
-  key/value head go together); channels inside a head are only pruned when ``scale`` is
-  a constant, as the default scale reads q's width. A per-head ``attn_mask`` (T5's relative
+  key/value head go together); q/k channels inside a head are only pruned when ``scale`` is
+  a constant, as the default scale reads q's width (else they stay, and v's channels may
+  still go: a one-head attention, whose heads axis carries no labels). A per-head ``attn_mask`` (T5's relative
   position bias, ``Embedding(buckets, heads)`` permuted to [1, heads, q, k]) labelled on its
   heads axis is tied to the query heads, so the table's head columns go with their heads (and,
   as the first layer's bias is reused by the later ones, those layers keep the same heads).
@@ -388,11 +389,16 @@ def scaled_dot_product_attention(ctx, node: fx.Node):
         return ctx.barrier(node, "channels on a batch axis of q, k or v")
     scale = ctx.arg(node, 6, "scale")
     out: list[tuple[int, np.ndarray]] = []
-    # q and k channels inside a head meet in q·kᵀ; the default scale reads q's width
+    # q and k channels inside a head meet in q·kᵀ; the default scale reads q's width, so
+    # with it they stay (a one-head attention, whose heads axis has no labels): v's may go
     if rel[0] == -1 or rel[1] == -1:
-        if rel[0] != -1 or rel[1] != -1 or scale is None or isinstance(scale, fx.Node):
-            return ctx.barrier(node, "channels inside q/k heads with the default (width-dependent) scale")
-        ctx.tie(q.labels, k.labels)
+        if rel[0] != -1 or rel[1] != -1:
+            return ctx.barrier(node, "channels inside the heads of q but not k, or of k but not q")
+        if scale is None or isinstance(scale, fx.Node):
+            ctx.keep(q.labels)
+            ctx.keep(k.labels)
+        else:
+            ctx.tie(q.labels, k.labels)
     heads = [r == -3 for r in rel]
     if any(heads):
         if not all(heads):

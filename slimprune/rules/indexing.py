@@ -107,6 +107,26 @@ def chunk(ctx, node):
     return _split(ctx, node, 2)
 
 
+@register_rule(torch.unbind, "unbind")
+def unbind(ctx, node):
+    """``x.unbind(dim)``: one tensor per index of ``dim`` (timm's packed ``q, k, v =
+    qkv.unbind(0)``). Along another axis every piece has the input's channels, on the same
+    axis less one where ``dim`` came before it; along the channel axis each piece is one
+    channel, which stays (its position in the tuple is fixed by the code)."""
+    x = ctx.input(node, 0, "input") or ctx.input(node, 0, "self")
+    outs = ctx.shape(node)
+    if not isinstance(outs, tuple):
+        return ctx.barrier(node, "unbind without traced output shapes")
+    if x is None:
+        return tuple(None for _ in outs)
+    dim = _norm(ctx.arg(node, 1, "dim", 0), len(ctx.shape(node.args[0])))
+    if dim == x.axis:
+        ctx.keep(x.labels)
+        return tuple(None for _ in outs)
+    axis = x.axis - 1 if dim < x.axis else x.axis
+    return tuple(ctx.info_of(axis, x.labels) for _ in outs)
+
+
 # ---------------------------------------------------------------------------------- getitem
 def _kept_before(kept, labels: np.ndarray, stop: int) -> int:
     return int(kept(labels[:stop]).sum())
@@ -135,6 +155,8 @@ def getitem(ctx, node):
     if not isinstance(shape, torch.Size):
         return ctx.barrier(node, "indexing a value without a shape")
     items = list(idx) if isinstance(idx, tuple) else [idx]
+    if any(isinstance(it, fx.Node) for it in items):
+        return _gather(ctx, node, src, info, shape, items)
     consuming = sum(1 for it in items if it is not None and it is not Ellipsis)
     in_ax = out_ax = 0
     axis: int | None = None
@@ -183,6 +205,35 @@ def getitem(ctx, node):
             return None
         axis = out_ax + info.axis - in_ax
     return ctx.info_of(axis, labels)
+
+
+def _gather(ctx, node, src, info: ChannelInfo, shape: torch.Size, items: list):
+    """``x[idx]`` / ``x[:, idx]`` with one index tensor (a gather: relative-position tables
+    looked up by a buffer of indices, ``table[index.view(-1)]``). Along an axis without the
+    channels, the channels pass on: the index's axes replace the indexed one. On the channel
+    axis of a parameter (timm's TinyViT ``attention_biases[:, idxs]``, labelled on its last
+    axis when read) the indexed axis stays whole and another axis of the parameter (its heads)
+    carries the labels instead; on any other tensor's channel axis, a barrier."""
+    nodes = [k for k, it in enumerate(items) if isinstance(it, fx.Node)]
+    index_shape = ctx.shape(items[nodes[0]]) if len(nodes) == 1 else None
+    plain = all(it == slice(None) for k, it in enumerate(items) if k not in nodes)
+    if not (len(nodes) == 1 and plain and isinstance(index_shape, torch.Size)):
+        return ctx.barrier(node, "advanced (tensor or list) indexing")
+    p, k = nodes[0], len(index_shape)
+    if tuple(ctx.shape(node)) != tuple(shape[:p]) + tuple(index_shape) + tuple(shape[p + 1:]):
+        return ctx.barrier(node, "indexing with a boolean mask or a tensor of another layout")
+    axis, labels = info.axis, info.labels
+    if axis == p:
+        slot = (str(src.target).rpartition(".")[::2] if isinstance(src, fx.Node) and src.op == "get_attr" else None)
+        others = [d for d in range(len(shape)) if d != p and shape[d] > 1]
+        owner = ctx.submodule(slot[0]) if slot else None
+        if slot is None or not others or slot[1] not in dict(owner.named_parameters(recurse=False)):
+            return ctx.barrier(node, "a gather along the channel axis")
+        ctx.keep(labels)  # the looked-up axis stays whole
+        axis = others[-1]
+        labels = ctx.fresh(int(shape[axis]))
+        ctx.slice_of(slot[0], slot[1], axis, labels, "source")
+    return ctx.info_of(axis if axis < p else axis + k - 1, labels)
 
 
 def _register_item_edit(ctx, node, idx, pos, labels, new_item):

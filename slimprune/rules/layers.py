@@ -10,6 +10,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from .._channels import ChannelInfo
 from ._registry import register_rule
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -169,6 +170,61 @@ def linear_over_last_axis(ctx, node, input_name: str, in_dim: int, out_dim: int)
     ctx.param(node, "weight", out_dim, out, "out")
     if isinstance(getattr(m, "bias", None), torch.Tensor):
         ctx.param(node, "bias", 0, out, "out")
+    return ctx.info_of(last, out)
+
+
+def _param_slot(ctx, value: Any) -> tuple[str, str] | None:
+    """``(module, name)`` of a parameter read from the model (a ``get_attr`` node), or None."""
+    if not (isinstance(value, fx.Node) and value.op == "get_attr"):
+        return None
+    module, _, name = str(value.target).rpartition(".")
+    owner = ctx.submodule(module)
+    return (module, name) if name in dict(owner.named_parameters(recurse=False)) else None
+
+
+def _claim(ctx, module: str, name: str, dim: int, labels: np.ndarray, role: str) -> None:
+    """Slice ``module.name`` along ``dim`` with ``labels`` in ``role`` (a parameter read by a
+    functional op: its get_attr labels, role ``source``, take the op's role)."""
+    ctx.slice_of(module, name, dim, labels, role)
+    entry = ctx.slices.get((module, name, dim))
+    if entry is not None and entry[1] in ("source", "aux"):
+        entry[1] = role
+
+
+@register_rule(torch.nn.functional.linear)
+def functional_linear(ctx, node):
+    """``F.linear(x, self.qkv.weight, bias)`` on a parameter of the model (timm's BEiT, EVA and
+    SwinV2 attention add a bias made with ``torch.cat((q_bias, k_bias, v_bias))``): a Linear.
+    The weight's columns go with ``x``'s last-axis channels, its rows with new output
+    channels, and a bias whose labels are known (a parameter, or a concatenation of them) with
+    the rows; any other bias keeps the outputs. A weight that is not a parameter of the model
+    (computed at run time) cannot be sliced: a barrier."""
+    weight, bias = ctx.arg(node, 1, "weight"), ctx.arg(node, 2, "bias")
+    slot = _param_slot(ctx, weight)
+    shape, wshape = ctx.shape(node), ctx.shape(weight)
+    if slot is None or not isinstance(wshape, torch.Size) or len(wshape) != 2 or not isinstance(shape, torch.Size):
+        return ctx.barrier(node, "F.linear with a weight that is not a parameter of the model")
+    module, name = slot
+    last = len(shape) - 1
+    x = ctx.input(node, 0, "input")
+    w = ctx.info(weight)
+    if x is not None and x.axis == last:
+        _claim(ctx, module, name, 1, x.labels, "in")
+    else:
+        if x is not None:
+            ctx.keep(x.labels)
+        if isinstance(w, ChannelInfo) and w.axis == 1:
+            ctx.keep(w.labels)  # the input's width stays: so do the weight's columns
+    out = ctx.fresh(int(wshape[0]))
+    _claim(ctx, module, name, 0, out, "out")
+    if bias is not None:
+        b = ctx.info(bias)
+        if isinstance(b, ChannelInfo) and b.axis == 0 and b.labels.size == out.size:
+            ctx.tie(b.labels, out)
+        else:
+            ctx.keep(out)
+            ctx.keep_all(bias)
+    ctx.cost_of(module, name, math.prod(shape[1:-1]) if len(shape) > 1 else 1)
     return ctx.info_of(last, out)
 
 

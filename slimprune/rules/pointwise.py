@@ -96,7 +96,7 @@ def broadcast(ctx, node, operands):
     if not isinstance(out, torch.Size):
         return None
     nd = len(out)
-    parts, plain = [], []
+    parts, plain, labelled_ops = [], [], []
     for op in operands:
         shp = ctx.shape(op)
         if not isinstance(shp, torch.Size):
@@ -110,15 +110,28 @@ def broadcast(ctx, node, operands):
                 plain.append((shp, off))
             else:
                 parts.append((ax, info.labels))
+                labelled_ops.append(op)
         else:
             plain.append((shp, off))
     if not parts:
         return None
     axes = {ax for ax, _ in parts}
     if len(axes) > 1:
-        for _, lab in parts:
-            ctx.keep(lab)
-        return None
+        # A constant or parameter (no batch axis) labelled on another axis than the
+        # activations' channels (EVA's rotary table, labelled on head_dim, times q with its
+        # heads labelled): it is not sliced along that axis, and the activations' channels
+        # carry on. Activations on different axes keep everything.
+        live = {ax for (ax, _), op in zip(parts, labelled_ops) if ctx.is_batched(op)}
+        if len(live) != 1:
+            for _, lab in parts:
+                ctx.keep(lab)
+            return None
+        for (ax, lab), op in zip(parts, labelled_ops):
+            if ax not in live:
+                ctx.keep(lab)
+                plain.append((ctx.shape(op), nd - len(ctx.shape(op))))
+        parts = [(ax, lab) for ax, lab in parts if ax in live]
+        axes = live
     ax = axes.pop()
     for shp, off in plain:
         k = ax - off
