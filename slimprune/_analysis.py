@@ -166,7 +166,7 @@ def analyze_for_plan(model: nn.Module, example_inputs: Any, opaque: tuple[str | 
         return _by_regions(model, example_inputs, opaque, warn, exc)
 
 
-@gc_paused()
+@gc_paused
 def analyze(model: nn.Module, example_inputs: Any = None, opaque: Iterable[str | type] = (), warn: bool = True,
             *, regions: bool = False) -> Analysis:
     """Trace ``model`` once and build what :func:`slimprune.plan` needs to plan it again.

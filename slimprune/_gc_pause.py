@@ -17,21 +17,28 @@ disabled stays disabled; a nested call (``prune`` calls ``plan``) leaves it to t
 
 from __future__ import annotations
 
+import functools
 import gc
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 __all__ = ["gc_paused"]
 
+F = TypeVar("F", bound=Callable[..., Any])
 
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """Pause cyclic garbage collection in the body (a context manager and a decorator)."""
-    if not gc.isenabled():  # the caller's choice, or an outer gc_paused: leave it alone
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
+
+def gc_paused(fn: F) -> F:
+    """``fn`` with cyclic garbage collection paused while it runs (a decorator; the wrapper
+    lives in this package, so warnings' user-frame lookup passes it as one of ours)."""
+
+    @functools.wraps(fn)
+    def paused(*args: Any, **kwargs: Any) -> Any:
+        if not gc.isenabled():  # the caller's choice, or an outer gc_paused: leave it alone
+            return fn(*args, **kwargs)
+        gc.disable()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            gc.enable()
+
+    return paused  # type: ignore[return-value]

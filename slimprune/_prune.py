@@ -40,7 +40,7 @@ __all__ = ["analyze", "plan", "apply", "prune"]
 _protected_units = protected_units
 
 
-@gc_paused()
+@gc_paused
 def plan(
     model: nn.Module | Analysis,
     ratio: float | None = None,
@@ -291,7 +291,7 @@ def _has_ties(graph: ChannelGraph, scores: np.ndarray) -> bool:
     return np.unique(scores[units]).size < units.size
 
 
-@gc_paused()
+@gc_paused
 def apply(model: nn.Module, plan: PruningPlan, *, inplace: bool = False) -> nn.Module:
     """Build the pruned model a plan describes.
 
@@ -311,7 +311,7 @@ def apply(model: nn.Module, plan: PruningPlan, *, inplace: bool = False) -> nn.M
     return apply_plan(model, plan, inplace=inplace)
 
 
-@gc_paused()
+@gc_paused
 def prune(model: nn.Module, ratio: float | None = None, *, inplace: bool = False, **kwargs: Any) -> nn.Module:
     """Plan and apply in one call: ``slimprune.prune(model, 0.5)``. See :func:`plan` for options."""
     plan_ = plan(model, ratio, **kwargs)
