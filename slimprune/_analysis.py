@@ -31,6 +31,7 @@ from torch import nn
 
 from ._checks import check_eager
 from ._folding import ProbeCache
+from ._gc_pause import gc_paused
 from ._graph import ChannelGraph, build_channel_graph
 from ._options import check_opaque
 from ._plan import fingerprint
@@ -195,6 +196,7 @@ def analyze_for_plan(model: nn.Module, example_inputs: Any, opaque: tuple[str | 
         return _by_regions(model, example_inputs, opaque, warn, exc)
 
 
+@gc_paused
 def analyze(model: nn.Module, example_inputs: Any = None, opaque: Iterable[str | type] = (), warn: bool = True,
             *, regions: bool = False) -> Analysis:
     """Trace ``model`` once and build what :func:`slimprune.plan` needs to plan it again.

@@ -25,6 +25,7 @@ from torch import nn
 
 from ._channels import ChannelInfo as ChannelInfo
 from ._channels import SizeOf as SizeOf
+from ._signatures import group_units
 from ._trace import SHAPE, Traced
 from .errors import RuleError, UnsupportedOpWarning, user_stacklevel
 from .rules import lookup_rule
@@ -656,6 +657,27 @@ def _union_find(n: int, ties: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray
     return parent
 
 
+def _first_positions(arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every distinct value of every array, once per array: ``(value, array index, first
+    position of the value in that array)``, what ``np.unique(a, return_index=True)`` gives
+    for each array, in one sort (ordered by value, then array; values are >= 0)."""
+    if not arrays:
+        empty = np.zeros(0, np.int64)
+        return empty, empty, empty
+    values = np.concatenate(arrays).astype(np.int64, copy=False)
+    sizes = np.array([a.size for a in arrays], dtype=np.int64)
+    if not values.size:
+        return values, values, values
+    which = np.repeat(np.arange(len(arrays), dtype=np.int64), sizes)
+    # one key per (value, array), in that order; a stable sort keeps the first occurrence first
+    key = values * len(arrays) + which
+    order = np.argsort(key, kind="stable")
+    key = key[order]
+    first = order[np.r_[True, key[1:] != key[:-1]]]
+    starts = np.cumsum(sizes) - sizes
+    return values[first], which[first], first - starts[which[first]]
+
+
 def _warn_barriers(barriers: Iterable[Barrier]) -> None:
     barriers = list(barriers)
     if not barriers:
@@ -707,22 +729,18 @@ def build_channel_graph(traced: Traced, warn: bool = True, keep_outputs: bool = 
         if s.role in ("out", "scale", "source"):
             silenceable[s.units] = True
 
-    # Units and their signatures (the set of slices they appear in).
-    pairs_u, pairs_s, first_pos = [], [], []
-    for i, s in enumerate(slices):
-        u, pos = np.unique(s.units, return_index=True)
-        sel = (u != keep_root) & silenceable[u]
-        pairs_u.append(u[sel])
-        pairs_s.append(np.full(int(sel.sum()), i, dtype=np.int64))
-        first_pos.append(pos[sel])
+    # Units and their signatures (the set of slices they appear in): one (unit, slice, first
+    # position) per unit a slice holds, for units that are not kept and can be silenced.
+    pair_u, pair_s, pair_p = _first_positions([s.units for s in slices])
+    sel = (pair_u != keep_root) & silenceable[pair_u]
+    pairs_u, pairs_s, first_pos = [pair_u[sel]], [pair_s[sel]], [pair_p[sel]]
     unit_to_group = np.full(b.next_id, -1, dtype=np.int64)
     groups: list[ChannelGroup] = []
     # A piece of a tensor (split, slice) whose units could all go splits its units off into
     # groups of their own, so that min_channels holds for the piece (see _Builder.piece);
     # a piece holding a kept unit is never empty.
     grouped = np.zeros(b.next_id, dtype=bool)
-    for u in pairs_u:
-        grouped[u] = True
+    grouped[pairs_u[0]] = True
     seen_pieces: set[bytes] = set()
     for labels in b.pieces:
         units = np.unique(root[labels])
@@ -733,31 +751,14 @@ def build_channel_graph(traced: Traced, warn: bool = True, keep_outputs: bool = 
         pairs_u.append(units)
         pairs_s.append(np.full(units.size, len(slices) + len(seen_pieces) - 1, dtype=np.int64))
         first_pos.append(np.zeros(units.size, dtype=np.int64))  # (a unit's first pair is a slice's)
-    if pairs_u and sum(p.size for p in pairs_u):
-        pu, ps, pp = np.concatenate(pairs_u), np.concatenate(pairs_s), np.concatenate(first_pos)
-        order = np.lexsort((ps, pu))
-        pu, ps, pp = pu[order], ps[order], pp[order]
-        starts = np.flatnonzero(np.r_[True, pu[1:] != pu[:-1]])
-        ends = np.r_[starts[1:], pu.size]
-        # A unit's signature is its run of ps, keyed by that run's bytes (one slice of a bytes
-        # object per unit, not a tuple: models have tens of thousands of units).
-        ps = np.ascontiguousarray(ps, dtype=np.int64)
-        buf, width = ps.tobytes(), ps.itemsize
-        pp_list, pu_list = pp.tolist(), pu.tolist()
-        by_sig: dict[bytes, list[tuple[int, int]]] = {}
-        for st, en in zip(starts.tolist(), ends.tolist()):
-            by_sig.setdefault(buf[st * width:en * width], []).append((pp_list[st], pu_list[st]))
-        signatures = {key: tuple(np.frombuffer(key, dtype=np.int64).tolist()) for key in by_sig}
-        inexact_set = set(inexact.tolist())
-        ordered = sorted(by_sig.items(), key=lambda kv: (signatures[kv[0]][0], kv[1][0][0]))
-        for gid, (key, items) in enumerate(ordered):
-            sig = signatures[key]
-            items.sort()
-            units = np.array([u for _, u in items], dtype=np.int64)
-            units.setflags(write=False)
-            unit_to_group[units] = gid
-            exact = not any(u in inexact_set for u in units.tolist())
-            groups.append(ChannelGroup(gid, units, tuple(m for m in sig if m < len(slices)), exact))
+    inexact_mask = np.zeros(b.next_id, dtype=bool)
+    inexact_mask[inexact] = True
+    found = group_units(np.concatenate(pairs_u), np.concatenate(pairs_s), np.concatenate(first_pos))
+    for gid, (sig, units) in enumerate(found):
+        units.setflags(write=False)
+        unit_to_group[units] = gid
+        exact = not inexact_mask[units].any()
+        groups.append(ChannelGroup(gid, units, tuple(m for m in sig if m < len(slices)), exact))
 
     consumers = tuple(Consumer(n, m, ax, root[lab], gi) for n, m, ax, lab, gi in b.consumers)
     graph = ChannelGraph(

@@ -23,6 +23,7 @@ from ._folding import folds as find_folds
 from ._folding import threshold_removed, warn_inexact
 from ._freeze import _method_source as _method_source  # noqa: F401
 from ._freeze import fold_bias_params, make_plan
+from ._gc_pause import gc_paused
 from ._graph import ChannelGraph
 from ._latency_calibration import LatencyState, calibrated
 from ._importance import tiebreak_scores, unit_scores
@@ -39,6 +40,7 @@ __all__ = ["analyze", "plan", "apply", "prune"]
 _protected_units = protected_units
 
 
+@gc_paused
 def plan(
     model: nn.Module | Analysis,
     ratio: float | None = None,
@@ -304,6 +306,7 @@ def _has_ties(graph: ChannelGraph, scores: np.ndarray) -> bool:
     return np.unique(scores[units]).size < units.size
 
 
+@gc_paused
 def apply(model: nn.Module, plan: PruningPlan, *, inplace: bool = False) -> nn.Module:
     """Build the pruned model a plan describes.
 
@@ -323,6 +326,7 @@ def apply(model: nn.Module, plan: PruningPlan, *, inplace: bool = False) -> nn.M
     return apply_plan(model, plan, inplace=inplace)
 
 
+@gc_paused
 def prune(model: nn.Module, ratio: float | None = None, *, inplace: bool = False, **kwargs: Any) -> nn.Module:
     """Plan and apply in one call: ``slimprune.prune(model, 0.5)``. See :func:`plan` for options."""
     plan_ = plan(model, ratio, **kwargs)

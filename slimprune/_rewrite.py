@@ -15,6 +15,7 @@ import operator
 import warnings
 from collections import defaultdict
 
+import numpy as np
 import torch
 import torch.fx as fx
 from torch import nn
@@ -58,6 +59,13 @@ def _memory_format(t: torch.Tensor) -> torch.memory_format | None:
     return None
 
 
+def _index(kept: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """``torch.as_tensor(kept, dtype=torch.long, device=device)``, through NumPy: torch converts
+    a tuple of Python ints one element at a time (~40 us for a few hundred, ~10 here)."""
+    index = torch.from_numpy(np.fromiter(kept, dtype=np.int64, count=len(kept)))
+    return index if device.type == "cpu" else index.to(device)
+
+
 def _new_tensors(model: nn.Module, plan: PruningPlan,
                  subs: Submodules | None = None) -> dict[tuple[str, str], torch.Tensor]:
     """Sliced copies of every changed parameter/buffer, with folded biases (nothing is mutated)."""
@@ -72,7 +80,7 @@ def _new_tensors(model: nn.Module, plan: PruningPlan,
         for s in sorted(decisions, key=lambda d: d.dim):
             if t.shape[s.dim] != s.size:
                 raise PlanMismatchError(f"{s.name} has size {t.shape[s.dim]}, the plan expects {s.size}")
-            t = t.index_select(s.dim, torch.as_tensor(s.kept, dtype=torch.long, device=t.device))
+            t = t.index_select(s.dim, _index(s.kept, t.device))
         # index_select allocates: t is a fresh tensor already (a changed slice always selects),
         # so only a channels-last original needs another copy, into its layout.
         out[(module, param)] = t if layout is None else t.contiguous(memory_format=layout)

@@ -216,14 +216,21 @@ class Predictor:
         self.param_shapes = {
             (name, pname): tuple(p.shape) for name, m in mods.items() for pname, p in m.named_parameters(recurse=False)
         }
+        # The slices of parameters, their units laid end to end: one pass counts every kept size.
+        counted = [(i, s) for i, s in enumerate(graph.slices) if (s.module, s.param) in self.params_by_key]
+        self._counted = [((s.module, s.param), s.dim) for _, s in counted]
+        self._units = np.concatenate([s.units for _, s in counted]) if counted else np.zeros(0, np.int64)
+        sizes = np.array([s.units.size for _, s in counted], dtype=np.int64)
+        self._ends = np.cumsum(sizes)
+        self._starts = self._ends - sizes
 
     def _shapes(self, removed: np.ndarray) -> dict[tuple[str, str], list[int]]:
+        """The pruned shape of every sliced parameter: each sliced dim counts its kept units."""
+        running = np.concatenate([[0], np.cumsum(~removed[self._units], dtype=np.int64)])
+        kept = (running[self._ends] - running[self._starts]).tolist()
         shapes: dict[tuple[str, str], list[int]] = {}
-        for s in self.graph.slices:
-            key = (s.module, s.param)
-            if key in self.params_by_key:
-                base = shapes.setdefault(key, list(self.params_by_key[key]))
-                base[s.dim] = int((~removed[s.units]).sum())
+        for (key, dim), n in zip(self._counted, kept):
+            shapes.setdefault(key, list(self.params_by_key[key]))[dim] = n
         return shapes
 
     def params(self, removed: np.ndarray, extra: int = 0) -> int:

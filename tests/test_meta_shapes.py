@@ -211,3 +211,23 @@ def test_the_conv_shortcut_declines_what_it_cannot_answer() -> None:
     assert same_shape_module(nn.Conv2d(3, 4, 3).double(), (meta,), {}) is None  # dtypes differ
     last = torch.empty(2, 3, 8, 8, device="meta").to(memory_format=torch.channels_last)
     assert same_shape_module(nn.Conv2d(3, 4, 3), (last,), {}) is None  # the output layout follows the input's
+
+
+def test_shapes_are_the_same_when_fx_preserves_node_metadata(monkeypatch) -> None:
+    # The recorder skips Interpreter.run_node's per-node metadata context, which acts only
+    # inside fx.traceback.preserve_node_meta(); there it runs the full run_node.
+    import torch.fx.traceback as fx_traceback
+
+    model, x = TinyResNet().eval(), torch.randn(2, 3, 16, 16)
+    gm, _ = _trace.symbolic_trace(model, (), has_module_rule)
+    _trace.propagate_shapes(gm, (x,))
+    fast = {n.name: n.meta[_trace.SHAPE] for n in gm.graph.nodes}
+    calls: list[str] = []
+    real = fx.Interpreter.run_node
+    monkeypatch.setattr(fx.Interpreter, "run_node", lambda self, n: calls.append(n.name) or real(self, n))
+    _trace.propagate_shapes(gm, (x,))
+    assert not calls
+    with fx_traceback.preserve_node_meta():
+        _trace.propagate_shapes(gm, (x,))
+    assert calls == [n.name for n in gm.graph.nodes]
+    assert {n.name: n.meta[_trace.SHAPE] for n in gm.graph.nodes} == fast
