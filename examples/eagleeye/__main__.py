@@ -69,7 +69,7 @@ _PIPELINE_HELP = {
     "epochs": "epochs of the baseline and of the sparse run",
     "sparsity": "L1 weight of the sparse run",
     "sparsity_cost": "share the sparse run's λ among channels uniformly or by the FLOPs/params each one costs",
-    "distill": "weight of distillation from the baseline in the fine-tuning run (the pipeline uses 1 unless given; 0: none)",
+    "distill": "weight of distillation from the baseline in the fine-tuning run (0: none; default 1 in the pipeline, 0 in train)",
     "resume": "continue each training stage from its checkpoint",
 }
 
