@@ -14,7 +14,7 @@ from dataclasses import replace
 import torch
 
 from ._analysis import Analysis
-from ._options import PlanOptions
+from ._options import PlanOptions, protects_whole
 from ._plan import PruningPlan, fingerprint
 from .errors import RegionFallbackWarning, user_stacklevel
 
@@ -31,7 +31,7 @@ def plan_regions(analysis: Analysis, options: PlanOptions, plan_one: PlanFn) -> 
     """
     subplans: list[tuple[str, PruningPlan]] = []
     for r in analysis.regions:
-        if any(isinstance(p, str) and (p == r.path or r.path.startswith(p + ".") or p == "") for p in options.protect):
+        if protects_whole(options.protect, r.path):
             continue
         if not r.plannable:
             continue  # one layer (every channel on the region's boundary), or nothing to prune

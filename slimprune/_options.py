@@ -106,6 +106,12 @@ def _fraction(v: Any, where: str) -> float:
     return f
 
 
+def protects_whole(protect: Iterable[Any], path: str) -> bool:
+    """Does a name in ``protect`` cover the submodule at ``path`` whole (``""``, the path
+    itself or a module above it)? Types never do: they protect modules, not regions."""
+    return any(isinstance(p, str) and (p == "" or p == path or path.startswith(p + ".")) for p in protect)
+
+
 def _relative(names: Iterable[Any], path: str) -> tuple[Any, ...]:
     """Names inside ``path`` made relative to it; types pass through."""
     return tuple(n[len(path) + 1:] if isinstance(n, str) else n for n in names

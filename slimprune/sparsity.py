@@ -39,7 +39,7 @@ from ._gamma import abs_gamma, unit_gamma_max
 from ._graph import ChannelGraph
 from ._parallel import unwrap_parallel
 from ._analysis import Analysis, analyze
-from ._options import _relative, check_protect, protected_units
+from ._options import _relative, check_protect, protected_units, protects_whole
 from ._prune import plan as make_plan
 from ._solver import Predictor
 from .errors import InfeasiblePlanError, InvalidArgumentError
@@ -168,7 +168,7 @@ def _within(protect: tuple[str | type, ...], path: str) -> tuple[str | type, ...
     """``protect`` made relative to the part at ``path``; None when it protects the part whole."""
     if not path:
         return protect
-    if any(isinstance(p, str) and (p == "" or path == p or path.startswith(p + ".")) for p in protect):
+    if protects_whole(protect, path):
         return None
     return _relative(protect, path)
 

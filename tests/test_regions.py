@@ -94,3 +94,21 @@ def test_a_model_traced_whole_gives_no_region_warning():
         warnings.simplefilter("error", slimprune.RegionFallbackWarning)
         plan = slimprune.plan(model.eval(), 0.5, example_inputs=torch.randn(1, 3, 8, 8))
     assert not plan.regions
+
+
+def test_protect_covers_a_region_by_its_own_name_or_a_module_above_it(detector):
+    plan = slimprune.plan(detector, 0.5, fold_bias=False, protect=["rpn", "roi_heads.box_head"])
+    paths = {p for p, _ in plan.regions}
+    assert "backbone" in paths
+    assert not paths & {"rpn.head", "roi_heads.box_head"}
+    assert all(not (s.module.startswith("rpn.") or s.module.startswith("roi_heads.box_head")) for s in plan.slices)
+
+
+def test_protects_whole_matches_the_region_and_its_ancestors_only():
+    from slimprune._options import protects_whole
+
+    assert protects_whole(("",), "rpn.head")
+    assert protects_whole(("rpn",), "rpn.head") and protects_whole(("rpn.head",), "rpn.head")
+    assert not protects_whole(("rpn.head.conv",), "rpn.head")  # inside the region: planned, module kept
+    assert not protects_whole(("rp",), "rpn.head")  # a name prefix is not a module above it
+    assert not protects_whole((torch.nn.Conv2d,), "rpn.head")
