@@ -217,9 +217,8 @@ def test_a_one_head_timm_attention_keeps_its_head_and_prunes_inside_it_where_exa
 # SwinV2's per-head logit scale and position-bias MLP gathered by an index buffer
 RESIDUAL_TIED = [
     ("beit_base_patch16_224", 32, {"depth": 2, "embed_dim": 64, "num_heads": 4}, "timm.models.beit.Attention", True),
-    # (EVA's residual stream stays whole even under allow_inexact=True, for a reason not found
-    # yet (no barrier names it): its heads, tied to it, stay too)
-    ("eva02_tiny_patch14_224", 28, {"depth": 2}, "timm.models.eva.EvaAttention", False),
+    # (eva02_*_patch14_224 are built without a classifier, num_classes=0: see the test below)
+    ("eva02_tiny_patch14_224", 28, {"depth": 2, "num_classes": 10}, "timm.models.eva.EvaAttention", True),
     ("swinv2_tiny_window8_256", 64, {"depths": (1, 1, 1, 1), "window_size": 4, "drop_path_rate": 0.0},
      "timm.models.swin_transformer_v2.WindowAttention", True),
     ("vit_srelpos_small_patch16_224", 32, {"depth": 2}, "timm.models.vision_transformer_relpos.RelPosAttention",
@@ -249,6 +248,24 @@ def test_residual_tied_timm_attention_prunes_exactly_without_barriers(name, size
     with torch.no_grad():
         assert inexact.eval()(x).shape == model.eval()(x).shape
         inexact.train()(x)
+
+
+def test_eva_without_a_classifier_keeps_its_heads_because_the_residual_stream_is_its_output() -> None:
+    """timm builds eva02_tiny_patch14_224 with num_classes=0: the pooled residual stream is what
+    the model returns, so its width is the user's and stays, and the heads tied to it stay too;
+    ``prune_outputs=True`` lets the returned width go, and the heads with it."""
+    from timm.models.eva import EvaAttention
+
+    model, x = _model("eva02_tiny_patch14_224", 28, depth=2)
+    assert model.num_classes == 0
+    before = sum(m.num_heads for m in _heads(model, EvaAttention).values())
+    kept = slimprune.apply(model, slimprune.plan(model, 0.5, example_inputs=(x,), allow_inexact=True))
+    assert sum(m.num_heads for m in _heads(kept, EvaAttention).values()) == before
+    with torch.no_grad():
+        assert kept.eval()(x).shape == model.eval()(x).shape
+    freed = slimprune.apply(model, slimprune.plan(model, 0.5, example_inputs=(x,), allow_inexact=True,
+                                                  prune_outputs=True))
+    assert sum(m.num_heads for m in _heads(freed, EvaAttention).values()) < before
 
 
 # (model, image size, keyword arguments, attention class, its per-head table): heads that go
