@@ -121,13 +121,11 @@ def test_lstm_with_projections_is_a_barrier_named_in_the_warning() -> None:
         slimprune.plan(model, 0.5, example_inputs=(torch.randn(2, 4, 5),))
 
 
-timm = pytest.importorskip("timm")
-
-
 def test_sequencer_prunes_its_lstms_exactly_without_barriers() -> None:
     """timm's Sequencer2d-S at 64 px (36 LSTM barriers, 24% of the parameters removed at
     224 px before this rule): none, exact in eval and train mode, over 45% removed, every
     bidirectional LSTM smaller with its Linear."""
+    timm = pytest.importorskip("timm")
     from tests.models import calibrated
 
     torch.manual_seed(0)
@@ -141,3 +139,17 @@ def test_sequencer_prunes_its_lstms_exactly_without_barriers() -> None:
     small = assert_pruned_equals_silenced(model, plan, x, train=True)
     pairs = [(m, o) for m, o in zip(small.modules(), model.modules()) if isinstance(m, nn.LSTM)]
     assert len(pairs) == 36 and all(m.hidden_size < o.hidden_size for m, o in pairs)
+
+
+def test_a_pruned_lstm_saves_and_loads_computing_the_same(tmp_path) -> None:
+    def make() -> nn.Module:
+        torch.manual_seed(0)
+        return Recurrent(nn.LSTM(8, 6, num_layers=2, bidirectional=True, batch_first=True)).eval()
+
+    model, x = make(), torch.randn(2, 4, 5)
+    plan = _plan(model, x)
+    small = slimprune.apply(model, plan)
+    slimprune.save(small, tmp_path / "lstm.slim", plan=plan)
+    back = slimprune.load(tmp_path / "lstm.slim", make).eval()
+    assert (back.rnn.hidden_size, back.rnn.input_size) == (small.rnn.hidden_size, small.rnn.input_size)
+    torch.testing.assert_close(back(x), small(x))

@@ -136,3 +136,15 @@ def test_tresnet_prunes_through_blur_pool_exactly() -> None:
     blurs = [m for m in small.modules() if isinstance(m, BlurPool2d)]
     assert len(blurs) == 3 and all(m.filt.shape[0] == m.channels for m in blurs)
     assert sum(m.channels for m in blurs) < 128 + 256 + 512
+
+
+def test_a_pruned_standardised_net_saves_and_loads_computing_the_same(tmp_path) -> None:
+    """The sliced ``gain`` and the blur's (non-persistent) filter survive ``save``/``load``."""
+    model = _randomised(StandardisedNet())
+    x = torch.randn(2, 3, 16, 16)
+    plan = _plan(model, x)
+    small = slimprune.apply(model, plan)
+    slimprune.save(small, tmp_path / "net.slim", plan=plan)
+    back = slimprune.load(tmp_path / "net.slim", lambda: _randomised(StandardisedNet())).eval()
+    assert back.blur.channels == small.blur.channels and back.stem.gain.shape == small.stem.gain.shape
+    torch.testing.assert_close(back(x), small(x))
