@@ -114,6 +114,55 @@ def test_an_initial_state_keeps_the_hidden_units_and_stays_exact() -> None:
     assert small.rnn.hidden_size == 6 and small.rnn.input_size < 8
 
 
+class ConvRecurrent(nn.Module):
+    """A CRNN: conv -> BN -> ReLU, the columns as a sequence of features, an RNN over them."""
+
+    def __init__(self, rnn: nn.RNNBase) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.rnn = rnn
+        self.head = nn.Linear(rnn.hidden_size * (2 if rnn.bidirectional else 1), 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.bn(self.conv(x))).mean(2).transpose(1, 2)  # (B, W, C)
+        return self.head(self.rnn(y)[0])
+
+
+def _crnn(rnn: nn.RNNBase) -> nn.Module:
+    from tests.models import randomize_bn
+
+    torch.manual_seed(0)
+    model = randomize_bn(ConvRecurrent(rnn))
+    with torch.no_grad():
+        model.bn.bias.abs_().add_(0.5)  # removed channels hold relu(β) > 0: constants to fold
+    return model.eval()
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_constant_removed_inputs_fold_into_the_input_biases_exactly(kind: str) -> None:
+    """With ``fold_bias`` (the default) a removed BN channel keeps its β, so the RNN sees a
+    constant there: it folds into ``bias_ih_l0`` of both directions, and the pruned model
+    equals the silenced one (β kept), with no warning that it differs."""
+    rnn = (nn.LSTM(8, 6, bidirectional=True, batch_first=True) if kind == "lstm"
+           else nn.GRU(8, 6, bidirectional=True, batch_first=True))
+    model, x = _crnn(rnn), torch.randn(2, 3, 6, 10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plan = slimprune.plan(model, 0.5, example_inputs=(x,))
+    assert [f.module for f in plan.folds] == ["rnn"] and plan.option("fold_bias")
+    small = assert_pruned_equals_silenced(model, plan, x)
+    assert small.rnn.input_size < 8
+    kept = list(plan.kept("rnn", "bias_ih_l0_reverse", 0) or range(small.rnn.bias_ih_l0_reverse.numel()))
+    assert not torch.allclose(small.rnn.bias_ih_l0_reverse, model.rnn.bias_ih_l0_reverse[kept])  # folded
+
+
+def test_an_rnn_without_biases_cannot_fold_and_says_so() -> None:
+    model, x = _crnn(nn.LSTM(8, 6, bias=False, batch_first=True)), torch.randn(2, 3, 6, 10)
+    with pytest.warns(UserWarning, match="rnn: removed input channels hold non-zero constants but LSTM cannot fold"):
+        slimprune.plan(model, 0.5, example_inputs=(x,))
+
+
 def test_lstm_with_projections_is_a_barrier_named_in_the_warning() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 8), nn.LSTM(8, 6, proj_size=3, batch_first=True))

@@ -15,7 +15,9 @@ so unit ``j`` of every layer and both directions is one unit (removed together):
 output's features ``j`` and ``hidden + j`` of a bidirectional layer carry the same label.
 
 **Input features** prune from upstream: they are the columns of ``weight_ih_l0`` (and
-``weight_ih_l0_reverse``). ``proj_size`` (LSTM projections) and packed sequences are kept
+``weight_ih_l0_reverse``); removed ones holding a constant (a BN's β kept with
+``fold_bias``) fold into ``bias_ih_l0`` (a layer without biases cannot fold them: the plan
+warns). ``proj_size`` (LSTM projections) and packed sequences are kept
 whole. The resize sets ``input_size`` and ``hidden_size`` from the sliced weights.
 """
 
@@ -44,7 +46,17 @@ def _resize_recurrent(m: nn.Module, orig: nn.Module) -> None:
     m.hidden_size = int(m.weight_hh_l0.shape[1])
 
 
-@register_rule(nn.LSTM, nn.GRU, nn.RNN, resize=_resize_recurrent)
+def _fold_recurrent(m: nn.Module, consts: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Constant removed input features add ``weight_ih_l0 @ consts`` to the first layer's gate
+    pre-activations at every step: a change of ``bias_ih_l0`` (and of the reverse direction's)."""
+    out = {}
+    for suffix in ("", "_reverse")[: 2 if m.bidirectional else 1]:
+        w = getattr(m, "weight_ih_l0" + suffix).detach()
+        out["bias_ih_l0" + suffix] = w @ consts.to(w.dtype)
+    return out
+
+
+@register_rule(nn.LSTM, nn.GRU, nn.RNN, resize=_resize_recurrent, fold=_fold_recurrent)
 def recurrent(ctx, node: fx.Node) -> Any:
     """Hidden units (tied across layers and directions) prune with their gate rows; input
     features are the first layer's ``weight_ih`` columns."""
