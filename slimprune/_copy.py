@@ -33,6 +33,8 @@ __all__ = ["copy_model"]
 _ATOMIC = (type(None), int, float, bool, str, complex, bytes)
 _EMPTY = (dict, OrderedDict, set, list)
 _TREE = ("_parameters", "_buffers", "_modules")
+# What the copy becomes, by the public function that makes it (for error messages).
+_MADE_BY = {"apply": "pruned", "silence": "silenced"}
 
 
 def _plain(cls: type) -> bool:
@@ -59,18 +61,19 @@ def _name(cls: type) -> str:
 
 
 def _uncopyable(model: nn.Module, where: str, module: nn.Module, attr: str, value: Any,
-                exc: Exception) -> ModelCopyError:
+                exc: Exception, caller: str = "apply") -> ModelCopyError:
     path = next((p for p, m in model.named_modules() if m is module), "?")
     path = ".".join(p for p in (where, path) if p) or "the model itself"
+    made = _MADE_BY.get(caller, "copied")
     return ModelCopyError(
-        f"cannot build the pruned model: attribute {attr!r} of {path} ({type(module).__qualname__}) holds a "
-        f"{_name(type(value))}, which copy.deepcopy cannot copy ({type(exc).__name__}: {exc}). The pruned "
+        f"cannot build the {made} model: attribute {attr!r} of {path} ({type(module).__qualname__}) holds a "
+        f"{_name(type(value))}, which copy.deepcopy cannot copy ({type(exc).__name__}: {exc}). The {made} "
         f"model is a copy of the model, so every attribute must be deep-copyable (Ultralytics' ModelEMA and "
-        f"copy.deepcopy need that too). Fix: delete {attr!r} before apply and set it again on the pruned "
+        f"copy.deepcopy need that too). Fix: delete {attr!r} before {caller} and set it again on the {made} "
         f"model, or give {_name(type(value))} a __deepcopy__; the model was not changed")
 
 
-def _culprit(model: nn.Module, where: str, exc: Exception) -> ModelCopyError | None:
+def _culprit(model: nn.Module, where: str, exc: Exception, caller: str) -> ModelCopyError | None:
     """The first module attribute whose deepcopy fails, as a ModelCopyError (None: none does)."""
     for m in model.modules():
         for k, v in m.__dict__.items():
@@ -79,14 +82,16 @@ def _culprit(model: nn.Module, where: str, exc: Exception) -> ModelCopyError | N
             try:
                 copy.deepcopy(v)
             except Exception as err:  # noqa: BLE001 - reported with the module and attribute
-                return _uncopyable(model, where, m, k, v, err)
+                return _uncopyable(model, where, m, k, v, err, caller)
     return None
 
 
-def copy_model(model: nn.Module, memo: dict[int, Any] | None = None, where: str = "") -> nn.Module:
+def copy_model(model: nn.Module, memo: dict[int, Any] | None = None, where: str = "",
+               caller: str = "apply") -> nn.Module:
     """``copy.deepcopy(model, memo)``, faster, keeping ``__slots__`` values; ``memo`` may map
-    tensors to their replacements. ``where``: the path of ``model`` in the user's model (for
-    errors). Raises ModelCopyError when an attribute cannot be copied."""
+    tensors to their replacements. ``where``: the path of ``model`` in the user's model, and
+    ``caller``: the public function copying it (``apply``, ``silence``), both for errors.
+    Raises ModelCopyError when an attribute cannot be copied."""
     memo = {} if memo is None else memo
     modules = list(model.modules())
     states = [m.__getstate__() for m in modules] if all(_plain(type(m)) for m in modules) else None
@@ -94,7 +99,7 @@ def copy_model(model: nn.Module, memo: dict[int, Any] | None = None, where: str 
         try:
             return copy.deepcopy(model, memo)
         except Exception as exc:
-            found = _culprit(model, where, exc)
+            found = _culprit(model, where, exc, caller)
             if found is None:
                 raise
             raise found from exc
@@ -113,17 +118,18 @@ def copy_model(model: nn.Module, memo: dict[int, Any] | None = None, where: str 
             elif type(v) in _EMPTY and not v:
                 out[k] = type(v)()
             else:
-                out[k] = _copied(model, where, m, k, v, memo)
+                out[k] = _copied(model, where, m, k, v, memo, caller)
         n.__setstate__(out)
         for k in _slots(type(m)):
             if hasattr(m, k):
-                object.__setattr__(n, k, _copied(model, where, m, k, getattr(m, k), memo))
+                object.__setattr__(n, k, _copied(model, where, m, k, getattr(m, k), memo, caller))
     memo.setdefault(id(memo), []).append(model)  # as deepcopy does: keep the original alive
     return memo[id(model)]
 
 
-def _copied(model: nn.Module, where: str, module: nn.Module, attr: str, value: Any, memo: dict[int, Any]) -> Any:
+def _copied(model: nn.Module, where: str, module: nn.Module, attr: str, value: Any, memo: dict[int, Any],
+            caller: str) -> Any:
     try:
         return copy.deepcopy(value, memo)
     except Exception as exc:
-        raise _uncopyable(model, where, module, attr, value, exc) from exc
+        raise _uncopyable(model, where, module, attr, value, exc, caller) from exc

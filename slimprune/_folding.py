@@ -113,6 +113,8 @@ def _can_fold(m: nn.Module) -> bool:
     rule = lookup_rule("call_module", None, m)
     if rule is None or rule.fold is None:
         return False
+    if isinstance(m, nn.RNNBase):
+        return bool(m.bias)  # folded into bias_ih: without biases there is nowhere to put it
     return not (isinstance(m, nn.MultiheadAttention) and m.in_proj_bias is None)
 
 

@@ -86,7 +86,7 @@ def _new_tensors(model: nn.Module, plan: PruningPlan,
         out[(module, param)] = t if layout is None else t.contiguous(memory_format=layout)
 
     _share_tied(subs, out)
-    deltas: dict[str, torch.Tensor] = {}
+    deltas: dict[tuple[str, str], torch.Tensor] = {}
     for f in plan.folds:
         m = _owner(subs, f.module)
         rule = lookup_rule("call_module", None, m)
@@ -96,13 +96,17 @@ def _new_tensors(model: nn.Module, plan: PruningPlan,
         consts[list(f.index)] = torch.tensor(f.value, dtype=torch.float64)
         with torch.no_grad():
             d = rule.fold(m, consts.to(next(m.parameters()).device))
-        deltas[f.module] = deltas[f.module] + d if f.module in deltas else d
-    for module, d in deltas.items():
+        # a fold gives the change of the module's one bias, or of several by name (an LSTM's per direction)
+        named = d.items() if isinstance(d, dict) else [("in_proj_bias" if isinstance(m, nn.MultiheadAttention)
+                                                        else "bias", d)]
+        for name, delta in named:
+            key = (f.module, name)
+            deltas[key] = deltas[key] + delta if key in deltas else delta
+    for (module, name), d in deltas.items():
         m = _owner(subs, module)
-        kept = _kept_outputs(m, plan, module)
+        kept = _kept_outputs(m, plan, module) if name in ("bias", "in_proj_bias") else plan.kept(module, name, 0)
         if kept is not None:
             d = d[list(kept)]
-        name = "in_proj_bias" if isinstance(m, nn.MultiheadAttention) else "bias"
         bias = getattr(m, name)
         base = out.get((module, name))
         if base is None:

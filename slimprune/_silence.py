@@ -10,7 +10,6 @@ the normalisation shift β unless it is folded (``keep_shift``).
 from __future__ import annotations
 
 import contextlib
-import copy
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -19,6 +18,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from ._copy import copy_model
 from ._modes import kept_modes
 from ._plan import PruningPlan
 from ._trace import GraphRunner, evaluation_mode
@@ -73,11 +73,15 @@ def silence(model: nn.Module, plan: PruningPlan, keep_shift: bool | None = None)
         keep_shift: keep the normalisation shift β of removed channels (default: the plan's
             ``fold_bias`` option, so ``apply(model, plan)`` and ``silence(model, plan)``
             compute the same function).
+
+    Raises:
+        ModelCopyError: an attribute of a module cannot be deep-copied (a lock, a generator);
+            the message names the module's path, class and attribute, as ``apply``'s does.
     """
     plan.check_model(model)
     if keep_shift is None:
         keep_shift = bool(plan.option("fold_bias"))
-    out = copy.deepcopy(model)
+    out = copy_model(model, caller="silence")
     roles = tuple(plan.option("silence") or _ZEROED)
     zeros = zero_list(((s.module, s.param, s.dim, s.role, s.removed) for s in plan.changed), keep_shift, roles)
     with torch.no_grad():

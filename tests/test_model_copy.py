@@ -145,3 +145,27 @@ def test_an_uncopyable_attribute_is_a_model_copy_error_naming_its_module(custom:
     model[1][0].lock = threading.Lock()
     with pytest.raises(slimprune.ModelCopyError, match=r"attribute 'lock' of blocks\.1\.0 \(ReLU\) holds a _thread\.lock"):
         copy_model(model, where="blocks")
+
+
+def test_silence_of_a_model_with_an_uncopyable_attribute_is_a_model_copy_error_naming_module_and_attribute() -> None:
+    """``silence`` copies the model the way ``apply`` does: a lock on a module is a
+    ModelCopyError (also a TypeError) naming the module's path, class and attribute and
+    saying it was ``silence`` that copied, the model is unchanged, and the fix works."""
+    import threading
+
+    import slimprune
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    plan = slimprune.plan(model, 0.5, example_inputs=x)
+    lock = threading.Lock()
+    model[2].lock = lock
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(slimprune.ModelCopyError, match=r"cannot build the silenced model: attribute 'lock' of 2 \(ReLU\)") as caught:
+        slimprune.silence(model, plan)
+    assert isinstance(caught.value, TypeError) and "delete 'lock' before silence" in str(caught.value)
+    assert model[2].lock is lock and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    del model[2].lock
+    silenced = slimprune.silence(model, plan)
+    torch.testing.assert_close(slimprune.apply(model, plan)(x), silenced(x), rtol=1e-5, atol=1e-6)
+    assert int((silenced[0].weight.flatten(1).abs().sum(1) == 0).sum()) == 4

@@ -582,8 +582,39 @@ def _timm_cases() -> None:
     case("timm maybe_add_mask without a mask", lambda a: attention.maybe_add_mask(a, None))
 
 
+def _timm_layer_cases() -> None:
+    """timm's weight-standardised convs and BlurPool2d (rules/timm_layers.py): the outputs of
+    each conv prune (its inputs, read by the standardisation, are kept); a depthwise one and
+    the blur pass their channels through."""
+    std = importlib.import_module("timm.layers.std_conv")
+    blur = importlib.import_module("timm.layers.blur_pool")
+    for name in ("StdConv2d", "StdConv2dSame", "ScaledStdConv2d", "ScaledStdConv2dSame"):
+        cls = getattr(std, name)
+        case(f"timm {name}", lambda c=cls: c(8, 8, 3), module=True)
+        case(f"timm {name} depthwise", lambda c=cls: c(8, 8, 3, groups=8), module=True)
+    case("timm BlurPool2d", lambda: blur.BlurPool2d(8, stride=1), module=True)
+
+
 if importlib.util.find_spec("timm") is not None:  # (without timm its rules are never registered)
     _timm_cases()
+    _timm_layer_cases()
+
+
+# ------------------------------------------------------- recurrent layers (rules/recurrent.py)
+class _PerStep(nn.Module):
+    """A recurrent layer's per-step outputs (its hidden units) on the last axis."""
+
+    def __init__(self, rnn: nn.Module) -> None:
+        super().__init__()
+        self.rnn = rnn
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return self.rnn(y)[0]
+
+
+case("nn.LSTM", lambda: _PerStep(nn.LSTM(8, 4, bidirectional=True, batch_first=True)), module=True, last_axis=True)
+case("nn.GRU", lambda: _PerStep(nn.GRU(8, 8, num_layers=2)), module=True, last_axis=True)
+case("nn.RNN", lambda: _PerStep(nn.RNN(8, 4, bidirectional=True, batch_first=True)), module=True, last_axis=True)
 
 
 # ------------------------------------------------------- F.linear on a module's parameters

@@ -10,6 +10,8 @@ must be rewritten after pruning. Rules live by family:
 * ``heads.py``      attention heads in plain ops: head-splitting views, matmul, sdpa; head resizers
 * ``hf.py``         Hugging Face transformers classes (Conv1D, attention resizers), loaded lazily
 * ``timm_heads.py`` head resizers for timm's attention classes, loaded lazily
+* ``timm_layers.py`` timm's weight-standardised convs (NFNet) and BlurPool2d, loaded lazily
+* ``recurrent.py``  LSTM, GRU, RNN (hidden units with their gate rows)
 * ``pointwise.py``  activations, dropout, pooling, interpolate, add/sub/mul/div, reductions
 * ``indexing.py``   cat, split/chunk, unbind, getitem
 * ``reshape.py``    flatten/view/reshape, permute/transpose, pixel (un)shuffle, expand
@@ -38,4 +40,4 @@ from ._registry import (
 __all__ = ["Rule", "register_rule", "register_lazy_rules", "lookup_rule", "has_module_rule", "registered_targets"]
 
 # Import the built-in rule families so they register themselves.
-from . import attention, heads, hf, indexing, layers, norms, pointwise, reshape, timm_heads  # noqa: E402,F401
+from . import attention, heads, hf, indexing, layers, norms, pointwise, recurrent, reshape, timm_heads, timm_layers  # noqa: E402,F401

@@ -30,9 +30,10 @@ class Rule:
             output labels, tie labels together, and record sliced parameters.
         resize: for modules, ``(module, original) -> None`` updating attributes such as
             ``out_channels`` from the already-sliced parameters.
-        fold: for modules consuming channels, ``(module, consts) -> Tensor | None``: the
+        fold: for modules consuming channels, ``(module, consts) -> Tensor | dict``: the
             bias change that reproduces removed input channels holding constant values
-            ``consts`` (a full-length input vector, zero at kept channels).
+            ``consts`` (a full-length input vector, zero at kept channels), or a dict of
+            changes by parameter name for a module with several biases (an LSTM's).
     """
 
     propagate: Callable[..., Any]
