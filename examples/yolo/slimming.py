@@ -3,7 +3,8 @@
 Phases: sparsity training (L1 on every prunable BatchNorm γ, ``SparsityRegularizer.step()`` between
 backward and the optimizer step, from a trainer subclass), pruning by threshold, fine-tuning
 the pruned model with Ultralytics, and Ultralytics' ``val`` (mAP50, mAP50-95) before and
-after, with params, FLOPs and CPU latency from :func:`slimprune.measure`.
+after, with params and FLOPs from :func:`slimprune.measure` and CPU latency timed with every stage
+interleaved in one process (examples/yolo/timing.py).
 
     PYTHONPATH=. python -m examples.yolo.slimming [--quick] [--out runs/yolo-slimming]
     PYTHONPATH=. python -m examples.yolo.slimming --dense        # λ = 0, same total epochs, no pruning
@@ -151,12 +152,26 @@ def _val(yolo: Any, data: Path, cfg: Config, out: Path, name: str) -> dict[str, 
     return {"mAP50": float(r["metrics/mAP50(B)"]), "mAP50-95": float(r["metrics/mAP50-95(B)"])}
 
 
-def _figures(model: nn.Module, cfg: Config, quick: bool) -> dict[str, float]:
-    m = measure(model.eval(), torch.rand(1, 3, cfg.imgsz, cfg.imgsz), threads=1,
-                          min_run_time=0.05 if quick else 1.0)
-    assert m.latency is not None
-    return {"params": int(m.params), "flops": int(m.flops), "latency_ms": m.latency.median_ms,
-            "latency_iqr_ms": m.latency.iqr_ms}
+def _figures(model: nn.Module, cfg: Config) -> dict[str, float]:
+    """Params and FLOPs of ``model``; its latency is timed with the other stages' (:func:`_latencies`)."""
+    m = measure(model.eval(), torch.rand(1, 3, cfg.imgsz, cfg.imgsz), latency=False)
+    return {"params": int(m.params), "flops": int(m.flops)}
+
+
+def _latencies(models: dict[str, nn.Module], cfg: Config, quick: bool) -> dict[str, dict[str, float]]:
+    """CPU latency of every model, timed in one process, interleaved (examples/yolo/timing.py):
+    the same input, 1 thread, eval mode, float32, each model once per round in rotated order, so
+    that load from other jobs falls on every stage alike (each stage used to be timed alone,
+    right after it was made, and read up to 2.7x slow under load). ``latency_ms`` is the median
+    of the round medians."""
+    from .timing import interleaved
+
+    x = torch.rand(1, 3, cfg.imgsz, cfg.imgsz, generator=torch.Generator().manual_seed(0))
+    torch.set_num_threads(1)
+    with torch.no_grad():
+        t = interleaved({n: (lambda m=m.float().eval(): m(x)) for n, m in models.items()},
+                        rounds=1 if quick else 7, min_run_time=0.05 if quick else 0.5)
+    return {n: {"latency_ms": v["median_ms"], "latency_range_ms": [v["min_ms"], v["max_ms"]]} for n, v in t.items()}
 
 
 def _setup(cfg: Config, out: Path) -> tuple[Any, Path]:
@@ -182,7 +197,7 @@ def run(cfg: Config, out: Path) -> dict[str, Any]:
     quick = cfg == QUICK
     out = Path(out)
     yolo, data, dense = _sparse_phase(cfg, out, cfg.sparse_epochs, "sparse")
-    before = {**_val(yolo, data, cfg, out, "val-sparse"), **_figures(dense, cfg, quick)}
+    before = {**_val(yolo, data, cfg, out, "val-sparse"), **_figures(dense, cfg)}
     gammas = prunable_gammas(dense, cfg.imgsz)
     before["gamma"] = gamma_summary(gammas)
     threshold = cfg.threshold if cfg.threshold is not None else float(np.quantile(gammas, cfg.prune_fraction))
@@ -191,10 +206,14 @@ def run(cfg: Config, out: Path) -> dict[str, Any]:
         plan = slimprune.plan(dense, threshold=threshold, example_inputs=torch.rand(1, 3, cfg.imgsz, cfg.imgsz))
     small = slimprune.apply(dense, plan)
     yolo.model = small
-    pruned = {**_val(yolo, data, cfg, out, "val-pruned"), **_figures(small, cfg, quick)}
+    pruned = {**_val(yolo, data, cfg, out, "val-pruned"), **_figures(small, cfg)}
     yolo.train(data=str(data), trainer=trainer_for(yolo, small.train()), epochs=cfg.finetune_epochs,
                **_args(cfg, out, "finetune"))
-    after = {**_val(yolo, data, cfg, out, "val-finetuned"), **_figures(yolo.model.float(), cfg, quick)}
+    after = {**_val(yolo, data, cfg, out, "val-finetuned"), **_figures(yolo.model.float(), cfg)}
+    # fine-tuning trained `small` in place: the pruned stage is timed as a fresh apply of the plan
+    timed = _latencies({"sparse": dense, "pruned": slimprune.apply(dense, plan), "finetuned": yolo.model}, cfg, quick)
+    for stage, figures in (("sparse", before), ("pruned", pruned), ("finetuned", after)):
+        figures.update(timed[stage])
     removed = int(sum(len(s.removed) for s in plan.changed if s.role == "scale"))  # BN γ
     result = {"config": asdict(cfg), "sparse": before, "pruned": pruned, "finetuned": after,
               "threshold": threshold, "threshold_rule": "explicit" if cfg.threshold is not None
@@ -211,7 +230,7 @@ def run_dense(cfg: Config, out: Path) -> dict[str, Any]:
     out = Path(out)
     yolo, data, dense = _sparse_phase(cfg, out, cfg.sparse_epochs + cfg.finetune_epochs, "dense")
     result = {"config": asdict(cfg), "dense": {**_val(yolo, data, cfg, out, "val-dense"),
-                                                **_figures(dense, cfg, cfg == QUICK),
+                                                **_figures(dense, cfg), **_latencies({"dense": dense}, cfg, cfg == QUICK)["dense"],
                                                 "gamma": gamma_summary(prunable_gammas(dense, cfg.imgsz))}}
     (out / "dense.json").write_text(json.dumps(result, indent=1) + "\n")
     return result
@@ -262,16 +281,16 @@ def main(argv: list[str] | None = None) -> None:
     if args.dense:
         r = run_dense(cfg, args.out)["dense"]
         print(f"| dense | {r['mAP50']:.3f} | {r['mAP50-95']:.3f} | {r['params']:,} | {r['flops'] / 1e6:.1f}M | "
-              f"{r['latency_ms']:.2f} (IQR {r['latency_iqr_ms']:.2f}) |")
+              f"{r['latency_ms']:.2f} ({r['latency_range_ms'][0]:.2f}–{r['latency_range_ms'][1]:.2f}) |")
         return
     result = run(cfg, args.out)
     print(f"threshold {result['threshold']:.4g} ({result['threshold_rule']}): {result['channels_removed']} of "
           f"{result['prunable_channels']} prunable channels removed")
-    print("| stage | mAP50 | mAP50-95 | params | FLOPs | CPU latency (ms, 1 thread) |")
+    print("| stage | mAP50 | mAP50-95 | params | FLOPs | CPU latency (ms, 1 thread, interleaved: median (range)) |")
     print("| --- | --- | --- | --- | --- | --- |")
     for stage in ("sparse", "pruned", "finetuned"):
         r = result[stage]
-        print(f"| {stage} | {r['mAP50']:.3f} | {r['mAP50-95']:.3f} | {r['params']:,} | {r['flops'] / 1e6:.1f}M | {r['latency_ms']:.2f} (IQR {r['latency_iqr_ms']:.2f}) |")
+        print(f"| {stage} | {r['mAP50']:.3f} | {r['mAP50-95']:.3f} | {r['params']:,} | {r['flops'] / 1e6:.1f}M | {r['latency_ms']:.2f} ({r['latency_range_ms'][0]:.2f}–{r['latency_range_ms'][1]:.2f}) |")
 
 
 if __name__ == "__main__":
