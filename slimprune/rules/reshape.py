@@ -148,8 +148,11 @@ def _literal_edit(ctx, node, out_axis, labels):
         carried = _carried_literal(ctx, old)
         if carried is not None and carried[2][carried[3]] == labels.size:
             # A literal carried in a tuple join (``x.size()[:-2] + (self.all_head_size,)``):
-            # the join's literal is rewritten to the kept count, as a view's own literal is.
-            _joined_literal_edit(ctx, *carried, labels)
+            # the join's literal is rewritten to the kept count, as a view's own literal is
+            # (the plan names the attribute it came from: ``apply`` updates that too).
+            joined, operand, literal, pos = carried
+            _kept_count_edit(ctx, joined, operand, list(literal), pos, labels,
+                             tuple if isinstance(literal, tuple) else list)
             return
         # A number the graph only carries on in a way not rewritten here (a size read from an
         # axis without channels, a joined tuple others read too): it stays what it was, so
@@ -158,18 +161,30 @@ def _literal_edit(ctx, node, out_axis, labels):
         return
     if not isinstance(old, int) or isinstance(old, bool) or old == -1:
         return  # -1 follows the pruned tensor by itself
-    encode(tuple(sizes))
+    if packed:
+        container = tuple if len(node.args) > 1 and isinstance(node.args[1], tuple) else list
+        _kept_count_edit(ctx, node, start, sizes, out_axis, labels, container)
+    else:
+        _kept_count_edit(ctx, node, start + out_axis, sizes, out_axis, labels, None)
+
+
+def _kept_count_edit(ctx, node: fx.Node, index: int, sizes: list, pos: int, labels: np.ndarray,
+                     container: type | None) -> None:
+    """Record an edit of argument ``index`` of ``node``: ``sizes`` (the shape it is part of,
+    or, with ``container=None``, the one size it is) with the literal at ``pos`` set to the
+    kept count of ``labels``, rebuilt as a ``container`` (tuple or list)."""
+    old = sizes[pos]
+    encode(tuple(sizes))  # (a shape a plan cannot hold is refused now, not when it is applied)
 
     def edit(kept):
         n = int(kept(labels).sum())
         if n == old:
             return []
+        if container is None:
+            return [{"kind": "set_arg", "index": index, "value": n, "old": old, "new": n}]
         new = list(sizes)
-        new[out_axis] = n
-        if packed:
-            value = tuple(new) if isinstance(node.args[1], tuple) else new
-            return [{"kind": "set_arg", "index": start, "value": encode(value), "old": old, "new": n}]
-        return [{"kind": "set_arg", "index": start + out_axis, "value": n, "old": old, "new": n}]
+        new[pos] = n
+        return [{"kind": "set_arg", "index": index, "value": encode(container(new)), "old": old, "new": n}]
 
     ctx.edit(node, edit)
 
@@ -210,25 +225,6 @@ def _carried_literal(ctx, size: fx.Node) -> tuple[fx.Node, int, tuple | list, in
     if not isinstance(literal, (tuple, list)) or type(literal[pos]) is not int:
         return None
     return joined, operand, literal, pos
-
-
-def _joined_literal_edit(ctx, joined: fx.Node, operand: int, literal: tuple | list, pos: int,
-                         labels: np.ndarray) -> None:
-    """Rewrite element ``pos`` of the literal tuple ``joined.args[operand]`` to the kept count
-    of ``labels`` (the plan names the attribute it came from: ``apply`` updates that too)."""
-    old = literal[pos]
-    encode(tuple(literal))
-
-    def edit(kept):
-        n = int(kept(labels).sum())
-        if n == old:
-            return []
-        new = list(literal)
-        new[pos] = n
-        value = tuple(new) if isinstance(literal, tuple) else new
-        return [{"kind": "set_arg", "index": operand, "value": encode(value), "old": old, "new": n}]
-
-    ctx.edit(joined, edit)
 
 
 @register_rule(torch.flatten, torch.squeeze, torch.unsqueeze, torch.unflatten,
