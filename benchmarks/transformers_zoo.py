@@ -43,7 +43,7 @@ import torch
 FAMILIES = ["bert", "distilbert", "vit", "clip", "gpt2", "llama-gqa", "t5", "swin", "segformer", "mobilevit", "resnet",
             "convnext"]
 # run once more by slimprune with allow_inexact=True (the default): the hidden width too
-INEXACT = ["gpt2", "llama-gqa", "llama-tied", "t5-logits"]
+INEXACT = ["gpt2", "llama-gqa", "llama-tied", "t5-logits", "mobilevit"]
 # run once more by slimprune with prune_outputs=True: the widths the model returns may go too
 PRUNE_OUTPUTS = ["bert", "distilbert", "vit", "clip", "swin", "segformer", "t5-model", "t5", "mobilevit", "resnet",
                  "convnext"]
@@ -132,8 +132,13 @@ class T5Logits(torch.nn.Module):
         return {"logits": self.m(input_ids=input_ids, decoder_input_ids=decoder_input_ids, use_cache=False).logits}
 
 
-def hidden_width(model: torch.nn.Module) -> int:
-    """The residual-stream width: the input embedding's."""
+def hidden_width(model: torch.nn.Module) -> int | str:
+    """The residual-stream width: the input embedding's (MobileViT: each block's transformer
+    width, ``32/48/64``)."""
+    vit = [str(m.transformer.layer[0].layernorm_before.weight.numel())
+           for m in model.modules() if type(m).__name__ == "MobileViTLayer"]
+    if vit:
+        return "/".join(vit)
     for m in model.modules():
         if isinstance(m, torch.nn.Embedding) and m.num_embeddings == 100:
             return m.embedding_dim

@@ -697,6 +697,89 @@ def test_mobilevit_loses_whole_heads_through_its_carried_all_head_size_and_round
         assert torch.equal(again(**inputs).last_hidden_state, expect)
 
 
+def spread_mobilevit(model: torch.nn.Module) -> torch.nn.Module:
+    """Random weights of unit gain (Hugging Face's init leaves MobileViT's outputs ~1e-12,
+    where any atol passes), norm scales drawn from [0.5, 1.5] (so |γ| ranks the channels)
+    and non-zero LayerNorm shifts; BatchNorm shifts stay 0 (a removed channel's constant
+    would fold into a zero-padded kxk conv, exact only in the interior)."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+                m.weight.normal_(0, m.weight[0].numel() ** -0.5, generator=g)
+            if isinstance(m, (torch.nn.LayerNorm, torch.nn.BatchNorm2d)):
+                m.weight.uniform_(0.5, 1.5, generator=g)
+            if isinstance(m, torch.nn.LayerNorm):
+                m.bias.normal_(0, 0.2, generator=g)
+    return model
+
+
+def mobilevit_widths(model: torch.nn.Module) -> list[int]:
+    """The transformer width of each MobileViT block (its ``layernorm_before`` of layer 0)."""
+    return [m.transformer.layer[0].layernorm_before.weight.numel()
+            for m in model.modules() if type(m).__name__ == "MobileViTLayer"]
+
+
+def test_mobilevit_loses_its_transformer_width_through_unfolding_into_the_batch_axis_and_round_trips(tmp_path) -> None:
+    """``unfolding`` reshapes (B, C, H, W) to ``(B * C * patches_high, ...)`` (the channels
+    merged into the batch axis) and on to ``(B * patch_area, patches, C)``; ``folding``
+    reverses it with ``batch * channels * patches_high`` read before the transformer. The
+    reshape rule follows the channels through both (traced on a batch of two), so the width
+    goes under ``allow_inexact=True`` (measured: 32/48/64 -> 27/46/55, heads 36 -> 22): the
+    pruned model equals the silenced original with every LayerNorm over its kept channels,
+    at other batch sizes too, and stays a drop-in."""
+    import copy
+
+    model = spread_mobilevit(tiny_mobilevit())
+    inputs = {"pixel_values": torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))}
+    plan, barriers = plan_quietly(model, ratio=0.5, example_inputs=inputs, allow_inexact=True)
+    assert not barriers, barriers
+    width = [g for g in plan.groups if any(m.endswith("layer.0.layernorm_before.weight[0]") for m in g.members)]
+    assert len(width) == 3 and all(not g.exact for g in width)  # the plan says LayerNorm makes it inexact
+    small = slimprune.apply(model, plan)
+    before, after = mobilevit_widths(model), mobilevit_widths(small)
+    assert before == [32, 48, 64] and all(0 < a < b for a, b in zip(after, before)), after
+    assert sum(a for a, _, _ in mobilevit_heads(small)) < sum(a for a, _, _ in mobilevit_heads(model))
+    for m in small.modules():  # every LayerNorm, q/k/v and MLP layer follows the width
+        if isinstance(m, torch.nn.LayerNorm):
+            assert m.normalized_shape == tuple(m.weight.shape)
+    ref = norms_over_kept_channels(model, plan)
+    for batch in (2, 3, 1):
+        x = {"pixel_values": torch.randn(batch, 3, 64, 64, generator=torch.Generator().manual_seed(batch))}
+        with torch.no_grad():
+            got, want = small(**x), ref(**x)
+        assert float(want.last_hidden_state.abs().max()) > 0.05  # a scale at which atol means something
+        assert torch.allclose(got.last_hidden_state, want.last_hidden_state, atol=1e-5)
+        assert torch.allclose(got.pooler_output, want.pooler_output, atol=1e-5)
+    assert sum(p.numel() for p in small.parameters()) == plan.params_after
+    assert type(small) is type(model) and not isinstance(small, slimprune.Rewritten)
+    expect = small(**inputs).last_hidden_state
+    torch.save(small, tmp_path / "m.pt")
+    slimprune.save(small, tmp_path / "m.safetensors", plan=plan)
+    for again in (copy.deepcopy(small), torch.load(tmp_path / "m.pt", weights_only=False),
+                  slimprune.load(tmp_path / "m.safetensors", tiny_mobilevit)):
+        assert mobilevit_widths(again) == after and mobilevit_heads(again) == mobilevit_heads(small)
+        assert torch.equal(again(**inputs).last_hidden_state, expect)
+
+
+def test_mobilevit_for_image_classification_loses_its_transformer_width_and_keeps_its_logits() -> None:
+    """The classifier on top returns logits (the user's width, kept); the transformer width
+    inside goes as in the bare model, and the logits equal the silenced original's with
+    LayerNorms over the kept channels."""
+    cfg = tiny_mobilevit().config
+    cfg.num_labels = 5
+    model = spread_mobilevit(transformers.MobileViTForImageClassification(cfg)).eval()
+    inputs = {"pixel_values": torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))}
+    plan, barriers = plan_quietly(model, ratio=0.5, example_inputs=inputs)
+    assert not barriers, barriers
+    small = slimprune.apply(model, plan)
+    assert all(0 < a < b for a, b in zip(mobilevit_widths(small), mobilevit_widths(model)))
+    assert small.classifier.out_features == 5
+    with torch.no_grad():
+        got, want = small(**inputs).logits, norms_over_kept_channels(model, plan)(**inputs).logits
+    assert float(want.abs().max()) > 0.01 and torch.allclose(got, want, atol=1e-6), (got - want).abs().max()
+
+
 # ------------------------------------------------- prune_outputs: returned widths free to go
 def all_norms_over_kept_channels(model: torch.nn.Module, plan: slimprune.PruningPlan) -> torch.nn.Module:
     """``silence(model, plan)`` with every LayerNorm, T5LayerNorm and LlamaRMSNorm (the same

@@ -25,20 +25,72 @@ def _map_reshape(ctx, node, x, in_shape, out_shape, size_args=None):
     block of output axes; labels are laid out over the block and reshaped. When the block
     splits into several axes that all carry labels (channel shuffle's ``view(n, g, c/g, ...)``)
     every axis but the widest is tied, so kept channels always form a grid that the
-    pruned model can reshape the same way. Returns ``(info, out_axis)`` or ``(None, None)``.
+    pruned model can reshape the same way. A block that takes in the batch axis (MobileViT's
+    ``reshape(batch * channels * patches_high, ...)``) is mapped as the traced batch of one
+    would be, its first output axis holding each sample in turn (see
+    :func:`_factor_out_batch`). Returns ``(info, out_axis)`` or ``(None, None)``.
     """
     a = x.axis
     if in_shape[a] == 1:
         ctx.keep(x.labels)
         return None, None
-    pin = [math.prod(in_shape[:i]) for i in range(len(in_shape) + 1)]
-    pout = [math.prod(out_shape[:i]) for i in range(len(out_shape) + 1)]
+    if a > 0 and in_shape[0] > 1 and _first_block_axis(in_shape, out_shape, a) == 0 and ctx.is_batched(node.args[0]):
+        batch = _factor_out_batch(in_shape, out_shape)
+        if batch is None:
+            ctx.barrier(node, "the reshape merges the batch axis with the channels, and its first output "
+                              "axis does not hold whole samples")
+            return None, None
+        n, in_shape, out_shape = batch
+        info, axis = _map_block(ctx, node, x, in_shape, out_shape, size_args)
+        if info is not None and axis == 0:
+            info = ctx.info_of(0, np.tile(info.labels, n))
+        return info, axis
+    return _map_block(ctx, node, x, in_shape, out_shape, size_args)
+
+
+def _prefix_products(shape) -> list[int]:
+    return [math.prod(shape[:i]) for i in range(len(shape) + 1)]
+
+
+def _first_block_axis(in_shape, out_shape, a: int) -> int:
+    """The first input axis of the smallest block around axis ``a`` that a block of output
+    axes has the same size as (the axes a reshape merges with the channels, from the left)."""
+    bounds = set(_prefix_products(out_shape))
+    pin = _prefix_products(in_shape)
+    return max(i for i in range(a + 1) if pin[i] in bounds)
+
+
+def _factor_out_batch(in_shape, out_shape) -> tuple[int, list[int], list[int]] | None:
+    """``(batch, in_shape, out_shape)`` with the batch axis set to 1 and the first output
+    axis divided by it, when that axis holds whole samples; else None.
+
+    A reshape keeps row-major order and the batch is the input's outermost axis, so an
+    output axis 0 of ``batch * k`` positions holds sample ``b`` at ``b*k .. (b+1)*k - 1``,
+    each laid out as the batch of one is: the channels map as they would for one sample
+    (the trace of a single-sample input sees exactly that), and on axis 0 the labels repeat
+    once per sample. The pruned model computes the same with its kept channels, whatever
+    the batch at run time, as long as the sizes follow the kept width (a literal is
+    rewritten to the kept count, a size read from the channels follows them).
+    """
+    n = in_shape[0]
+    if not out_shape or out_shape[0] % n:
+        return None
+    return n, [1, *in_shape[1:]], [out_shape[0] // n, *out_shape[1:]]
+
+
+def _reads_a_width(ctx, size: fx.Node) -> bool:
+    """True if a size argument was read from (or computed from) a channel count."""
+    info = ctx.info(size)
+    return isinstance(info, SizeOf) and bool(info.labels())
+
+
+def _map_block(ctx, node, x, in_shape, out_shape, size_args):
+    """:func:`_map_reshape` for a block that leaves the batch axis out (or has no batch)."""
+    a = x.axis
+    pin, pout = _prefix_products(in_shape), _prefix_products(out_shape)
     bounds = set(pout)
     i0 = max(i for i in range(a + 1) if pin[i] in bounds)
     j = min(k for k in range(a + 1, len(in_shape) + 1) if pin[k] in bounds)
-    if i0 == 0 and a > 0 and ctx.is_batched(node.args[0]):
-        ctx.barrier(node, "the reshape merges the batch axis with the channels")
-        return None, None
     # Size-1 output axes next to the block join it: their sizes may be computed from the
     # channel count (``view(n, g, c // g, ...)`` with c // g == 1) and must then shrink.
     o0 = min(k for k in range(len(pout)) if pout[k] == pin[i0])
@@ -48,12 +100,16 @@ def _map_reshape(ctx, node, x, in_shape, out_shape, size_args=None):
     view[a - i0] = -1
     arr = np.broadcast_to(x.labels.reshape(view), block_in).reshape(block_out)
     varying = [k for k in range(arr.ndim) if arr.shape[k] > 1 and not (arr == arr.take([0], axis=k)).all()]
+    carrying = set(varying) or {k for k in range(arr.ndim) if arr.shape[k] > 1}
     if not varying:  # every channel carries the same label (one unit spread over the block)
         varying = [max(range(arr.ndim), key=lambda k: (arr.shape[k], k))]
     dynamic = []
     if size_args is not None and len(size_args) == len(out_shape):
-        # (a size-1 axis carries no channels: MaxViT's ``H // P`` when H == P is not one)
-        dynamic = [k for k in range(arr.ndim) if arr.shape[k] > 1 and isinstance(size_args[o0 + k], fx.Node)]
+        # (a size-1 axis carries no channels: MaxViT's ``H // P`` when H == P is not one;
+        # nor does one along which no label changes, sized from no channel count: the batch
+        # split back out of MobileViT's ``(batch * channels * patches, ...)``)
+        dynamic = [k for k in range(arr.ndim) if arr.shape[k] > 1 and isinstance(size_args[o0 + k], fx.Node)
+                   and (k in carrying or _reads_a_width(ctx, size_args[o0 + k]))]
     if len(dynamic) > 1:
         ctx.barrier(node, "the channels are split into several axes whose sizes are computed at run time")
         return None, None
@@ -92,8 +148,11 @@ def _literal_edit(ctx, node, out_axis, labels):
         carried = _carried_literal(ctx, old)
         if carried is not None and carried[2][carried[3]] == labels.size:
             # A literal carried in a tuple join (``x.size()[:-2] + (self.all_head_size,)``):
-            # the join's literal is rewritten to the kept count, as a view's own literal is.
-            _joined_literal_edit(ctx, *carried, labels)
+            # the join's literal is rewritten to the kept count, as a view's own literal is
+            # (the plan names the attribute it came from: ``apply`` updates that too).
+            joined, operand, literal, pos = carried
+            _kept_count_edit(ctx, joined, operand, list(literal), pos, labels,
+                             tuple if isinstance(literal, tuple) else list)
             return
         # A number the graph only carries on in a way not rewritten here (a size read from an
         # axis without channels, a joined tuple others read too): it stays what it was, so
@@ -102,18 +161,30 @@ def _literal_edit(ctx, node, out_axis, labels):
         return
     if not isinstance(old, int) or isinstance(old, bool) or old == -1:
         return  # -1 follows the pruned tensor by itself
-    encode(tuple(sizes))
+    if packed:
+        container = tuple if len(node.args) > 1 and isinstance(node.args[1], tuple) else list
+        _kept_count_edit(ctx, node, start, sizes, out_axis, labels, container)
+    else:
+        _kept_count_edit(ctx, node, start + out_axis, sizes, out_axis, labels, None)
+
+
+def _kept_count_edit(ctx, node: fx.Node, index: int, sizes: list, pos: int, labels: np.ndarray,
+                     container: type | None) -> None:
+    """Record an edit of argument ``index`` of ``node``: ``sizes`` (the shape it is part of,
+    or, with ``container=None``, the one size it is) with the literal at ``pos`` set to the
+    kept count of ``labels``, rebuilt as a ``container`` (tuple or list)."""
+    old = sizes[pos]
+    encode(tuple(sizes))  # (a shape a plan cannot hold is refused now, not when it is applied)
 
     def edit(kept):
         n = int(kept(labels).sum())
         if n == old:
             return []
+        if container is None:
+            return [{"kind": "set_arg", "index": index, "value": n, "old": old, "new": n}]
         new = list(sizes)
-        new[out_axis] = n
-        if packed:
-            value = tuple(new) if isinstance(node.args[1], tuple) else new
-            return [{"kind": "set_arg", "index": start, "value": encode(value), "old": old, "new": n}]
-        return [{"kind": "set_arg", "index": start + out_axis, "value": n, "old": old, "new": n}]
+        new[pos] = n
+        return [{"kind": "set_arg", "index": index, "value": encode(container(new)), "old": old, "new": n}]
 
     ctx.edit(node, edit)
 
@@ -154,25 +225,6 @@ def _carried_literal(ctx, size: fx.Node) -> tuple[fx.Node, int, tuple | list, in
     if not isinstance(literal, (tuple, list)) or type(literal[pos]) is not int:
         return None
     return joined, operand, literal, pos
-
-
-def _joined_literal_edit(ctx, joined: fx.Node, operand: int, literal: tuple | list, pos: int,
-                         labels: np.ndarray) -> None:
-    """Rewrite element ``pos`` of the literal tuple ``joined.args[operand]`` to the kept count
-    of ``labels`` (the plan names the attribute it came from: ``apply`` updates that too)."""
-    old = literal[pos]
-    encode(tuple(literal))
-
-    def edit(kept):
-        n = int(kept(labels).sum())
-        if n == old:
-            return []
-        new = list(literal)
-        new[pos] = n
-        value = tuple(new) if isinstance(literal, tuple) else new
-        return [{"kind": "set_arg", "index": operand, "value": encode(value), "old": old, "new": n}]
-
-    ctx.edit(joined, edit)
 
 
 @register_rule(torch.flatten, torch.squeeze, torch.unsqueeze, torch.unflatten,
@@ -224,7 +276,7 @@ def view(ctx, node):
     ctx.sizes_from(sizes, info, axis)
     if info is not None:
         _literal_edit(ctx, node, axis, info.labels)
-        _keep_foreign_derived_sizes(ctx, sizes, x, info)
+        _keep_foreign_derived_sizes(ctx, sizes, x, info, axis, len(ctx.shape(node)))
     return info
 
 
@@ -255,21 +307,31 @@ def reshape_as(ctx, node):
     return info
 
 
-def _keep_foreign_derived_sizes(ctx, sizes, x, info) -> None:
+def _keep_foreign_derived_sizes(ctx, sizes, x, info, axis=None, ndim=None) -> None:
     """A size computed from *another* tensor's channel count (``qkv.view(B, N, 3, heads,
     C // heads)`` with C the block input's width, SwinV2-CR, VOLO) would follow that
     tensor's pruned width, not this one's: both keep their channels. A size computed from
-    the reshaped tensor's own width (a channel shuffle's ``c // g``) follows it and is fine.
-    Reshaping a tensor without channel labels (behind a barrier), such a size keeps its
-    source's channels."""
-    for v in sizes:
+    the reshaped tensor's own width (a channel shuffle's ``c // g``) follows it and is fine,
+    and so is one from a tensor as wide as the reshaped one given as the size of the output
+    axis the channels land on (MobileViT's ``folding`` reads the width before its
+    transformer, ``batch * channels * patches``, to reshape the transformer's residual
+    stream): the two are tied position by position, so the size follows the kept width as
+    the own width's would. Reshaping a tensor without channel labels (behind a barrier),
+    such a size keeps its source's channels."""
+    for k, v in enumerate(sizes):
         src = ctx.info(v) if isinstance(v, fx.Node) else None
         if not isinstance(src, SizeOf) or not src.derived:
             continue
         foreign = [lab for lab in src.labels() if x is None or not np.array_equal(lab, x.labels)]
+        on_channels = info is not None and k == axis and len(sizes) == ndim
+        kept = False
         for lab in foreign:
-            ctx.keep(lab)
-        if foreign and info is not None:
+            if on_channels and lab.size == x.labels.size:
+                ctx.tie(lab, x.labels)
+            else:
+                ctx.keep(lab)
+                kept = True
+        if kept and info is not None:
             ctx.keep(info.labels)
 
 
