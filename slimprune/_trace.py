@@ -26,7 +26,7 @@ import torch.fx.traceback as _fx_traceback
 from torch import nn
 
 from ._augmented import InplaceProxy
-from ._meta_shapes import run_on_meta, same_shape_function, same_shape_module
+from ._meta_shapes import run_on_meta, runs_only_torch, same_shape_function, same_shape_module
 from ._mode_source import training_changes_graph
 from ._modes import kept_modes
 from .errors import ExampleInputError, TraceError
@@ -229,6 +229,10 @@ def _failing_module(tracer: _Tracer) -> str | None:
     return f"{path} ({getattr(typ, '__name__', typ)})"
 
 
+_TREE = frozenset({"_parameters", "_buffers", "_modules"})
+_CONTAINERS = (dict, list, set)
+
+
 @contextlib.contextmanager
 def _preserved(model: nn.Module, values: bool = True) -> Iterator[None]:
     """Undo what tracing a forward does to the model, so the user's model comes back as it
@@ -239,10 +243,11 @@ def _preserved(model: nn.Module, values: bool = True) -> Iterator[None]:
     them, for a run that cannot reach them: the meta run, which swaps every buffer out)."""
     saved = [(m, dict(vars(m)), dict(m._parameters), dict(m._buffers), dict(m._modules)) for m in model.modules()]
     # Containers keep their identity (other code may hold them); their contents are restored.
+    # (The module tree's own dicts are restored with each module, just above.)
     containers: dict[int, tuple[Any, Any]] = {}
     for _, attrs, _, _, _ in saved:
-        for value in attrs.values():
-            if type(value) in (dict, list, set) and id(value) not in containers:
+        for key, value in attrs.items():
+            if type(value) in _CONTAINERS and key not in _TREE and id(value) not in containers:
                 containers[id(value)] = (value, value.copy())
     kept = [(b, b.detach().clone()) for b in model.buffers()] if values else []
     try:
@@ -714,7 +719,8 @@ def propagate_shapes(gm: fx.GraphModule, example_inputs: tuple[Any, ...]) -> Non
     with evaluation_mode(gm):
         # Shapes without arithmetic where no shape needs a value (see _meta_shapes); the meta
         # run holds every buffer swapped out, so only the real run needs them copied back.
-        with _preserved(gm, values=False):
+        # A graph of torch calls alone cannot assign to a module: nothing to snapshot then.
+        with contextlib.nullcontext() if runs_only_torch(gm) else _preserved(gm, values=False):
             on_meta = run_on_meta(gm, example_inputs, lambda inputs: _ShapeRecorder(gm, on_meta=True).run(*inputs))
         if not on_meta:
             with _preserved(gm):
