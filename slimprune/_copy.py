@@ -39,9 +39,9 @@ from .errors import ModelCopyError
 
 __all__ = ["copy_model"]
 
-_ATOMIC = (type(None), int, float, bool, str, complex, bytes)
-_EMPTY = (dict, OrderedDict, set, list)
-_TREE = ("_parameters", "_buffers", "_modules")
+_ATOMIC = frozenset({type(None), int, float, bool, str, complex, bytes})
+_EMPTY = frozenset({dict, OrderedDict, set, list})
+_TREE = frozenset({"_parameters", "_buffers", "_modules"})
 # What the copy becomes, by the public function that makes it (for error messages).
 _MADE_BY = {"apply": "pruned", "silence": "silenced"}
 
@@ -152,15 +152,16 @@ def copy_model(model: nn.Module, memo: dict[int, Any] | None = None, where: str 
     for m, n, state in zip(modules, new, states):
         out: dict[str, Any] = {}
         for k, v in state.items():
-            if k == "_modules" and type(v) is dict:
+            kind = type(v)
+            if kind in _ATOMIC or (kind is tuple and _atomic_tuple(v)):
+                out[k] = v
+            elif kind in _EMPTY and not v:  # (most are a module's empty hook dicts)
+                out[k] = kind()
+            elif k == "_modules" and kind is dict:
                 out[k] = {name: None if c is None else memo[id(c)] for name, c in v.items()}
-            elif k in _TREE and type(v) is dict:
+            elif k in _TREE and kind is dict:
                 buffers = k == "_buffers"
                 out[k] = {name: _copied_tensor(t, memo, buffers) for name, t in v.items()}
-            elif type(v) in _ATOMIC or _atomic_tuple(v):
-                out[k] = v
-            elif type(v) in _EMPTY and not v:
-                out[k] = type(v)()
             else:
                 out[k] = _copied(model, where, m, k, v, memo, caller)
         n.__setstate__(out)

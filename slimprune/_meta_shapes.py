@@ -137,13 +137,15 @@ def runs_only_torch(gm: fx.GraphModule) -> bool:
     no global module hook is registered. False where any node might run user code."""
     if _module_hooks._global_forward_pre_hooks or _module_hooks._global_forward_hooks:
         return False
+    modules = dict(gm.named_modules())
     for node in gm.graph.nodes:
         op = node.op
         if op == "call_function":
             if not _torch_function(node.target):
                 return False
         elif op == "call_module":
-            if not _torch_module(gm.get_submodule(node.target)):
+            m = modules.get(node.target)
+            if not _torch_module(m if m is not None else gm.get_submodule(node.target)):
                 return False
         elif op == "call_method":
             if not isinstance(node.target, str) or not hasattr(torch.Tensor, node.target):

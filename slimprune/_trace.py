@@ -674,9 +674,19 @@ class GraphRunner(fx.Interpreter):
 
 
 class _ShapeRecorder(GraphRunner):
-    def __init__(self, gm: fx.GraphModule, on_meta: bool = False) -> None:
+    def __init__(self, gm: fx.GraphModule, on_meta: bool = False, fixed_tree: bool = False) -> None:
         super().__init__(gm)
         self.on_meta = on_meta  # answer the ops whose meta output is known without running them
+        # fixed_tree: nothing the run calls can replace a module (see runs_only_torch), so a
+        # module is looked up in the Interpreter's table of them instead of path by path.
+        self.fixed_tree = fixed_tree
+
+    def fetch_attr(self, target: str) -> Any:
+        if self.fixed_tree:
+            m = self.submodules.get(target)
+            if m is not None:
+                return m
+        return super().fetch_attr(target)
 
     def call_module(self, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         known = same_shape_module(self.fetch_attr(target), args, kwargs) if self.on_meta else None
@@ -720,8 +730,10 @@ def propagate_shapes(gm: fx.GraphModule, example_inputs: tuple[Any, ...]) -> Non
         # Shapes without arithmetic where no shape needs a value (see _meta_shapes); the meta
         # run holds every buffer swapped out, so only the real run needs them copied back.
         # A graph of torch calls alone cannot assign to a module: nothing to snapshot then.
-        with contextlib.nullcontext() if runs_only_torch(gm) else _preserved(gm, values=False):
-            on_meta = run_on_meta(gm, example_inputs, lambda inputs: _ShapeRecorder(gm, on_meta=True).run(*inputs))
+        only_torch = runs_only_torch(gm)
+        with contextlib.nullcontext() if only_torch else _preserved(gm, values=False):
+            on_meta = run_on_meta(gm, example_inputs, lambda inputs: _ShapeRecorder(
+                gm, on_meta=True, fixed_tree=only_torch).run(*inputs))
         if not on_meta:
             with _preserved(gm):
                 _ShapeRecorder(gm).run(*example_inputs)
