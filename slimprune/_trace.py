@@ -637,8 +637,7 @@ def trace_module(model: nn.Module, inputs: tuple[Any, ...], opaque: Iterable[str
 @contextlib.contextmanager
 def evaluation_mode(model: nn.Module) -> Iterator[None]:
     """Run in eval mode under no_grad and restore every module's training flag afterwards."""
-    with kept_modes(model), torch.no_grad():
-        model.eval()
+    with kept_modes(model, eval=True), torch.no_grad():
         yield
 
 
