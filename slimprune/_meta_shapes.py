@@ -71,8 +71,14 @@ def _meta_state(model: nn.Module) -> Iterator[Callable[[torch.Tensor], torch.Ten
         if hit is None:
             if type(t) not in (torch.Tensor, nn.Parameter, nn.Buffer):
                 raise TypeError(f"{type(t).__name__} is not a plain tensor")  # lazy, quantized, subclassed
-            # (sizes as a tuple: torch.empty parses a torch.Size ~3 us slower, here and below)
-            hit = memo[id(t)] = (t, torch.empty(tuple(t.shape), dtype=t.dtype, device="meta"))
+            # (sizes as a tuple: torch.empty parses a torch.Size ~3 us slower, here and below;
+            # empty_like of a strided tensor on a real device, in the contiguous layout, makes
+            # the same tensor ~2 us faster still)
+            if t.layout is torch.strided and not t.is_meta:
+                made = torch.empty_like(t, device="meta", memory_format=torch.contiguous_format)
+            else:
+                made = torch.empty(tuple(t.shape), dtype=t.dtype, device="meta")
+            hit = memo[id(t)] = (t, made)
         return hit[1]
 
     saved: list[tuple[dict[str, Any], str, Any]] = []

@@ -74,13 +74,20 @@ def _new_tensors(model: nn.Module, plan: PruningPlan,
     for s in plan.changed:
         by_key[(s.module, s.param)].append(s)
     out: dict[tuple[str, str], torch.Tensor] = {}
+    # A group's kept channels slice every member (a conv's rows, its norm's four vectors, the
+    # next conv's columns): one index tensor per kept tuple and device serves them all.
+    indexes: dict[tuple[tuple[int, ...], torch.device], torch.Tensor] = {}
     for (module, param), decisions in by_key.items():
         t = getattr(_owner(subs, module), param).detach()
         layout = _memory_format(t)
         for s in sorted(decisions, key=lambda d: d.dim):
             if t.shape[s.dim] != s.size:
                 raise PlanMismatchError(f"{s.name} has size {t.shape[s.dim]}, the plan expects {s.size}")
-            t = t.index_select(s.dim, _index(s.kept, t.device))
+            key = (s.kept, t.device)
+            index = indexes.get(key)
+            if index is None:
+                index = indexes[key] = _index(s.kept, t.device)
+            t = t.index_select(s.dim, index)
         # index_select allocates: t is a fresh tensor already (a changed slice always selects),
         # so only a channels-last original needs another copy, into its layout.
         out[(module, param)] = t if layout is None else t.contiguous(memory_format=layout)
