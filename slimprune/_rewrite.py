@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.fx as fx
 from torch import nn
+from torch.nn.modules import module as _module_globals
 
 from ._copy import copy_model
 from ._dropin import collapse_children, dropin
@@ -196,6 +197,15 @@ def _kept_outputs(m: nn.Module, plan: PruningPlan, module: str) -> tuple[int, ..
     return plan.kept(module, "weight", 0)
 
 
+def _plain_parameter_assignment(m: nn.Module) -> bool:
+    """Does ``setattr(m, name, parameter)``, for a name that holds a parameter already, only
+    store it in ``m._parameters``? (nn.Module's ``__setattr__`` and ``register_parameter``,
+    and no global parameter registration hook.)"""
+    cls = type(m)
+    return (cls.__setattr__ is nn.Module.__setattr__ and cls.register_parameter is nn.Module.register_parameter
+            and not _module_globals._global_parameter_registration_hooks)
+
+
 def _assign(model: nn.Module, tensors: dict[tuple[str, str], torch.Tensor], originals: dict[str, nn.Module]) -> None:
     made: dict[int, nn.Parameter] = {}  # one Parameter per tensor: tied names stay tied
     subs = Submodules(model)  # setting parameters leaves the module tree as it is
@@ -209,7 +219,10 @@ def _assign(model: nn.Module, tensors: dict[tuple[str, str], torch.Tensor], orig
             req = old.requires_grad if isinstance(old, nn.Parameter) else True
             if id(t) not in made:
                 made[id(t)] = nn.Parameter(t, requires_grad=req)
-            setattr(m, param, made[id(t)])
+            if param in m._parameters and _plain_parameter_assignment(m):
+                m._parameters[param] = made[id(t)]  # what setattr ends in, less its checks
+            else:
+                setattr(m, param, made[id(t)])
     # A name the graph never read that held the same original tensor (T5's ``shared``, whose
     # weight encoder.embed_tokens and lm_head use) got the new tensor from the copy's memo:
     # it gets the same new Parameter, so the tie survives and no plain tensor is left there.
