@@ -122,7 +122,7 @@ _TORCH_FUNCTION_MODULES = frozenset({"_operator", "operator", "math"})
 def _torch_module(m: nn.Module) -> bool:
     """Is ``m`` (and every module inside it) a torch.nn module that assigns nothing when called,
     with no forward hook of its own that could?"""
-    for sub in m.modules():
+    for sub in m.modules() if m._modules else (m,):  # (a leaf without children: itself alone)
         if not type(sub).__module__.startswith("torch.nn.modules.") or isinstance(sub, _ASSIGNING_TORCH_MODULES) \
                 or sub._forward_hooks or sub._forward_pre_hooks:
             return False
