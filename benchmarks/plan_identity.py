@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import os
 import sys
@@ -31,15 +32,22 @@ MODELS = ["resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_large", "efficie
           "inception_v3", "swin_t", "maxvit_t", "vit_b_16", "chain100", "chain1000"]
 
 
+def _speed_models() -> Any:
+    """benchmarks/engine_speed.py, the script beside this one (its chain models)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "engine_speed.py")
+    spec = importlib.util.spec_from_file_location("_engine_speed", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def build(spec: str) -> tuple[Any, Any]:
     import torch
 
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from engine_speed import build as build_speed_model
-
     torch.manual_seed(0)
     if spec.startswith("chain"):
-        return build_speed_model(spec)
+        return _speed_models().build(spec)
     import torchvision
 
     kwargs = {"aux_logits": False, "init_weights": True} if spec in ("googlenet", "inception_v3") else {}
