@@ -617,6 +617,8 @@ class _Builder:
         """
         if isinstance(value, SizeOf) or node in self.sized:
             return value
+        if not any(isinstance(self.values.get(n), SizeOf) for n in node.all_input_nodes):
+            return value  # no size among the inputs (most nodes): nothing below applies
         used = [lab for n in _iter_nodes((node.args, node.kwargs))
                 if isinstance(self.values.get(n), SizeOf) for lab in self.values[n].labels()]
         if not used:
