@@ -53,14 +53,16 @@ class ProbeCache:
         self._size = size
         self._scores = scores  # told about the probe's bit-for-bit restores
         self._entries: OrderedDict[tuple[Any, ...], tuple[dict, list[str]]] = OrderedDict()
-        self._state = _parameter_state(model)
+        # The state of the parameters when last looked at: taken at the first lookup (the
+        # cache is empty until then, so there is nothing an earlier change could invalidate).
+        self._state: tuple[tuple[int, int, int], ...] | None = None
         self.hits = 0
         self.misses = 0
 
     def _check_state(self) -> None:
         state = _parameter_state(self._model)
         if state != self._state:
-            self._entries.clear()
+            self._entries.clear()  # (nothing to clear at the first lookup)
             self._state = state
 
     def lookup(self, key: tuple[Any, ...]) -> tuple[dict, list[str]] | None:
@@ -77,7 +79,7 @@ class ProbeCache:
         # although the values are restored bit for bit: take the state after the probe.
         # (The state before it is the one the missed lookup just checked.)
         before, self._state = self._state, _parameter_state(self._model)
-        if self._scores is not None:
+        if self._scores is not None and before is not None:  # (a lookup, which sets it, comes first)
             self._scores.restored(before, self._state)
         self._entries[key] = (dict(stats), list(notes))
         while len(self._entries) > self._size:

@@ -32,8 +32,18 @@ def make_plan(graph: ChannelGraph, model: nn.Module, removed: np.ndarray, folds:
     ``structure``: ``fingerprint(model)`` when the caller knows it (an analysis checked current)."""
     predictor = predictor or Predictor(graph, model)
     kept = graph.kept_fn(removed)
+    # The members of a group have equal unit arrays: each distinct one is worked out once.
+    kept_of: dict[tuple[str, bytes], tuple[int, ...]] = {}
+
+    def kept_positions(units: np.ndarray) -> tuple[int, ...]:
+        key = (units.dtype.str, units.tobytes())
+        hit = kept_of.get(key)
+        if hit is None:
+            hit = kept_of[key] = tuple(np.flatnonzero(~removed[units]).tolist())
+        return hit
+
     slices = tuple(
-        SliceDecision(s.module, s.param, s.dim, s.role, int(s.units.size), tuple(np.flatnonzero(~removed[s.units]).tolist()))
+        SliceDecision(s.module, s.param, s.dim, s.role, int(s.units.size), kept_positions(s.units))
         for s in graph.slices
     )
     groups = tuple(

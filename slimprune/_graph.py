@@ -528,7 +528,8 @@ class _Builder:
                 self.batched.add(node)
                 self.values[node] = None
                 continue
-            if any(isinstance(a, fx.Node) and a in self.batched for a in _iter_nodes((node.args, node.kwargs))):
+            # (all_input_nodes: the nodes in args and kwargs, each once, which fx keeps on the node)
+            if any(a in self.batched for a in node.all_input_nodes):
                 self.batched.add(node)
             if node.op == "get_attr":
                 self.values[node] = self._get_attr(node)
@@ -547,7 +548,7 @@ class _Builder:
                 continue
             if rule is None:
                 labelled = any(
-                    any(True for _ in _iter_infos(self.values.get(n))) for n in _iter_nodes((node.args, node.kwargs))
+                    any(True for _ in _iter_infos(self.values.get(n))) for n in node.all_input_nodes
                 )
                 value = self.barrier(node, "no channel rule") if labelled else None
             else:
@@ -616,6 +617,8 @@ class _Builder:
         """
         if isinstance(value, SizeOf) or node in self.sized:
             return value
+        if not any(isinstance(self.values.get(n), SizeOf) for n in node.all_input_nodes):
+            return value  # no size among the inputs (most nodes): nothing below applies
         used = [lab for n in _iter_nodes((node.args, node.kwargs))
                 if isinstance(self.values.get(n), SizeOf) for lab in self.values[n].labels()]
         if not used:

@@ -330,6 +330,6 @@ def apply(model: nn.Module, plan: PruningPlan, *, inplace: bool = False) -> nn.M
 def prune(model: nn.Module, ratio: float | None = None, *, inplace: bool = False, **kwargs: Any) -> nn.Module:
     """Plan and apply in one call: ``slimprune.prune(model, 0.5)``. See :func:`plan` for options."""
     plan_ = plan(model, ratio, **kwargs)
-    # The plan was made from this very model just now (nothing ran since): its fingerprint is the
-    # model's, so apply does not compute it again.
-    return apply_plan(model, plan_, inplace=inplace, known_fingerprint=plan_.fingerprint)
+    # The plan was made from this very model just now (nothing ran since): it is the model's plan
+    # (fingerprint, eager check, indices in range), so apply does not check it again.
+    return apply_plan(model, plan_, inplace=inplace, fresh=True)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.fx as fx
 from torch import nn
+from torch.nn.modules import module as _module_globals
 
 from ._copy import copy_model
 from ._dropin import collapse_children, dropin
@@ -74,13 +75,20 @@ def _new_tensors(model: nn.Module, plan: PruningPlan,
     for s in plan.changed:
         by_key[(s.module, s.param)].append(s)
     out: dict[tuple[str, str], torch.Tensor] = {}
+    # A group's kept channels slice every member (a conv's rows, its norm's four vectors, the
+    # next conv's columns): one index tensor per kept tuple and device serves them all.
+    indexes: dict[tuple[tuple[int, ...], torch.device], torch.Tensor] = {}
     for (module, param), decisions in by_key.items():
         t = getattr(_owner(subs, module), param).detach()
         layout = _memory_format(t)
         for s in sorted(decisions, key=lambda d: d.dim):
             if t.shape[s.dim] != s.size:
                 raise PlanMismatchError(f"{s.name} has size {t.shape[s.dim]}, the plan expects {s.size}")
-            t = t.index_select(s.dim, _index(s.kept, t.device))
+            key = (s.kept, t.device)
+            index = indexes.get(key)
+            if index is None:
+                index = indexes[key] = _index(s.kept, t.device)
+            t = t.index_select(s.dim, index)
         # index_select allocates: t is a fresh tensor already (a changed slice always selects),
         # so only a channels-last original needs another copy, into its layout.
         out[(module, param)] = t if layout is None else t.contiguous(memory_format=layout)
@@ -189,6 +197,15 @@ def _kept_outputs(m: nn.Module, plan: PruningPlan, module: str) -> tuple[int, ..
     return plan.kept(module, "weight", 0)
 
 
+def _plain_parameter_assignment(m: nn.Module) -> bool:
+    """Does ``setattr(m, name, parameter)``, for a name that holds a parameter already, only
+    store it in ``m._parameters``? (nn.Module's ``__setattr__`` and ``register_parameter``,
+    and no global parameter registration hook.)"""
+    cls = type(m)
+    return (cls.__setattr__ is nn.Module.__setattr__ and cls.register_parameter is nn.Module.register_parameter
+            and not _module_globals._global_parameter_registration_hooks)
+
+
 def _assign(model: nn.Module, tensors: dict[tuple[str, str], torch.Tensor], originals: dict[str, nn.Module]) -> None:
     made: dict[int, nn.Parameter] = {}  # one Parameter per tensor: tied names stay tied
     subs = Submodules(model)  # setting parameters leaves the module tree as it is
@@ -202,7 +219,10 @@ def _assign(model: nn.Module, tensors: dict[tuple[str, str], torch.Tensor], orig
             req = old.requires_grad if isinstance(old, nn.Parameter) else True
             if id(t) not in made:
                 made[id(t)] = nn.Parameter(t, requires_grad=req)
-            setattr(m, param, made[id(t)])
+            if param in m._parameters and _plain_parameter_assignment(m):
+                m._parameters[param] = made[id(t)]  # what setattr ends in, less its checks
+            else:
+                setattr(m, param, made[id(t)])
     # A name the graph never read that held the same original tensor (T5's ``shared``, whose
     # weight encoder.embed_tokens and lm_head use) got the new tensor from the copy's memo:
     # it gets the same new Parameter, so the tie survives and no plain tensor is left there.
@@ -233,11 +253,15 @@ def _joined(*paths: str) -> str:
 
 
 def apply_plan(model: nn.Module, plan: PruningPlan, inplace: bool = False,
-               known_fingerprint: str | None = None, where: str = "") -> nn.Module:
+               known_fingerprint: str | None = None, where: str = "", fresh: bool = False) -> nn.Module:
     """Return the pruned model (see :func:`slimprune.apply`). ``known_fingerprint``: the
-    model's, when the caller knows it (``prune``, which made the plan from it just now).
+    model's, when the caller knows it. ``fresh``: the plan was made from this very model in
+    this call (``prune``), so it passes ``plan.check_model`` by construction (the model was
+    checked eager and fingerprinted by ``plan``, and the plan's indices come from its graph):
+    the check is skipped.
     ``where``: the path of ``model`` in the user's model (a region's), for errors."""
-    plan.check_model(model, known_fingerprint)
+    if not fresh:
+        plan.check_model(model, known_fingerprint)
     if plan.regions:
         # Every region is pruned from the original first, so a failure changes nothing.
         pruned = [(path, apply_plan(_owner(model, path), sub, where=_joined(where, path)))

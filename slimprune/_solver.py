@@ -19,7 +19,7 @@ import math
 from collections.abc import Mapping
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 from torch import nn
@@ -194,6 +194,19 @@ def reach_at_least(fraction: float, first: T, attempt: Callable[[float], T], ach
     return candidate
 
 
+def _own_parameters(m: nn.Module) -> list[tuple[str, Any]]:
+    """``list(m.named_parameters(recurse=False))``, read from ``m._parameters`` directly where
+    the class keeps nn.Module's ``named_parameters`` (each tensor once, Nones left out)."""
+    if type(m).named_parameters is not nn.Module.named_parameters:
+        return list(m.named_parameters(recurse=False))
+    out, seen = [], set()
+    for name, p in m._parameters.items():
+        if p is not None and id(p) not in seen:
+            seen.add(id(p))
+            out.append((name, p))
+    return out
+
+
 class Predictor:
     """Parameter and MAC counts of the pruned model, from the graph alone."""
 
@@ -203,9 +216,10 @@ class Predictor:
         seen: set[int] = set()
         self.fixed = 0
         sliced = {(s.module, s.param) for s in graph.slices}
-        mods = dict(model.named_modules())
-        for mname, m in mods.items():
-            for pname, p in m.named_parameters(recurse=False):
+        self.param_shapes: dict[tuple[str, str], tuple[int, ...]] = {}
+        for mname, m in model.named_modules():
+            for pname, p in _own_parameters(m):
+                self.param_shapes[(mname, pname)] = tuple(p.shape)
                 if id(p) in seen:
                     continue
                 seen.add(id(p))
@@ -213,9 +227,6 @@ class Predictor:
                     self.params_by_key[(mname, pname)] = tuple(p.shape)
                 else:
                     self.fixed += p.numel()
-        self.param_shapes = {
-            (name, pname): tuple(p.shape) for name, m in mods.items() for pname, p in m.named_parameters(recurse=False)
-        }
         # The slices of parameters, their units laid end to end: one pass counts every kept size.
         counted = [(i, s) for i, s in enumerate(graph.slices) if (s.module, s.param) in self.params_by_key]
         self._counted = [((s.module, s.param), s.dim) for _, s in counted]

@@ -26,7 +26,7 @@ import torch.fx.traceback as _fx_traceback
 from torch import nn
 
 from ._augmented import InplaceProxy
-from ._meta_shapes import run_on_meta, same_shape_function, same_shape_module
+from ._meta_shapes import run_on_meta, runs_only_torch, same_shape_function, same_shape_module
 from ._mode_source import training_changes_graph
 from ._modes import kept_modes
 from .errors import ExampleInputError, TraceError
@@ -229,6 +229,10 @@ def _failing_module(tracer: _Tracer) -> str | None:
     return f"{path} ({getattr(typ, '__name__', typ)})"
 
 
+_TREE = frozenset({"_parameters", "_buffers", "_modules"})
+_CONTAINERS = (dict, list, set)
+
+
 @contextlib.contextmanager
 def _preserved(model: nn.Module, values: bool = True) -> Iterator[None]:
     """Undo what tracing a forward does to the model, so the user's model comes back as it
@@ -239,10 +243,11 @@ def _preserved(model: nn.Module, values: bool = True) -> Iterator[None]:
     them, for a run that cannot reach them: the meta run, which swaps every buffer out)."""
     saved = [(m, dict(vars(m)), dict(m._parameters), dict(m._buffers), dict(m._modules)) for m in model.modules()]
     # Containers keep their identity (other code may hold them); their contents are restored.
+    # (The module tree's own dicts are restored with each module, just above.)
     containers: dict[int, tuple[Any, Any]] = {}
     for _, attrs, _, _, _ in saved:
-        for value in attrs.values():
-            if type(value) in (dict, list, set) and id(value) not in containers:
+        for key, value in attrs.items():
+            if type(value) in _CONTAINERS and key not in _TREE and id(value) not in containers:
                 containers[id(value)] = (value, value.copy())
     kept = [(b, b.detach().clone()) for b in model.buffers()] if values else []
     try:
@@ -632,8 +637,7 @@ def trace_module(model: nn.Module, inputs: tuple[Any, ...], opaque: Iterable[str
 @contextlib.contextmanager
 def evaluation_mode(model: nn.Module) -> Iterator[None]:
     """Run in eval mode under no_grad and restore every module's training flag afterwards."""
-    with kept_modes(model), torch.no_grad():
-        model.eval()
+    with kept_modes(model, eval=True), torch.no_grad():
         yield
 
 
@@ -669,9 +673,19 @@ class GraphRunner(fx.Interpreter):
 
 
 class _ShapeRecorder(GraphRunner):
-    def __init__(self, gm: fx.GraphModule, on_meta: bool = False) -> None:
+    def __init__(self, gm: fx.GraphModule, on_meta: bool = False, fixed_tree: bool = False) -> None:
         super().__init__(gm)
         self.on_meta = on_meta  # answer the ops whose meta output is known without running them
+        # fixed_tree: nothing the run calls can replace a module (see runs_only_torch), so a
+        # module is looked up in the Interpreter's table of them instead of path by path.
+        self.fixed_tree = fixed_tree
+
+    def fetch_attr(self, target: str) -> Any:
+        if self.fixed_tree:
+            m = self.submodules.get(target)
+            if m is not None:
+                return m
+        return super().fetch_attr(target)
 
     def call_module(self, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         known = same_shape_module(self.fetch_attr(target), args, kwargs) if self.on_meta else None
@@ -714,8 +728,11 @@ def propagate_shapes(gm: fx.GraphModule, example_inputs: tuple[Any, ...]) -> Non
     with evaluation_mode(gm):
         # Shapes without arithmetic where no shape needs a value (see _meta_shapes); the meta
         # run holds every buffer swapped out, so only the real run needs them copied back.
-        with _preserved(gm, values=False):
-            on_meta = run_on_meta(gm, example_inputs, lambda inputs: _ShapeRecorder(gm, on_meta=True).run(*inputs))
+        # A graph of torch calls alone cannot assign to a module: nothing to snapshot then.
+        only_torch = runs_only_torch(gm)
+        with contextlib.nullcontext() if only_torch else _preserved(gm, values=False):
+            on_meta = run_on_meta(gm, example_inputs, lambda inputs: _ShapeRecorder(
+                gm, on_meta=True, fixed_tree=only_torch).run(*inputs))
         if not on_meta:
             with _preserved(gm):
                 _ShapeRecorder(gm).run(*example_inputs)

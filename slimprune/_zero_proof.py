@@ -171,7 +171,9 @@ class _Proof:
     def _zeroed(self, key: tuple[str, str, int], role: str, units: np.ndarray) -> np.ndarray | None:
         """Per position: does silencing zero this slice's entry? None: no such slice for these positions."""
         s = self.slices.get(key)
-        if s is None or s.role != role or s.units.shape != units.shape or not np.array_equal(s.units, units):
+        # (unit ids are integers: the same array is equal to itself; others compared by value)
+        if s is None or s.role != role or s.units.shape != units.shape or (
+                s.units is not units and not bool((s.units == units).all())):
             return None
         return self.removed[units] if role in self.zeroed else np.zeros(units.shape, dtype=bool)
 

@@ -231,3 +231,22 @@ def test_shapes_are_the_same_when_fx_preserves_node_metadata(monkeypatch) -> Non
         _trace.propagate_shapes(gm, (x,))
     assert calls == [n.name for n in gm.graph.nodes]
     assert {n.name: n.meta[_trace.SHAPE] for n in gm.graph.nodes} == fast
+
+
+def test_the_meta_stand_ins_are_plain_contiguous_tensors_of_each_tensors_shape_and_dtype() -> None:
+    """What ``torch.empty(shape, dtype, device="meta")`` made, whatever the original's layout,
+    grad or dtype; shared tensors get one stand-in."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8)).to(memory_format=torch.channels_last)
+    model[1].register_buffer("fp16", torch.randn(2, 5).half().t())
+    model.shared = model[0].weight  # a plain attribute holding a parameter
+    def tensors() -> dict[tuple[int, str], torch.Tensor]:
+        return {(i, k): v for i, m in enumerate(model.modules()) for k, v in (*m._parameters.items(), *m._buffers.items())}
+
+    originals = tensors()
+    with _meta_shapes._meta_state(model):
+        for key, t in tensors().items():
+            want = torch.empty(tuple(originals[key].shape), dtype=originals[key].dtype, device="meta")
+            assert type(t) is torch.Tensor and t.is_meta and not t.requires_grad, key
+            assert (t.shape, t.stride(), t.dtype) == (want.shape, want.stride(), want.dtype), key
+        assert model.shared is model[0]._parameters["weight"]
+    assert all(t is originals[key] for key, t in tensors().items()) and model.shared is model[0].weight

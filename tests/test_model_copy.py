@@ -169,3 +169,66 @@ def test_silence_of_a_model_with_an_uncopyable_attribute_is_a_model_copy_error_n
     silenced = slimprune.silence(model, plan)
     torch.testing.assert_close(slimprune.apply(model, plan)(x), silenced(x), rtol=1e-5, atol=1e-6)
     assert int((silenced[0].weight.flatten(1).abs().sum(1) == 0).sum()) == 4
+
+
+class _Buffers(nn.Module):
+    """Buffers of every kind the clone path must tell apart from those it may clone."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        base = torch.arange(12.0)
+        self.register_buffer("whole", torch.randn(3, 4))
+        self.register_buffer("count", torch.tensor(7))  # a BatchNorm's num_batches_tracked
+        self.register_buffer("base", base)
+        self.register_buffer("same", base)  # one tensor under two names
+        self.register_buffer("view", base[2:6])  # a view into another buffer's storage
+        self.register_buffer("prefix", torch.empty(10).resize_(4).fill_(1.0))  # holds part of its storage
+        self.register_buffer("strided", torch.randn(4, 3).t())
+        self.register_buffer("late_view", self.whole[1])  # shares the storage of a buffer cloned before it
+        self.register_buffer("flat", self.whole.view(12))  # the whole of that storage, under another shape
+        tagged = torch.ones(2)
+        tagged.note = ["kept"]
+        self.register_buffer("tagged", tagged)  # an attribute deepcopy copies
+        self.register_buffer("cl", torch.randn(2, 3, 4, 4).to(memory_format=torch.channels_last))
+        self.register_buffer("fp16", torch.randn(5).half())
+        self.register_buffer("empty", torch.empty(0))
+        self.register_buffer("nothing", None)
+
+
+def _storage_layout(model: nn.Module) -> list[tuple]:
+    """Per buffer: values, dtype, shape, stride, offset, storage size, and which earlier
+    buffer (by position) shares its storage (-1: none)."""
+    out, ptrs = [], []
+    for name, b in model._buffers.items():
+        if b is None:
+            out.append((name, None))
+            continue
+        ptr = b.untyped_storage().data_ptr()
+        shared = ptrs.index(ptr) if b.numel() and ptr in ptrs else -1
+        ptrs.append(ptr)
+        out.append((name, b.tolist(), b.dtype, tuple(b.shape), b.stride(), b.storage_offset(),
+                    b.untyped_storage().nbytes(), shared, dict(vars(b))))
+    return out
+
+
+def test_cloned_buffers_are_what_deepcopy_makes_aliasing_layout_and_attributes_included() -> None:
+    model = nn.Sequential(_Buffers(), nn.BatchNorm2d(3))
+    fast, ref = copy_model(model), copy.deepcopy(model)
+    for m_fast, m_ref in zip(fast, ref):
+        assert _storage_layout(m_fast) == _storage_layout(m_ref)
+    assert fast[0].same is fast[0].base and fast[0].tagged.note == ["kept"] and fast[0].tagged.note is not model[0].tagged.note
+    with torch.no_grad():  # the copy's aliases are its own: writing one changes its alias, not the model
+        fast[0].base[3] = 100.0
+        fast[0].whole[1, 0] = -5.0
+    assert fast[0].view[1] == 100.0 and fast[0].late_view[0] == -5.0 and fast[0].flat[4] == -5.0
+    assert model[0].base[3] == 3.0 and model[0].view[1] == 3.0 and model[0].whole[1, 0] != -5.0
+    fast[1].num_batches_tracked += 1
+    assert model[1].num_batches_tracked == 0
+
+
+def test_tuples_of_atomic_values_are_kept_and_others_copied() -> None:
+    conv = nn.Conv2d(3, 4, 3, padding=1)
+    conv.nested = ([1], 2)  # holds a list: deepcopy copies the tuple
+    fast = copy_model(conv)
+    assert fast.kernel_size is conv.kernel_size and fast.padding is conv.padding
+    assert fast.nested == ([1], 2) and fast.nested is not conv.nested and fast.nested[0] is not conv.nested[0]

@@ -119,3 +119,69 @@ def test_shapes_of_the_train_mode_graph_leave_running_statistics_alone():
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items()), "plan changed the model"
     assert plan.removed_channels == 3  # the functional batch_norm's γ is a scale
     assert_pruned_equals_silenced(model, plan, x, train=True)
+
+
+class _Records(nn.Module):
+    """Assigns to itself when called: a meta run must not leave what it assigned."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.last = x  # (a meta tensor during the shape run)
+        return self.conv(x)
+
+
+@torch.fx.wrap
+def _user_scale(x: torch.Tensor) -> torch.Tensor:
+    return x * 2
+
+
+class _CallsUserFunction(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _user_scale(self.conv(x)).flatten(1)
+
+
+def _snapshots_of_the_shape_run(monkeypatch, gm: torch.fx.GraphModule, x: torch.Tensor) -> int:
+    from slimprune import _trace
+
+    taken = []
+    real = _trace._preserved
+    monkeypatch.setattr(_trace, "_preserved", lambda m, values=True: taken.append(values) or real(m, values))
+    _trace.propagate_shapes(gm, (x,))
+    assert all(n.meta[_trace.SHAPE] is not None for n in gm.graph.nodes if n.op == "call_module")
+    return len(taken)
+
+
+def test_shape_run_skips_the_snapshot_only_for_graphs_of_torch_calls(monkeypatch):
+    from slimprune._meta_shapes import runs_only_torch
+    from slimprune._trace import symbolic_trace
+
+    x = torch.randn(1, 3, 8, 8)
+    torch_only = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    gm, _ = symbolic_trace(torch_only)
+    assert runs_only_torch(gm) and _snapshots_of_the_shape_run(monkeypatch, gm, x) == 0
+
+    hooked = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+    hooked[1].register_forward_hook(lambda m, i, o: setattr(m, "seen", o))
+    opaque = nn.Sequential(nn.Conv2d(3, 4, 1), _Records())
+    handle = nn.modules.module.register_module_forward_hook(lambda m, i, o: None)
+    try:
+        globally_hooked, _ = symbolic_trace(torch_only)
+        assert not runs_only_torch(globally_hooked)
+    finally:
+        handle.remove()
+    for model, kw in [(hooked, {}), (opaque, {"opaque": ["1"]}), (_CallsUserFunction(), {}),
+                      (nn.Sequential(nn.LSTM(8, 8, batch_first=True)), {})]:
+        gm, _ = symbolic_trace(model, **kw)
+        assert not runs_only_torch(gm), model
+    gm, _ = symbolic_trace(opaque, opaque=["1"])
+    assert _snapshots_of_the_shape_run(monkeypatch, gm, x) == 1
+    assert "last" not in vars(opaque[1]), "the shape run left what a user forward assigned"
+    gm, _ = symbolic_trace(hooked)
+    assert _snapshots_of_the_shape_run(monkeypatch, gm, x) == 1 and not hasattr(hooked[1], "seen")
