@@ -105,6 +105,77 @@ def cpu_times(models: dict[str, torch.nn.Module], size: int, repeats: int) -> di
     return out
 
 
+def torchscript(model: torch.nn.Module, layout: str, x: torch.Tensor, how: str) -> torch.nn.Module:
+    """The BatchNorm-folded model as TorchScript, frozen and optimised for inference.
+
+    ``how`` is ``"trace"`` (``torch.jit.trace`` of the fx-folded module on ``x``) or ``"script"``
+    (``torch.jit.script`` of the unfolded module: ``freeze`` folds its BatchNorm); then ``torch.jit.freeze`` (weights become constants, so the
+    graph passes can fold them) and ``torch.jit.optimize_for_inference`` (conv/add/relu
+    fusion and, on CPU, oneDNN-friendly rewrites)."""
+    with torch.no_grad():
+        if how == "trace":
+            jit = torch.jit.trace(deployed(model, "folded", layout), x)
+        else:  # fx's folded GraphModule does not script (its annotations); freeze folds BatchNorm itself
+            jit = torch.jit.script(deployed(model, "eager", layout))
+        return torch.jit.optimize_for_inference(torch.jit.freeze(jit.eval()))
+
+
+def runtime_times(models: dict[str, torch.nn.Module], size: int, repeats: int, forms: list[str]) -> dict:
+    """Thread-CPU and wall milliseconds (medians) of one batch-1 pass of every model in every deployed form,
+    every (model, form, layout) interleaved pass by pass in a rotating order.
+
+    Forms: ``folded`` (eager PyTorch, BatchNorm folded: what the targets use), ``trace``/``script``
+    (TorchScript of it, frozen, ``optimize_for_inference``), ``ort`` (the folded model exported to
+    ONNX and run by onnxruntime's CPU provider with one intra-op thread, which runs on the calling
+    thread, so ``time.thread_time`` counts it). PyTorch forms are timed in NCHW and NHWC and the
+    faster kept; onnxruntime takes NCHW."""
+    import statistics
+
+    from slimprune.latency import BackendError, onnxruntime_session
+
+    x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    runs = []  # (key, callable)
+    for name, model in models.items():
+        for form in forms:
+            if form == "ort":
+                try:
+                    sess, feed = onnxruntime_session(model, x, threads=1)
+                except BackendError as e:
+                    print(f"{name}: onnxruntime skipped ({e})")
+                    continue
+                runs.append(((name, form, "contiguous"), lambda s=sess, f=feed: s.run(None, f)))
+                continue
+            for layout in ("contiguous", "channels_last"):
+                fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+                inp = x.contiguous(memory_format=fmt)
+                try:
+                    m = deployed(model, "folded", layout) if form == "folded" else torchscript(model, layout, inp, form)
+                except Exception as e:  # noqa: BLE001  (a form that does not build is reported, not fatal)
+                    print(f"{name}: {form} skipped ({type(e).__name__}: {str(e).strip().splitlines()[0][:120]})")
+                    continue
+                runs.append(((name, form, layout), lambda m=m, inp=inp: m(inp)))
+    wall: dict[tuple[str, str, str], list[float]] = {k: [] for k, _ in runs}
+    cpu: dict[tuple[str, str, str], list[float]] = {k: [] for k, _ in runs}
+    with torch.inference_mode():
+        for _, call in runs:
+            for _ in range(5):  # TorchScript's profiling executor optimises on the first calls
+                call()
+        for i in range(repeats):
+            shift = i % len(runs)
+            for key, call in runs[shift:] + runs[:shift]:
+                w, c = time.perf_counter(), time.thread_time()
+                call()
+                cpu[key].append((time.thread_time() - c) * 1e3)
+                wall[key].append((time.perf_counter() - w) * 1e3)
+    out: dict[tuple[str, str], dict[str, float | str]] = {}
+    for name, form, layout in cpu:
+        med_c, med_w = statistics.median(cpu[(name, form, layout)]), statistics.median(wall[(name, form, layout)])
+        best = out.get((name, form))
+        if best is None or med_c < best["cpu_ms"]:
+            out[(name, form)] = {"layout": layout, "cpu_ms": med_c, "wall_ms": med_w}
+    return out
+
+
 def op_costs(size: int, repeats: int) -> None:
     """Thread-CPU milliseconds of single operations the narrowest model is made of, in both layouts:
     the stem's first convolution (3 input channels at full resolution) and the per-call cost of
@@ -182,12 +253,33 @@ def main() -> None:
     ap.add_argument("--cpu-time", action="store_true",
                     help="only the thread-CPU-time table (robust to other processes on the core), then the profiles")
     ap.add_argument("--ops", action="store_true", help="only time single operations (thread CPU time)")
+    ap.add_argument("--runtimes", nargs="*", choices=("folded", "trace", "script", "ort"),
+                    help="only the table of deployed forms (eager folded, TorchScript traced/scripted + frozen + "
+                         "optimize_for_inference, onnxruntime), all interleaved; thread CPU and wall time")
     args = ap.parse_args()
     torch.set_num_threads(1)
     if args.ops:
         op_costs(args.size, args.repeats)
         return
     models = build(args)
+    if args.runtimes is not None:
+        forms = args.runtimes or ["folded", "trace", "script", "ort"]
+        started = time.perf_counter()
+        table = runtime_times(models, args.size, args.repeats, forms)
+        base = table[("baseline", "folded")] if ("baseline", "folded") in table else None
+        print(f"\ntimed in {time.perf_counter() - started:.0f} s; batch 1, {args.size} px, 1 thread, "
+              f"{args.repeats} passes of every (model, form, layout) interleaved; speed-ups against the "
+              "eager folded baseline (and, in brackets, against the baseline in the same form)")
+        print("| model | form | layout | thread CPU (ms) | speed-up (CPU) | wall (ms) | speed-up (wall) |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+        for (name, form), t in table.items():
+            same = table.get(("baseline", form))
+            cells = []
+            for unit in ("cpu_ms", "wall_ms"):
+                ref = f"{base[unit] / t[unit]:.2f}x" if base else "-"
+                cells.append(f"{t[unit]:.2f} | {ref} ({same[unit] / t[unit]:.2f}x)")
+            print(f"| {name} | {form} | {t['layout']} | " + " | ".join(cells) + " |")
+        return
     if args.cpu_time:
         table = cpu_times(models, args.size, args.repeats)
         base = table["baseline"]

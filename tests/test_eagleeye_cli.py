@@ -17,8 +17,9 @@ from examples.eagleeye.config import PipelineConfig, TrainConfig
 from examples.eagleeye.flags import flag_fields
 from examples.eagleeye.loss import LossConfig
 
-# The pipeline's --out and --no-progress set these of every run (one folder per stage).
-_PIPELINE_OWN = {"out_dir", "progress"}
+# The pipeline's --out and --no-progress set these of every run (one folder per stage), and
+# --sparse-init where the sparse run starts (TrainConfig.init).
+_PIPELINE_OWN = {"out_dir", "progress", "init"}
 _STAGES = {"baseline", "sparse", "finetune"}
 
 
@@ -43,7 +44,7 @@ def test_every_train_config_field_has_a_train_flag() -> None:
 
 
 def test_every_pipeline_config_field_has_a_pipeline_flag() -> None:
-    """Each PipelineConfig field has a flag, and its three runs every TrainConfig field but the two
+    """Each PipelineConfig field has a flag, and its three runs every TrainConfig field but the three
     the pipeline sets itself."""
     dests = _dests(_sub("pipeline"))
     own = {f.name for f in dataclasses.fields(PipelineConfig)} - _STAGES

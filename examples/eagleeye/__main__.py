@@ -64,7 +64,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 # The pipeline's training options apply to all three runs, except these (PipelineConfig.create).
-_PIPELINE_OWN = ("out_dir", "progress")  # the pipeline's --out (one folder per stage) and --no-progress
+# The pipeline's --out (one folder per stage), --no-progress, and where each run starts (--sparse-init).
+_PIPELINE_OWN = ("out_dir", "progress", "init")
 _PIPELINE_HELP = {
     "epochs": "epochs of the baseline and of the sparse run",
     "sparsity": "L1 weight of the sparse run",

@@ -63,6 +63,11 @@ class TrainConfig:
         sparsity_cost: how λ is shared among channels: ``"uniform"`` (network slimming) or
             ``"flops"``/``"params"``, λ scaled per channel by what removing it saves, averaging
             λ (``slimprune.sparsity.SparsityRegularizer``'s ``cost``).
+        init: start from the model weights of this checkpoint (a ``last.pt`` of another run,
+            e.g. the baseline's) instead of a freshly initialised EagleEye (None). The model is
+            rebuilt from the checkpoint's own config; the optimiser and the schedule start
+            afresh. ``resume`` refuses a checkpoint whose run started otherwise (from scratch
+            against from a checkpoint), so a cached run of the other kind is never continued.
         seed: seeds model initialisation, data order and augmentation.
         device: ``"cpu"`` or ``"cuda"`` (under torchrun each rank takes ``cuda:LOCAL_RANK``).
         amp: use float16 autocast and a GradScaler; only ever active on CUDA.
@@ -109,6 +114,9 @@ class TrainConfig:
     sparsity_cost: str = option(
         "uniform", choices=("uniform", "flops", "params"),
         help="share λ among channels uniformly or by the FLOPs/params each one costs",
+    )
+    init: str | None = option(
+        None, metavar="CKPT", help="start from the model weights of this checkpoint instead of from scratch"
     )
     seed: int = option(0, help="seeds initialisation, data order and augmentation")
     device: str = option("cpu", choices=("cpu", "cuda"), help="training device")
@@ -241,6 +249,18 @@ _SWEEP = (0.4, 0.563, 0.8)
 _CURVE_EVERY = 4
 _CURVE_IMAGES = 100
 _QUICK_FINETUNE_EPOCHS = 30
+# Where the sparse run starts (PipelineConfig.sparse_init): "scratch" (network slimming from a
+# fresh model, the default until 2026-12-07) or "baseline" (the trained baseline's weights:
+# sparsity training as fine-tuning of the pretrained model, as PruneFaceDet does). "baseline"
+# is the default: at seed 0, on one shared baseline, the fine-tuned model ended -4.9 / -2.5 / -1.9
+# AP points from it against -6.2 / -6.3 / -5.7 from scratch (one seed; docs/eagleeye.md).
+SPARSE_INITS: tuple[str, ...] = ("scratch", "baseline")
+_SPARSE_INIT = "baseline"
+
+
+def _baseline_checkpoint(baseline: TrainConfig) -> str:
+    """The checkpoint the baseline run writes (what ``sparse_init="baseline"`` starts from)."""
+    return str(Path(baseline.out_dir) / "last.pt")
 
 
 @dataclass(frozen=True)
@@ -290,6 +310,13 @@ class PipelineConfig:
             improving. 0: no curve.
         curve_images: the curve uses the first this-many val images only (None: all), to
             keep its cost small; the report's AP always uses the whole split.
+        sparse_init: where the sparse run starts: ``"scratch"`` (a fresh EagleEye, as the
+            pipeline did until 2026-12-07) or ``"baseline"`` (the trained baseline's weights,
+            i.e. sparsity training as fine-tuning of a pretrained model, as network slimming on
+            a pretrained model and PruneFaceDet do; ``sparse.init`` is then the baseline's
+            ``last.pt``). With ``"baseline"`` the pruned model's training is the baseline's
+            epochs plus the sparse and fine-tuning epochs, and the AP change compares a pruned
+            model derived from the baseline with the baseline itself.
         seeds: train (baseline, sparse, fine-tune) with this many seeds, ``seed``,
             ``seed + 1``, ... (the data stay the same), each run in ``out_dir/seed-<s>``,
             and report the mean and standard deviation of every number.
@@ -337,6 +364,10 @@ class PipelineConfig:
     curve_images: int | None = option(
         _CURVE_IMAGES, metavar="N", help="val images the baseline's AP curve uses (none: all)"
     )
+    sparse_init: str = option(
+        _SPARSE_INIT, choices=SPARSE_INITS,
+        help="start the sparse run from scratch or from the trained baseline's weights",
+    )
     seeds: int = option(1, metavar="N", help="runs with seeds --seed, --seed + 1, ...: mean and spread")
     progress: bool = option(True, help="no progress bars")
 
@@ -364,6 +395,14 @@ class PipelineConfig:
             raise ValueError(f"seeds={self.seeds} must be >= 1 (the number of training seeds to run).")
         if self.sparse.sparsity <= 0:
             raise ValueError(f"sparse.sparsity={self.sparse.sparsity}: sparsity training needs λ > 0.")
+        if self.sparse_init not in SPARSE_INITS:
+            raise ValueError(f"sparse_init={self.sparse_init!r}: choose one of {SPARSE_INITS}.")
+        expected = _baseline_checkpoint(self.baseline) if self.sparse_init == "baseline" else None
+        if self.sparse.init != expected:
+            raise ValueError(
+                f"sparse_init={self.sparse_init!r} needs sparse.init={expected!r}, not {self.sparse.init!r} "
+                "(PipelineConfig.create and with_seed set it)."
+            )
 
     @classmethod
     def create(
@@ -376,6 +415,7 @@ class PipelineConfig:
         sparsity_cost: str | None = None,
         finetune_epochs: int | None = None,
         resume: bool = False,
+        sparse_init: str | None = None,
         **fields: Any,
     ) -> PipelineConfig:
         """The default pipeline (or the ``quick`` one), with the given changes.
@@ -393,12 +433,16 @@ class PipelineConfig:
                 ``"flops"``, ``"params"``; see ``TrainConfig.sparsity_cost``).
             finetune_epochs: epochs of fine-tuning (default 16).
             resume: continue each training stage from its checkpoint in ``out_dir``.
+            sparse_init: ``"scratch"`` or ``"baseline"`` (see :class:`PipelineConfig`; default
+                ``"baseline"``).
             **fields: other :class:`PipelineConfig` fields (``target_params``, ``threshold``, ...).
 
         Example:
             >>> config = PipelineConfig.create("runs/ee", train_overrides={"epochs": 16})
         """
         overrides = dict(train_overrides or {})
+        overrides.pop("init", None)  # where each run starts is the pipeline's (sparse_init)
+        sparse_init = _SPARSE_INIT if sparse_init is None else sparse_init
         out = Path(out_dir)
         fair = fields.get("fair_baseline", True)
         base = TrainConfig.quick() if quick else TrainConfig()
@@ -427,6 +471,8 @@ class PipelineConfig:
         )
         # The fair baseline trains for the pruned model's whole budget: sparse + fine-tuning epochs.
         baseline = replace(sparse_run, epochs=sparse_run.epochs + finetune.epochs) if fair else sparse_run
+        if sparse_init == "baseline":
+            sparse = replace(sparse, init=_baseline_checkpoint(baseline))
         if quick:
             # A quick sparse run zeroes almost nothing, so a FLOPs target would cut live channels.
             fields = {
@@ -440,7 +486,9 @@ class PipelineConfig:
                 "curve_images": None,
                 **fields,
             }
-        return cls(out_dir=str(out), baseline=baseline, sparse=sparse, finetune=finetune, **fields)
+        return cls(
+            out_dir=str(out), baseline=baseline, sparse=sparse, finetune=finetune, sparse_init=sparse_init, **fields
+        )
 
     def with_seed(self, seed: int) -> PipelineConfig:
         """One run of a ``seeds`` run: every training run seeded with ``seed``, everything written
@@ -450,12 +498,16 @@ class PipelineConfig:
         def moved(run: TrainConfig, stage: str) -> TrainConfig:
             return replace(run, seed=seed, out_dir=str(out / stage))
 
+        baseline = moved(self.baseline, "baseline")
+        sparse = moved(self.sparse, "sparse")
+        if self.sparse_init == "baseline":
+            sparse = replace(sparse, init=_baseline_checkpoint(baseline))
         return replace(
             self,
             out_dir=str(out),
             seeds=1,
-            baseline=moved(self.baseline, "baseline"),
-            sparse=moved(self.sparse, "sparse"),
+            baseline=baseline,
+            sparse=sparse,
             finetune=moved(self.finetune, "finetune"),
         )
 
@@ -482,5 +534,6 @@ class PipelineConfig:
             "fair_baseline": self.fair_baseline,
             "curve_every": self.curve_every,
             "curve_images": self.curve_images,
+            "sparse_init": self.sparse_init,
             "seeds": self.seeds,
         }

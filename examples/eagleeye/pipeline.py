@@ -7,7 +7,9 @@ and fine-tuning leaves EagleEye with 56.3% fewer parameters "with almost no accu
 loss". :func:`run` reproduces the recipe in six stages:
 
 1. ``baseline``: train EagleEye from scratch with λ = 0;
-2. ``sparse``: train it from scratch again with λ > 0, so that unimportant γ go to zero;
+2. ``sparse``: train it again with λ > 0, so that unimportant γ go to zero: from scratch
+   or, with ``sparse_init="baseline"``, starting from the trained baseline's weights
+   (``TrainConfig.init``);
 3. ``prune``: plan on the sparse model and apply the plan. Every channel that sparsity
    training switched off (|γ| <= ``dead_threshold``) goes, and if that is less than
    ``target_params`` (the paper's 56.3% of the parameters), the smallest-|γ| channels go
@@ -138,7 +140,8 @@ def _run_one(config: PipelineConfig, console: Console) -> dict[str, Any]:
         )
         baseline = train(replace(config.baseline, progress=config.progress), after_epoch=curve, **train_kw)
         baseline = baseline.cpu().eval()
-    with stage("sparse", f"train from scratch, λ = {config.sparse.sparsity:g}, {config.sparse.epochs} epochs"):
+    start = "from the baseline's weights" if config.sparse_init == "baseline" else "from scratch"
+    with stage("sparse", f"train {start}, λ = {config.sparse.sparsity:g}, {config.sparse.epochs} epochs"):
         sparse = train(replace(config.sparse, progress=config.progress), **train_kw).cpu().eval()
 
     # One analysis per model: every plan of it (stage 3's tries, the sweep) and the report's

@@ -119,6 +119,7 @@ def build_report(
             "fair": config.fair_baseline,
             "epochs": config.baseline.epochs,
             "budget": {"sparse": config.sparse.epochs, "finetune": config.finetune.epochs},
+            "sparse_init": config.sparse_init,
             "every": config.curve_every,
             "images": config.curve_images,
             "points": [dict(p) for p in curve],
@@ -411,6 +412,13 @@ def _baseline_sentence(report: Mapping[str, Any]) -> str:
     if not c:
         return ""
     budget = c["budget"]
+    if c.get("sparse_init") == "baseline":
+        return (
+            f"The pruned model is derived from the baseline: its sparse run started from the baseline's "
+            f"trained weights, so it had the baseline's {c['epochs']} epochs plus {budget['sparse']} sparse + "
+            f"{budget['finetune']} fine-tuning; every AP change compares it with the baseline it came from "
+            "(as PruneFaceDet does)."
+        )
     if c["fair"]:
         return (
             f"The baseline trained {c['epochs']} epochs, the pruned model's whole budget "

@@ -98,8 +98,8 @@ def train(
 
     Args:
         config: the run (see :class:`TrainConfig`).
-        model: start from this model instead of a fresh EagleEye, e.g. a pruned one to
-            fine-tune. It must produce ``(cls_logits, box_deltas)`` for ``config.anchors``.
+        model: start from this model instead of a fresh EagleEye (or ``config.init``'s
+            checkpoint), e.g. a pruned one to fine-tune. It must produce ``(cls_logits, box_deltas)`` for ``config.anchors``.
             With ``config.resume`` the checkpoint's weights are loaded into it.
         after_backward: called as ``after_backward(model)`` after every ``backward()`` (and
             after the AMP gradients are unscaled and clipped) and before ``optimizer.step()``,
@@ -162,7 +162,7 @@ def _train(
     np.random.seed(config.seed % 2**32)
     random.seed(config.seed)
     if model is None:
-        model = build_model(config)
+        model = load_model(config.init)[0] if config.init is not None else build_model(config)
     model = model.to(device)
     if teacher is not None:
         teacher = copy.deepcopy(teacher).to(device).eval()
@@ -218,6 +218,14 @@ def _train(
     history: list[dict[str, float]] = []
     if config.resume and ckpt_path.exists():
         payload = load_checkpoint(ckpt_path, map_location=device)
+        started_from = payload["config"].get("init")
+        if (started_from is None) != (config.init is None):
+            raise CheckpointError(
+                f"Checkpoint {ckpt_path} is of a run that started "
+                f"{'from scratch' if started_from is None else 'from ' + str(started_from)}, but this run starts "
+                f"{'from scratch' if config.init is None else 'from ' + str(config.init)} (TrainConfig.init); "
+                "use another out_dir or delete the checkpoint."
+            )
         try:
             model.load_state_dict(payload["model"])
             optimizer.load_state_dict(payload["optimizer"])
