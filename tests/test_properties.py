@@ -107,13 +107,22 @@ def test_gamma_only_silencing_is_exact_with_folded_bias_without_zero_padding(pro
        st.booleans())
 def test_ratio_plans_compute_what_the_silenced_original_computes(prog, seed, ratio, importance, replicate):
     model, x = _build(prog, seed, padding_mode="replicate" if replicate else "zeros")
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         warnings.simplefilter("error", slimprune.UnsupportedOpWarning)
         try:
             plan = slimprune.plan(model, ratio, importance=importance, example_inputs=x, fold_bias=replicate)
         except slimprune.InfeasiblePlanError:
             assume(False)
     assert plan.removed_channels == int(np.floor(ratio * plan.prunable_channels + 1e-9))
+    said = [str(w.message) for w in caught if "will not equal the silenced original" in str(w.message)]
+    if said:
+        # The engine declared this plan inexact (e.g. a live channel removed before a zero-padded
+        # average pool is not constant at the borders, so its folded bias is approximate): the
+        # warning must name what the plan's notes record, and exactness is not promised.
+        assert all(n in said[0] for n in plan.notes if "approximate" in n or "cannot fold" in n)
+        assert any("approximate" in n or "cannot fold" in n or "several sites" in n for n in plan.notes)
+        assume(False)
     small = assert_pruned_equals_silenced(model, plan, x, train=True)
     x3 = _other_batch(seed)
     ref = slimprune.silence(model, plan)
