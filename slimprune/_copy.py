@@ -35,13 +35,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._submodules import MODULE_TREE
 from .errors import ModelCopyError
 
 __all__ = ["copy_model"]
 
 _ATOMIC = frozenset({type(None), int, float, bool, str, complex, bytes})
 _EMPTY = frozenset({dict, OrderedDict, set, list})
-_TREE = frozenset({"_parameters", "_buffers", "_modules"})
 # What the copy becomes, by the public function that makes it (for error messages).
 _MADE_BY = {"apply": "pruned", "silence": "silenced"}
 
@@ -120,7 +120,7 @@ def _culprit(model: nn.Module, where: str, exc: Exception, caller: str) -> Model
     """The first module attribute whose deepcopy fails, as a ModelCopyError (None: none does)."""
     for m in model.modules():
         for k, v in m.__dict__.items():
-            if k in _TREE or type(v) in _ATOMIC:
+            if k in MODULE_TREE or type(v) in _ATOMIC:
                 continue
             try:
                 copy.deepcopy(v)
@@ -159,7 +159,7 @@ def copy_model(model: nn.Module, memo: dict[int, Any] | None = None, where: str 
                 out[k] = kind()
             elif k == "_modules" and kind is dict:
                 out[k] = {name: None if c is None else memo[id(c)] for name, c in v.items()}
-            elif k in _TREE and kind is dict:
+            elif k in MODULE_TREE and kind is dict:
                 buffers = k == "_buffers"
                 out[k] = {name: _copied_tensor(t, memo, buffers) for name, t in v.items()}
             else:

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 from torch import nn
 
-__all__ = ["Submodules"]
+__all__ = ["MODULE_TREE", "Submodules"]
+
+# The attributes of an nn.Module that hold its tree: its parameters, buffers and children.
+MODULE_TREE = frozenset({"_parameters", "_buffers", "_modules"})
 
 
 class Submodules:

@@ -29,6 +29,7 @@ from ._augmented import InplaceProxy
 from ._meta_shapes import run_on_meta, runs_only_torch, same_shape_function, same_shape_module
 from ._mode_source import training_changes_graph
 from ._modes import kept_modes
+from ._submodules import MODULE_TREE
 from .errors import ExampleInputError, TraceError
 
 __all__ = ["Traced", "KeywordInputs", "trace", "trace_module", "symbolic_else_concrete", "concrete_trace",
@@ -229,7 +230,6 @@ def _failing_module(tracer: _Tracer) -> str | None:
     return f"{path} ({getattr(typ, '__name__', typ)})"
 
 
-_TREE = frozenset({"_parameters", "_buffers", "_modules"})
 _CONTAINERS = (dict, list, set)
 
 
@@ -247,7 +247,7 @@ def _preserved(model: nn.Module, values: bool = True) -> Iterator[None]:
     containers: dict[int, tuple[Any, Any]] = {}
     for _, attrs, _, _, _ in saved:
         for key, value in attrs.items():
-            if type(value) in _CONTAINERS and key not in _TREE and id(value) not in containers:
+            if type(value) in _CONTAINERS and key not in MODULE_TREE and id(value) not in containers:
                 containers[id(value)] = (value, value.copy())
     kept = [(b, b.detach().clone()) for b in model.buffers()] if values else []
     try:
