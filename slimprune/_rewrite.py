@@ -253,15 +253,14 @@ def _joined(*paths: str) -> str:
 
 
 def apply_plan(model: nn.Module, plan: PruningPlan, inplace: bool = False,
-               known_fingerprint: str | None = None, where: str = "", fresh: bool = False) -> nn.Module:
-    """Return the pruned model (see :func:`slimprune.apply`). ``known_fingerprint``: the
-    model's, when the caller knows it. ``fresh``: the plan was made from this very model in
+               where: str = "", fresh: bool = False) -> nn.Module:
+    """Return the pruned model (see :func:`slimprune.apply`). ``fresh``: the plan was made from this very model in
     this call (``prune``), so it passes ``plan.check_model`` by construction (the model was
     checked eager and fingerprinted by ``plan``, and the plan's indices come from its graph):
     the check is skipped.
     ``where``: the path of ``model`` in the user's model (a region's), for errors."""
     if not fresh:
-        plan.check_model(model, known_fingerprint)
+        plan.check_model(model)
     if plan.regions:
         # Every region is pruned from the original first, so a failure changes nothing.
         pruned = [(path, apply_plan(_owner(model, path), sub, where=_joined(where, path)))
