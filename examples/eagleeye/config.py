@@ -263,6 +263,11 @@ def _baseline_checkpoint(baseline: TrainConfig) -> str:
     return str(Path(baseline.out_dir) / "last.pt")
 
 
+def _sparse_init_path(sparse_init: str, baseline: TrainConfig) -> str | None:
+    """``TrainConfig.init`` of the sparse run for ``sparse_init``: the baseline's checkpoint, or None."""
+    return _baseline_checkpoint(baseline) if sparse_init == "baseline" else None
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     """One pipeline run: three training runs plus how to prune, sweep and measure.
@@ -397,7 +402,7 @@ class PipelineConfig:
             raise ValueError(f"sparse.sparsity={self.sparse.sparsity}: sparsity training needs λ > 0.")
         if self.sparse_init not in SPARSE_INITS:
             raise ValueError(f"sparse_init={self.sparse_init!r}: choose one of {SPARSE_INITS}.")
-        expected = _baseline_checkpoint(self.baseline) if self.sparse_init == "baseline" else None
+        expected = _sparse_init_path(self.sparse_init, self.baseline)
         if self.sparse.init != expected:
             raise ValueError(
                 f"sparse_init={self.sparse_init!r} needs sparse.init={expected!r}, not {self.sparse.init!r} "
@@ -471,8 +476,7 @@ class PipelineConfig:
         )
         # The fair baseline trains for the pruned model's whole budget: sparse + fine-tuning epochs.
         baseline = replace(sparse_run, epochs=sparse_run.epochs + finetune.epochs) if fair else sparse_run
-        if sparse_init == "baseline":
-            sparse = replace(sparse, init=_baseline_checkpoint(baseline))
+        sparse = replace(sparse, init=_sparse_init_path(sparse_init, baseline))
         if quick:
             # A quick sparse run zeroes almost nothing, so a FLOPs target would cut live channels.
             fields = {
@@ -499,9 +503,7 @@ class PipelineConfig:
             return replace(run, seed=seed, out_dir=str(out / stage))
 
         baseline = moved(self.baseline, "baseline")
-        sparse = moved(self.sparse, "sparse")
-        if self.sparse_init == "baseline":
-            sparse = replace(sparse, init=_baseline_checkpoint(baseline))
+        sparse = replace(moved(self.sparse, "sparse"), init=_sparse_init_path(self.sparse_init, baseline))
         return replace(
             self,
             out_dir=str(out),
