@@ -105,13 +105,13 @@ class _Proof:
         sc[src_units] = False
         return out
 
-    def run(self) -> None:
-        for node in self.graph.gm.graph.nodes:
-            units = self.graph.node_units.get(node.name)
-            if units is not None:
-                z = self.node(node, units)
-                if z is not None and z.any():
-                    self.zero[node.name] = z
+    def visit(self, node: fx.Node) -> None:
+        """Find ``node``'s zero flags (every node it reads visited before it)."""
+        units = self.graph.node_units.get(node.name)
+        if units is not None:
+            z = self.node(node, units)
+            if z is not None and z.any():
+                self.zero[node.name] = z
 
     def node(self, node: fx.Node, units: np.ndarray) -> np.ndarray | None:
         if node.op == "call_module":
@@ -240,20 +240,35 @@ def zero_at_consumers(graph: ChannelGraph, model: nn.Module, removed: np.ndarray
     them, every consumer sees exact zeros in every removed input channel."""
     if graph.traced.other_mode is not None or not graph.node_units:
         return False
-    proof = _Proof(graph, model, removed, tuple(roles) + (() if keep_shift else ("shift",)))
-    proof.run()
-    nodes = {n.name: n for n in graph.gm.graph.nodes}
+    # The consumers that read removed channels, by their node (the proof follows the first
+    # graph only: a consumer in another is not proven).
+    waiting: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
     for c in graph.consumers:
         need = removed[c.units]
         if not need.any():
             continue
-        node = nodes.get(c.node)
-        if c.graph != 0 or node is None or not node.args or not isinstance(node.args[0], fx.Node):
+        if c.graph != 0:
             return False
-        flags = proof.at(node.args[0], c.units)
-        if flags is None or not flags[need].all():
-            return False
-    return True
+        waiting.setdefault(c.node, []).append((c.units, need))
+    if not waiting:
+        return True
+    proof = _Proof(graph, model, removed, tuple(roles) + (() if keep_shift else ("shift",)))
+    # One pass in graph order, stopping at the first consumer whose removed inputs are not
+    # provably zero (the usual answer, for a plan that removes live channels): a consumer's
+    # input is visited before it, so its flags are final when the consumer is reached.
+    for node in graph.gm.graph.nodes:
+        reads = waiting.pop(node.name, None)
+        if reads is not None:
+            if not node.args or not isinstance(node.args[0], fx.Node):
+                return False
+            for units, need in reads:
+                flags = proof.at(node.args[0], units)
+                if flags is None or not flags[need].all():
+                    return False
+            if not waiting:
+                return True
+        proof.visit(node)
+    return False  # a consumer whose node the graph lacks
 
 
 def _positive(eps: Any) -> bool:
