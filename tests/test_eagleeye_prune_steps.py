@@ -129,14 +129,19 @@ def test_combined_plan_follows_channels_through_a_changed_model(sparse: EagleEye
     rebuilt.load_state_dict(model.state_dict())
 
 
-def test_prune_steps_is_checked() -> None:
+def test_prune_steps_default_and_rounds() -> None:
+    """The default prunes in 3 rounds (docs/eagleeye.md: seed 0, -1.6 / -1.0 / -0.8 AP points against
+    -4.9 / -2.5 / -1.9 at once); rounds step the FLOPs target only, and never outnumber the epochs."""
     with pytest.raises(ValueError, match="prune_steps=0"):
         _config(prune_steps=0)
-    with pytest.raises(ValueError, match="threshold or target_latency"):
-        _config(prune_steps=2, threshold=1e-3)
-    with pytest.raises(ValueError, match="fine-tuning epoch per round"):
-        _config(prune_steps=3, finetune_epochs=2)
-    assert _config().prune_steps == 1 and _config(prune_steps=2).to_dict()["prune_steps"] == 2
+    default = PipelineConfig.create("unused")
+    assert default.prune_steps == 3 and default.prune_rounds == 3 and default.to_dict()["prune_steps"] == 3
+    assert PipelineConfig.create("unused", quick=True).prune_rounds == 1
+    assert _config(prune_steps=1).prune_rounds == 1
+    assert _config(threshold=1e-3).prune_rounds == 1
+    assert _config(target_latency=0.3).prune_rounds == 1
+    assert _config(target_flops=None).prune_rounds == 1
+    assert _config(prune_steps=3, finetune_epochs=2).prune_rounds == 2
 
 
 @pytest.fixture(scope="module")

@@ -161,7 +161,7 @@ def _run_one(config: PipelineConfig, console: Console) -> dict[str, Any]:
     # One analysis per model: every plan of it (stage 3's tries, the sweep) and the report's
     # |γ| statistics read this trace.
     analyses = {"sparse": analyze(sparse, config.sparse)}
-    if config.prune_steps > 1:
+    if config.prune_rounds > 1:
         pruned, finetuned, plan, steps = _prune_in_steps(config, sparse, analyses["sparse"], baseline, stage, train_kw)
         threshold = effective_threshold(sparse, plan)
     else:
@@ -252,7 +252,7 @@ def _prune_in_steps(
     """
     console = train_kw["console"]
     out = Path(config.out_dir)
-    n = config.prune_steps
+    n = config.prune_rounds
     epochs = step_epochs(config.finetune.epochs, n)
     with stage("prune", f"round 1 of {n}: plan on the sparse model (the zeroed channels) and apply"):
         first = first_step_plan(analysis, config)

@@ -126,7 +126,7 @@ def build_report(
         },
         "pruning": {
             "mode": _mode(config, plan),
-            "prune_steps": config.prune_steps,
+            "prune_steps": config.prune_rounds,
             "target_params": None if config.threshold is not None else config.target_params,
             "target_flops": None if config.threshold is not None else config.target_flops,
             "target_latency": None if config.threshold is not None else config.target_latency,
@@ -204,7 +204,7 @@ def _mode(config: PipelineConfig, plan: slimprune.PruningPlan) -> str:
     """How stage 3 chose: ``"threshold"``, ``"steps"`` (``prune_steps`` > 1), ``"zeroed"``, ``"target_params"`` or ``"target_flops"``."""
     if config.threshold is not None:
         return "threshold"
-    if config.prune_steps > 1:
+    if config.prune_rounds > 1:
         return "steps"
     if plan.option("target") == "latency":
         return "target_latency"
