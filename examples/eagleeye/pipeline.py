@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from torch import nn
 
 import slimprune
 import slimprune.io
@@ -59,7 +60,20 @@ from .data import prepare_data
 from .figures import write_figures
 from .latency import floor_summary, layer_times, time_models, time_onnxruntime
 from .model_files import build_spec, load_pruned
-from .policy import analyze, apply_plan, effective_threshold, plan_fraction, prune_plan, removed_flops, removed_params
+from .policy import (
+    analyze,
+    apply_plan,
+    combined_plan,
+    effective_threshold,
+    first_step_plan,
+    next_step_plan,
+    plan_fraction,
+    prune_plan,
+    removed_flops,
+    removed_params,
+    step_epochs,
+    step_goals,
+)
 from .report import LABELS, MODELS, aggregate_reports, build_report, report_markdown, seeds_markdown, targets_met
 from .scoring import ValCurve, evaluate_val
 from .train import train
@@ -147,23 +161,30 @@ def _run_one(config: PipelineConfig, console: Console) -> dict[str, Any]:
     # One analysis per model: every plan of it (stage 3's tries, the sweep) and the report's
     # |γ| statistics read this trace.
     analyses = {"sparse": analyze(sparse, config.sparse)}
-    with stage("prune", "plan on the sparse model and apply"):
-        plan = prune_plan(analyses["sparse"], config, latency_cache=out / "latency_table.json")
-        (out / "plan.json").write_text(plan.to_json(indent=1) + "\n")
-        pruned = apply_plan(sparse, plan)
-        threshold = config.threshold if config.threshold is not None else effective_threshold(sparse, plan)
-        slimprune.io.save(pruned, out / "pruned.safetensors", plan=plan, build=build_spec(config.sparse))
-        console.print(str(plan))
+    if config.prune_rounds > 1:
+        pruned, finetuned, plan, steps = _prune_in_steps(config, sparse, analyses["sparse"], baseline, stage, train_kw)
+        threshold = effective_threshold(sparse, plan)
+    else:
+        steps = None
+        with stage("prune", "plan on the sparse model and apply"):
+            plan = prune_plan(analyses["sparse"], config, latency_cache=out / "latency_table.json")
+            (out / "plan.json").write_text(plan.to_json(indent=1) + "\n")
+            pruned = apply_plan(sparse, plan)
+            threshold = config.threshold if config.threshold is not None else effective_threshold(sparse, plan)
+            slimprune.io.save(pruned, out / "pruned.safetensors", plan=plan, build=build_spec(config.sparse))
+            console.print(str(plan))
 
-    teaching = f", distilling from the baseline (weight {config.finetune.distill:g})" if config.finetune.distill > 0 else ""
-    with stage("finetune", f"train the pruned model for {config.finetune.epochs} epochs{teaching}"):
-        finetuned = train(
-            replace(config.finetune, progress=config.progress),
-            model=copy.deepcopy(pruned),
-            teacher=baseline,  # used only when config.finetune.distill > 0
-            **train_kw,
-        ).cpu().eval()
-        slimprune.io.save(finetuned, out / "finetuned.safetensors", plan=plan, build=build_spec(config.sparse))
+        teaching = (
+            f", distilling from the baseline (weight {config.finetune.distill:g})" if config.finetune.distill > 0 else ""
+        )
+        with stage("finetune", f"train the pruned model for {config.finetune.epochs} epochs{teaching}"):
+            finetuned = train(
+                replace(config.finetune, progress=config.progress),
+                model=copy.deepcopy(pruned),
+                teacher=baseline,  # used only when config.finetune.distill > 0
+                **train_kw,
+            ).cpu().eval()
+            slimprune.io.save(finetuned, out / "finetuned.safetensors", plan=plan, build=build_spec(config.sparse))
 
     models = {"baseline": baseline, "sparse": sparse, "pruned": pruned, "finetuned": finetuned}
     with stage("evaluate", "AP, parameters, FLOPs, latency; prune-ratio sweep"):
@@ -192,6 +213,8 @@ def _run_one(config: PipelineConfig, console: Console) -> dict[str, Any]:
             config, models, evaluated, latencies, plan, threshold, sweep, stage.seconds, analyses, curve.points
         )
         report["latency_floor"] = floor
+        if steps is not None:
+            report["pruning"]["steps"] = steps
         report["latency_onnxruntime"] = onnx_latency
         report["seconds"]["total"] = time.perf_counter() - started
         write_figures(out, models, evaluated, threshold, sweep, report)
@@ -207,6 +230,67 @@ def _run_one(config: PipelineConfig, console: Console) -> dict[str, Any]:
         console.print(f"target {name}: {target['text']}: {mark}")
     console.print(f"total {report['seconds']['total'] / 60:.1f} min; report in {out / 'report.md'}")
     return report
+
+
+def _prune_in_steps(
+    config: PipelineConfig,
+    sparse: nn.Module,
+    analysis: slimprune.Analysis,
+    teacher: nn.Module,
+    stage: Stages,
+    train_kw: Mapping[str, Any],
+) -> tuple[nn.Module, nn.Module, slimprune.PruningPlan, list[dict[str, Any]]]:
+    """Stages 3 and 4 in ``config.prune_steps`` rounds of prune + fine-tune (see
+    :class:`PipelineConfig`): round 1's plan in the prune stage, every round's fine-tuning and
+    the later rounds' plans in the fine-tuning stage.
+
+    Returns:
+        ``(pruned, finetuned, plan, steps)``: the sparse model pruned by ``plan`` (the one plan of
+        the sparse model removing what all rounds removed, :func:`combined_plan`; not fine-tuned),
+        the last round's fine-tuned model (exactly ``plan``'s shapes), ``plan``, and per round its
+        epochs and the fraction of the original parameters and FLOPs removed after it.
+    """
+    console = train_kw["console"]
+    out = Path(config.out_dir)
+    n = config.prune_rounds
+    epochs = step_epochs(config.finetune.epochs, n)
+    with stage("prune", f"round 1 of {n}: plan on the sparse model (the zeroed channels) and apply"):
+        first = first_step_plan(analysis, config)
+        console.print(str(first))
+    flops0, params0 = first.flops_before, first.params_before
+    goals = step_goals(removed_flops(first), config.target_flops, n)
+    plans, steps = [first], []
+    teaching = f", distilling from the baseline (weight {config.finetune.distill:g})" if config.finetune.distill > 0 else ""
+    with stage("finetune", f"{n} rounds of prune + fine-tune, {'+'.join(map(str, epochs))} epochs{teaching}"):
+        model = apply_plan(sparse, first)
+        for k in range(n):
+            if k > 0:
+                plan_k = next_step_plan(analyze(model, config.sparse), flops0, goals[k], config.round_to)
+                console.print(f"round {k + 1} of {n}: " + str(plan_k))
+                model = apply_plan(model, plan_k)
+                plans.append(plan_k)
+            (out / f"plan-round-{k + 1}.json").write_text(plans[-1].to_json(indent=1) + "\n")
+            folder = config.finetune.out_dir if k == n - 1 else str(Path(config.finetune.out_dir) / f"round-{k + 1}")
+            run = replace(config.finetune, epochs=epochs[k], out_dir=folder, progress=config.progress)
+            model = train(run, model=model, teacher=teacher, **train_kw).cpu().eval()
+            steps.append(
+                {
+                    "round": k + 1,
+                    "epochs": epochs[k],
+                    "params_reduction": 1 - plans[-1].params_after / params0,
+                    "flops_reduction": 1 - plans[-1].flops_after / flops0,
+                    "checkpoint": str(Path(folder) / "last.pt"),
+                }
+            )
+        plan = combined_plan(sparse, config.sparse, plans)
+        pruned = apply_plan(sparse, plan)
+        shaped = copy.deepcopy(pruned)
+        shaped.load_state_dict(model.state_dict())  # raises if the rounds' model is not plan's shape
+        (out / "plan.json").write_text(plan.to_json(indent=1) + "\n")
+        slimprune.io.save(pruned, out / "pruned.safetensors", plan=plan, build=build_spec(config.sparse))
+        slimprune.io.save(model, out / "finetuned.safetensors", plan=plan, build=build_spec(config.sparse))
+        console.print("all rounds as one plan of the sparse model: " + str(plan))
+    return pruned, model, plan, steps
 
 
 def _sweep(

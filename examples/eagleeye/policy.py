@@ -13,6 +13,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import copy
+from dataclasses import replace
+
 import numpy as np
 import torch
 from torch import nn
@@ -29,6 +32,11 @@ __all__ = [
     "example_batch",
     "plan_fraction",
     "prune_plan",
+    "first_step_plan",
+    "step_goals",
+    "step_epochs",
+    "next_step_plan",
+    "combined_plan",
     "apply_plan",
     "effective_threshold",
     "removed_params",
@@ -146,6 +154,77 @@ def prune_plan(
             return by_flops
         fraction = min(_MAX_FRACTION, fraction + _FLOPS_STEP)
     return by_flops
+
+
+def first_step_plan(analysis: slimprune.Analysis, config: PipelineConfig) -> slimprune.PruningPlan:
+    """Round 1 of ``config.prune_steps`` rounds: :func:`prune_plan` without the FLOPs target (the
+    zeroed channels and at least ``target_params``)."""
+    return prune_plan(analysis, replace(config, target_flops=None, prune_steps=1))
+
+
+def step_goals(first: float, target: float | None, steps: int) -> list[float]:
+    """The fraction of the original FLOPs removed after each round of ``steps``: ``first`` (what
+    round 1 removed), then evenly up to ``target`` (none above: rounds that find the target
+    already met remove nothing more)."""
+    goal = first if target is None else max(first, target)
+    if steps == 1:
+        return [first]
+    return [first + (goal - first) * k / (steps - 1) for k in range(steps)]
+
+
+def step_epochs(epochs: int, steps: int) -> list[int]:
+    """The fine-tuning epochs of each round: an even split, the remainder to the last round."""
+    each = epochs // steps
+    return [each] * (steps - 1) + [epochs - each * (steps - 1)]
+
+
+def next_step_plan(
+    analysis: slimprune.Analysis, flops_original: int, goal: float, round_to: int
+) -> slimprune.PruningPlan:
+    """A later round's plan of the (pruned, fine-tuned) model ``analysis`` holds: the smallest |γ|
+    per FLOP go until ``goal`` of ``flops_original`` (the unpruned model's FLOPs at the same input)
+    are gone. The model's own FLOPs are already below ``flops_original``; a goal they meet
+    removes nothing (a threshold plan below every |γ|)."""
+    empty = slimprune.plan(analysis, threshold=0.0, round_to=round_to)  # (only exact zeros; for the FLOPs now)
+    now = empty.flops_before
+    fraction = 1 - (1 - goal) * flops_original / now
+    if fraction <= 0:
+        return empty
+    return plan_fraction(analysis, min(fraction, _MAX_FRACTION), target="flops", round_to=round_to)
+
+
+def combined_plan(
+    model: nn.Module, config: TrainConfig, plans: Iterable[slimprune.PruningPlan]
+) -> slimprune.PruningPlan:
+    """The one plan of ``model`` (the unpruned sparse model) that removes every channel the rounds'
+    ``plans`` removed, the first of ``model``, each later one of the model the one before pruned.
+
+    A round's plan names its channels by their place in the model it pruned; following each
+    layer's kept channels back through the rounds gives their place in ``model``. The plan is
+    the threshold plan (``|γ| <= 0``) of a copy of ``model`` whose BatchNorm scales of exactly
+    those channels are set to 0, so it has the layer widths (and the folded biases) the rounds
+    left; the pipeline checks that the last round's weights load into ``apply(model, plan)``.
+    """
+    places: dict[tuple[str, str], list[int]] = {}
+    gone: dict[tuple[str, str], list[int]] = {}
+    for plan in plans:
+        for s in plan.slices:
+            if s.role != "scale" or not s.removed:
+                continue
+            key = (s.module, s.param)
+            if key not in places:
+                owner = model.get_submodule(s.module) if s.module else model
+                places[key] = list(range(getattr(owner, s.param).shape[0]))
+                gone[key] = []
+            removed = set(s.removed)
+            gone[key] += [places[key][i] for i in sorted(removed)]
+            places[key] = [c for i, c in enumerate(places[key]) if i not in removed]
+    silenced = copy.deepcopy(model).cpu().eval()
+    with torch.no_grad():
+        for (module, param), channels in gone.items():
+            owner = silenced.get_submodule(module) if module else silenced
+            getattr(owner, param)[channels] = 0.0
+    return slimprune.plan(analyze(silenced, config), threshold=0.0, round_to=1)
 
 
 def effective_threshold(model: nn.Module, plan: slimprune.PruningPlan) -> float:

@@ -126,6 +126,7 @@ def build_report(
         },
         "pruning": {
             "mode": _mode(config, plan),
+            "prune_steps": config.prune_rounds,
             "target_params": None if config.threshold is not None else config.target_params,
             "target_flops": None if config.threshold is not None else config.target_flops,
             "target_latency": None if config.threshold is not None else config.target_latency,
@@ -200,9 +201,11 @@ def targets_met(models: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, 
 
 
 def _mode(config: PipelineConfig, plan: slimprune.PruningPlan) -> str:
-    """How stage 3 chose: ``"threshold"``, ``"zeroed"``, ``"target_params"`` or ``"target_flops"``."""
+    """How stage 3 chose: ``"threshold"``, ``"steps"`` (``prune_steps`` > 1), ``"zeroed"``, ``"target_params"`` or ``"target_flops"``."""
     if config.threshold is not None:
         return "threshold"
+    if config.prune_rounds > 1:
+        return "steps"
     if plan.option("target") == "latency":
         return "target_latency"
     if plan.option("threshold") is not None:
@@ -283,6 +286,9 @@ def report_markdown(report: Mapping[str, Any]) -> str:
         f"CPU latency at batch 1, channels going by |γ| lost per millisecond saved",
         "target_flops": f"the channels of smallest |γ| per FLOP until {pruning.get('target_flops') or 0:.1%} of "
         f"the FLOPs are gone (largest |γ| removed: {pruning['threshold']:.3g})",
+        "steps": f"{pruning.get('prune_steps')} rounds of prune + fine-tune: the zeroed channels first, then the "
+        f"channels of smallest |γ| per FLOP of the fine-tuned model, stepped up to {pruning.get('target_flops') or 0:.1%} "
+        f"of the FLOPs (largest |γ| of the sparse model removed: {pruning['threshold']:.3g})",
     }[pruning["mode"]]
     if pruning.get("round_to", 1) > 1:
         how += f", every layer's width rounded up to a multiple of {pruning['round_to']}"

@@ -1,0 +1,186 @@
+"""Pruning in rounds (PipelineConfig.prune_steps): the policy's round plans and the one plan of
+the sparse model they add up to, on an untrained EagleEye (no data, no training)."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+
+import pytest
+import torch
+
+import slimprune
+from examples.eagleeye.config import PipelineConfig
+from examples.eagleeye.model import EagleEye
+from examples.eagleeye.policy import (
+    analyze,
+    apply_plan,
+    combined_plan,
+    first_step_plan,
+    next_step_plan,
+    prune_plan,
+    removed_flops,
+    step_epochs,
+    step_goals,
+)
+from tests.models import randomize_bn
+
+torch.set_num_threads(1)
+
+
+def _config(**fields: object) -> PipelineConfig:
+    config = PipelineConfig.create("unused", **fields)
+    return replace(config, sparse=replace(config.sparse, image_size=64))
+
+
+@pytest.fixture(scope="module")
+def sparse() -> EagleEye:
+    """Random BatchNorm scales, a third of those of the later stages and heads zeroed."""
+    torch.manual_seed(0)
+    model = randomize_bn(EagleEye()).eval()
+    with torch.no_grad():
+        for name, m in model.named_modules():
+            if isinstance(m, torch.nn.BatchNorm2d) and name.startswith(("stages.2", "stages.3", "heads.3")):
+                m.weight[: m.num_features // 3] = 0.0
+    return model
+
+
+def _widths(model: torch.nn.Module) -> dict[str, int]:
+    return {n: m.num_features for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
+
+
+def _rounds(sparse: EagleEye, config: PipelineConfig, after_round=None):
+    """The pipeline's rounds without the fine-tuning (``after_round(model)`` stands in for it)."""
+    first = first_step_plan(analyze(sparse, config.sparse), config)
+    goals = step_goals(removed_flops(first), config.target_flops, config.prune_steps)
+    plans, model = [first], apply_plan(sparse, first)
+    for k in range(1, config.prune_steps):
+        if after_round is not None:
+            after_round(model)
+        plan = next_step_plan(analyze(model, config.sparse), first.flops_before, goals[k], config.round_to)
+        plans.append(plan)
+        model = apply_plan(model, plan)
+    return plans, model
+
+
+def test_step_goals_and_epochs() -> None:
+    assert step_goals(0.4, 0.66, 1) == [0.4]
+    assert step_goals(0.4, 0.66, 2) == [0.4, 0.66]
+    assert step_goals(0.4, 0.7, 4) == pytest.approx([0.4, 0.5, 0.6, 0.7])
+    assert step_goals(0.7, 0.66, 3) == [0.7, 0.7, 0.7]  # the first round already met the target
+    assert step_goals(0.4, None, 2) == [0.4, 0.4]
+    assert step_epochs(16, 2) == [8, 8] and step_epochs(16, 3) == [5, 5, 6] and step_epochs(16, 1) == [16]
+
+
+@pytest.mark.parametrize("steps", [2, 3])
+def test_rounds_meet_the_flops_target_and_add_up_to_one_plan(sparse: EagleEye, steps: int) -> None:
+    """N rounds remove at least target_flops of the original FLOPs, every narrowed width a
+    multiple of 8, the rounds' FLOPs rising; the combined plan of the sparse model removes the
+    same and its pruned model has the rounds' shapes exactly (their weights load strictly) and,
+    without fine-tuning in between, computes what the rounds' model computes."""
+    config = _config(target_flops=0.5, target_params=0.3, prune_steps=steps)
+    one_shot = prune_plan(analyze(sparse, config.sparse), replace(config, prune_steps=1))
+    plans, model = _rounds(sparse, config)
+    first = plans[0]
+    assert removed_flops(first) < 0.5  # round 1 removes only the zeroed (and target_params) channels
+    cut = [1 - p.flops_after / first.flops_before for p in plans]
+    assert cut == sorted(cut) and cut[-1] >= 0.5
+    assert all(w % 8 == 0 for n, w in _widths(model).items() if w != _widths(sparse)[n])
+    plan = combined_plan(sparse, config.sparse, plans)
+    assert removed_flops(plan) == pytest.approx(cut[-1]) and removed_flops(one_shot) >= 0.5
+    assert plan.flops_after == plans[-1].flops_after and plan.params_after == plans[-1].params_after
+    rebuilt = apply_plan(sparse, plan)
+    assert _widths(rebuilt) == _widths(model)
+    rebuilt.load_state_dict(model.state_dict())  # strict: same names and shapes
+    x = torch.rand(1, 3, 96, 96, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours, theirs = model(x), apply_plan(sparse, plan)(x)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_combined_plan_follows_channels_through_a_changed_model(sparse: EagleEye) -> None:
+    """When the model changes between rounds (as fine-tuning changes it), round 2 ranks the changed
+    model's |γ|; the combined plan still names the channels by their place in the sparse model,
+    so its pruned model keeps exactly the sparse model's channels the rounds kept."""
+    config = _config(target_flops=0.5, target_params=0.3, prune_steps=2)
+
+    def shuffle_gammas(model: torch.nn.Module) -> None:
+        g = torch.Generator().manual_seed(2)
+        with torch.no_grad():
+            for m in model.modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.01)
+
+    plans, model = _rounds(copy.deepcopy(sparse), config, after_round=shuffle_gammas)
+    plan = combined_plan(sparse, config.sparse, plans)
+    rebuilt = apply_plan(sparse, plan)
+    assert _widths(rebuilt) == _widths(model)
+    # The shuffle changed only γ: every BatchNorm's running statistics are still the sparse
+    # model's at the channels kept, in both models, only if the same channels were kept.
+    narrowed = 0
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            other = rebuilt.get_submodule(name)
+            torch.testing.assert_close(m.running_mean, other.running_mean, rtol=0, atol=0)
+            torch.testing.assert_close(m.running_var, other.running_var, rtol=0, atol=0)
+            narrowed += m.num_features < sparse.get_submodule(name).num_features
+    assert narrowed > 0
+    rebuilt.load_state_dict(model.state_dict())
+
+
+def test_prune_steps_default_and_rounds() -> None:
+    """The default prunes in 3 rounds (docs/eagleeye.md: seed 0, -1.6 / -1.0 / -0.8 AP points against
+    -4.9 / -2.5 / -1.9 at once); rounds step the FLOPs target only, and never outnumber the epochs."""
+    with pytest.raises(ValueError, match="prune_steps=0"):
+        _config(prune_steps=0)
+    default = PipelineConfig.create("unused")
+    assert default.prune_steps == 3 and default.prune_rounds == 3 and default.to_dict()["prune_steps"] == 3
+    assert PipelineConfig.create("unused", quick=True).prune_rounds == 1
+    assert _config(prune_steps=1).prune_rounds == 1
+    assert _config(threshold=1e-3).prune_rounds == 1
+    assert _config(target_latency=0.3).prune_rounds == 1
+    assert _config(target_flops=None).prune_rounds == 1
+    assert _config(prune_steps=3, finetune_epochs=2).prune_rounds == 2
+
+
+@pytest.fixture(scope="module")
+def stepped(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """`pipeline --quick --prune-steps 2 --target-flops 0.6` once."""
+    import json
+
+    from examples.eagleeye.__main__ import main
+
+    root = tmp_path_factory.mktemp("steps")
+    out, data = root / "out", root / "data"
+    args = ["pipeline", "--quick", "--out", str(out), "--data", str(data), "--no-progress", "--prune-steps", "2",
+            "--target-flops", "0.6"]
+    status = main(args)
+    report = json.loads((out / "report.json").read_text()) if status == 0 else {}
+    return {"status": status, "out": out, "report": report}
+
+
+def test_pipeline_in_two_rounds_meets_the_target_and_saves_the_rounds_model(stepped: dict) -> None:
+    """The quick pipeline in two rounds: the fine-tuning epochs split between them, round 1 below the
+    FLOPs target and round 2 at it, the report's fine-tuned model as small as the last round left
+    it, and finetuned.safetensors holding exactly the last round's weights."""
+    from examples.eagleeye.checkpoints import load_checkpoint
+    from examples.eagleeye.model_files import load_pruned
+    from slimprune.measure import count_params
+
+    assert stepped["status"] == 0
+    report, out = stepped["report"], stepped["out"]
+    pruning = report["pruning"]
+    assert pruning["mode"] == "steps" and pruning["prune_steps"] == 2
+    steps = pruning["steps"]
+    assert [s["round"] for s in steps] == [1, 2]
+    assert sum(s["epochs"] for s in steps) == report["config"]["finetune"]["epochs"]
+    assert steps[0]["flops_reduction"] < 0.6 <= steps[1]["flops_reduction"]
+    assert pruning["flops_reduction"] == pytest.approx(steps[1]["flops_reduction"])
+    assert report["models"]["finetuned"]["flops_reduction"] >= 0.6
+    assert (out / "finetune" / "round-1" / "last.pt").is_file() and (out / "plan-round-2.json").is_file()
+    model = load_pruned(out / "finetuned.safetensors")
+    assert count_params(model) == report["models"]["finetuned"]["params"]
+    last = load_checkpoint(out / "finetune" / "last.pt", "cpu")["model"]
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(tensor, last[name], rtol=0, atol=0)
