@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import replace
 
 import pytest
 import torch
@@ -14,27 +13,14 @@ from examples.eagleeye.config import PipelineConfig
 from examples.eagleeye.latency import FORMS, LAYOUTS, deployed, time_models
 from examples.eagleeye.policy import analyze, example_batch, plan_fraction, prunable_gamma_stats, prune_plan
 from slimprune.sparsity import gamma_stats, scale_per_cost
-from tests.models import randomize_bn
+from tests.eagleeye_models import small_config, zeroed_eagleeye
 
 torch.set_num_threads(1)
 
 
-def _config(**fields: object) -> PipelineConfig:
-    """The default pipeline at a 64 px training size (only stage 3 and timing are exercised)."""
-    config = PipelineConfig.create("unused", **fields)
-    return replace(config, sparse=replace(config.sparse, image_size=64))
-
-
 @pytest.fixture(scope="module")
 def sparse() -> EagleEye:
-    """An untrained EagleEye with random BatchNorm scales, a third of them zeroed as sparsity training would."""
-    torch.manual_seed(0)
-    model = randomize_bn(EagleEye()).eval()
-    with torch.no_grad():
-        for name, m in model.named_modules():
-            if isinstance(m, torch.nn.BatchNorm2d) and name.startswith(("stages.2", "stages.3", "heads.3")):
-                m.weight[: m.num_features // 3] = 0.0
-    return model
+    return zeroed_eagleeye()
 
 
 def _prune_plan(model: EagleEye, config: PipelineConfig) -> slimprune.PruningPlan:
@@ -49,9 +35,9 @@ def _removed(plan: slimprune.PruningPlan) -> tuple[float, float]:
 def test_prune_plan_meets_both_targets_ranking_by_gamma_per_flop(sparse: EagleEye) -> None:
     """With a FLOPs target the zeroed channels are not enough, so the plan ranks by |γ| per FLOP
     and removes at least the asked fractions of the FLOPs and of the parameters."""
-    zeroed = _prune_plan(sparse, _config(target_flops=None, target_params=0.1))
+    zeroed = _prune_plan(sparse, small_config(target_flops=None, target_params=0.1))
     assert _removed(zeroed)[1] < 0.5
-    plan = _prune_plan(sparse, _config(target_flops=0.5, target_params=0.3))
+    plan = _prune_plan(sparse, small_config(target_flops=0.5, target_params=0.3))
     params, flops = _removed(plan)
     assert flops >= 0.5 and params >= 0.3
     assert plan.option("target") == "flops" and plan.option("importance") == "scale_per_flops"
@@ -68,16 +54,16 @@ def _pruned_widths(model: EagleEye, plan: slimprune.PruningPlan) -> dict[str, tu
 def test_round_to_keeps_every_pruned_width_a_multiple_and_both_targets(sparse: EagleEye) -> None:
     """round_to=8 (the default) leaves each narrowed layer a multiple of 8 channels and still meets
     the targets; round_to=1 on the same model and targets leaves widths that are not."""
-    rounded = _prune_plan(sparse, _config(target_flops=0.5, target_params=0.3))
+    rounded = _prune_plan(sparse, small_config(target_flops=0.5, target_params=0.3))
     assert rounded.option("round_to") == 8
     params, flops = _removed(rounded)
     assert flops >= 0.5 and params >= 0.3
     widths = _pruned_widths(sparse, rounded)
     assert widths and all(after % 8 == 0 for _, after in widths.values()), widths
-    free = _pruned_widths(sparse, _prune_plan(sparse, _config(target_flops=0.5, target_params=0.3, round_to=1)))
+    free = _pruned_widths(sparse, _prune_plan(sparse, small_config(target_flops=0.5, target_params=0.3, round_to=1)))
     assert any(after % 8 for _, after in free.values())
     with pytest.raises(ValueError, match="round_to=0"):
-        _config(round_to=0)
+        small_config(round_to=0)
 
 
 def test_gamma_per_flop_reaches_a_flops_target_with_fewer_channels_than_gamma(sparse: EagleEye) -> None:
@@ -94,7 +80,7 @@ def test_gamma_per_flop_reaches_a_flops_target_with_fewer_channels_than_gamma(sp
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_folded_model_computes_what_the_eager_model_does(sparse: EagleEye, layout: str) -> None:
     """The timed deployed form (BatchNorm folded, either layout) of a pruned model gives the same outputs."""
-    plan = _prune_plan(sparse, _config(target_flops=0.5, target_params=0.3))
+    plan = _prune_plan(sparse, small_config(target_flops=0.5, target_params=0.3))
     pruned = slimprune.apply(copy.deepcopy(sparse), plan).eval()
     x = torch.rand(1, 3, 96, 96)
     folded = deployed(pruned, "folded", layout)
@@ -121,7 +107,7 @@ def test_stage_three_and_the_sweep_plan_on_one_analysis_without_tracing_again(
 ) -> None:
     """After analyze(), stage 3 (its FLOPs tries included), sweep plans and the |γ| statistics
     trace nothing, and give the plans a fresh trace of the model gives."""
-    config = _config(target_flops=0.5, target_params=0.3)
+    config = small_config(target_flops=0.5, target_params=0.3)
     analysis = analyze(sparse, config.sparse)
     traces = []
     original = torch.fx.Tracer.trace
@@ -140,7 +126,7 @@ def test_stage_three_and_the_sweep_plan_on_one_analysis_without_tracing_again(
 
 def test_gamma_statistics_from_the_analysis_equal_slimprunes(sparse: EagleEye) -> None:
     """prunable_gamma_stats(analysis) is what slimprune.sparsity.gamma_stats computes by tracing again."""
-    config = _config()
+    config = small_config()
     thresholds = (1e-3, 1e-2, 1e-1)
     ours = prunable_gamma_stats(analyze(sparse, config.sparse), thresholds)
     theirs = gamma_stats(sparse, thresholds, example_inputs=example_batch(config.sparse))

@@ -23,26 +23,14 @@ from examples.eagleeye.policy import (
     step_epochs,
     step_goals,
 )
-from tests.models import randomize_bn
+from tests.eagleeye_models import small_config, zeroed_eagleeye
 
 torch.set_num_threads(1)
 
 
-def _config(**fields: object) -> PipelineConfig:
-    config = PipelineConfig.create("unused", **fields)
-    return replace(config, sparse=replace(config.sparse, image_size=64))
-
-
 @pytest.fixture(scope="module")
 def sparse() -> EagleEye:
-    """Random BatchNorm scales, a third of those of the later stages and heads zeroed."""
-    torch.manual_seed(0)
-    model = randomize_bn(EagleEye()).eval()
-    with torch.no_grad():
-        for name, m in model.named_modules():
-            if isinstance(m, torch.nn.BatchNorm2d) and name.startswith(("stages.2", "stages.3", "heads.3")):
-                m.weight[: m.num_features // 3] = 0.0
-    return model
+    return zeroed_eagleeye()
 
 
 def _widths(model: torch.nn.Module) -> dict[str, int]:
@@ -78,7 +66,7 @@ def test_rounds_meet_the_flops_target_and_add_up_to_one_plan(sparse: EagleEye, s
     multiple of 8, the rounds' FLOPs rising; the combined plan of the sparse model removes the
     same and its pruned model has the rounds' shapes exactly (their weights load strictly) and,
     without fine-tuning in between, computes what the rounds' model computes."""
-    config = _config(target_flops=0.5, target_params=0.3, prune_steps=steps)
+    config = small_config(target_flops=0.5, target_params=0.3, prune_steps=steps)
     one_shot = prune_plan(analyze(sparse, config.sparse), replace(config, prune_steps=1))
     plans, model = _rounds(sparse, config)
     first = plans[0]
@@ -103,7 +91,7 @@ def test_combined_plan_follows_channels_through_a_changed_model(sparse: EagleEye
     """When the model changes between rounds (as fine-tuning changes it), round 2 ranks the changed
     model's |γ|; the combined plan still names the channels by their place in the sparse model,
     so its pruned model keeps exactly the sparse model's channels the rounds kept."""
-    config = _config(target_flops=0.5, target_params=0.3, prune_steps=2)
+    config = small_config(target_flops=0.5, target_params=0.3, prune_steps=2)
 
     def shuffle_gammas(model: torch.nn.Module) -> None:
         g = torch.Generator().manual_seed(2)
@@ -133,15 +121,15 @@ def test_prune_steps_default_and_rounds() -> None:
     """The default prunes in 3 rounds (docs/eagleeye.md: seed 0, -1.6 / -1.0 / -0.8 AP points against
     -4.9 / -2.5 / -1.9 at once); rounds step the FLOPs target only, and never outnumber the epochs."""
     with pytest.raises(ValueError, match="prune_steps=0"):
-        _config(prune_steps=0)
+        small_config(prune_steps=0)
     default = PipelineConfig.create("unused")
     assert default.prune_steps == 3 and default.prune_rounds == 3 and default.to_dict()["prune_steps"] == 3
     assert PipelineConfig.create("unused", quick=True).prune_rounds == 1
-    assert _config(prune_steps=1).prune_rounds == 1
-    assert _config(threshold=1e-3).prune_rounds == 1
-    assert _config(target_latency=0.3).prune_rounds == 1
-    assert _config(target_flops=None).prune_rounds == 1
-    assert _config(prune_steps=3, finetune_epochs=2).prune_rounds == 2
+    assert small_config(prune_steps=1).prune_rounds == 1
+    assert small_config(threshold=1e-3).prune_rounds == 1
+    assert small_config(target_latency=0.3).prune_rounds == 1
+    assert small_config(target_flops=None).prune_rounds == 1
+    assert small_config(prune_steps=3, finetune_epochs=2).prune_rounds == 2
 
 
 @pytest.fixture(scope="module")
