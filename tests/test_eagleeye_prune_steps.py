@@ -117,6 +117,30 @@ def test_combined_plan_follows_channels_through_a_changed_model(sparse: EagleEye
     rebuilt.load_state_dict(model.state_dict())
 
 
+def test_combined_plan_keeps_channels_a_round_kept_whose_gamma_is_exactly_zero(sparse: EagleEye) -> None:
+    """A channel whose γ is exactly 0 but that the rounds kept (a width rounded up to 8) stays in
+    the combined plan: here every kept channel of the sparse model has γ = 0, and the combined
+    plan still has the rounds' widths and channels (read back from running means set to the
+    channel numbers)."""
+    config = small_config(target_flops=0.5, target_params=0.3, prune_steps=2)
+    numbered = copy.deepcopy(sparse)
+    with torch.no_grad():
+        for m in numbered.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.copy_(torch.arange(m.num_features, dtype=m.running_mean.dtype))
+    plans, model = _rounds(numbered, config)
+    zeroed = copy.deepcopy(numbered)
+    with torch.no_grad():
+        for name, m in model.named_modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                zeroed.get_submodule(name).weight[m.running_mean.long()] = 0.0
+    rebuilt = apply_plan(numbered, combined_plan(zeroed, config.sparse, plans))
+    assert _widths(rebuilt) == _widths(model) != _widths(sparse)
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            torch.testing.assert_close(rebuilt.get_submodule(name).running_mean, m.running_mean, rtol=0, atol=0)
+
+
 def test_prune_steps_default_and_rounds() -> None:
     """The default prunes in 3 rounds (docs/eagleeye.md: seed 0, -1.6 / -1.0 / -0.8 AP points against
     -4.9 / -2.5 / -1.9 at once); rounds step the FLOPs target only, and never outnumber the epochs."""

@@ -202,7 +202,8 @@ def combined_plan(
     A round's plan names its channels by their place in the model it pruned; following each
     layer's kept channels back through the rounds gives their place in ``model``. The plan is
     the threshold plan (``|γ| <= 0``) of a copy of ``model`` whose BatchNorm scales of exactly
-    those channels are set to 0, so it has the layer widths (and the folded biases) the rounds
+    those channels are set to 0 (and every other scale that was exactly 0 to the smallest
+    positive float, so a zeroed channel a round kept stays), so it has the layer widths (and the folded biases) the rounds
     left; the pipeline checks that the last round's weights load into ``apply(model, plan)``.
     """
     places: dict[tuple[str, str], list[int]] = {}
@@ -221,6 +222,11 @@ def combined_plan(
             places[key] = [c for i, c in enumerate(places[key]) if i not in removed]
     silenced = copy.deepcopy(model).cpu().eval()
     with torch.no_grad():
+        # A γ already exactly 0 that a round kept (a width rounded up) must not fall under the
+        # threshold: lift every exact zero to the smallest positive float first.
+        for m in silenced.modules():
+            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)) and m.weight is not None:
+                m.weight[m.weight == 0] = torch.finfo(m.weight.dtype).tiny
         for (module, param), channels in gone.items():
             owner = silenced.get_submodule(module) if module else silenced
             getattr(owner, param)[channels] = 0.0
