@@ -266,6 +266,8 @@ _SPARSE_INIT = "baseline"
 # the parameters and 68.3% of the FLOPs removed against 81.4% / 68.0%, and no slower (folded,
 # interleaved: 6.74 ms against 6.81; one seed; docs/eagleeye.md).
 _PRUNE_STEPS = 3
+# The pull on the next round's channels during a round's fine-tuning (PipelineConfig.fade).
+_FADE = 0.0
 
 
 def _baseline_checkpoint(baseline: TrainConfig) -> str:
@@ -344,6 +346,11 @@ class PipelineConfig:
             1: prune once, fine-tune once. Rounds step the FLOPs target only: with ``threshold``,
             ``target_latency`` or no ``target_flops`` the pipeline prunes once, and it never
             runs more rounds than fine-tuning epochs (:attr:`prune_rounds`).
+        fade: with rounds, λ of an L1 pull (``λ·sign(γ)`` added to the gradient, as in the
+            sparse run) during each round's fine-tuning but the last, on the BatchNorm γ of the
+            channels the next round would remove, planned on the model at the round's start: they
+            fade out while the rest of the network, distilled, takes over their work, and the
+            next round removes them at little cost (:func:`.policy.fade_hook`). 0: off.
         seeds: train (baseline, sparse, fine-tune) with this many seeds, ``seed``,
             ``seed + 1``, ... (the data stay the same), each run in ``out_dir/seed-<s>``,
             and report the mean and standard deviation of every number.
@@ -400,6 +407,11 @@ class PipelineConfig:
         _PRUNE_STEPS, metavar="N",
         help="prune + fine-tune rounds that share the fine-tuning epochs, the FLOPs cut stepped up to --target-flops",
     )
+    fade: float = option(
+        _FADE, metavar="λ",
+        help="L1 pull, in each round's fine-tuning but the last, on the γ of the channels the next round "
+        "removes, so they fade out before they go (0: off)",
+    )
     progress: bool = option(True, help="no progress bars")
 
     def __post_init__(self) -> None:
@@ -424,6 +436,8 @@ class PipelineConfig:
             )
         if self.seeds < 1:
             raise ValueError(f"seeds={self.seeds} must be >= 1 (the number of training seeds to run).")
+        if not self.fade >= 0:
+            raise ValueError(f"fade={self.fade} must be >= 0 (the λ of the pull on the next round's channels).")
         if self.prune_steps < 1:
             raise ValueError(f"prune_steps={self.prune_steps} must be >= 1 (the number of prune + fine-tune rounds).")
         if self.sparse.sparsity <= 0:
@@ -577,4 +591,5 @@ class PipelineConfig:
             "sparse_init": self.sparse_init,
             "seeds": self.seeds,
             "prune_steps": self.prune_steps,
+            "fade": self.fade,
         }

@@ -65,6 +65,7 @@ from .policy import (
     apply_plan,
     combined_plan,
     effective_threshold,
+    fade_hook,
     first_step_plan,
     next_step_plan,
     plan_fraction,
@@ -266,13 +267,26 @@ def _prune_in_steps(
         for k in range(n):
             if k > 0:
                 plan_k = next_step_plan(analyze(model, config.sparse), flops0, goals[k], config.round_to)
-                console.print(f"round {k + 1} of {n}: " + str(plan_k))
+                console.print(
+                    f"round {k + 1} of {n} (largest |γ| removed {effective_threshold(model, plan_k):.3g}): " + str(plan_k)
+                )
                 model = apply_plan(model, plan_k)
                 plans.append(plan_k)
             (out / f"plan-round-{k + 1}.json").write_text(plans[-1].to_json(indent=1) + "\n")
             folder = config.finetune.out_dir if k == n - 1 else str(Path(config.finetune.out_dir) / f"round-{k + 1}")
             run = replace(config.finetune, epochs=epochs[k], out_dir=folder, progress=config.progress)
-            model = train(run, model=model, teacher=teacher, **train_kw).cpu().eval()
+            fade = None
+            if config.fade > 0 and k < n - 1:
+                doomed = next_step_plan(analyze(model, config.sparse), flops0, goals[k + 1], config.round_to)
+                fade = fade_hook(doomed, config.fade)
+                console.print(f"round {k + 1}: fading out the {doomed.removed_channels} channels round {k + 2} would "
+                              f"remove now (λ = {config.fade:g})")
+            model = train(run, model=model, teacher=teacher, after_backward=fade, **train_kw).cpu().eval()
+            if k < n - 1:
+                # The rounds so far as one plan of the sparse model, so that load_detector rebuilds
+                # this round's checkpoint (finetune/round-<k>/last.pt) from the file beside it.
+                slimprune.io.save(model, Path(folder) / "finetuned.safetensors",
+                                  plan=combined_plan(sparse, config.sparse, plans), build=build_spec(config.sparse))
             steps.append(
                 {
                     "round": k + 1,

@@ -9,7 +9,7 @@ counted (the engine asks for a little more itself), so nothing here retries for 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -191,6 +191,26 @@ def next_step_plan(
     if fraction <= 0:
         return empty
     return plan_fraction(analysis, min(fraction, _MAX_FRACTION), target="flops", round_to=round_to)
+
+
+def fade_hook(plan: slimprune.PruningPlan, lam: float) -> Callable[[nn.Module], None]:
+    """An ``after_backward`` callback (:func:`.train.train`) that adds ``lam·sign(γ)`` to the
+    gradient of every BatchNorm scale ``plan`` would remove, and to nothing else: the L1 pull of
+    the sparse run, aimed at the channels the next round removes, so that they reach ~0 (and
+    their removal costs almost nothing) while fine-tuning goes on. The model it is called with
+    must have the shapes ``plan`` was made for."""
+    targets = [(s.module, s.param, torch.tensor(sorted(s.removed))) for s in plan.slices
+               if s.role == "scale" and s.removed]
+
+    def fade(model: nn.Module) -> None:
+        with torch.no_grad():
+            for module, param, channels in targets:
+                weight = getattr(model.get_submodule(module) if module else model, param)
+                if weight.grad is not None:
+                    at = channels.to(weight.device)
+                    weight.grad[at] += lam * torch.sign(weight[at])
+
+    return fade
 
 
 def combined_plan(
