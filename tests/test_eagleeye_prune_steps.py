@@ -158,7 +158,7 @@ def test_prune_steps_default_and_rounds() -> None:
 
 @pytest.fixture(scope="module")
 def stepped(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """`pipeline --quick --prune-steps 2 --target-flops 0.6` once."""
+    """`pipeline --quick --prune-steps 2 --target-flops 0.6 --fade 0.05` once."""
     import json
 
     from examples.eagleeye.__main__ import main
@@ -166,7 +166,7 @@ def stepped(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("steps")
     out, data = root / "out", root / "data"
     args = ["pipeline", "--quick", "--out", str(out), "--data", str(data), "--no-progress", "--prune-steps", "2",
-            "--target-flops", "0.6"]
+            "--target-flops", "0.6", "--fade", "0.05"]
     status = main(args)
     report = json.loads((out / "report.json").read_text()) if status == 0 else {}
     return {"status": status, "out": out, "report": report}
@@ -196,3 +196,26 @@ def test_pipeline_in_two_rounds_meets_the_target_and_saves_the_rounds_model(step
     last = load_checkpoint(out / "finetune" / "last.pt", "cpu")["model"]
     for name, tensor in model.state_dict().items():
         torch.testing.assert_close(tensor, last[name], rtol=0, atol=0)
+    assert report["config"]["fade"] == 0.05
+
+
+def test_every_rounds_checkpoint_loads_as_a_detector(stepped: dict) -> None:
+    """load_detector rebuilds round 1's checkpoint (a model narrower than the sparse one and wider
+    than the final one) from the finetuned.safetensors beside it, and the last round's from the one
+    above; each with exactly its checkpoint's weights."""
+    from examples.eagleeye.checkpoints import load_checkpoint
+    from examples.eagleeye.model_files import load_detector
+    from slimprune.measure import count_params
+
+    out = stepped["out"]
+    sizes = []
+    for checkpoint in (out / "finetune" / "round-1" / "last.pt", out / "finetune" / "last.pt"):
+        model, config = load_detector(checkpoint)
+        assert config is not None
+        weights = load_checkpoint(checkpoint, "cpu")["model"]
+        assert model.state_dict().keys() == weights.keys()
+        for name, tensor in model.state_dict().items():
+            torch.testing.assert_close(tensor, weights[name], rtol=0, atol=0)
+        sizes.append(count_params(model))
+    assert sizes[0] > sizes[1] == stepped["report"]["models"]["finetuned"]["params"]
+    assert sizes[0] < stepped["report"]["models"]["sparse"]["params"]
