@@ -114,3 +114,39 @@ def test_fair_baseline_curve_is_recorded_every_n_epochs(seeded: dict[str, Any]) 
     seed_dir = seeded["out"] / "seed-0"
     assert (seed_dir / "baseline_curve.png").read_bytes().startswith(b"\x89PNG")
     assert "val-AP curve" in (seed_dir / "report.md").read_text()
+
+
+def test_summarize_puts_separate_runs_together_as_seeds_does(seeded: dict[str, Any], tmp_path: Path) -> None:
+    """`summarize seed-0 seed-1` (runs made one at a time) writes the report `--seeds 2` wrote: the same
+    models, means and spreads and targets; the runs' folders and seeds may differ, nothing else."""
+    out = seeded["out"]
+    runs = [str(out / f"seed-{s}") for s in (0, 1)]
+    assert main(["summarize", *runs, "--out", str(tmp_path / "sum")]) == 0
+    summary = json.loads((tmp_path / "sum" / "report.json").read_text())
+    report = seeded["report"]
+    assert summary["seeds"] == report["seeds"] and summary["models"] == report["models"]
+    assert summary["targets"] == report["targets"] and summary["config"] == seeded["per_seed"][0]["config"]
+    assert "over 2 seeds" in (tmp_path / "sum" / "report.md").read_text()
+
+
+def test_summarize_refuses_runs_that_differ_in_more_than_the_seed(seeded: dict[str, Any], tmp_path: Path) -> None:
+    """A run made with another option is named with the entry that differs; a seed given twice, a
+    folder without report.json and a single run are refused too, and nothing is written."""
+    from examples.eagleeye.pipeline import summarize
+
+    out = seeded["out"]
+    other = tmp_path / "other"
+    other.mkdir()
+    changed = json.loads((out / "seed-1" / "report.json").read_text())
+    changed["config"]["finetune"]["lr"] = 0.5
+    (other / "report.json").write_text(json.dumps(changed))
+    target = tmp_path / "sum"
+    with pytest.raises(ValueError, match=r"config entry finetune\.lr: 0\.\d+ against 0\.5"):
+        summarize([out / "seed-0", other], target)
+    with pytest.raises(ValueError, match=r"seeds \[0, 0\]"):
+        summarize([out / "seed-0", out / "seed-0"], target)
+    with pytest.raises(ValueError, match="report.json does not exist"):
+        summarize([out / "seed-0", tmp_path], target)
+    with pytest.raises(ValueError, match="at least two runs"):
+        summarize([out / "seed-0"], target)
+    assert not target.exists()

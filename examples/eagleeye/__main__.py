@@ -5,6 +5,7 @@
     python -m examples.eagleeye detect photos/ --model runs/eagleeye/finetuned.safetensors --out faces/ [--score 0.5]
     python -m examples.eagleeye export --onnx eagleeye.onnx --model runs/eagleeye/finetuned.safetensors
     python -m examples.eagleeye pipeline [--quick] [--out DIR] [--data DIR] [--target-params 0.563 | --threshold T]
+    python -m examples.eagleeye summarize runs/a/seed-0 runs/b/seed-1 runs/c/seed-2 --out runs/three-seeds
 
 Under torchrun, ``train`` runs DistributedDataParallel:
 ``torchrun --nproc-per-node 2 -m examples.eagleeye train --device cpu``.
@@ -255,6 +256,18 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_summarize(args: argparse.Namespace) -> int:
+    """``summarize``: the mean ± standard deviation report of single-seed runs made separately."""
+    from .pipeline import summarize
+
+    try:
+        summarize(args.runs, args.out, console=console)
+    except ValueError as e:
+        console.print(f"[red]error:[/red] {e}")
+        return 2
+    return 0
+
+
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """``--model`` (with ``--checkpoint`` as its old name) and ``--architecture``."""
     parser.add_argument(
@@ -311,6 +324,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_pipeline_arguments(p_pipe)
     p_pipe.set_defaults(func=cmd_pipeline)
+
+    p_sum = sub.add_parser(
+        "summarize", help="mean ± std report of pipeline runs made separately, one seed each (as --seeds N writes)"
+    )
+    p_sum.add_argument("runs", nargs="+", metavar="RUN", help="folders of finished single-seed pipeline runs")
+    p_sum.add_argument("--out", required=True, metavar="DIR", help="where report.json and report.md go")
+    p_sum.set_defaults(func=cmd_summarize)
     return parser
 
 

@@ -42,8 +42,9 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,7 @@ __all__ = [
     "MODELS",
     "PipelineConfig",
     "run",
+    "summarize",
     "load_pruned",
     "effective_threshold",
     "report_markdown",
@@ -130,13 +132,85 @@ def _run_seeds(config: PipelineConfig, console: Console) -> dict[str, Any]:
         reports.append(_run_one(config.with_seed(seed), console))
     report = aggregate_reports(config, seeds, reports, [f"seed-{s}/report.json" for s in seeds])
     report["seconds"] = {"total": time.perf_counter() - started}
+    _write_seeds_report(out, report, console)
+    console.print(f"total {report['seconds']['total'] / 60:.1f} min; report in {out / 'report.md'}")
+    return report
+
+
+def _write_seeds_report(out: Path, report: dict[str, Any], console: Console) -> None:
     (out / "report.json").write_text(json.dumps(report, indent=1, allow_nan=True) + "\n")
     (out / "report.md").write_text(seeds_markdown(report))
     for name, target in report["targets"].items():
         mark = "[green]met[/green]" if target["met"] else "[red]missed[/red]"
-        console.print(f"target {name} ({len(seeds)}-seed mean): {target['text']}: {mark}")
-    console.print(f"total {report['seconds']['total'] / 60:.1f} min; report in {out / 'report.md'}")
+        console.print(f"target {name} ({len(report['seeds'])}-seed mean): {target['text']}: {mark}")
+
+
+#: Config entries that may differ between the runs one summary puts together.
+_PER_RUN = frozenset({"out_dir", "init", "seed", "resume", "progress", "seeds"})
+
+
+def _shared_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` without what belongs to one run (its folders, seed, resumption); a relative
+    ``data_root`` is taken from the current directory, as the pipeline took it."""
+    shared: dict[str, Any] = {}
+    for k, v in config.items():
+        if k in _PER_RUN:
+            continue
+        shared[k] = _shared_config(v) if isinstance(v, Mapping) else os.path.abspath(v) if k == "data_root" else v
+    return shared
+
+
+def summarize(runs: Sequence[str | Path], out: str | Path, console: Console | None = None) -> dict[str, Any]:
+    """The mean ± standard deviation report of finished single-seed pipeline runs, as
+    ``pipeline --seeds N`` writes it, for seeds run separately (on several machines or cores at
+    once, or kept from an earlier run): reads each run's ``report.json``, writes ``out/report.json``
+    and ``out/report.md``. Run it from the directory the pipeline ran in when the runs' data
+    folder was given as a relative path.
+
+    Raises:
+        ValueError: fewer than two runs, a run without ``report.json``, two runs with the same seed,
+            or runs whose configurations differ in anything but their folders and seeds (names the
+            first differing entry).
+    """
+    console = console or Console()
+    folders = [Path(r) for r in runs]
+    if len(folders) < 2:
+        raise ValueError(f"summarize needs at least two runs to give a spread, got {len(folders)}.")
+    reports = []
+    for folder in folders:
+        path = folder / "report.json"
+        if not path.is_file():
+            raise ValueError(f"{path} does not exist: give folders of finished `pipeline` runs (one seed each).")
+        reports.append(json.loads(path.read_text()))
+    seeds = [int(r["config"]["baseline"]["seed"]) for r in reports]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"the runs {', '.join(map(str, folders))} have seeds {seeds}: each seed once.")
+    first = _shared_config(reports[0]["config"])
+    for folder, report in zip(folders[1:], reports[1:]):
+        other = _shared_config(report["config"])
+        if other != first:
+            key = _first_difference(first, other)
+            raise ValueError(
+                f"{folder} was run with another configuration than {folders[0]} (config entry {key}); "
+                "a summary puts together runs that differ only in their seed."
+            )
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = [os.path.relpath(f / "report.json", out) for f in folders]
+    report = aggregate_reports(reports[0]["config"], seeds, reports, files)
+    _write_seeds_report(out, report, console)
+    console.print(f"report of {len(seeds)} seeds in {out / 'report.md'}")
     return report
+
+
+def _first_difference(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> str:
+    for key in sorted(set(a) | set(b)):
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, Mapping) and isinstance(y, Mapping) and x != y:
+            return _first_difference(x, y, f"{prefix}{key}.")
+        if x != y:
+            return f"{prefix}{key}: {x!r} against {y!r}"
+    return prefix.rstrip(".")
 
 
 def _run_one(config: PipelineConfig, console: Console) -> dict[str, Any]:

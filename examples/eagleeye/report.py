@@ -518,7 +518,10 @@ def mean_std(values: Sequence[float]) -> dict[str, Any]:
 
 
 def aggregate_reports(
-    config: PipelineConfig, seeds: Sequence[int], reports: Sequence[Mapping[str, Any]], files: Sequence[str]
+    config: PipelineConfig | Mapping[str, Any],
+    seeds: Sequence[int],
+    reports: Sequence[Mapping[str, Any]],
+    files: Sequence[str],
 ) -> dict[str, Any]:
     """The report of a run over several seeds: mean and spread of every number of the per-seed reports.
 
@@ -541,7 +544,7 @@ def aggregate_reports(
         }
     return {
         "paper": dict(PAPER),
-        "config": config.to_dict(),
+        "config": config.to_dict() if isinstance(config, PipelineConfig) else dict(config),
         "seeds": list(seeds),
         "runs": list(files),
         "eval_size": reports[0]["eval_size"],
@@ -621,7 +624,11 @@ def seeds_markdown(report: Mapping[str, Any]) -> str:
         "## Time",
         "",
         ", ".join(f"seed {s} {t / 60:.1f} min" for s, t in zip(seeds, report["seconds_per_seed"]))
-        + f"; total {report['seconds']['total'] / 60:.1f} min.",
+        + (
+            f"; total {report['seconds']['total'] / 60:.1f} min."
+            if "seconds" in report
+            else " (run separately, then put together by `summarize`)."
+        ),
         "",
     ]
     return "\n".join(lines)
