@@ -219,3 +219,34 @@ def test_every_rounds_checkpoint_loads_as_a_detector(stepped: dict) -> None:
         sizes.append(count_params(model))
     assert sizes[0] > sizes[1] == stepped["report"]["models"]["finetuned"]["params"]
     assert sizes[0] < stepped["report"]["models"]["sparse"]["params"]
+
+
+def test_with_fade_the_next_round_removes_exactly_the_channels_faded(stepped: dict) -> None:
+    """With --fade, round 2's plan is the one made at round 1's start (on the model round 1 pruned,
+    before its fine-tuning): the channels faded out are the ones removed, and their γ went down."""
+    import slimprune
+    from examples.eagleeye.model_files import load_detector
+
+    out = stepped["out"]
+    from examples.eagleeye.config import TrainConfig
+
+    config = stepped["report"]["config"]
+    sparse, _ = load_detector(out / "sparse" / "last.pt")
+    first = slimprune.PruningPlan.from_json((out / "plan-round-1.json").read_text())
+    second = slimprune.PruningPlan.from_json((out / "plan-round-2.json").read_text())
+    start = apply_plan(sparse, first)
+    goal = step_goals(removed_flops(first), config["target_flops"], 2)[1]
+    planned = next_step_plan(
+        analyze(start, TrainConfig.from_dict(config["sparse"])), first.flops_before, goal, config["round_to"]
+    )
+
+    def removed(plan) -> dict:
+        return {(s.module, s.param): s.removed for s in plan.slices if s.removed}
+
+    assert removed(second) == removed(planned) and removed(second)
+    faded, _ = load_detector(out / "finetune" / "round-1" / "last.pt")
+    for (module, param), channels in removed(second).items():
+        if param == "weight" and isinstance(start.get_submodule(module), torch.nn.BatchNorm2d):
+            before = start.get_submodule(module).weight.detach()[list(channels)].abs()
+            after = faded.get_submodule(module).weight.detach()[list(channels)].abs()
+            assert after.sum() < before.sum()

@@ -350,7 +350,7 @@ class PipelineConfig:
             sparse run) during each round's fine-tuning but the last, on the BatchNorm γ of the
             channels the next round would remove, planned on the model at the round's start: they
             fade out while the rest of the network, distilled, takes over their work, and the
-            next round removes them at little cost (:func:`.policy.fade_hook`). 0: off.
+            next round removes exactly them, at little cost (:func:`.policy.fade_hook`). 0: off.
         seeds: train (baseline, sparse, fine-tune) with this many seeds, ``seed``,
             ``seed + 1``, ... (the data stay the same), each run in ``out_dir/seed-<s>``,
             and report the mean and standard deviation of every number.

@@ -338,18 +338,22 @@ def _prune_in_steps(
     teaching = f", distilling from the baseline (weight {config.finetune.distill:g})" if config.finetune.distill > 0 else ""
     with stage("finetune", f"{n} rounds of prune + fine-tune, {'+'.join(map(str, epochs))} epochs{teaching}"):
         model = apply_plan(sparse, first)
+        doomed: slimprune.PruningPlan | None = None
         for k in range(n):
             if k > 0:
-                plan_k = next_step_plan(analyze(model, config.sparse), flops0, goals[k], config.round_to)
+                # With fading, the round removes exactly the channels the round before faded out.
+                plan_k = doomed or next_step_plan(analyze(model, config.sparse), flops0, goals[k], config.round_to)
+                chosen = "the channels faded out in the round before" if doomed else "smallest |γ| per FLOP"
                 console.print(
-                    f"round {k + 1} of {n} (largest |γ| removed {effective_threshold(model, plan_k):.3g}): " + str(plan_k)
+                    f"round {k + 1} of {n} ({chosen}; largest |γ| removed {effective_threshold(model, plan_k):.3g}): "
+                    + str(plan_k)
                 )
                 model = apply_plan(model, plan_k)
                 plans.append(plan_k)
             (out / f"plan-round-{k + 1}.json").write_text(plans[-1].to_json(indent=1) + "\n")
             folder = config.finetune.out_dir if k == n - 1 else str(Path(config.finetune.out_dir) / f"round-{k + 1}")
             run = replace(config.finetune, epochs=epochs[k], out_dir=folder, progress=config.progress)
-            fade = None
+            fade, doomed = None, None
             if config.fade > 0 and k < n - 1:
                 doomed = next_step_plan(analyze(model, config.sparse), flops0, goals[k + 1], config.round_to)
                 fade = fade_hook(doomed, config.fade)
