@@ -150,3 +150,18 @@ def test_summarize_refuses_runs_that_differ_in_more_than_the_seed(seeded: dict[s
     with pytest.raises(ValueError, match="at least two runs"):
         summarize([out / "seed-0"], target)
     assert not target.exists()
+
+
+def test_seeds_onnxruntime_latency_is_the_mean_of_each_seeds_speed_up() -> None:
+    """The onnxruntime column of a seeds report: mean ± std of the latencies, and of each seed's
+    speed-up against its own baseline (not the ratio of the means); a seed without it is said so."""
+    from examples.eagleeye.report import aggregate_onnxruntime
+
+    runs = [{"threads": 1, "ms": {"baseline": 4.0, "finetuned": 1.0}},
+            {"threads": 1, "ms": {"baseline": 6.0, "finetuned": 3.0}}]
+    got = aggregate_onnxruntime(runs)
+    assert got["ms"]["finetuned"]["values"] == [1.0, 3.0] and got["ms"]["baseline"]["mean"] == 5.0
+    assert got["speedup"]["finetuned"]["values"] == [4.0, 2.0] and got["speedup"]["baseline"]["values"] == [1.0, 1.0]
+    assert got["speedup"]["finetuned"]["mean"] == 3.0  # not 5.0 / 2.0, the ratio of the means
+    assert "1 of 2" in aggregate_onnxruntime([runs[0], {"skipped": "onnxruntime not installed"}])["skipped"]
+    assert aggregate_onnxruntime([None, None]) is None

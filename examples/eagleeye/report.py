@@ -556,8 +556,25 @@ def aggregate_reports(
             for r in reports
         ],
         "latency_floor": [r.get("latency_floor") for r in reports],
+        "latency_onnxruntime": aggregate_onnxruntime([r.get("latency_onnxruntime") for r in reports]),
         "targets": targets_met(means),
         "seconds_per_seed": [r["seconds"]["total"] for r in reports],
+    }
+
+
+def aggregate_onnxruntime(runs: Sequence[Mapping[str, Any] | None]) -> dict[str, Any] | None:
+    """Mean ± std of the seeds' onnxruntime latencies and speed-ups against each seed's baseline;
+    None when no seed measured it, ``{"skipped": ...}`` when some did not."""
+    measured = [r for r in runs if r and "ms" in r]
+    if not measured:
+        return None
+    if len(measured) < len(runs):
+        return {"skipped": f"measured in {len(measured)} of {len(runs)} seeds only"}
+    names = list(measured[0]["ms"])
+    return {
+        "threads": measured[0]["threads"],
+        "ms": {n: mean_std([r["ms"][n] for r in measured]) for n in names},
+        "speedup": {n: mean_std([r["ms"]["baseline"] / r["ms"][n] for r in measured]) for n in names},
     }
 
 
@@ -615,6 +632,24 @@ def seeds_markdown(report: Mapping[str, Any]) -> str:
             + " / ".join(f"{100 * ft['ap_change'][s]['values'][i]:+.1f}" for s in SUBSETS)
             + " |"
         )
+    ort = report.get("latency_onnxruntime")
+    if ort and "skipped" in ort:
+        lines += ["", f"onnxruntime latency: not aggregated ({ort['skipped']})."]
+    elif ort:
+        lines += [
+            "",
+            "## onnxruntime",
+            "",
+            f"The same models exported to ONNX (BatchNorm folded), onnxruntime's CPU provider, {ort['threads']} "
+            "intra-op thread(s), batch 1; speed-ups against each seed's baseline in the same runtime.",
+            "",
+            "| model | latency (ms) | speed-up |",
+            "| --- | --- | --- |",
+        ]
+        lines += [
+            f"| {LABELS[n]} | {_pm(ort['ms'][n]['values'], 2)} | {_pm(ort['speedup'][n]['values'], 2)}x |"
+            for n in ort["ms"]
+        ]
     lines += curve_markdown(report["baseline_curves"])
     if report["latency_floor"] and report["latency_floor"][0]:
         lines += floor_markdown(report["latency_floor"][0])
