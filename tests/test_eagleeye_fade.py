@@ -85,6 +85,6 @@ def test_fading_drives_the_next_rounds_gammas_towards_zero(tmp_path: Path) -> No
 def test_fade_option_is_validated_and_reaches_the_config_and_command_line() -> None:
     with pytest.raises(ValueError, match="fade=-0.1"):
         small_config(fade=-0.1)
-    assert small_config().fade == 0.0 and small_config(fade=0.02).to_dict()["fade"] == 0.02
+    assert small_config().fade == 0.1 and small_config(fade=0.02).to_dict()["fade"] == 0.02
     args = build_parser().parse_args(["pipeline", "--out", "unused", "--fade", "0.03"])
     assert pipeline_config_from_args(args).fade == 0.03
