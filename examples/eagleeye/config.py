@@ -264,7 +264,9 @@ _SPARSE_INIT = "baseline"
 # baseline and sparse run, the fine-tuned model ended -1.6 / -1.0 / -0.8 AP points from the
 # baseline against -4.9 / -2.5 / -1.9 pruned at once (2 rounds: -2.0 / -2.0 / -1.4), 81.3% of
 # the parameters and 68.3% of the FLOPs removed against 81.4% / 68.0%, and no slower (folded,
-# interleaved: 6.74 ms against 6.81; one seed; docs/eagleeye.md).
+# interleaved: 6.74 ms against 6.81; one seed; docs/eagleeye.md). Seeds 1 and 2 later showed
+# seed 0 was lucky: over the 3 seeds these rounds lost 3.1 / 2.8 / 2.4 points, pruning at once
+# 2.2 / 1.3 / 1.0; with fading (_FADE below) the rounds lost 2.0 / 1.5 / 1.4 with the least spread.
 _PRUNE_STEPS = 3
 # The pull on the next round's channels during a round's fine-tuning (PipelineConfig.fade).
 # 0.1 since 2026-12-07: over seeds 0, 1, 2 on shared baselines and sparse runs, 3 rounds with

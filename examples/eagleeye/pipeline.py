@@ -342,8 +342,11 @@ def _prune_in_steps(
         for k in range(n):
             if k > 0:
                 # With fading, the round removes exactly the channels the round before faded out.
-                plan_k = doomed or next_step_plan(analyze(model, config.sparse), flops0, goals[k], config.round_to)
-                chosen = "the channels faded out in the round before" if doomed else "smallest |γ| per FLOP"
+                if doomed is not None:
+                    plan_k, chosen = doomed, "the channels faded out in the round before"
+                else:
+                    plan_k = next_step_plan(analyze(model, config.sparse), flops0, goals[k], config.round_to)
+                    chosen = "smallest |γ| per FLOP"
                 console.print(
                     f"round {k + 1} of {n} ({chosen}; largest |γ| removed {effective_threshold(model, plan_k):.3g}): "
                     + str(plan_k)
