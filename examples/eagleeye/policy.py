@@ -223,8 +223,9 @@ def combined_plan(
     layer's kept channels back through the rounds gives their place in ``model``. The plan is
     the threshold plan (``|γ| <= 0``) of a copy of ``model`` whose BatchNorm scales of exactly
     those channels are set to 0 (and every other scale that was exactly 0 to the smallest
-    positive float, so a zeroed channel a round kept stays), so it has the layer widths (and the folded biases) the rounds
-    left; the pipeline checks that the last round's weights load into ``apply(model, plan)``.
+    positive float, so a zeroed channel a round kept stays), so it has the layer widths (and
+    the folded biases) the rounds left; the pipeline checks that the last round's weights load
+    into ``apply(model, plan)``.
     """
     places: dict[tuple[str, str], list[int]] = {}
     gone: dict[tuple[str, str], list[int]] = {}
