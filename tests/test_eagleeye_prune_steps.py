@@ -4,6 +4,7 @@ the sparse model they add up to, on an untrained EagleEye (no data, no training)
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import replace
 
 import pytest
@@ -17,7 +18,9 @@ from examples.eagleeye.policy import (
     apply_plan,
     combined_plan,
     first_step_plan,
+    layer_caps,
     next_step_plan,
+    original_widths,
     prune_plan,
     removed_flops,
     step_epochs,
@@ -42,10 +45,12 @@ def _rounds(sparse: EagleEye, config: PipelineConfig, after_round=None):
     first = first_step_plan(analyze(sparse, config.sparse), config)
     goals = step_goals(removed_flops(first), config.target_flops, config.prune_steps)
     plans, model = [first], apply_plan(sparse, first)
+    widths = original_widths(sparse)
     for k in range(1, config.prune_steps):
         if after_round is not None:
             after_round(model)
-        plan = next_step_plan(analyze(model, config.sparse), first.flops_before, goals[k], config.round_to)
+        plan = next_step_plan(analyze(model, config.sparse), first.flops_before, goals[k], config.round_to,
+                              layer_caps(model, widths, config.max_ratio))
         plans.append(plan)
         model = apply_plan(model, plan)
     return plans, model
@@ -85,6 +90,47 @@ def test_rounds_meet_the_flops_target_and_add_up_to_one_plan(sparse: EagleEye, s
         ours, theirs = model(x), apply_plan(sparse, plan)(x)
     for a, b in zip(ours, theirs):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_max_ratio_keeps_every_layer_its_share_of_the_original_width_through_the_rounds(
+    sparse: EagleEye,
+) -> None:
+    """Without a cap the rounds take some layer below half its channels; with max_ratio=0.5 every
+    layer keeps at least half of its unpruned width after all rounds (the cap counts against
+    the original width, not the width a round starts from) and the FLOPs target is still met."""
+    config = small_config(target_flops=0.5, target_params=0.3, prune_steps=3, round_to=1)
+    original = _widths(sparse)
+    _, free = _rounds(sparse, config)
+    assert min(w / original[n] for n, w in _widths(free).items()) < 0.5
+    plans, capped = _rounds(sparse, replace(config, max_ratio=0.5))
+    assert all(w >= math.ceil(0.5 * original[n]) for n, w in _widths(capped).items()), _widths(capped)
+    assert 1 - plans[-1].flops_after / plans[0].flops_before >= 0.5
+
+
+def test_layer_caps_are_the_share_of_the_current_width_that_may_still_go() -> None:
+    model = EagleEye().eval()
+    widths = original_widths(model)
+    assert layer_caps(model, widths, 1.0) == 1.0
+    caps = layer_caps(model, widths, 0.75)
+    assert set(caps) == set(widths) and all(caps[n] == (w - math.ceil(0.25 * w)) / w for n, w in widths.items())
+    half = apply_plan(model, slimprune.plan(analyze(model, small_config().sparse), 0.5, max_ratio=0.5))
+    later = layer_caps(half, widths, 0.5)
+    for name, m in half.named_modules():
+        if name in later:  # a layer already at half its width may lose nothing more
+            keep = math.ceil(0.5 * widths[name])
+            assert later[name] == pytest.approx(max(0, m.num_features - keep) / m.num_features)
+    assert min(later.values()) == 0.0
+
+
+def test_max_ratio_option_is_validated_and_reaches_the_config_and_command_line() -> None:
+    from examples.eagleeye.__main__ import build_parser, pipeline_config_from_args
+
+    for bad in (0.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match=f"max_ratio={bad}"):
+            small_config(max_ratio=bad)
+    assert small_config().max_ratio == 1.0 and small_config(max_ratio=0.7).to_dict()["max_ratio"] == 0.7
+    args = build_parser().parse_args(["pipeline", "--out", "unused", "--max-ratio", "0.8"])
+    assert pipeline_config_from_args(args).max_ratio == 0.8
 
 
 def test_combined_plan_follows_channels_through_a_changed_model(sparse: EagleEye) -> None:

@@ -274,6 +274,8 @@ _PRUNE_STEPS = 3
 # 2.4 ± 1.5 without (better on every seed) and 2.2 ± 2.4 / 1.3 ± 1.0 / 1.0 ± 0.8 pruned at once
 # (a tie within the spread, with the worst seed at -2.6 against -4.9; docs/eagleeye.md).
 _FADE = 0.1
+# The largest fraction of any layer's channels removed, over all rounds (PipelineConfig.max_ratio).
+_MAX_RATIO = 1.0
 
 
 def _baseline_checkpoint(baseline: TrainConfig) -> str:
@@ -352,6 +354,10 @@ class PipelineConfig:
             1: prune once, fine-tune once. Rounds step the FLOPs target only: with ``threshold``,
             ``target_latency`` or no ``target_flops`` the pipeline prunes once, and it never
             runs more rounds than fine-tuning epochs (:attr:`prune_rounds`).
+        max_ratio: the largest fraction of any layer's channels that pruning removes, counted
+            against the unpruned model's width through all rounds (``slimprune.plan``'s
+            ``max_ratio``; :func:`.policy.layer_caps`); the zeroed channels beyond it stay.
+            1: no limit.
         fade: with rounds, λ of an L1 pull (``λ·sign(γ)`` added to the gradient, as in the
             sparse run) during each round's fine-tuning but the last, on the BatchNorm γ of the
             channels the next round would remove, planned on the model at the round's start: they
@@ -413,6 +419,10 @@ class PipelineConfig:
         _PRUNE_STEPS, metavar="N",
         help="prune + fine-tune rounds that share the fine-tuning epochs, the FLOPs cut stepped up to --target-flops",
     )
+    max_ratio: float = option(
+        _MAX_RATIO, metavar="FRACTION",
+        help="remove at most this fraction of any layer's original channels, over all rounds (1: no limit)",
+    )
     fade: float = option(
         _FADE, metavar="λ",
         help="L1 pull, in each round's fine-tuning but the last, on the γ of the channels the next round "
@@ -442,6 +452,10 @@ class PipelineConfig:
             )
         if self.seeds < 1:
             raise ValueError(f"seeds={self.seeds} must be >= 1 (the number of training seeds to run).")
+        if not 0 < self.max_ratio <= 1:
+            raise ValueError(
+                f"max_ratio={self.max_ratio} must be a fraction in (0, 1] of a layer's channels (1: no limit)."
+            )
         if not self.fade >= 0:
             raise ValueError(f"fade={self.fade} must be >= 0 (the λ of the pull on the next round's channels).")
         if self.prune_steps < 1:
@@ -597,5 +611,6 @@ class PipelineConfig:
             "sparse_init": self.sparse_init,
             "seeds": self.seeds,
             "prune_steps": self.prune_steps,
+            "max_ratio": self.max_ratio,
             "fade": self.fade,
         }

@@ -68,7 +68,9 @@ from .policy import (
     effective_threshold,
     fade_hook,
     first_step_plan,
+    layer_caps,
     next_step_plan,
+    original_widths,
     plan_fraction,
     prune_plan,
     removed_flops,
@@ -333,6 +335,7 @@ def _prune_in_steps(
         first = first_step_plan(analysis, config)
         console.print(str(first))
     flops0, params0 = first.flops_before, first.params_before
+    widths = original_widths(sparse)
     goals = step_goals(removed_flops(first), config.target_flops, n)
     plans, steps = [first], []
     teaching = f", distilling from the baseline (weight {config.finetune.distill:g})" if config.finetune.distill > 0 else ""
@@ -345,7 +348,8 @@ def _prune_in_steps(
                 if doomed is not None:
                     plan_k, chosen = doomed, "the channels faded out in the round before"
                 else:
-                    plan_k = next_step_plan(analyze(model, config.sparse), flops0, goals[k], config.round_to)
+                    plan_k = next_step_plan(analyze(model, config.sparse), flops0, goals[k], config.round_to,
+                                            layer_caps(model, widths, config.max_ratio))
                     chosen = "smallest |γ| per FLOP"
                 console.print(
                     f"round {k + 1} of {n} ({chosen}; largest |γ| removed {effective_threshold(model, plan_k):.3g}): "
@@ -358,7 +362,8 @@ def _prune_in_steps(
             run = replace(config.finetune, epochs=epochs[k], out_dir=folder, progress=config.progress)
             fade, doomed = None, None
             if config.fade > 0 and k < n - 1:
-                doomed = next_step_plan(analyze(model, config.sparse), flops0, goals[k + 1], config.round_to)
+                doomed = next_step_plan(analyze(model, config.sparse), flops0, goals[k + 1], config.round_to,
+                                        layer_caps(model, widths, config.max_ratio))
                 fade = fade_hook(doomed, config.fade)
                 console.print(f"round {k + 1}: fading out the {doomed.removed_channels} channels round {k + 2} would "
                               f"remove now (λ = {config.fade:g})")

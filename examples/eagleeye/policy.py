@@ -9,11 +9,12 @@ counted (the engine asks for a little more itself), so nothing here retries for 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import copy
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -36,6 +37,8 @@ __all__ = [
     "step_goals",
     "step_epochs",
     "next_step_plan",
+    "original_widths",
+    "layer_caps",
     "combined_plan",
     "apply_plan",
     "effective_threshold",
@@ -50,6 +53,10 @@ _FLOPS_STEP = 0.02
 _FLOPS_TRIES = 10
 _MAX_FRACTION = 0.99
 _PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+# slimprune.plan's max_ratio: one fraction for every group, or one per module name.
+MaxRatio = float | Mapping[str, float]
 
 
 def example_batch(config: TrainConfig) -> tuple[torch.Tensor]:
@@ -83,6 +90,7 @@ def latency_plan(
     *,
     points: int = 5,
     min_run_time: float = 0.05,
+    max_ratio: MaxRatio = 1.0,
 ) -> slimprune.PruningPlan:
     """Remove ``fraction`` of the predicted CPU latency at batch 1 (``slimprune.plan(target="latency")``):
     each layer is timed at a grid of widths (``slimprune.latency.profile``, on ``threads`` threads,
@@ -100,20 +108,46 @@ def latency_plan(
             analysis.model, analysis.example_inputs, analysis.graph, device="cpu", threads=threads,
             points=points, min_run_time=min_run_time, cache=cache, progress=False,
         )
-        return slimprune.plan(analysis, fraction, target="latency", round_to=round_to, latency_table=table)
+        return slimprune.plan(analysis, fraction, target="latency", round_to=round_to, latency_table=table,
+                              max_ratio=max_ratio)
     finally:
         torch.set_num_threads(previous)
 
 
 def plan_fraction(
-    analysis: slimprune.Analysis, fraction: float, *, target: str = "params", round_to: int = 1
+    analysis: slimprune.Analysis, fraction: float, *, target: str = "params", round_to: int = 1,
+    max_ratio: MaxRatio = 1.0,
 ) -> slimprune.PruningPlan:
     """Remove at least ``fraction`` of the parameters (``target="params"``, smallest |γ| first)
     or of the FLOPs (``target="flops"``, smallest |γ| per FLOP first: by |γ| alone the cheap
     low-resolution channels go first and the target is reached only by removing far more of
-    them, docs/eagleeye.md)."""
+    them, docs/eagleeye.md), no group losing more than ``max_ratio`` (``slimprune.plan``'s)."""
     importance = scale_per_cost("flops") if target == "flops" else "bn_scale"
-    return slimprune.plan(analysis, fraction, target=target, importance=importance, round_to=round_to)
+    return slimprune.plan(
+        analysis, fraction, target=target, importance=importance, round_to=round_to, max_ratio=max_ratio
+    )
+
+
+def original_widths(model: nn.Module) -> dict[str, int]:
+    """The channel count of every BatchNorm of ``model`` (the unpruned model), by module name:
+    what :func:`layer_caps` measures a later round's widths against."""
+    return {name: m.num_features for name, m in model.named_modules() if isinstance(m, _NORMS)}
+
+
+def layer_caps(model: nn.Module, widths: Mapping[str, int], max_ratio: float) -> MaxRatio:
+    """``slimprune.plan``'s ``max_ratio`` for ``model`` (pruned already, or not) such that no layer
+    ends with fewer than ``(1 - max_ratio)`` of its channels in the unpruned model (``widths``,
+    :func:`original_widths`): per BatchNorm, the share of its current channels that may still go.
+    A group loses at most the smallest share among its members, so every layer of the group
+    keeps its floor. ``max_ratio`` 1: no limit."""
+    if max_ratio >= 1:
+        return 1.0
+    caps: dict[str, float] = {}
+    for name, m in model.named_modules():
+        if isinstance(m, _NORMS) and name in widths:
+            keep = math.ceil((1 - max_ratio) * widths[name] - 1e-9)
+            caps[name] = max(0, m.num_features - keep) / m.num_features
+    return caps
 
 
 def removed_flops(plan: slimprune.PruningPlan) -> float:
@@ -134,22 +168,23 @@ def prune_plan(
     ``target_params``; or, when that misses ``target_flops``, the smallest |γ| per FLOP until
     both targets are met.
     """
-    rounding = config.round_to
+    rounding, cap = config.round_to, config.max_ratio
     if config.target_latency is not None and config.threshold is None:
         at_size = analyze_for_latency(analysis.model, config.baseline.eval_size)
-        return latency_plan(at_size, config.target_latency, config.latency_threads, rounding, latency_cache)
+        return latency_plan(at_size, config.target_latency, config.latency_threads, rounding, latency_cache,
+                            max_ratio=cap)
     if config.threshold is not None:
-        return slimprune.plan(analysis, threshold=config.threshold, round_to=rounding)
+        return slimprune.plan(analysis, threshold=config.threshold, round_to=rounding, max_ratio=cap)
     plan = None
     if config.dead_threshold > 0:
-        plan = slimprune.plan(analysis, threshold=config.dead_threshold, round_to=rounding)
+        plan = slimprune.plan(analysis, threshold=config.dead_threshold, round_to=rounding, max_ratio=cap)
     if plan is None or removed_params(plan) < config.target_params:
-        plan = plan_fraction(analysis, config.target_params, round_to=rounding)
+        plan = plan_fraction(analysis, config.target_params, round_to=rounding, max_ratio=cap)
     if config.target_flops is None or removed_flops(plan) >= config.target_flops:
         return plan
     fraction = config.target_flops
     for _ in range(_FLOPS_TRIES):
-        by_flops = plan_fraction(analysis, fraction, target="flops", round_to=rounding)
+        by_flops = plan_fraction(analysis, fraction, target="flops", round_to=rounding, max_ratio=cap)
         if removed_params(by_flops) >= config.target_params or fraction >= _MAX_FRACTION:
             return by_flops
         fraction = min(_MAX_FRACTION, fraction + _FLOPS_STEP)
@@ -179,18 +214,21 @@ def step_epochs(epochs: int, steps: int) -> list[int]:
 
 
 def next_step_plan(
-    analysis: slimprune.Analysis, flops_original: int, goal: float, round_to: int
+    analysis: slimprune.Analysis, flops_original: int, goal: float, round_to: int, max_ratio: MaxRatio = 1.0
 ) -> slimprune.PruningPlan:
     """A later round's plan of the (pruned, fine-tuned) model ``analysis`` holds: the smallest |γ|
     per FLOP go until ``goal`` of ``flops_original`` (the unpruned model's FLOPs at the same input)
-    are gone. The model's own FLOPs are already below ``flops_original``; a goal they meet
-    removes nothing (a threshold plan below every |γ|)."""
-    empty = slimprune.plan(analysis, threshold=0.0, round_to=round_to)  # (only exact zeros; for the FLOPs now)
+    are gone, no group losing more than ``max_ratio`` (:func:`layer_caps` measures it against
+    the unpruned widths). The model's own FLOPs are already below ``flops_original``; a goal
+    they meet removes nothing (a threshold plan below every |γ|)."""
+    # (only exact zeros; for the FLOPs now)
+    empty = slimprune.plan(analysis, threshold=0.0, round_to=round_to, max_ratio=max_ratio)
     now = empty.flops_before
     fraction = 1 - (1 - goal) * flops_original / now
     if fraction <= 0:
         return empty
-    return plan_fraction(analysis, min(fraction, _MAX_FRACTION), target="flops", round_to=round_to)
+    return plan_fraction(analysis, min(fraction, _MAX_FRACTION), target="flops", round_to=round_to,
+                         max_ratio=max_ratio)
 
 
 def fade_hook(plan: slimprune.PruningPlan, lam: float) -> Callable[[nn.Module], None]:
