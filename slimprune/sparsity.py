@@ -38,6 +38,7 @@ from ._checks import check_eager, is_real
 from ._gamma import abs_gamma, unit_gamma_max
 from ._graph import ChannelGraph
 from ._parallel import unwrap_parallel
+from ._plan import PruningPlan
 from ._analysis import Analysis, analyze
 from ._options import _relative, check_protect, protected_units, protects_whole
 from ._prune import plan as make_plan
@@ -283,6 +284,24 @@ def _named_scales(model: nn.Module, bn_modules: Iterable[str | nn.Module]) -> li
     return out
 
 
+def _plan_scales(model: nn.Module, plan: PruningPlan) -> list[_Scale]:
+    """The scaling factors of exactly the channels ``plan`` removes (each norm weight masked to
+    them); ``plan`` must have been made for ``model``. A plan of regions lists its regions'
+    slices with whole-model names too, so its own slices are all there is to read."""
+    if not isinstance(plan, PruningPlan):
+        raise InvalidArgumentError(f"plan must be a slimprune.PruningPlan, got {type(plan).__name__}")
+    plan.check_model(model)
+    out: list[_Scale] = []
+    for s in plan.slices:
+        if s.role != "scale" or not s.removed:
+            continue
+        weight = getattr(model.get_submodule(s.module) if s.module else model, s.param)
+        mask = torch.zeros(weight.shape[0], dtype=torch.bool)
+        mask[list(s.removed)] = True
+        out.append(_Scale(s.module, weight, mask))
+    return out
+
+
 # -------------------------------------------------------------------------- regulariser
 
 
@@ -322,10 +341,17 @@ class SparsityRegularizer:
             alone saves, normalised so that the weights average 1 over the regularised
             channels. Channels at high resolution then go first under ``"flops"``, wide
             late layers under ``"params"``. Needs the graph analysis (not ``bn_modules``).
+        plan: instead of analysing the model, regularise exactly the channels this
+            :class:`~slimprune.PruningPlan` of ``model`` removes (their scales, nothing else):
+            the channels a later ``slimprune.apply(model, plan)`` cuts fade out first while
+            training goes on, so that cutting them costs little (gradual pruning). The plan
+            must have been made for this model (same parameter names and shapes).
 
     Raises:
-        InvalidArgumentError: a bad ``lam``, ``schedule``, ``protect``, ``bn_modules`` or ``cost``,
-            or a TorchScript model or submodule (regularise the eager module you will prune).
+        InvalidArgumentError: a bad ``lam``, ``schedule``, ``protect``, ``bn_modules``, ``cost`` or
+            ``plan``, ``plan`` with ``bn_modules``/``protect``/another ``cost``, or a TorchScript
+            model or submodule (regularise the eager module you will prune).
+        PlanMismatchError: ``plan`` was made for another model.
         TraceError, ExampleInputError: the model cannot be analysed, whole or by regions
             (pass ``bn_modules``).
 
@@ -344,8 +370,15 @@ class SparsityRegularizer:
         example_inputs: Any = None,
         bn_modules: Iterable[str | nn.Module] | None = None,
         cost: str = "uniform",
+        plan: PruningPlan | None = None,
     ) -> None:
         check_eager(unwrap_parallel(model) if isinstance(model, nn.Module) else model)
+        protect = tuple(protect) if isinstance(protect, Iterable) and not isinstance(protect, str) else protect
+        if plan is not None and (bn_modules is not None or protect or cost != "uniform"):
+            raise InvalidArgumentError(
+                "plan= names the channels to regularise itself; drop bn_modules, protect and cost "
+                "(or drop plan and let the analysis choose the channels)"
+            )
         if cost not in COSTS:
             raise InvalidArgumentError(
                 f"cost={cost!r} is not one of {', '.join(map(repr, COSTS))}; "
@@ -365,7 +398,9 @@ class SparsityRegularizer:
             )
         inner = unwrap_parallel(model)
         self._weights: list[torch.Tensor] | None = None
-        if bn_modules is not None:
+        if plan is not None:
+            self._scales = _plan_scales(inner, plan)
+        elif bn_modules is not None:
             self._scales = _named_scales(inner, bn_modules)
         else:
             self._scales, parts = _scales_and_parts(inner, example_inputs, protect)

@@ -239,6 +239,60 @@ def test_default_on_a_model_planned_by_regions_picks_the_scales_its_regions_can_
     assert default_lambda(model, x) == 1e-4  # each region is a plain chain
 
 
+def test_plan_regularises_exactly_the_channels_the_plan_removes() -> None:
+    """plan= adds λ·sign(γ) to the scales of the channels the plan removes and changes no other
+    gradient entry, also for a model planned region by region; applying the plan afterwards
+    removes exactly the channels that were pulled."""
+    torch.manual_seed(0)
+    model = randomize_bn(TinyResNet())
+    x = torch.randn(4, 3, 16, 16)
+    plan = slimprune.plan(model, 0.4, example_inputs=x)
+    doomed = {f"{s.module}.{s.param}": list(s.removed) for s in plan.slices if s.role == "scale" and s.removed}
+    assert doomed and plan.removed_channels > 0
+    reg = SparsityRegularizer(model, lam=0.25, plan=plan)
+    assert reg.channels == sum(len(c) for c in doomed.values())
+    plain = {n: g.clone() for n, g in grads_after(model, None, x).items()}
+    others = {n: p.grad.clone() for n, p in model.named_parameters() if n not in doomed}
+    regularised = grads_after(model, reg, x)
+    for name, grad in regularised.items():
+        gamma = model.get_submodule(name).weight.detach()
+        expected = torch.zeros_like(gamma)
+        at = doomed.get(f"{name}.weight", [])
+        expected[at] = 0.25 * torch.sign(gamma[at])
+        torch.testing.assert_close(grad - plain[name], expected, rtol=0, atol=1e-6)
+    for n, p in model.named_parameters():
+        if n in others:
+            assert torch.equal(p.grad, others[n]), f"{n} changed"
+    assert {n: int(w.sum()) for n, w in reg.channel_weights.items() if w.sum()} == {
+        n.removesuffix(".weight"): len(c) for n, c in doomed.items()}
+
+    regions = randomize_bn(TwoRegions()).eval()
+    y = torch.randn(2, 3, 8, 8)
+    with pytest.warns(slimprune.RegionFallbackWarning):
+        by_regions = slimprune.plan(regions, 0.5, example_inputs=y)
+    pulled = SparsityRegularizer(regions, lam=0.1, plan=by_regions)
+    cut = [(f"{path}.{s.module}", len(s.removed)) for path, sub in by_regions.regions for s in sub.slices
+           if s.role == "scale" and s.removed]
+    assert len(cut) >= 2  # both regions lose channels
+    assert sorted(pulled.layers) == sorted(name for name, _ in cut)
+    assert pulled.channels == sum(n for _, n in cut)
+
+
+def test_plan_is_checked_against_the_model_and_excludes_the_other_selections() -> None:
+    torch.manual_seed(0)
+    model = randomize_bn(TinyResNet())
+    x = torch.randn(2, 3, 16, 16)
+    plan = slimprune.plan(model, 0.4, example_inputs=x)
+    smaller = slimprune.apply(model, plan)
+    with pytest.raises(slimprune.PlanMismatchError, match="fingerprint"):
+        SparsityRegularizer(smaller, lam=0.1, plan=plan)
+    for extra in ({"bn_modules": ["net.blocks.0.1"]}, {"protect": ["net"]}, {"cost": "flops", "example_inputs": x}):
+        with pytest.raises(InvalidArgumentError, match="plan= names the channels"):
+            SparsityRegularizer(model, lam=0.1, plan=plan, **extra)
+    with pytest.raises(InvalidArgumentError, match="plan must be a slimprune.PruningPlan"):
+        SparsityRegularizer(model, lam=0.1, plan={"groups": []})
+
+
 def test_step_creates_a_missing_gradient_and_skips_at_zero_strength() -> None:
     """A scale without a gradient gets λ·sign(γ); a zero multiplier leaves gradients alone."""
     model = TinyResNet()

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 import slimprune
-from slimprune.sparsity import scale_per_cost
+from slimprune.sparsity import SparsityRegularizer, scale_per_cost
 
 from .config import PipelineConfig, TrainConfig
 
@@ -234,19 +234,17 @@ def next_step_plan(
 def fade_hook(plan: slimprune.PruningPlan, lam: float) -> Callable[[nn.Module], None]:
     """An ``after_backward`` callback (:func:`.train.train`) that adds ``lam·sign(γ)`` to the
     gradient of every BatchNorm scale ``plan`` would remove, and to nothing else: the L1 pull of
-    the sparse run, aimed at the channels the next round removes, so that they reach ~0 (and
-    their removal costs almost nothing) while fine-tuning goes on. The model it is called with
-    must have the shapes ``plan`` was made for."""
-    targets = [(s.module, s.param, torch.tensor(sorted(s.removed))) for s in plan.slices
-               if s.role == "scale" and s.removed]
+    the sparse run (``SparsityRegularizer(model, lam, plan=plan)``), aimed at the channels the
+    next round removes, so that they reach ~0 (and their removal costs almost nothing) while
+    fine-tuning goes on. The model it is called with must be the one ``plan`` was made for (same
+    shapes); the regulariser is built on the first call, on that model."""
+    regularizer: SparsityRegularizer | None = None
 
     def fade(model: nn.Module) -> None:
-        with torch.no_grad():
-            for module, param, channels in targets:
-                weight = getattr(model.get_submodule(module) if module else model, param)
-                if weight.grad is not None:
-                    at = channels.to(weight.device)
-                    weight.grad[at] += lam * torch.sign(weight[at])
+        nonlocal regularizer
+        if regularizer is None:
+            regularizer = SparsityRegularizer(model, lam, plan=plan)
+        regularizer.step()
 
     return fade
 
