@@ -98,7 +98,7 @@ def test_max_ratio_keeps_every_layer_its_share_of_the_original_width_through_the
     """Without a cap the rounds take some layer below half its channels; with max_ratio=0.5 every
     layer keeps at least half of its unpruned width after all rounds (the cap counts against
     the original width, not the width a round starts from) and the FLOPs target is still met."""
-    config = small_config(target_flops=0.5, target_params=0.3, prune_steps=3, round_to=1)
+    config = small_config(target_flops=0.5, target_params=0.3, prune_steps=3, round_to=1, max_ratio=1.0)
     original = _widths(sparse)
     _, free = _rounds(sparse, config)
     assert min(w / original[n] for n, w in _widths(free).items()) < 0.5
@@ -128,7 +128,7 @@ def test_max_ratio_option_is_validated_and_reaches_the_config_and_command_line()
     for bad in (0.0, 1.5, -0.1):
         with pytest.raises(ValueError, match=f"max_ratio={bad}"):
             small_config(max_ratio=bad)
-    assert small_config().max_ratio == 1.0 and small_config(max_ratio=0.7).to_dict()["max_ratio"] == 0.7
+    assert small_config().max_ratio == 0.5 and small_config(max_ratio=0.7).to_dict()["max_ratio"] == 0.7
     args = build_parser().parse_args(["pipeline", "--out", "unused", "--max-ratio", "0.8"])
     assert pipeline_config_from_args(args).max_ratio == 0.8
 

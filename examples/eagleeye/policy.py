@@ -163,10 +163,11 @@ def removed_params(plan: slimprune.PruningPlan) -> float:
 def prune_plan(
     analysis: slimprune.Analysis, config: PipelineConfig, latency_cache: Path | None = None
 ) -> slimprune.PruningPlan:
-    """The plan of stage 3: by ``threshold``; or by ``target_latency`` (:func:`latency_plan` on a
-    batch-1 analysis at the evaluation size); or every zeroed channel and at least
-    ``target_params``; or, when that misses ``target_flops``, the smallest |γ| per FLOP until
-    both targets are met.
+    """The plan of stage 3: by ``threshold`` (exactly the channels under it); or by
+    ``target_latency`` (:func:`latency_plan` on a batch-1 analysis at the evaluation size); or
+    every zeroed channel and at least ``target_params``; or, when that misses ``target_flops``,
+    the smallest |γ| per FLOP until both targets are met. All but the threshold plan remove at
+    most ``max_ratio`` of any group.
     """
     rounding, cap = config.round_to, config.max_ratio
     if config.target_latency is not None and config.threshold is None:
@@ -174,7 +175,7 @@ def prune_plan(
         return latency_plan(at_size, config.target_latency, config.latency_threads, rounding, latency_cache,
                             max_ratio=cap)
     if config.threshold is not None:
-        return slimprune.plan(analysis, threshold=config.threshold, round_to=rounding, max_ratio=cap)
+        return slimprune.plan(analysis, threshold=config.threshold, round_to=rounding)  # exactly |γ| <= T
     plan = None
     if config.dead_threshold > 0:
         plan = slimprune.plan(analysis, threshold=config.dead_threshold, round_to=rounding, max_ratio=cap)
