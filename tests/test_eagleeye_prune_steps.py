@@ -285,7 +285,8 @@ def test_with_fade_the_next_round_removes_exactly_the_channels_faded(stepped: di
     start = apply_plan(sparse, first)
     goal = step_goals(removed_flops(first), config["target_flops"], 2)[1]
     planned = next_step_plan(
-        analyze(start, TrainConfig.from_dict(config["sparse"])), first.flops_before, goal, config["round_to"]
+        analyze(start, TrainConfig.from_dict(config["sparse"])), first.flops_before, goal, config["round_to"],
+        layer_caps(start, original_widths(sparse), config["max_ratio"]),
     )
 
     def removed(plan) -> dict:
