@@ -40,7 +40,7 @@ from ._graph import ChannelGraph
 from ._parallel import unwrap_parallel
 from ._plan import PruningPlan
 from ._analysis import Analysis, analyze
-from ._options import _relative, check_protect, protected_units, protects_whole
+from ._options import _protect_entries, _relative, check_protect, protected_units, protects_whole
 from ._prune import plan as make_plan
 from ._solver import Predictor
 from .errors import InfeasiblePlanError, InvalidArgumentError
@@ -373,8 +373,7 @@ class SparsityRegularizer:
         plan: PruningPlan | None = None,
     ) -> None:
         check_eager(unwrap_parallel(model) if isinstance(model, nn.Module) else model)
-        protect = tuple(protect) if isinstance(protect, Iterable) and not isinstance(protect, str) else protect
-        if plan is not None and (bn_modules is not None or protect or cost != "uniform"):
+        if plan is not None and (bn_modules is not None or _protect_entries(protect) or cost != "uniform"):
             raise InvalidArgumentError(
                 "plan= names the channels to regularise itself; drop bn_modules, protect and cost "
                 "(or drop plan and let the analysis choose the channels)"

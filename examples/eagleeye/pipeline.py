@@ -336,6 +336,12 @@ def _prune_in_steps(
         console.print(str(first))
     flops0, params0 = first.flops_before, first.params_before
     widths = original_widths(sparse)
+
+    def plan_towards(model: nn.Module, goal: float) -> slimprune.PruningPlan:
+        """The smallest |γ| per FLOP of ``model`` until ``goal`` of the original FLOPs are gone, capped."""
+        return next_step_plan(analyze(model, config.sparse), flops0, goal, config.round_to,
+                              layer_caps(model, widths, config.max_ratio))
+
     goals = step_goals(removed_flops(first), config.target_flops, n)
     plans, steps = [first], []
     teaching = f", distilling from the baseline (weight {config.finetune.distill:g})" if config.finetune.distill > 0 else ""
@@ -348,8 +354,7 @@ def _prune_in_steps(
                 if doomed is not None:
                     plan_k, chosen = doomed, "the channels faded out in the round before"
                 else:
-                    plan_k = next_step_plan(analyze(model, config.sparse), flops0, goals[k], config.round_to,
-                                            layer_caps(model, widths, config.max_ratio))
+                    plan_k = plan_towards(model, goals[k])
                     chosen = "smallest |γ| per FLOP"
                 console.print(
                     f"round {k + 1} of {n} ({chosen}; largest |γ| removed {effective_threshold(model, plan_k):.3g}): "
@@ -362,8 +367,7 @@ def _prune_in_steps(
             run = replace(config.finetune, epochs=epochs[k], out_dir=folder, progress=config.progress)
             fade, doomed = None, None
             if config.fade > 0 and k < n - 1:
-                doomed = next_step_plan(analyze(model, config.sparse), flops0, goals[k + 1], config.round_to,
-                                        layer_caps(model, widths, config.max_ratio))
+                doomed = plan_towards(model, goals[k + 1])
                 fade = fade_hook(doomed, config.fade)
                 console.print(f"round {k + 1}: fading out the {doomed.removed_channels} channels round {k + 2} would "
                               f"remove now (λ = {config.fade:g})")

@@ -283,7 +283,7 @@ def combined_plan(
         # A γ already exactly 0 that a round kept (a width rounded up) must not fall under the
         # threshold: lift every exact zero to the smallest positive float first.
         for m in silenced.modules():
-            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)) and m.weight is not None:
+            if isinstance(m, _NORMS) and m.weight is not None:
                 m.weight[m.weight == 0] = torch.finfo(m.weight.dtype).tiny
         for (module, param), channels in gone.items():
             owner = silenced.get_submodule(module) if module else silenced
